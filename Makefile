@@ -1,0 +1,36 @@
+# mdream: the set-up is `make install demo` (install + main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MDREAM := $(VENV)/bin/mdream
+# Two threads is what CI and the dev machines have; torch would otherwise oversubscribe.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install test test-slow bench demo lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	# torch first, pinned: the CPU wheel on disk, never a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+
+test:
+	$(PY) -m pytest -q
+
+test-slow:
+	$(PY) -m pytest -q -m slow
+
+bench:
+	$(PY) -m benchmarks.run
+
+demo:
+	$(MDREAM) script-validate examples/scripts/short.yaml examples/scripts/long.yaml
+
+lint:
+	$(VENV)/bin/ruff check mdream tests benchmarks
+
+clean:
+	rm -rf .pytest_cache .ruff_cache examples/scripts/.mdream

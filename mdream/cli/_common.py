@@ -1,0 +1,94 @@
+"""What every CLI verb shares: the shared options, error display and exit codes.
+
+Errors are shown in one place (:func:`run_cli`): an :class:`~mdream.errors.MdreamError` becomes a
+one-paragraph message with a hint and its exit code; Ctrl-C exits 130. A traceback reaching the
+user is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from mdream.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MdreamError, ScriptError
+
+T = TypeVar("T")
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+# Shared options (spaCy-style: declared once, reused by every verb).
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Artifact cache folder [default: .mdream/ beside the script, or $MDREAM_CACHE]."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the script's seed.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when a valid cached artifact exists.")]
+FromStageOpt = Annotated[
+    str | None, typer.Option("--from-stage", help="Recompute from this stage on: encode, keyframes, render or video.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
+ScriptArg = Annotated[Path, typer.Argument(help="The movie script (YAML or JSON).", show_default=False)]
+
+
+def error_to_dict(err: MdreamError) -> dict[str, Any]:
+    out: dict[str, Any] = {"error": type(err).__name__, "message": err.message, "hint": err.hint, "exit_code": err.exit_code}
+    if isinstance(err, ScriptError):
+        out["message"] = err.message.splitlines()[0]
+        out["problems"] = [
+            {"file": p.file, "line": p.line, "column": p.column, "field": p.field, "message": p.message, "hint": p.hint}
+            for p in err.problems
+        ]
+    return out
+
+
+def print_error(err: MdreamError, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(error_to_dict(err), indent=2))
+        return
+    if isinstance(err, ScriptError):
+        stderr.print(f"[bold red]error:[/] {err.message.splitlines()[0]}", highlight=False)
+        for p in err.problems:
+            line = f"  [bold]{p.location()}[/]: [cyan]{p.field or '<root>'}[/]: {p.message}"
+            if p.hint:
+                line += f" [dim](hint: {p.hint})[/]"
+            stderr.print(line, highlight=False, markup=True)
+        return
+    stderr.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True)
+    if err.hint:
+        stderr.print(f"[dim]hint: {err.hint}[/]", highlight=False)
+
+
+def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: Any) -> T:
+    """Call a stage function; turn known errors into a message and an exit code."""
+    try:
+        return fn(*args, **kwargs)
+    except MdreamError as err:
+        print_error(err, as_json=as_json)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/]: finished artifacts are kept in the cache; rerun to resume.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # pragma: no cover - a bug; still no bare traceback for users
+        if "--debug" in sys.argv or __import__("os").environ.get("MDREAM_DEBUG"):
+            raise
+        stderr.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            "[dim]This is a bug in mdream; rerun with MDREAM_DEBUG=1 for the traceback and report it.[/]",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_FAILURE) from None
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))

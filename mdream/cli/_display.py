@@ -1,0 +1,58 @@
+"""Rich rendering of stage results (kept apart from the commands so they stay thin)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from mdream.cli._common import print_error, stdout
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m}:{s:02d}"
+
+
+def show_validation(results, quiet: bool = False) -> None:
+    for r in results:
+        if not r.ok:
+            stdout.print(f"[bold red]✗[/] {r.path}")
+            print_error(r.error)
+            continue
+        if quiet:
+            continue
+        stdout.print(f"[bold green]✓[/] {r.path}: [bold]{r.title}[/]")
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        table.add_row("cast", ", ".join(r.characters) or "-")
+        table.add_row("scenes", ", ".join(r.scenes))
+        table.add_row("shots", f"{r.shots} in {r.arcs} arc{'s' if r.arcs != 1 else ''}")
+        table.add_row("running time", _duration(r.total_seconds))
+        stdout.print(table)
+
+
+def show_reports(reports) -> None:
+    table = Table(title="stages")
+    for col in ("stage", "produced", "reused", "by other process", "seconds"):
+        table.add_column(col)
+    for r in reports:
+        table.add_row(r.stage, str(len(r.produced)), str(len(r.reused)), str(len(r.by_other_process)), f"{r.seconds:.1f}")
+    stdout.print(table)
+
+
+_STYLE = {"done": "green", "stale": "yellow", "missing": "dim", "running": "cyan", "corrupt": "bold red"}
+
+
+def show_status(report) -> None:
+    stdout.print(f"[bold]{report.title}[/]  cache: {report.cache_dir}")
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("shot")
+    for stage in report.stages:
+        table.add_column(stage)
+    for row in report.rows:
+        cells = [f"[{_STYLE.get(row.states[s], '')}]{row.states[s]}[/]" for s in report.stages]
+        table.add_row(str(row.index), row.shot_id, *cells)
+    stdout.print(table)
+    totals = report.totals()
+    stdout.print(
+        "  ".join(f"{stage}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) for stage, counts in totals.items())
+    )

@@ -1,0 +1,179 @@
+"""``mdream``: the command line. Each ``<verb>_cli`` parses options and calls a plain function.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mdream.cli._common import (
+    CacheDirOpt,
+    DeviceOpt,
+    ForceOpt,
+    FromStageOpt,
+    JsonOpt,
+    QuietOpt,
+    ScriptArg,
+    SeedOpt,
+    print_json,
+    run_cli,
+    stdout,
+)
+
+app = typer.Typer(
+    name="mdream",
+    help="Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _options(cache_dir, device, seed, force, from_stage, quiet):
+    from mdream.stages.options import RunOptions
+
+    return RunOptions(cache_dir=cache_dir, device=device, seed=seed, force=force, from_stage=from_stage, quiet=quiet)
+
+
+@app.command("script-validate")
+def script_validate_cli(
+    scripts: Annotated[list[Path], typer.Argument(help="Scripts to check (YAML or JSON).", show_default=False)],
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Validate scripts: every problem at once, each with file:line:column, field and hint."""
+    from mdream.cli._display import show_validation
+    from mdream.stages.validate import validate_scripts
+
+    results = run_cli(validate_scripts, scripts, as_json=json_out)
+    if json_out:
+        print_json([r.to_dict() for r in results])
+    else:
+        show_validation(results, quiet=quiet)
+    if not all(r.ok for r in results):
+        raise typer.Exit(max(r.error.exit_code for r in results if r.error))
+
+
+@app.command("script-schema")
+def script_schema_cli() -> None:
+    """Print the script format's JSON Schema (for editors)."""
+    from mdream.stages.validate import script_schema
+
+    print_json(run_cli(script_schema))
+
+
+def _stage_cli(fn_name: str):
+    def command(
+        script: ScriptArg,
+        cache_dir: CacheDirOpt = None,
+        device: DeviceOpt = "auto",
+        seed: SeedOpt = None,
+        force: ForceOpt = False,
+        from_stage: FromStageOpt = None,
+        json_out: JsonOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        from mdream.cli._display import show_reports
+        from mdream.stages import run
+
+        def call():
+            options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)
+            return getattr(run, fn_name)(script, options)
+
+        reports = run_cli(call, as_json=json_out)
+        if json_out:
+            print_json([r.to_dict() for r in reports])
+        elif not quiet:
+            show_reports(reports)
+
+    return command
+
+
+app.command("encode", help="Encode reference faces, descriptors and style frames (cached per item).")(_stage_cli("run_encode"))
+app.command("keyframes", help="Predict every shot's keyframe tokens autoregressively.")(_stage_cli("run_keyframes"))
+app.command("render", help="Render keyframe images from tokens, faces and descriptors.")(_stage_cli("run_render"))
+app.command("video", help="Turn keyframes into clips anchored on their first frame.")(_stage_cli("run_video"))
+
+
+@app.command("generate")
+def generate_cli(
+    script: ScriptArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The movie file to write (mp4).")] = Path("movie.mp4"),
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    force: ForceOpt = False,
+    from_stage: FromStageOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every stage and write the movie (resumes from the cache after a failure)."""
+    from mdream.cli._display import show_reports
+    from mdream.stages.run import generate
+
+    def call():
+        return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out))
+
+    reports = run_cli(call, as_json=json_out)
+    if json_out:
+        print_json({"output": str(output), "stages": [r.to_dict() for r in reports]})
+    elif not quiet:
+        show_reports(reports)
+        stdout.print(f"[green]wrote[/] {output}")
+
+
+@app.command("status")
+def status_cli(
+    script: ScriptArg,
+    cache_dir: CacheDirOpt = None,
+    json_out: JsonOpt = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check every artifact's checksum (slower).")] = False,
+) -> None:
+    """Show, per stage and shot, whether its artifact is done, stale or missing."""
+    from mdream.cli._display import show_status
+    from mdream.stages.options import RunOptions
+    from mdream.stages.status import script_status
+
+    report = run_cli(lambda: script_status(script, RunOptions(cache_dir=cache_dir), verify=verify), as_json=json_out)
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        show_status(report)
+
+
+def _register_subapps() -> None:
+    """Sub-apps that live beside their packages (train, toyworld, eval)."""
+    try:
+        from mdream.cli.train_cli import app as train_app
+    except ImportError:  # pragma: no cover
+        train_app = None
+    if train_app is not None:
+        app.add_typer(train_app, name="train", help="Train mdream's models (toy CLIP, keyframe tokenizer, ...).")
+    try:
+        from mdream.cli.toyworld_cli import app as toyworld_app
+    except ImportError:  # pragma: no cover - during development only
+        toyworld_app = None
+    if toyworld_app is not None:
+        app.add_typer(toyworld_app, name="toyworld", help="The procedural toy movie world: scripts and datasets.")
+    try:
+        from mdream.cli.eval_cli import eval_cli
+    except ImportError:  # pragma: no cover
+        eval_cli = None
+    if eval_cli is not None:
+        app.command("eval")(eval_cli)
+
+
+_register_subapps()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

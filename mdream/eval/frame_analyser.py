@@ -1,0 +1,152 @@
+"""Frame analyser: a keyframe -> its scene and which character stands at each position.
+
+A small CNN trained on toy-world ground truth (with jitter, blur, noise and colour augmentation so it
+also reads imperfect generated frames). Every frame is resized to 64x64 first, whatever its size.
+Its penultimate activations are the feature vector of the toy-FID and of the diversity metric.
+
+Saved the diffusers way: ``config.json`` (constructor arguments + the world it was trained on) and
+``model.safetensors`` in one folder (the shipped one is ``mdream/assets/eval/frame_analyser/``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mdream.errors import CorruptArtifactError, InputError
+
+ANALYSER_SIZE = 64
+POSITIONS = ("left", "center", "right")
+EMPTY = -1  # "no character at this position" in labels; class index num_characters in the head
+
+
+@dataclass
+class FrameAnalyserConfig:
+    """Constructor arguments of :class:`FrameAnalyser` and the world its classes come from."""
+
+    num_scenes: int = 10
+    """Number of scene classes (the world's scenes, in ``world.scenes`` order)."""
+    num_characters: int = 24
+    """Number of character classes per position; the head has one more class for "empty"."""
+    widths: tuple[int, ...] = (32, 64, 96, 128)
+    """Channels of the four stride-2 stages (64 -> 32 -> 16 -> 8 -> 4)."""
+    feature_dim: int = 128
+    """Size of the penultimate feature vector (toy-FID and diversity features)."""
+    world_seed: int = 0
+    """Seed of the toy world whose scenes and characters are the classes."""
+    scene_ids: list[str] = field(default_factory=list)
+    """Scene id of each scene class."""
+    character_ids: list[str] = field(default_factory=list)
+    """Character id of each character class."""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FrameAnalyserConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "widths" in known:
+            known["widths"] = tuple(known["widths"])
+        return cls(**known)
+
+
+class FrameAnalyser(nn.Module):
+    """64x64 RGB frame -> scene logits [B, S], per-position character logits [B, 3, C+1], features."""
+
+    def __init__(self, config: FrameAnalyserConfig):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out in config.widths:
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.backbone = nn.Sequential(*layers)
+        # Flatten the 4x4 map (not a global pool): which character is *where* is the question.
+        self.to_features = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(c_in * 4 * 4, config.feature_dim), nn.ReLU()
+        )
+        self.scene_head = nn.Linear(config.feature_dim, config.num_scenes)
+        self.cast_head = nn.Linear(config.feature_dim, len(POSITIONS) * (config.num_characters + 1))
+
+    @staticmethod
+    def preprocess(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] (any H, W) -> float [B, 3, 64, 64] in [-1, 1]."""
+        x = torch.as_tensor(np.asarray(frames_uint8)).float().permute(0, 3, 1, 2) / 127.5 - 1.0
+        if x.shape[-2:] != (ANALYSER_SIZE, ANALYSER_SIZE):
+            x = F.interpolate(x, size=(ANALYSER_SIZE, ANALYSER_SIZE), mode="bilinear", antialias=True)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, 3, 64, 64] -> [B, feature_dim]
+        return self.to_features(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.features(x)
+        scene_logits = self.scene_head(feats)  # [B, S]
+        cast_logits = self.cast_head(feats).view(len(x), len(POSITIONS), -1)  # [B, 3, C+1]
+        return scene_logits, cast_logits, feats
+
+    @torch.no_grad()
+    def analyse(self, frames_uint8: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
+        """Predict on uint8 frames [B, H, W, 3].
+
+        Returns ``scene`` [B] (scene class), ``chars`` [B, 3] (character class or -1 empty) and
+        ``features`` [B, feature_dim].
+        """
+        self.eval()
+        scenes, chars, feats = [], [], []
+        for start in range(0, len(frames_uint8), batch_size):
+            s, c, f = self(self.preprocess(frames_uint8[start : start + batch_size]))
+            scenes.append(s.argmax(-1))
+            c = c.argmax(-1)
+            chars.append(torch.where(c == self.config.num_characters, EMPTY, c))
+            feats.append(f)
+        if not scenes:
+            return {
+                "scene": np.zeros(0, np.int64),
+                "chars": np.zeros((0, 3), np.int64),
+                "features": np.zeros((0, self.config.feature_dim), np.float32),
+            }
+        return {
+            "scene": torch.cat(scenes).numpy(),
+            "chars": torch.cat(chars).numpy(),
+            "features": torch.cat(feats).numpy().astype(np.float32),
+        }
+
+    def save_pretrained(self, folder: str | Path, **extra: object) -> None:
+        """Write ``config.json`` (+ training facts in ``extra``) and ``model.safetensors``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = asdict(self.config)
+        config["widths"] = list(config["widths"])
+        (folder / "config.json").write_text(json.dumps({**config, **extra}, indent=2) + "\n")
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> FrameAnalyser:
+        folder = Path(folder)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise InputError(
+                f"No frame analyser in {folder} (need config.json and model.safetensors).",
+                hint="Train one with `python -m mdream.eval.training analyser --out DIR`.",
+            )
+        try:
+            config = FrameAnalyserConfig.from_dict(json.loads((folder / "config.json").read_text()))
+            model = cls(config)
+            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        except Exception as exc:
+            raise CorruptArtifactError(f"Could not load the frame analyser in {folder}: {exc}") from exc
+        return model.eval()

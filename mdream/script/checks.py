@@ -1,0 +1,229 @@
+"""Cross-checks of a script: ids that refer to each other and files on disk.
+
+They run on the raw parsed data, not on the validated model, so that a script with a typo in one
+shot still gets its ids and face photos checked: the user sees every problem in one go. Every
+accessor below tolerates values of the wrong type (pydantic reports those) and skips them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from PIL import Image
+
+from mdream.script.models import POSITIONS, default_shot_id
+from mdream.script.source import FieldPath, SourceMap
+
+# report(path, message, hint, key=False): records one problem located at `path`.
+Report = Callable[..., None]
+
+
+def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """'did you mean 'x'?' for the closest choice, or None when nothing is close."""
+    matches = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{matches[0]}'?" if matches else None
+
+
+def _as_id(value: object) -> str | None:
+    """An id as the model will read it (numbers become text), or None if it is not an id at all."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _items(container: object, key: str) -> Iterator[tuple[int, dict]]:
+    """(index, mapping) for each mapping in container[key] when that is a list."""
+    if not isinstance(container, dict):
+        return
+    items = container.get(key)
+    if not isinstance(items, list):
+        return
+    for index, item in enumerate(items):
+        if isinstance(item, dict):
+            yield index, item
+
+
+def _line_of(source_map: SourceMap, path: FieldPath) -> str:
+    location = source_map.locate(path)
+    return f"line {location[0]}" if location else "earlier"
+
+
+def _check_unique_ids(
+    data: dict, section: str, noun: str, source_map: SourceMap, report: Report
+) -> dict[str, int]:
+    """Report repeated ids in data[section]; return id -> index of its first definition."""
+    first: dict[str, int] = {}
+    for index, item in _items(data, section):
+        item_id = _as_id(item.get("id"))
+        if item_id is None:
+            continue
+        if item_id in first:
+            report(
+                (section, index, "id"),
+                f"duplicate {noun} id '{item_id}'",
+                f"first defined at {_line_of(source_map, (section, first[item_id], 'id'))}; "
+                f"each {noun} needs its own id",
+            )
+        else:
+            first[item_id] = index
+    return first
+
+
+def check_image_file(relative: str, root: Path, noun: str) -> tuple[str, str] | None:
+    """(message, hint) if a path named in the script is not a readable image inside `root`."""
+    path = Path(relative)
+    if path.is_absolute() or relative.startswith("~") or (len(relative) > 1 and relative[1] == ":"):
+        return (
+            f"{noun} path '{relative}' is absolute",
+            "write paths relative to the script's folder (e.g. faces/mira_1.png), so the script "
+            "and its photos can move together",
+        )
+    root = root.resolve()
+    target = root / path
+    resolved = target.resolve()
+    if not resolved.is_relative_to(root):
+        # Without '..' the only way out is a symlink (of the file or of a folder on the way).
+        how = "points" if ".." in path.parts else "is a symlink that points"
+        return (
+            f"{noun} path '{relative}' {how} outside the script's folder",
+            f"copy the file into {root} (or a folder below it) and refer to it from there",
+        )
+    if not target.exists():
+        hint = f"paths are relative to the script's folder ({root})"
+        if target.parent.is_dir():
+            siblings = sorted(p.name for p in target.parent.iterdir() if p.is_file())
+            match = difflib.get_close_matches(target.name, siblings, n=1, cutoff=0.6)
+            if match:
+                hint = f"did you mean '{(path.parent / match[0]).as_posix()}'?"
+        return f"{noun} file '{relative}' not found", hint
+    if target.is_dir():
+        return f"{noun} path '{relative}' is a folder, not an image file", "name one image file here"
+    try:
+        with Image.open(resolved) as image:
+            image.verify()  # structure and checksums
+        with Image.open(resolved) as image:
+            image.load()  # verify() does not decode pixels: catch truncated files too
+    except PermissionError:
+        return f"{noun} file '{relative}' cannot be read (permission denied)", "check the file's permissions"
+    except Exception as error:  # PIL raises many types for bad data; any means "not a usable image"
+        kind = "is not an image" if isinstance(error, Image.UnidentifiedImageError) else "is damaged"
+        return (
+            f"{noun} file '{relative}' {kind} ({type(error).__name__})",
+            "use a PNG or JPEG photo",
+        )
+    return None
+
+
+def _check_files(data: dict, root: Path, report: Report) -> None:
+    checked: dict[str, tuple[str, str] | None] = {}
+
+    def check(path: FieldPath, value: object, noun: str) -> None:
+        if not isinstance(value, str) or not value.strip():
+            return  # pydantic reports the type / emptiness
+        value = value.strip()
+        if value not in checked:
+            checked[value] = check_image_file(value, root, noun)
+        if checked[value] is not None:
+            message, hint = checked[value]
+            report(path, message, hint)
+
+    for index, character in _items(data, "characters"):
+        faces = character.get("faces")
+        if isinstance(faces, list):
+            for face_index, face in enumerate(faces):
+                check(("characters", index, "faces", face_index), face, "face photo")
+    style = data.get("style")
+    if isinstance(style, dict) and isinstance(style.get("reference_frames"), list):
+        for frame_index, frame in enumerate(style["reference_frames"]):
+            check(("style", "reference_frames", frame_index), frame, "reference frame")
+
+
+def _unknown_ref_hint(value: str, known: dict[str, int], noun: str, section: str) -> str:
+    suggestion = did_you_mean(value, list(known))
+    if suggestion:
+        return suggestion
+    if not known:
+        return f"no {noun}s are defined under `{section}`"
+    return f"defined {noun}s: {', '.join(sorted(known))}"
+
+
+def _check_shots(
+    data: dict,
+    characters: dict[str, int],
+    scenes: dict[str, int],
+    have_characters: bool,
+    have_scenes: bool,
+    source_map: SourceMap,
+    report: Report,
+) -> None:
+    shot_ids: dict[str, FieldPath] = {}
+    for arc_index, arc in _items(data, "arcs"):
+        arc_id = _as_id(arc.get("id"))
+        for shot_index, shot in _items(arc, "shots"):
+            here: FieldPath = ("arcs", arc_index, "shots", shot_index)
+            explicit = _as_id(shot.get("id")) if "id" in shot else None
+            shot_id = explicit or (default_shot_id(arc_id, shot_index + 1) if arc_id else None)
+            if shot_id is not None:
+                if shot_id in shot_ids:
+                    hint = f"first used at {_line_of(source_map, shot_ids[shot_id])}; shot ids are unique across the script"
+                    if explicit is None:
+                        hint += f" (a shot without an id is named '<arc id>-<n:03d>', here '{shot_id}')"
+                    report(here + ("id",) if explicit else here, f"duplicate shot id '{shot_id}'", hint)
+                else:
+                    shot_ids[shot_id] = here + ("id",) if explicit else here
+
+            scene = _as_id(shot.get("scene"))
+            if scene is not None and have_scenes and scene not in scenes:
+                report(
+                    here + ("scene",),
+                    f"unknown scene '{scene}'",
+                    _unknown_ref_hint(scene, scenes, "scene", "scenes"),
+                )
+
+            seen_cast: dict[str, int] = {}
+            seen_positions: dict[str, str] = {}
+            for cast_index, member in _items(shot, "characters"):
+                at = here + ("characters", cast_index)
+                member_id = _as_id(member.get("id"))
+                if member_id is not None:
+                    if have_characters and member_id not in characters:
+                        report(
+                            at + ("id",),
+                            f"unknown character '{member_id}'",
+                            _unknown_ref_hint(member_id, characters, "character", "characters"),
+                        )
+                    if member_id in seen_cast:
+                        report(
+                            at + ("id",),
+                            f"character '{member_id}' appears twice in this shot",
+                            "list each character once per shot",
+                        )
+                    else:
+                        seen_cast[member_id] = cast_index
+                position = member.get("position")
+                if isinstance(position, str) and position in POSITIONS:
+                    if position in seen_positions:
+                        report(
+                            at + ("position",),
+                            f"two characters at position '{position}' in one shot "
+                            f"('{seen_positions[position]}' and '{member_id}')",
+                            "give each character its own position (left, center, right) or leave it out",
+                        )
+                    else:
+                        seen_positions[position] = member_id or f"#{cast_index}"
+
+
+def cross_check(data: dict, root: Path, source_map: SourceMap, report: Report) -> None:
+    """Run every cross-check on raw script data; each problem goes to `report`."""
+    characters = _check_unique_ids(data, "characters", "character", source_map, report)
+    scenes = _check_unique_ids(data, "scenes", "scene", source_map, report)
+    _check_unique_ids(data, "arcs", "arc", source_map, report)
+    # Only report unknown references when the list they refer to was readable at all.
+    have_characters = "characters" not in data or isinstance(data.get("characters"), list)
+    have_scenes = isinstance(data.get("scenes"), list)
+    _check_shots(data, characters, scenes, have_characters, have_scenes, source_map, report)
+    _check_files(data, root, report)

@@ -1,0 +1,109 @@
+"""``mdream status``: per stage and shot, is the cached artifact done, stale or missing?
+
+* done: a complete artifact exists under the shot's *current* key;
+* running: another live process holds that artifact's lock right now;
+* corrupt: an artifact is there but fails its sizes (or checksums with ``verify``);
+* stale: no artifact under the current key, but one made for this shot from older inputs
+  (an edited shot, a retrained model, a changed upstream) is in the cache;
+* missing: nothing yet.
+
+Reads only meta.json files and lock states: no model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mdream.cache import ArtifactStatus
+from mdream.stages.definitions import pipeline_stages
+from mdream.stages.options import RunOptions
+from mdream.stages.pipeline import Project, Stage, plan_keys
+
+_STATE = {
+    ArtifactStatus.DONE: "done",
+    ArtifactStatus.IN_PROGRESS: "running",
+    ArtifactStatus.CORRUPT: "corrupt",
+    ArtifactStatus.MISSING: "missing",
+}
+
+
+@dataclass
+class ShotStatus:
+    index: int
+    shot_id: str
+    states: dict[str, str]
+    keys: dict[str, str]
+
+
+@dataclass
+class ScriptStatus:
+    """The status table of one script against one cache."""
+
+    title: str
+    script: Path
+    cache_dir: Path
+    stages: list[str]
+    rows: list[ShotStatus] = field(default_factory=list)
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        return {s: dict(Counter(r.states[s] for r in self.rows)) for s in self.stages}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "script": str(self.script),
+            "cache_dir": str(self.cache_dir),
+            "stages": self.stages,
+            "totals": self.totals(),
+            "shots": [
+                {"index": r.index, "id": r.shot_id, "states": r.states, "keys": r.keys} for r in self.rows
+            ],
+        }
+
+
+def _shots_with_artifacts(project: Project, stage: str) -> set[str]:
+    """Shot ids of this script that have some complete-looking artifact in ``stage`` (any key)."""
+    found: set[str] = set()
+    script = str(project.script_path)
+    for _stage, key in project.store.iter_artifacts(stage):
+        try:
+            meta = json.loads((project.store.artifact_dir(stage, key) / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        metadata = meta.get("metadata") or {}
+        if metadata.get("script") == script and "shot_id" in metadata:
+            found.add(metadata["shot_id"])
+    return found
+
+
+def script_status(
+    script_path: str | Path,
+    options: RunOptions | None = None,
+    stages: list[Stage] | None = None,
+    verify: bool = False,
+) -> ScriptStatus:
+    """The status of every stage's artifact for every shot (``verify`` hashes every file)."""
+    project = Project.open(script_path, options)
+    stages = stages if stages is not None else pipeline_stages()
+    keys = plan_keys(project, stages)
+    report = ScriptStatus(
+        title=project.plan.title,
+        script=project.script_path,
+        cache_dir=project.store.root,
+        stages=[s.name for s in stages],
+    )
+    older = {s.name: _shots_with_artifacts(project, s.name) for s in stages}
+    for shot in project.plan.shots:
+        states, shot_keys = {}, {}
+        for stage in stages:
+            key = keys[stage.name][shot.index]
+            state = _STATE[project.store.status(stage.name, key, checksums=verify)]
+            if state == "missing" and shot.id in older[stage.name]:
+                state = "stale"
+            states[stage.name], shot_keys[stage.name] = state, key
+        report.rows.append(ShotStatus(shot.index, shot.id, states, shot_keys))
+    return report

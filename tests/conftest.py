@@ -1,0 +1,70 @@
+"""Shared fixtures: a small valid script on disk (with face photos) that tests can edit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+# Tests run on 2 cores; keep torch from oversubscribing them.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def write_face(path: Path, colour: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.full((32, 32, 3), colour, dtype=np.uint8)
+    img[10:14, 8:12] = 0
+    img[10:14, 20:24] = 0
+    Image.fromarray(img).save(path)
+
+
+def small_script_dict(n_shots: int = 6) -> dict:
+    shots = []
+    for i in range(n_shots):
+        cast = [{"id": "ada", "position": "left", "action": "walk"}] if i % 2 == 0 else [
+            {"id": "bo", "position": "right", "expression": "happy"}
+        ]
+        shots.append(
+            {
+                "scene": "harbor" if i < n_shots // 2 else "forest",
+                "characters": cast,
+                "identifier": f"shot {i}",
+                "descriptor": f"Detailed description of shot {i}.",
+                "camera": ["wide", "medium", "close-up"][i % 3],
+                "duration": 2.0,
+            }
+        )
+    return {
+        "schema_version": 1,
+        "title": "Test Movie",
+        "seed": 7,
+        "characters": [
+            {"id": "ada", "name": "Ada", "description": "a woman with red hair", "faces": ["faces/ada.png"]},
+            {"id": "bo", "name": "Bo", "description": "a man with a blue coat", "faces": ["faces/bo.png"]},
+        ],
+        "scenes": [
+            {"id": "harbor", "description": "a harbor at dusk"},
+            {"id": "forest", "description": "a forest at noon"},
+        ],
+        "arcs": [{"id": "act1", "shots": shots}],
+        "output": {"width": 64, "height": 64, "fps": 8, "clip_length": 8, "model_bundle": "toy"},
+    }
+
+
+def write_script(folder: Path, data: dict, name: str = "script.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_face(folder / "faces" / "ada.png", (200, 150, 120))
+    write_face(folder / "faces" / "bo.png", (120, 90, 60))
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def small_script(tmp_path: Path) -> Path:
+    """A valid 6-shot script with two characters and their face photos."""
+    return write_script(tmp_path / "movie", small_script_dict())

@@ -1,0 +1,44 @@
+"""A stand-in stage for testing the runner and `status` without models.
+
+Only the *compute* is fake: the runner, cache, locks, keys and status under test are the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from mdream.stages.pipeline import Stage
+
+
+class FakeEncode(Stage):
+    """Writes a small tensor per shot; optionally sleeps and logs each production."""
+
+    name = "encode"
+
+    def __init__(self, sleep: float = 0.0, log: str | None = None):
+        self.sleep = sleep
+        self.log = log
+
+    def produce(self, project, shot, upstream, writer):
+        time.sleep(self.sleep)
+        writer.save_tensors("emb", {"x": torch.full((4,), float(shot.index))})
+        if self.log:
+            with open(self.log, "a") as f:  # O_APPEND: lines from several processes never interleave
+                f.write(f"{os.getpid()} {shot.id}\n")
+
+
+class FakeKeyframes(Stage):
+    """A chained stage: each shot's value is the previous shot's plus its encode value."""
+
+    name = "keyframes"
+    upstream_stages = ("encode",)
+    chained = True
+
+    def produce(self, project, shot, upstream, writer):
+        x = upstream["encode"].load_tensors("emb")["x"]
+        if "previous" in upstream:
+            x = x + upstream["previous"].load_tensors("tokens")["x"]
+        writer.save_tensors("tokens", {"x": x})

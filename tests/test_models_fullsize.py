@@ -1,0 +1,223 @@
+"""The full-size path with tiny random CLIP-shaped and SDXL-shaped backbones.
+
+Every model is built from a config (as diffusers' own tests do), saved to a temp folder and loaded
+back through the same ``from_pretrained`` code that loads real ViT-L/14, LongCLIP and SDXL folders.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+from mdream.errors import InputError
+from mdream.models.compressor import TokenCompressor
+from mdream.models.decoder import ContextProjector, KeyframeDecoder
+from mdream.models.encoders import KeyframeEncoder, TextEncoder
+from mdream.models.toy_clip import build_toy_clip, build_word_tokenizer, save_clip_folder
+
+TEXTS = ["Wide shot. Mira walks along the pier at dusk.", "Close-up. Bob waves, happy, in the kitchen."]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fullsize")
+    torch.manual_seed(0)
+    tokenizer = build_word_tokenizer(TEXTS, max_length=32)
+    # CLIP-shaped: a CLIPModel folder (both towers), image size 30 so encode must resize.
+    clip = build_toy_clip(tokenizer, image_size=30, patch_size=6, hidden_size=32, num_layers=2, num_heads=2, projection_dim=24)
+    save_clip_folder(clip, tokenizer, root / "clip")
+    # LongCLIP-style text-only folder: CLIPTextModel without projection, 248 positions.
+    text_cfg = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, max_position_embeddings=248, eos_token_id=3, pad_token_id=0, bos_token_id=2)
+    CLIPTextModel(text_cfg).save_pretrained(root / "longclip")
+    tokenizer.save_pretrained(root / "longclip")
+    # A vision tower saved on its own (as a ViT-H/14 CLIPVisionModel folder would be).
+    vision_cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=32, patch_size=8)
+    CLIPVisionModel(vision_cfg).save_pretrained(root / "vision")
+    return root
+
+
+def sdxl_decoder(token_dim: int = 16, num_tokens: int = 2, text_dim: int = 24) -> KeyframeDecoder:
+    """The dummy SDXL pipeline's UNet/VAE configs from diffusers' tests, shrunk further."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, sample_size=32, norm_num_groups=16,
+        scaling_factor=0.13025,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    pooled = KeyframeDecoder.pooled_dim_for(unet)
+    context = ContextProjector(num_tokens=num_tokens, token_dim=token_dim, face_dim=512, max_faces=3,
+                               text_dim=text_dim, cross_attention_dim=64, pooled_dim=pooled)
+    return KeyframeDecoder(unet, context, KeyframeDecoder.make_scheduler("euler", scheduler.config), vae, "euler")
+
+
+def conditions(batch: int = 2, seed: int = 1, token_dim: int = 16, text_dim: int = 24):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, 2, token_dim, generator=g)
+    faces = torch.nn.functional.normalize(torch.randn(batch, 2, 512, generator=g), dim=-1)
+    mask = torch.tensor([[True, True], [True, False]])[:batch]
+    text = torch.nn.functional.normalize(torch.randn(batch, text_dim, generator=g), dim=-1)
+    return tokens, faces, mask, text
+
+
+@pytest.fixture(scope="module")
+def decoder_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sdxl") / "decoder"
+    decoder = sdxl_decoder()
+    decoder.save_pretrained(folder)
+    return folder, decoder
+
+
+def test_keyframe_encoder_round_trip_and_input_forms(folders, tmp_path):
+    torch.manual_seed(0)
+    encoder = KeyframeEncoder.from_vision_model(str(folders / "clip"), num_tokens=2, token_dim=16, width=32, num_heads=2)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(3, 40, 56, 3), dtype=np.uint8)  # non-square, not CLIP's size
+    tokens = encoder.encode(frames)
+    assert tokens.shape == (3, 2, 16) and tokens.dtype == torch.float32
+    # the same frames as float [-1, 1] channels-first give the same tokens
+    as_float = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(encoder.encode(as_float), tokens)
+    # different frames -> different tokens (the encoder reads its input)
+    assert not torch.allclose(encoder.encode(frames[::-1].copy()), tokens)
+    # saved with a reference to the CLIP folder, and with its own copy of the vision tower
+    encoder.save_pretrained(tmp_path / "by_ref")
+    copy = KeyframeEncoder(encoder.vision_model, encoder.compressor, encoder.preprocessor)
+    copy.save_pretrained(tmp_path / "with_copy")
+    assert (tmp_path / "with_copy" / "vision" / "config.json").is_file()
+    for folder in ("by_ref", "with_copy"):
+        torch.testing.assert_close(KeyframeEncoder.from_pretrained(tmp_path / folder).encode(frames), tokens)
+
+
+def test_keyframe_encoder_uses_separate_vision_folder_and_feature_layer(folders):
+    encoder = KeyframeEncoder.from_vision_model(str(folders / "vision"), vision_feature_layer=-2, num_tokens=4, token_dim=8)
+    patches, pooled = encoder.vision_features(np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    assert patches.shape == (2, 1 + (32 // 8) ** 2, 32) and pooled.shape == (2, 32)
+    assert encoder.encode(np.zeros((2, 32, 32, 3), dtype=np.uint8)).shape == (2, 4, 8)
+
+
+def test_compressor_width_must_match_vision(folders):
+    vision = CLIPVisionModel.from_pretrained(folders / "vision")
+    with pytest.raises(InputError, match="patch tokens"):
+        KeyframeEncoder(vision, TokenCompressor(vision_dim=99), None)
+
+
+@pytest.mark.parametrize("kind", ["clip", "longclip", "redirect"])
+def test_text_encoder_loads_every_clip_folder_shape(folders, tmp_path, kind):
+    if kind == "redirect":
+        (tmp_path / "text_encoder.json").write_text(json.dumps({"model": str(folders / "clip")}))
+        source = tmp_path
+    else:
+        source = folders / kind
+    encoder = TextEncoder.from_pretrained(source)
+    emb = encoder.encode(TEXTS)
+    assert emb.shape == (2, encoder.embed_dim)
+    assert encoder.embed_dim == (32 if kind == "longclip" else 24)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+    assert not torch.allclose(emb[0], emb[1])
+    torch.testing.assert_close(encoder.encode(TEXTS[:1]), emb[:1])  # padding does not change the result
+
+
+def test_missing_folders_are_input_errors(tmp_path):
+    with pytest.raises(InputError):
+        KeyframeDecoder.from_pretrained(tmp_path / "nope")
+    with pytest.raises(InputError):
+        KeyframeEncoder.from_pretrained(tmp_path)
+    with pytest.raises(InputError):
+        TextEncoder.from_pretrained(tmp_path / "nope")
+
+
+def test_sdxl_decoder_round_trip_is_identical(decoder_folder):
+    folder, decoder = decoder_folder
+    loaded = KeyframeDecoder.from_pretrained(folder)
+    assert loaded.image_size == 32 and loaded.vae is not None and loaded.scheduler_name == "euler"
+    tokens, faces, mask, text = conditions()
+    args = dict(num_inference_steps=2, guidance_scale=3.0)
+    a = decoder.generate(tokens, faces, mask, text, generator=torch.Generator().manual_seed(7), **args).images
+    b = loaded.generate(tokens, faces, mask, text, generator=torch.Generator().manual_seed(7), **args).images
+    assert a.shape == (2, 32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sdxl_decoder_seed_cfg_and_schedulers(decoder_folder):
+    _, decoder = decoder_folder
+    tokens, faces, mask, text = conditions()
+
+    def render(seed=7, **kw):
+        kw = {"num_inference_steps": 2, "guidance_scale": 1.0} | kw
+        return decoder.generate(tokens, faces, mask, text, generator=torch.Generator().manual_seed(seed), **kw).images
+
+    base = render()
+    np.testing.assert_array_equal(base, render())
+    assert not np.array_equal(base, render(seed=8))
+    assert not np.array_equal(base, render(guidance_scale=4.0))
+    for name in ("ddim", "euler", "dpmpp"):
+        images = render(scheduler=name, num_inference_steps=3)
+        assert images.shape == (2, 32, 32, 3)
+        np.testing.assert_array_equal(images, render(scheduler=name, num_inference_steps=3))
+    decoder.set_scheduler("dpmpp")
+    assert decoder.scheduler.config.algorithm_type == "dpmsolver++"
+    decoder.set_scheduler("euler")
+    with pytest.raises(InputError, match="Unknown scheduler"):
+        decoder.set_scheduler("heun-ish")
+    with pytest.raises(InputError, match="tokens of shape"):
+        decoder.generate(tokens[:, :1], faces, mask, text, num_inference_steps=1)
+
+
+def test_context_groups_and_null_embeddings():
+    torch.manual_seed(0)
+    ctx = ContextProjector(num_tokens=2, token_dim=16, max_faces=3, text_dim=24, cross_attention_dim=64, pooled_dim=32)
+    tokens, faces, mask, text = conditions()
+    context, attn_mask, pooled = ctx(tokens, faces, mask, text)
+    assert context.shape == (2, 6, 64) and pooled.shape == (2, 32)
+    assert attn_mask.tolist() == [[True, True, True, True, False, True], [True, True, True, False, False, True]]
+    # dropping the faces of sample 0 only gives the null face in slot 0 and changes nothing else in sample 1
+    dropped, dmask, _ = ctx(tokens, faces, mask, text, drop_faces=torch.tensor([True, False]))
+    assert dmask[0].tolist() == [True, True, True, False, False, True]
+    torch.testing.assert_close(dropped[1], context[1])
+    null, nmask, _ = ctx(None, None, None, None, batch_size=2)
+    torch.testing.assert_close(null[0], dropped[0].new_tensor(null[0]))  # identical null context per sample
+    torch.testing.assert_close(null[0, :3], dropped[0, :3].detach() * 0 + null[0, :3])
+    assert not torch.allclose(null[0, :2], context[0, :2])
+    no_faces = torch.zeros(2, 2, dtype=torch.bool)
+    _, empty_mask, _ = ctx(tokens, faces, no_faces, text)
+    assert empty_mask[:, 2:5].tolist() == [[True, False, False]] * 2  # nobody in the shot -> null face
+
+
+def test_one_training_step_through_loaded_models(folders, decoder_folder):
+    folder, _ = decoder_folder
+    decoder = KeyframeDecoder.from_pretrained(folder)
+    torch.manual_seed(0)
+    encoder = KeyframeEncoder.from_vision_model(str(folders / "clip"), num_tokens=2, token_dim=16, width=32, num_heads=2)
+    text_encoder = TextEncoder.from_pretrained(folders / "clip")
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    _, faces, mask, _ = conditions()
+    params = [*encoder.compressor.parameters(), *decoder.unet.parameters(), *decoder.context.parameters()]
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    loss = decoder.diffusion_loss(
+        torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1,
+        encoder(frames), faces, mask, text_encoder.encode(TEXTS), generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in encoder.vision_model.parameters())  # CLIP stays frozen
+    assert all(p.grad is None for p in decoder.vae.parameters())
+    assert encoder.compressor.queries.grad is not None and encoder.compressor.queries.grad.abs().sum() > 0
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))

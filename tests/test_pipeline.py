@@ -1,0 +1,140 @@
+"""The stage runner and `mdream status`: reuse, invalidation, kill-and-resume, several processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from conftest import small_script_dict, write_script
+from pipeline_fakes import FakeEncode, FakeKeyframes
+
+from mdream.stages.options import RunOptions
+from mdream.stages.pipeline import Project, run_stage
+from mdream.stages.status import script_status
+
+TESTS = Path(__file__).parent
+
+
+def _run(script: Path, *stages, **opts):
+    project = Project.open(script, RunOptions(quiet=True, **opts))
+    stages = list(stages)
+    return [run_stage(project, s, stages[: i + 1]) for i, s in enumerate(stages)]
+
+
+def _states(script: Path, stages, stage: str) -> list[str]:
+    report = script_status(script, RunOptions(), stages=stages)
+    return [r.states[stage] for r in report.rows]
+
+
+def test_rerun_reuses_everything(small_script):
+    first = _run(small_script, FakeEncode(), FakeKeyframes())
+    assert [len(r.produced) for r in first] == [6, 6]
+    second = _run(small_script, FakeEncode(), FakeKeyframes())
+    assert [len(r.produced) for r in second] == [0, 0]
+    assert [len(r.reused) for r in second] == [6, 6]
+
+
+def test_chained_values_flow_through_the_cache(small_script):
+    _run(small_script, FakeEncode(), FakeKeyframes())
+    project = Project.open(small_script, RunOptions(quiet=True))
+    from mdream.stages.pipeline import plan_keys
+
+    keys = plan_keys(project, [FakeEncode(), FakeKeyframes()])
+    values = [project.store.open("keyframes", k).load_tensors("tokens")["x"][0].item() for k in keys["keyframes"]]
+    assert values == [sum(range(i + 1)) for i in range(6)]  # cumulative sums of the shot indices
+
+
+def test_editing_one_shot_invalidates_it_and_for_chained_stages_the_ones_after(small_script):
+    stages = [FakeEncode(), FakeKeyframes()]
+    _run(small_script, *stages)
+    data = small_script_dict()
+    data["arcs"][0]["shots"][3]["descriptor"] = "An edited description."
+    small_script.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert _states(small_script, stages, "encode") == ["done"] * 3 + ["stale"] + ["done"] * 2
+    assert _states(small_script, stages, "keyframes") == ["done"] * 3 + ["stale"] * 3
+    reports = _run(small_script, *stages)
+    assert reports[0].produced == ["act1-004"]
+    assert reports[1].produced == ["act1-004", "act1-005", "act1-006"]
+
+
+def test_force_and_from_stage(small_script):
+    stages = [FakeEncode(), FakeKeyframes()]
+    _run(small_script, *stages)
+    assert [len(r.produced) for r in _run(small_script, *stages, from_stage="keyframes")] == [0, 6]
+    assert [len(r.produced) for r in _run(small_script, *stages, force=True)] == [6, 6]
+
+
+def test_seed_changes_keys(small_script):
+    stages = [FakeEncode()]
+    _run(small_script, *stages)
+    assert set(_states(small_script, stages, "encode")) == {"done"}
+    assert [len(r.produced) for r in _run(small_script, *stages, seed=123)] == [6]
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from pipeline_fakes import FakeEncode
+    from mdream.stages.options import RunOptions
+    from mdream.stages.pipeline import Project, run_stage
+    project = Project.open({script!r}, RunOptions(quiet=True))
+    stage = FakeEncode(sleep={sleep}, log={log!r})
+    run_stage(project, stage, [stage])
+    """
+)
+
+
+def _worker(script: Path, log: Path, sleep: float) -> subprocess.Popen:
+    code = WORKER.format(tests=str(TESTS), script=str(script), sleep=sleep, log=str(log))
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_status_is_truthful_after_a_killed_run_and_the_rerun_resumes(tmp_path):
+    data = small_script_dict(n_shots=12)
+    script = write_script(tmp_path / "movie", data)
+    log = tmp_path / "log.txt"
+    proc = _worker(script, log, sleep=0.4)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    produced_before = len(log.read_text().splitlines())
+    assert 3 <= produced_before < 12
+    states = _states(script, [FakeEncode()], "encode")
+    # Every shot the killed run logged is done (it logs after writing but before publishing, so
+    # the last one may have died unpublished); nothing is corrupt or left "running".
+    assert set(states) <= {"done", "missing"}
+    assert produced_before - 1 <= states.count("done") <= produced_before
+    assert states[: states.count("done")] == ["done"] * states.count("done")
+    # The rerun only does what is missing, and its results are all valid.
+    reports = _run(script, FakeEncode())
+    assert len(reports[0].produced) == states.count("missing")
+    assert _states(script, [FakeEncode()], "encode") == ["done"] * 12
+    project = Project.open(script, RunOptions(quiet=True))
+    from mdream.stages.pipeline import plan_keys
+
+    keys = plan_keys(project, [FakeEncode()])["encode"]
+    for i, k in enumerate(keys):
+        assert torch.equal(project.store.open("encode", k).load_tensors("emb")["x"], torch.full((4,), float(i)))
+
+
+def test_two_processes_share_the_work_without_duplicates(tmp_path):
+    script = write_script(tmp_path / "movie", small_script_dict(n_shots=12))
+    log = tmp_path / "log.txt"
+    procs = [_worker(script, log, sleep=0.5) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    lines = log.read_text().splitlines()
+    shot_ids = [line.split()[1] for line in lines]
+    assert sorted(shot_ids) == sorted(set(shot_ids)) and len(shot_ids) == 12  # each shot once
+    assert len({line.split()[0] for line in lines}) == 2  # both processes did some of the work
+    assert _states(script, [FakeEncode()], "encode") == ["done"] * 12
