@@ -88,7 +88,9 @@ def draw_face(look: FaceLook, variant: int, size: int = 112) -> Image.Image:
         draw.ellipse(s(ex - 7, ey - 5, ex + 7, ey + 5), fill=(250, 250, 250))
         draw.ellipse(s(ex - 4 + dx / 5, ey - 4, ex + 4 + dx / 5, ey + 4), fill=look.eyes)
         draw.ellipse(s(ex - 1.5 + dx / 5, ey - 1.5, ex + 1.5 + dx / 5, ey + 1.5), fill=(15, 15, 15))
-        draw.line(s(ex - 7, ey - 10, ex + 7, ey - 10 - variant), fill=look.hair, width=max(1, round(2 * scale)))
+        draw.line(
+            s(ex - 7, ey - 10, ex + 7, ey - 10 - variant), fill=look.hair, width=max(1, round(2 * scale))
+        )
     draw.line(s(cx, cy + 1, cx - 3, cy + 10, cx + 1, cy + 10), fill=(120, 70, 50), width=1)  # nose
     if look.beard:
         draw.chord(s(cx - 24, cy + 2, cx + 24, cy + 34), 0, 180, fill=look.hair)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import enum
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdream.cache import artifact_key, canonical_json
 
@@ -39,8 +42,6 @@ def test_key_is_stable_across_processes_with_different_hash_seeds() -> None:
         "from mdream.cache import artifact_key; import json, sys; "
         "print(artifact_key(**json.loads(sys.argv[1])))"
     )
-    import json
-
     keys = set()
     for hash_seed in ("1", "12345"):
         out = subprocess.run(
@@ -134,3 +135,26 @@ def test_non_json_values_raise_a_clear_type_error(inputs: dict, fragment: str) -
 def test_bad_arguments_are_rejected(change: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         key_of(**change)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def reversed_dicts(value: object) -> object:
+    """The same JSON value with every dict's insertion order reversed."""
+    if isinstance(value, dict):
+        return {k: reversed_dicts(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [reversed_dicts(v) for v in value]
+    return value
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+def test_property_key_ignores_dict_order_and_encoding_round_trips(inputs: dict) -> None:
+    assert key_of(inputs=inputs) == key_of(inputs=reversed_dicts(inputs))
+    assert json.loads(canonical_json(inputs)) == inputs

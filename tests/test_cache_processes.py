@@ -33,8 +33,10 @@ _spec.loader.exec_module(worker_module)
 STAGE = "render"
 
 
-def start_worker(mode: str, root: Path, key: str, marker: Path, *extra: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def start_worker(mode: str, root: Path, key: str, marker: Path, *extra: str,
+                 soft_locks: bool = False) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "MDREAM_TEST_SOFT_LOCKS": "1" if soft_locks else "0"}
     return subprocess.Popen(
         [sys.executable, str(WORKER), mode, str(root), STAGE, key, str(marker), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -94,7 +96,7 @@ def test_writer_killed_mid_write_leaves_no_artifact_and_is_recovered(store: Arti
 
     t0 = time.monotonic()
     writer = store.claim(STAGE, key, wait=False)
-    assert writer is not None and time.monotonic() - t0 < 1.0  # the lock died with its holder
+    assert writer is not None and time.monotonic() - t0 < 2.0  # the lock died with its holder
     assert [e for e in shard_entries(store, key) if e.startswith(f"{TMP_PREFIX}{key}-{proc.pid}-")] == []
     with writer:
         writer.save_bytes("big.bin", b"complete")
@@ -137,19 +139,25 @@ def test_writer_killed_while_replacing_restores_the_old_artifact(store: Artifact
     assert art is not None and art.read_bytes("data.bin") == b"old contents"
 
 
-def test_stale_lock_of_a_killed_holder_is_recovered_at_once(store: ArtifactStore, tmp_path: Path) -> None:
+@pytest.mark.parametrize("soft_locks", [False, True], ids=["flock", "soft-marker"])
+def test_stale_lock_of_a_killed_holder_is_recovered_at_once(tmp_path: Path, soft_locks: bool) -> None:
+    store = ArtifactStore(tmp_path / "cache", soft_locks=soft_locks)
     key = key_for()
     marker = tmp_path / "ready"
-    proc = start_worker("hold", store.root, key, marker)
+    proc = start_worker("hold", store.root, key, marker, soft_locks=soft_locks)
     assert wait_for(marker, proc) == "ready"
     assert store.claim(STAGE, key, wait=False) is None
+    assert store.status(STAGE, key) is ArtifactStatus.IN_PROGRESS
     kill(proc)
-    assert store.lock_path(STAGE, key).exists()  # the lock file stays; the kernel lock does not
+    # The lock file stays (flock: an empty name; soft: a marker naming the dead pid) ...
+    assert store.lock_path(STAGE, key).exists()
+    # ... but nobody holds it any more.
+    assert store.status(STAGE, key) is ArtifactStatus.MISSING
     t0 = time.monotonic()
     writer = store.claim(STAGE, key, wait=False)
     elapsed = time.monotonic() - t0
     assert writer is not None, "a dead process's lock must not block"
-    assert elapsed < 1.0
+    assert elapsed < 2.0  # no lock timeout to sit out (generous only for loaded CI machines)
     with writer:
         writer.save_bytes("data.bin", b"after recovery")
     assert store.status(STAGE, key, checksums=True) is ArtifactStatus.DONE
@@ -166,7 +174,7 @@ def test_claim_without_wait_returns_none_while_a_live_process_holds_the_lock(
         assert wait_for(marker, proc) == "ready"
         t0 = time.monotonic()
         assert store.claim(STAGE, key, wait=False) is None
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0
         assert store.claim(STAGE, key, wait=0.2) is None  # bounded wait times out
         assert store.status(STAGE, key) is ArtifactStatus.IN_PROGRESS
         assert store.open(STAGE, key) is None
@@ -187,25 +195,27 @@ def test_claim_with_wait_returns_none_once_another_process_made_it(store: Artifa
     marker = tmp_path / "ready"
     proc = start_worker("produce-slow", store.root, key, marker, "0.5")
     wait_for(marker, proc)
-    t0 = time.monotonic()
+    assert store.status(STAGE, key) is ArtifactStatus.IN_PROGRESS
     assert store.claim(STAGE, key, wait=True) is None
-    assert time.monotonic() - t0 > 0.2  # it really waited for the producer
+    # It returned because the producer finished, not by producing (or giving up) itself:
+    assert store.status(STAGE, key) is ArtifactStatus.DONE
     assert proc.wait(timeout=30) == 0
     art = store.open(STAGE, key)
     assert art is not None and art.read_bytes("data.bin") == b"made by the slow producer"
 
 
-@pytest.mark.parametrize("n_workers", [3])
-def test_concurrent_workers_fill_one_cache_without_duplicates(
-    store: ArtifactStore, tmp_path: Path, n_workers: int
-) -> None:
+@pytest.mark.parametrize("soft_locks", [False, True], ids=["flock", "soft-marker"])
+def test_concurrent_workers_fill_one_cache_without_duplicates(tmp_path: Path, soft_locks: bool) -> None:
+    store = ArtifactStore(tmp_path / "cache", soft_locks=soft_locks)
+    n_workers = 3
     n_keys = 20
     log = tmp_path / "productions.log"
     go = tmp_path / "go"
     procs, markers = [], []
     for w in range(n_workers):
         markers.append(tmp_path / f"ready{w}")
-        procs.append(start_worker("fill", store.root, "unused", markers[-1], str(log), str(n_keys), str(go)))
+        procs.append(start_worker("fill", store.root, "unused", markers[-1], str(log), str(n_keys), str(go),
+                                  soft_locks=soft_locks))
     for marker, proc in zip(markers, procs, strict=True):
         wait_for(marker, proc)
     go.write_text("go")  # all imported and waiting: start together
@@ -229,3 +239,33 @@ def test_concurrent_workers_fill_one_cache_without_duplicates(
         assert shard_entries(store, k) == sorted(
             kk for kk in keys if kk[:2] == k[:2]
         )  # no temp or old dirs left anywhere
+
+
+def test_killing_one_of_three_fillers_loses_nothing(store: ArtifactStore, tmp_path: Path) -> None:
+    n_keys = 20
+    log = tmp_path / "productions.log"
+    go = tmp_path / "go"
+    procs, markers = [], []
+    for w in range(3):
+        markers.append(tmp_path / f"ready{w}")
+        procs.append(start_worker("fill", store.root, "unused", markers[-1], str(log), str(n_keys), str(go)))
+    for marker, proc in zip(markers, procs, strict=True):
+        wait_for(marker, proc)
+    go.write_text("go")
+    time.sleep(0.1)  # a few keys in: the victim is most likely holding a lock mid-write
+    kill(procs[0])
+    for proc in procs[1:]:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+
+    produced = collections.Counter(line.split()[0] for line in log.read_text().splitlines())
+    keys = [worker_module.fill_key(i) for i in range(n_keys)]
+    assert set(produced) == set(keys)
+    # Only the key the victim was writing when killed may have been produced a second time.
+    assert sum(produced.values()) - n_keys <= 1, produced
+    for k in keys:  # the survivors finished everything, and nothing published is damaged
+        assert store.status(STAGE, k, checksums=True) is ArtifactStatus.DONE
+        art = store.open(STAGE, k)
+        assert art is not None and art.read_bytes("data.bin") == worker_module.fill_payload(k)
+    leftovers = [p for p in store.root.glob(f"{STAGE}/*/.*")]
+    assert leftovers == [], leftovers  # the victim's temp dir was cleaned by whoever took over its key

@@ -161,6 +161,19 @@ def test_in_process_second_claim_sees_the_lock(store: ArtifactStore) -> None:
     assert store.status(STAGE, key) is ArtifactStatus.MISSING
 
 
+def test_leftover_lock_files_do_not_block(store: ArtifactStore) -> None:
+    # A lock file left behind (by a killed process, or a SoftFileLock-style marker holding a dead
+    # pid and host name) is only a name: the flock on it is what counts, and nobody holds that.
+    key = make_key()
+    lock_path = store.lock_path(STAGE, key)
+    lock_path.parent.mkdir(parents=True)
+    lock_path.write_text("999999\nsome-other-host\n")
+    assert store.status(STAGE, key) is ArtifactStatus.MISSING
+    with store.claim(STAGE, key, wait=False) as writer:
+        produce_basic(writer)
+    assert store.status(STAGE, key) is ArtifactStatus.DONE
+
+
 def truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])

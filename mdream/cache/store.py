@@ -36,7 +36,8 @@ Crash recovery
     On NFS, ``flock`` is emulated with POSIX locks that the server drops when the client process dies
     (or when a dead client's lease expires). On file systems with no ``flock`` at all, filelock falls
     back to a soft lock (a marker file with pid and host); filelock breaks such a marker when its
-    owner is a dead process on the same host. A leftover lock *file* (from a dead process, or a
+    owner is a dead process on the same host (a marker from another host cannot be judged and must be
+    removed by hand; ``ArtifactStore(root, soft_locks=True)`` forces this mode). A leftover lock *file* (from a dead process, or a
     SoftFileLock-style marker with stale contents) never blocks a native lock. Temp dirs left by a
     killed writer are removed the next time anyone acquires that artifact's lock (only the lock
     holder writes temp dirs for a key, so whatever is there then is debris); ``clean_leftovers``
@@ -335,6 +336,7 @@ class ArtifactWriter:
         self.artifact: Artifact | None = None
         self._lock = lock
         self._finished = False
+        self._owner_pid = os.getpid()
 
     # -- writing
     def path(self, name: str) -> Path:
@@ -449,7 +451,8 @@ class ArtifactWriter:
             self.abort()
 
     def __del__(self) -> None:  # a writer dropped without commit/abort must not keep the lock
-        if not getattr(self, "_finished", True):
+        # ... but a forked child (e.g. a DataLoader worker) must never delete its parent's temp dir.
+        if not getattr(self, "_finished", True) and getattr(self, "_owner_pid", None) == os.getpid():
             with contextlib.suppress(Exception):
                 self.abort()
 
@@ -460,8 +463,16 @@ class ArtifactWriter:
 class ArtifactStore:
     """A folder of content-addressed, checksummed artifacts that many processes can fill at once."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], soft_locks: bool = False):
+        """``soft_locks=True`` uses marker-file locks (``filelock.SoftFileLock``) instead of ``flock``,
+        for file systems where ``flock`` is broken; a marker left by a dead process on this host is
+        broken automatically, one left by another host must be removed by hand."""
         self.root = Path(root)
+        self.soft_locks = soft_locks
+
+    def _new_lock(self, lock_path: Path) -> filelock.BaseFileLock:
+        lock_class = filelock.SoftFileLock if self.soft_locks else filelock.FileLock
+        return lock_class(lock_path, thread_local=False)
 
     # -- paths
     def artifact_dir(self, stage: str, key: str) -> Path:
@@ -494,7 +505,7 @@ class ArtifactStore:
                 _verify(final, stage, key, checksums)
                 return StatusReport(ArtifactStatus.DONE, final)
             except CorruptArtifactError as e:
-                reason = e.message
+                reason = e.message if final.exists() else None  # None: moved aside while we looked
         if self._lock_is_held(stage, key):
             return StatusReport(ArtifactStatus.IN_PROGRESS, final, reason)
         if reason is not None:
@@ -509,7 +520,7 @@ class ArtifactStore:
         lock_path = self.lock_path(stage, key)
         if not lock_path.exists():  # a holder creates it; probing must not create files
             return False
-        lock = filelock.FileLock(lock_path, thread_local=False)
+        lock = self._new_lock(lock_path)
         try:
             lock.acquire(blocking=False)
         except filelock.Timeout:
@@ -531,7 +542,7 @@ class ArtifactStore:
         except CorruptArtifactError as e:
             reason = e.message
         # Move it aside under its lock, so that we never move a fresh copy a producer just published.
-        lock = filelock.FileLock(self._ensure_lock_dir(stage, key), thread_local=False)
+        lock = self._new_lock(self._ensure_lock_dir(stage, key))
         try:
             lock.acquire(timeout=_NO_WAIT_GRACE_S, poll_interval=_POLL_S)
         except filelock.Timeout:
@@ -540,13 +551,13 @@ class ArtifactStore:
             return None
         try:
             self._recover_leftovers(stage, key)
+            if not final.exists():  # someone else moved it aside meanwhile
+                return None
             try:
                 meta = _verify(final, stage, key, checksums=True)
                 return Artifact(stage, key, final, meta)  # replaced by a good copy meanwhile
             except CorruptArtifactError as e:
                 reason = e.message
-            except FileNotFoundError:
-                return None
             self._quarantine(stage, key, final, reason)
             return None
         finally:
@@ -570,7 +581,7 @@ class ArtifactStore:
             timeout = float(wait)
         else:
             raise ValueError(f"wait must be a bool or a number of seconds >= 0, got {wait!r}")
-        lock = filelock.FileLock(lock_path, thread_local=False)
+        lock = self._new_lock(lock_path)
         try:
             lock.acquire(timeout=timeout, poll_interval=_POLL_S)
         except filelock.Timeout:
@@ -586,7 +597,7 @@ class ArtifactStore:
                         return None
                 except CorruptArtifactError as e:
                     self._quarantine(stage, key, final, e.message)
-            tmp_dir = final
+            tmp_dir = final.parent / f"{TMP_PREFIX}{key}-{os.getpid()}-{secrets.token_hex(4)}"
             tmp_dir.mkdir(parents=True)
         except BaseException:
             lock.release()
@@ -641,7 +652,7 @@ class ArtifactStore:
                     if (m := re.match(r"^\.(?:tmp|old)-([A-Za-z0-9_-]+)-\d+-[0-9a-f]+$", d.name))
                 }
                 for key in keys:
-                    lock = filelock.FileLock(self._ensure_lock_dir(stage_dir.name, key), thread_local=False)
+                    lock = self._new_lock(self._ensure_lock_dir(stage_dir.name, key))
                     try:
                         lock.acquire(blocking=False)
                     except filelock.Timeout:
@@ -754,7 +765,7 @@ class ArtifactStore:
                 old = shard / f"{OLD_PREFIX}{key}-{os.getpid()}-{secrets.token_hex(4)}"
                 os.rename(final, old)
         try:
-            pass
+            os.rename(tmp_dir, final)
         except OSError as e:
             if old is not None and not final.exists():
                 os.rename(old, final)

@@ -24,6 +24,24 @@ from mdream.cli._common import (
     stdout,
 )
 
+def _route_library_warnings() -> None:
+    """Show the cache's warnings (a corrupt artifact quarantined, ...) on stderr, one line each."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from mdream.cli._common import stderr as console
+
+    logger = logging.getLogger("mdream")
+    if not logger.handlers:
+        handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+_route_library_warnings()
+
 app = typer.Typer(
     name="mdream",
     help="Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",

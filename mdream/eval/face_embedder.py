@@ -36,8 +36,10 @@ ONNX_INPUT_NAME = "face"
 class FaceEmbedderConfig:
     """Constructor arguments of :class:`FaceEmbedderNet` (saved beside the weights)."""
 
+    input_pool: int = 2
+    """Average-pool the 112x112 input by this factor first (toy faces are flat shapes; 4x cheaper)."""
     widths: tuple[int, ...] = (24, 32, 64, 96)
-    """Channels of the stem and of the three downsampling stages (112 -> 56 -> 28 -> 14 -> 7)."""
+    """Channels of the stem and of the three stride-2 stages (56 -> 28 -> 14 -> 7 -> 4 after the pool)."""
     head_channels: int = 48
     """Channels of the 1x1 reduction before the spatial flatten (keeps where colours are)."""
     embedding_dim: int = EMBEDDING_DIM
@@ -64,13 +66,16 @@ class FaceEmbedderNet(nn.Module):
         super().__init__()
         self.config = config or FaceEmbedderConfig()
         w = self.config.widths
-        layers: list[nn.Module] = [_conv_bn_relu(3, w[0], 2)]  # 112 -> 56
-        for c_in, c_out in zip(w[:-1], w[1:], strict=True):  # 56 -> 28 -> 14 -> 7
+        layers: list[nn.Module] = []
+        if self.config.input_pool > 1:
+            layers.append(nn.AvgPool2d(self.config.input_pool))  # 112 -> 56
+        layers.append(_conv_bn_relu(3, w[0], 2))  # -> 28
+        for c_in, c_out in zip(w[:-1], w[1:], strict=True):  # -> 14 -> 7 -> 4
             layers += [_conv_bn_relu(c_in, c_out, 2), _conv_bn_relu(c_out, c_out, 1)]
         layers += [
             nn.Conv2d(w[-1], self.config.head_channels, 1, bias=False),
             nn.BatchNorm2d(self.config.head_channels),
-            nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),  # 7 -> 4 (ONNX-exportable)
+            nn.AdaptiveAvgPool2d(4),  # a no-op at 4x4; keeps other input_pool settings working
         ]
         self.features = nn.Sequential(*layers)
         flat = self.config.head_channels * 4 * 4

@@ -35,7 +35,7 @@ class FrameAnalyserConfig:
     """Number of scene classes (the world's scenes, in ``world.scenes`` order)."""
     num_characters: int = 24
     """Number of character classes per position; the head has one more class for "empty"."""
-    widths: tuple[int, ...] = (32, 64, 96, 128)
+    widths: tuple[int, ...] = (24, 48, 64, 96)
     """Channels of the four stride-2 stages (64 -> 32 -> 16 -> 8 -> 4)."""
     feature_dim: int = 128
     """Size of the penultimate feature vector (toy-FID and diversity features)."""

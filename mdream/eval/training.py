@@ -70,6 +70,27 @@ def random_shot(world, rng: np.random.Generator, min_cast: int = 0):
     return ShotSpec(world.scenes[int(rng.integers(len(world.scenes)))].id, cast, str(rng.choice(cameras)))
 
 
+def square_box(box: tuple[float, float, float, float], height: int, width: int) -> tuple[float, ...]:
+    """Undo the frame clipping of a square face box: extend the clipped side past the frame edge.
+
+    ``face_boxes`` clips boxes to the frame; resizing a clipped (non-square) box to 112x112 would
+    stretch the face, so the crop is taken square and edge-padded instead.
+    """
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)
+    if x1 - x0 < side:
+        if x0 <= 0:
+            x0 = x1 - side
+        else:
+            x1 = x0 + side
+    if y1 - y0 < side:
+        if y0 <= 0:
+            y0 = y1 - side
+        else:
+            y1 = y0 + side
+    return (x0, y0, x1, y1)
+
+
 def crop_resized(frame: np.ndarray, box: tuple[float, float, float, float], size: int = FACE_SIZE) -> np.ndarray:
     """Cut box (x0, y0, x1, y1) out of frame [H, W, 3] (edge-padded if it leaves the frame) -> [size, size, 3]."""
     h, w = frame.shape[:2]
@@ -127,9 +148,9 @@ class FaceTrainingConfig:
 
     world_seeds: tuple[int, ...] = (0, 1, 2, 3)
     """Worlds whose characters are the identity classes (world 0 is the evaluator's world)."""
-    steps: int = 1200
+    steps: int = 700
     """Optimizer steps."""
-    batch_size: int = 96
+    batch_size: int = 64
     """Faces per step: half photos, half crops cut from rendered keyframes."""
     lr: float = 2e-3
     """Peak AdamW learning rate (cosine decay after a short warm-up)."""
@@ -169,7 +190,8 @@ def face_batch(worlds: list, n: int, keyframe_fraction: float, rng: np.random.Ge
         shot = random_shot(world, rng, min_cast=1)
         size = int(rng.choice([32, 64, 128]))
         frame = render_keyframe(world, shot, size, rng)
-        for character_id, (x0, y0, x1, y1) in face_boxes(world, shot, size):
+        for character_id, box in face_boxes(shot, size, world):
+            x0, y0, x1, y1 = square_box(box, size, size)
             bw, bh = x1 - x0, y1 - y0
             jitter = rng.uniform(-0.1, 0.1, 4) * np.array([bw, bh, bw, bh])
             faces.append(crop_resized(frame, (x0 + jitter[0], y0 + jitter[1], x1 + jitter[2], y1 + jitter[3])))
@@ -285,13 +307,13 @@ class AnalyserTrainingConfig:
 
     world_seed: int = 0
     """The world whose scenes and characters are the classes."""
-    pool_size: int = 16000
+    pool_size: int = 12000
     """Rendered ground-truth frames kept in memory (64x64 uint8), re-used with fresh augmentation."""
     refresh_per_step: int = 16
     """Pool frames replaced by fresh renders every step (so the pool keeps changing)."""
-    steps: int = 3000
+    steps: int = 1500
     """Optimizer steps."""
-    batch_size: int = 128
+    batch_size: int = 96
     """Frames per step."""
     lr: float = 2e-3
     """Peak AdamW learning rate (cosine decay)."""
@@ -432,11 +454,12 @@ def face_cli(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (checkpoints, ONNX).")],
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = FaceTrainingConfig.steps,
     batch_size: Annotated[int, typer.Option(help="Faces per step.")] = FaceTrainingConfig.batch_size,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = FaceTrainingConfig.threads,
     resume: Annotated[str, typer.Option(help="auto | none | PATH of a checkpoint.")] = "auto",
     install: Annotated[bool, typer.Option(help="Copy the ONNX into mdream/assets/eval/.")] = False,
 ) -> None:
     """Train the toy face-identity embedder (ArcFace loss) and export it to ONNX."""
-    onnx_path = train_face_embedder(FaceTrainingConfig(steps=steps, batch_size=batch_size), out, resume)
+    onnx_path = train_face_embedder(FaceTrainingConfig(steps=steps, batch_size=batch_size, threads=threads), out, resume)
     if install:
         ASSETS_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copy2(onnx_path, ASSETS_DIR / onnx_path.name)
@@ -448,11 +471,12 @@ def analyser_cli(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (checkpoints, model).")],
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = AnalyserTrainingConfig.steps,
     pool_size: Annotated[int, typer.Option(help="Rendered frames kept in memory.")] = AnalyserTrainingConfig.pool_size,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = AnalyserTrainingConfig.threads,
     resume: Annotated[str, typer.Option(help="auto | none | PATH of a checkpoint.")] = "auto",
     install: Annotated[bool, typer.Option(help="Copy the model into mdream/assets/eval/.")] = False,
 ) -> None:
     """Train the toy frame analyser (scene + who is where)."""
-    folder = train_frame_analyser(AnalyserTrainingConfig(steps=steps, pool_size=pool_size), out, resume)
+    folder = train_frame_analyser(AnalyserTrainingConfig(steps=steps, pool_size=pool_size, threads=threads), out, resume)
     if install:
         target = ASSETS_DIR / "frame_analyser"
         target.mkdir(parents=True, exist_ok=True)

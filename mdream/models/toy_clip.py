@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
 from mdream.models.encoders import CLIP_MEAN, CLIP_STD
+from mdream.models.loading import quiet_loading
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 PRE_TOKENIZER = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
@@ -103,8 +104,9 @@ def save_clip_folder(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, folde
     """Save a CLIP folder that ``CLIPModel``, ``CLIPVisionModel``, ``CLIPTextModelWithProjection`` and
     ``AutoTokenizer`` all load: weights, config, tokenizer.json and a CLIP preprocessor config."""
     folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with quiet_loading():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     size = model.config.vision_config.image_size
     preprocessor = {
         "image_processor_type": "CLIPImageProcessor",

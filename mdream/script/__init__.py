@@ -1,7 +1,8 @@
 """The multimodal movie script: pydantic models, loading with located errors, and the shot plan.
 
-    script = load_script("examples/scripts/short.yaml")   # ScriptError lists every problem at once
-    plan = plan_script(script)                             # shots in playing order, default ids filled
+`load_script(path)` returns a validated Script or raises ScriptError listing every problem at once;
+`plan_script(script)` orders the shots and fills in default shot ids; `script_json_schema()` is the
+format as JSON Schema. The format is documented in docs/script-format.md.
 """
 
 from __future__ import annotations

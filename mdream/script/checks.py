@@ -161,8 +161,13 @@ def _check_shots(
     report: Report,
 ) -> None:
     shot_ids: dict[str, FieldPath] = {}
+    arc_ids: set[str] = set()
     for arc_index, arc in _items(data, "arcs"):
         arc_id = _as_id(arc.get("id"))
+        if arc_id in arc_ids:
+            arc_id = None  # a repeated arc id is reported once; don't repeat it for its default shot ids
+        elif arc_id is not None:
+            arc_ids.add(arc_id)
         for shot_index, shot in _items(arc, "shots"):
             here: FieldPath = ("arcs", arc_index, "shots", shot_index)
             explicit = _as_id(shot.get("id")) if "id" in shot else None
@@ -222,8 +227,16 @@ def cross_check(data: dict, root: Path, source_map: SourceMap, report: Report) -
     characters = _check_unique_ids(data, "characters", "character", source_map, report)
     scenes = _check_unique_ids(data, "scenes", "scene", source_map, report)
     _check_unique_ids(data, "arcs", "arc", source_map, report)
-    # Only report unknown references when the list they refer to was readable at all.
-    have_characters = "characters" not in data or isinstance(data.get("characters"), list)
-    have_scenes = isinstance(data.get("scenes"), list)
+    # Only report unknown references when the list they refer to was readable at all, and not
+    # when it is missing because its key is misspelt (the unknown-key problem says it all).
+    other_keys = [key for key in data if isinstance(key, str) and key != "characters"]
+
+    def readable(section: str) -> bool:
+        if section in data:
+            return isinstance(data[section], list)
+        return not difflib.get_close_matches(section, other_keys, n=1, cutoff=0.6)
+
+    have_characters = readable("characters")
+    have_scenes = isinstance(data.get("scenes"), list)  # scenes are required: missing is reported
     _check_shots(data, characters, scenes, have_characters, have_scenes, source_map, report)
     _check_files(data, root, report)

@@ -101,9 +101,7 @@ def _choice_hint(value: object, choices: tuple[str, ...]) -> str:
     return "one of " + ", ".join(choices)
 
 
-def _problems_from_validation(
-    error: ValidationError, file: str, source_map: SourceMap
-) -> list[Problem]:
+def _problems_from_validation(error: ValidationError, file: str, source_map: SourceMap) -> list[Problem]:
     details = error.errors(include_url=False)
 
     # An unknown key that looks like a misspelt required one explains that missing key too.
@@ -178,7 +176,14 @@ def _problems_from_validation(
         elif kind == "string_too_long":
             message = f"{name} is too long (at most 64 characters)"
         else:
-            message = f"{detail['msg']}, got {_short(value)}"
+            expected = {
+                "model_type": "a mapping of keys",
+                "dict_type": "a mapping of keys",
+                "list_type": "a list",
+                "string_type": "text",
+            }.get(kind)
+            message = f"expected {expected}" if expected else detail["msg"]
+            message += f", got {_short(value)}"
             if isinstance(value, bool) and kind == "string_type":
                 hint = "YAML reads yes/no/on/off/true/false as booleans; put the text in quotes"
             elif kind in ("model_type", "dict_type") and isinstance(value, str) and "characters" in loc:
@@ -312,9 +317,7 @@ def load_script(path: str | Path) -> Script:
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise ScriptError(
-            problems=[
-                Problem(str(path), line, None, "", "the script is not UTF-8 text", "save it as UTF-8")
-            ]
+            problems=[Problem(str(path), line, None, "", "the script is not UTF-8 text", "save it as UTF-8")]
         ) from None
     script = validate_script_text(
         text, file=str(path), root=path.parent, is_json=path.suffix.lower() == ".json"

@@ -102,7 +102,7 @@ def _record_locations(root: yaml.Node, source_map: SourceMap) -> None:
                 stack.append((node.value[index], path + (index,), inner))
 
 
-def _yaml_syntax_error(error: yaml.YAMLError) -> tuple[str, Location | None, str | None]:
+def _yaml_syntax_error(error: yaml.YAMLError, text: str) -> tuple[str, Location | None, str | None]:
     location: Location | None = None
     if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
@@ -113,7 +113,10 @@ def _yaml_syntax_error(error: yaml.YAMLError) -> tuple[str, Location | None, str
         if error.context:
             message += f" ({error.context})"
     elif isinstance(error, yaml.reader.ReaderError):
-        message = f"YAML syntax error: {error.reason} (character {error.character!r})"
+        character = chr(error.character) if isinstance(error.character, int) else error.character
+        message = f"YAML syntax error: {error.reason} (character {character!r})"
+        before = text[: error.position]
+        location = (before.count("\n") + 1, error.position - (before.rfind("\n") + 1) + 1)
     else:
         message = f"YAML syntax error: {error}"
     hint = None
@@ -165,6 +168,6 @@ def parse_document(text: str, *, is_json: bool = False) -> ParsedDocument:
         finally:
             loader.dispose()
     except yaml.YAMLError as error:
-        return ParsedDocument(None, SourceMap(), _yaml_syntax_error(error))
+        return ParsedDocument(None, SourceMap(), _yaml_syntax_error(error, text))
     _record_locations(node, source_map)
     return ParsedDocument(data, source_map)

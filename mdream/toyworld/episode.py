@@ -158,7 +158,7 @@ def make_episode(world: World, seed: int, n_shots: int, main_cast: int = 5) -> E
 
     # 3. Shots: members of the group enter one after another and some leave before the end.
     shots: list[ShotSpec] = []
-    for (arc_id, s0, s1), scene_id, group in zip(arcs, scene_of_arc, groups, strict=True):
+    for (_, s0, s1), scene_id, group in zip(arcs, scene_of_arc, groups, strict=True):
         length = s1 - s0
         positions = list(_POSITION_ORDER_BY_COUNT[len(group)])
         rng.shuffle(positions)

@@ -2,6 +2,8 @@
 
     python worker.py MODE ROOT STAGE KEY MARKER [ARGS...]
 
+MDREAM_TEST_SOFT_LOCKS=1 makes the store use SoftFileLock marker files instead of flock.
+
 Modes (MARKER is a file the worker creates when the parent may act, e.g. SIGKILL it):
     hold                   claim KEY, write a file, signal, then sleep until killed
     crash-mid-write MB     claim KEY, signal, keep writing a large file until killed
@@ -47,7 +49,7 @@ def fill_payload(key: str) -> bytes:
 def main(argv: list[str]) -> int:
     mode, root, stage, key, marker = argv[:5]
     extra = argv[5:]
-    store = ArtifactStore(root)
+    store = ArtifactStore(root, soft_locks=os.environ.get("MDREAM_TEST_SOFT_LOCKS") == "1")
     marker_path = Path(marker)
 
     if mode == "hold":
@@ -131,7 +133,7 @@ def main(argv: list[str]) -> int:
                 os.write(log_fd, f"{k} {os.getpid()}\n".encode())
                 writer.save_bytes("data.bin", fill_payload(k))
                 writer.save_json("info.json", {"key": k})
-                time.sleep(0.01)  # widen the window in which others find the lock held
+                time.sleep(0.02)  # widen the window in which others find the lock held
             return True
 
         deferred = [k for k in keys if not produce(k, wait=False)]

@@ -1,0 +1,61 @@
+"""``mdream eval MOVIE_DIR --script script.yaml``: score a generated movie against its script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mdream.cli._common import print_json, run_cli, stdout
+
+
+def _format(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def show_eval_report(report) -> None:
+    """A rich table of the headline metrics, then the notes."""
+    table = Table(title=f"mdream eval ({report.backend} backend): {report.n_shots} shots, {report.n_faces} faces")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("better", justify="center")
+    for name, label, direction in report.METRICS:
+        table.add_row(label, _format(getattr(report, name)), "higher" if direction == "higher" else "lower")
+    stdout.print(table)
+    stdout.print(
+        f"identity pairs: {report.n_short_term_pairs} short-term, {report.n_long_term_pairs} long-term",
+        highlight=False,
+    )
+    for note in report.notes:
+        stdout.print(f"[dim]note: {note}[/]", highlight=False)
+
+
+def eval_cli(
+    movie_dir: Annotated[Path, typer.Argument(help="The movie folder (keyframes/0000.png ...).", show_default=False)],
+    script: Annotated[Path, typer.Option("--script", "-s", help="The script the movie was generated from.")],
+    backend: Annotated[str, typer.Option("--backend", help="toy (shipped evaluator) or real (CLIP + insightface).")] = "toy",
+    clip_model: Annotated[
+        str | None, typer.Option("--clip-model", help="Real backend: CLIP model, hub id or folder.")
+    ] = None,
+    face_model: Annotated[
+        Path | None, typer.Option("--face-model", help="An insightface recognition .onnx (default on toy: shipped).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
+) -> None:
+    """Score a generated movie against its script: adherence, identity consistency, toy-FID, diversity."""
+    from mdream.eval.evaluate import evaluate_movie
+
+    report = run_cli(
+        evaluate_movie, movie_dir, script, backend=backend, clip_model=clip_model, face_model=face_model,
+        as_json=json_out,
+    )
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        show_eval_report(report)
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command("eval")(eval_cli)

@@ -1,0 +1,500 @@
+"""``evaluate_movie``: score a generated movie folder against its script.
+
+    report = evaluate_movie("movie/", "script.yaml")            # toy backend, shipped weights
+    print(report.to_dict())
+
+Backends:
+
+* ``toy`` (default): the shipped frame analyser (scene + who is where, and the features of the
+  toy-FID and diversity) and the shipped toy face-identity embedder. Faces are cut where the toy
+  world draws them (``face_boxes`` of the script's layout). Shots or characters that are not part of
+  the analyser's toy world give n/a.
+* ``real``: a transformers CLIP model (``clip_model``: hub id or folder) gives the CLIP score and the
+  diversity features; an insightface recognition ONNX (``face_model``) gives identity. Without a
+  face detector, faces are cut from the part of the frame where the script puts the character
+  (left/center/right third, upper part); scene/cast accuracy and toy-FID are n/a.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mdream.errors import InputError
+from mdream.eval import metrics
+from mdream.eval.face_embedder import FACE_SIZE, FaceIdentityEmbedder
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "eval"
+TOY_FACE_MODEL = ASSETS_DIR / "toy_face_recognition.onnx"
+TOY_ANALYSER = ASSETS_DIR / "frame_analyser"
+BACKENDS = ("toy", "real")
+POSITIONS = ("left", "center", "right")
+TOY_FRAME_SIZES = (32, 64, 128)
+
+
+@dataclass
+class ShotResult:
+    """What the evaluator saw in one shot."""
+
+    index: int
+    id: str
+    scene: str
+    predicted_scene: str | None = None
+    """The analyser's scene (toy backend; None if the shot's scene is not in the toy world)."""
+    cast: dict[str, str | None] = field(default_factory=dict)
+    """Script: position -> character id (None: empty)."""
+    predicted_cast: dict[str, str | None] = field(default_factory=dict)
+    """Analyser: position -> character id (None: empty)."""
+    clip_score: float | None = None
+    faces: int = 0
+    """Face crops taken from this shot."""
+
+
+@dataclass
+class EvalReport:
+    """Scores of one movie against its script. ``None`` means n/a (nothing to measure)."""
+
+    backend: str
+    movie_dir: str
+    script: str
+    n_shots: int
+    scene_accuracy: float | None = None
+    """Fraction of shots whose predicted scene is the script's scene (toy)."""
+    cast_accuracy: float | None = None
+    """Fraction of the script's (character, position) slots where the analyser sees that character (toy)."""
+    slot_accuracy: float | None = None
+    """Fraction of all left/center/right slots predicted right, empty ones included (toy)."""
+    cast_set_accuracy: float | None = None
+    """Fraction of shots whose predicted set of characters equals the script's (toy)."""
+    clip_score: float | None = None
+    """Mean 100 * max(cos(image, descriptor), 0) (real)."""
+    identity_short_term: float | None = None
+    """Mean cosine of a character's faces in consecutive appearances."""
+    identity_long_term: float | None = None
+    """Mean cosine of a character's faces in appearances 20+ shots apart."""
+    identity_margin: float | None = None
+    """Same-character minus different-character mean cosine (0 when faces carry no identity)."""
+    identity_accuracy: float | None = None
+    """Fraction of faces whose nearest script reference photo is the right character."""
+    toy_fid: float | None = None
+    """Frechet distance of analyser features, movie vs ground-truth renders of the same shots (toy)."""
+    diversity: float | None = None
+    """Mean pairwise distance of keyframe features (analyser for toy, CLIP for real)."""
+    copy_fraction: float | None = None
+    """Fraction of keyframe pairs of different shots that are near-identical."""
+    n_faces: int = 0
+    n_short_term_pairs: int = 0
+    n_long_term_pairs: int = 0
+    notes: list[str] = field(default_factory=list)
+    shots: list[ShotResult] = field(default_factory=list)
+
+    METRICS = (
+        ("scene_accuracy", "scene accuracy", "higher"),
+        ("cast_accuracy", "cast accuracy (who is where)", "higher"),
+        ("slot_accuracy", "slot accuracy (incl. empty)", "higher"),
+        ("cast_set_accuracy", "cast-set accuracy", "higher"),
+        ("clip_score", "CLIP score", "higher"),
+        ("identity_short_term", "identity, short-term cosine", "higher"),
+        ("identity_long_term", "identity, long-term cosine (20+ shots)", "higher"),
+        ("identity_margin", "identity margin (same - different)", "higher"),
+        ("identity_accuracy", "identity accuracy (nearest reference)", "higher"),
+        ("toy_fid", "toy-FID", "lower"),
+        ("diversity", "diversity (mean feature distance)", "higher"),
+        ("copy_fraction", "copy fraction", "lower"),
+    )
+
+    def metric_values(self) -> dict[str, float | None]:
+        """The headline metrics, name -> value (None: n/a)."""
+        return {name: getattr(self, name) for name, _, _ in self.METRICS}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for key, value in data.items():  # JSON has no NaN
+            if isinstance(value, float) and not math.isfinite(value):
+                data[key] = None
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_plan(script_path: Path):
+    from mdream.script import load_script, plan_script
+
+    return plan_script(load_script(script_path))
+
+
+def _read_rgb(path: Path, what: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"Cannot read {what} {path}: {exc}", hint="Is it a PNG/JPEG image?") from exc
+
+
+def load_keyframes(movie_dir: Path, plan) -> list[np.ndarray]:
+    """MOVIE_DIR/keyframes/NNNN.png for every planned shot, in plan order (uint8 RGB arrays)."""
+    if not movie_dir.exists():
+        raise InputError(f"Movie folder not found: {movie_dir}", hint="Pass the folder that `mdream generate` wrote.")
+    if not movie_dir.is_dir():
+        raise InputError(f"{movie_dir} is not a folder.", hint="Pass the movie folder, not a file inside it.")
+    keyframe_dir = movie_dir / "keyframes"
+    if not keyframe_dir.is_dir():
+        raise InputError(
+            f"No keyframes/ folder in {movie_dir}.",
+            hint="A movie folder holds keyframes/0000.png ... (one per shot, see docs/architecture.md).",
+        )
+    shots_file = movie_dir / "shots.json"
+    if shots_file.is_file():
+        try:
+            listed = [s["id"] for s in json.loads(shots_file.read_text())["shots"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{shots_file} is not a valid shots.json: {exc}") from exc
+        planned = [s.id for s in plan.shots]
+        if listed != planned:
+            raise InputError(
+                f"{shots_file} lists {len(listed)} shots that do not match the script's {len(planned)} shots.",
+                hint="Was this movie generated from another script (or an older version of it)?",
+            )
+    paths = [keyframe_dir / f"{shot.index:04d}.png" for shot in plan.shots]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise InputError(
+            f"{len(missing)} of {len(paths)} keyframes missing in {keyframe_dir}: {shown}",
+            hint="Run the keyframe and render stages for every shot first (or check the script).",
+        )
+    return [_read_rgb(p, "keyframe") for p in paths]
+
+
+def _reference_faces(plan) -> dict[str, list[np.ndarray]]:
+    """The script's face photos per character, resized to 112x112 RGB."""
+    faces: dict[str, list[np.ndarray]] = {}
+    for character_id in plan.characters:
+        for path in plan.face_paths(character_id):
+            image = _read_rgb(path, "face photo")
+            if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
+                image = np.asarray(Image.fromarray(image).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR))
+            faces.setdefault(character_id, []).append(image)
+    return faces
+
+
+def _reference_embeddings(embedder: FaceIdentityEmbedder, plan) -> dict[str, np.ndarray]:
+    references = {}
+    for character_id, photos in _reference_faces(plan).items():
+        mean = embedder.embed(np.stack(photos)).mean(0)
+        references[character_id] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return references
+
+
+def _crop(frame: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    from mdream.eval.training import crop_resized
+
+    return crop_resized(frame, box, FACE_SIZE)
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy world's view of a script
+# ---------------------------------------------------------------------------------------------
+
+
+class ToyView:
+    """Maps a script onto the analyser's toy world; anything that does not map is n/a."""
+
+    def __init__(self, plan, analyser):
+        from mdream.toyworld import make_world
+
+        self.world = make_world(analyser.config.world_seed)
+        self.scene_class = {sid: i for i, sid in enumerate(analyser.config.scene_ids)}
+        self.char_class = {cid: i for i, cid in enumerate(analyser.config.character_ids)}
+        self.notes: list[str] = []
+        self.characters: set[str] = set()
+        for character_id, character in plan.characters.items():
+            if character_id not in self.world.character_index or character_id not in self.char_class:
+                self.notes.append(f"character {character_id!r} is not in toy world {self.world.seed}: n/a")
+            elif not self._same_look(character.description, self.world.character(character_id).describe()):
+                self.notes.append(
+                    f"character {character_id!r} is described differently from toy world {self.world.seed}'s: n/a"
+                )
+            else:
+                self.characters.add(character_id)
+        unknown_scenes = sorted({s.scene_id for s in plan.shots} - set(self.scene_class))
+        if unknown_scenes:
+            self.notes.append(f"scenes not in the toy world (n/a): {', '.join(unknown_scenes)}")
+
+    @staticmethod
+    def _same_look(script_text: str, world_text: str) -> bool:
+        # The toy script writer uses the world's own description; ignore case and spacing.
+        norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+        return norm(world_text) in norm(script_text)
+
+    def maps(self, shot) -> bool:
+        """Whether the analyser can judge this shot: its scene and all its cast are in the world."""
+        return shot.scene_id in self.scene_class and all(m.id in self.characters for m in shot.cast)
+
+    def shot_spec(self, shot):
+        """The toy ShotSpec of a planned shot (mappable, positioned cast members only)."""
+        from mdream.toyworld.episode import CastMember, ShotSpec
+        from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS
+
+        cast = []
+        for member in shot.cast:
+            if member.id in self.characters and member.position is not None:
+                action = member.action if member.action in ACTIONS else ACTIONS[0]
+                expression = member.expression if member.expression in EXPRESSIONS else EXPRESSIONS[0]
+                cast.append(CastMember(member.id, member.position, action, expression))
+        cast.sort(key=lambda m: POSITIONS.index(m.position))
+        camera = shot.camera if shot.camera in CAMERAS else CAMERAS[0]
+        return ShotSpec(shot.scene_id, tuple(cast), camera)
+
+    def face_boxes(self, shot, height: int, width: int) -> list[tuple[str, tuple[float, float, float, float]]]:
+        """Where the toy world draws the faces of this shot's cast, in frame pixel coordinates."""
+        from mdream.eval.training import square_box
+        from mdream.toyworld import face_boxes
+
+        if shot.scene_id not in self.scene_class:
+            return []
+        spec = self.shot_spec(shot)
+        size = width if height == width and width in TOY_FRAME_SIZES else 128
+        sx, sy = width / size, height / size
+        boxes = []
+        for character_id, box in face_boxes(spec, size, self.world):
+            x0, y0, x1, y1 = square_box(box, size, size)
+            boxes.append((character_id, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
+        return boxes
+
+    def expected_chars(self, shot) -> np.ndarray | None:
+        """[3] character class per position (-1 empty), or None if a cast member has no position."""
+        chars = np.full(3, -1, np.int64)
+        for member in shot.cast:
+            if member.position is None:
+                return None
+            chars[POSITIONS.index(member.position)] = self.char_class[member.id]
+        return chars
+
+
+def _position_boxes(shot, height: int, width: int) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """Real backend without a face detector: a square in the upper part of the character's third."""
+    boxes = []
+    side = min(width / 3, height / 2)
+    for member in shot.cast:
+        if member.position is None:
+            continue
+        cx = (POSITIONS.index(member.position) + 0.5) * width / 3
+        boxes.append((member.id, (cx - side / 2, height * 0.08, cx + side / 2, height * 0.08 + side)))
+    return boxes
+
+
+# ---------------------------------------------------------------------------------------------
+# Real backend: CLIP
+# ---------------------------------------------------------------------------------------------
+
+
+class ClipScorer:
+    """A transformers CLIPModel with its tokenizer and image processor (hub id or local folder)."""
+
+    def __init__(self, source: str | Path):
+        import torch
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+        try:
+            self.model = CLIPModel.from_pretrained(str(source)).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(str(source))
+            self.image_processor = AutoImageProcessor.from_pretrained(str(source))
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"Could not load the CLIP model {source!s}: {exc}",
+                hint="Pass a folder with a saved CLIPModel + tokenizer + image processor, or a hub id you can reach.",
+            ) from exc
+        self.max_length = int(self.model.config.text_config.max_position_embeddings)
+        self._torch = torch
+
+    @staticmethod
+    def _pooled(output):
+        return output if hasattr(output, "shape") else output.pooler_output
+
+    def image_embeddings(self, frames: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        out = []
+        with self._torch.no_grad():
+            for start in range(0, len(frames), batch_size):
+                images = [Image.fromarray(f) for f in frames[start : start + batch_size]]
+                inputs = self.image_processor(images=images, return_tensors="pt")
+                out.append(self._pooled(self.model.get_image_features(pixel_values=inputs["pixel_values"])))
+        return self._torch.cat(out).float().numpy()
+
+    def text_embeddings(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        out = []
+        with self._torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(
+                    texts[start : start + batch_size], padding=True, truncation=True,
+                    max_length=self.max_length, return_tensors="pt",
+                )
+                out.append(self._pooled(self.model.get_text_features(
+                    input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask"))))
+        return self._torch.cat(out).float().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate_movie
+# ---------------------------------------------------------------------------------------------
+
+
+def _faces_of_movie(frames, plan, embedder, boxes_of) -> tuple[list[metrics.FaceObservation], dict[int, int]]:
+    crops, owners = [], []
+    for shot, frame in zip(plan.shots, frames, strict=True):
+        h, w = frame.shape[:2]
+        for character_id, box in boxes_of(shot, h, w):
+            crops.append(_crop(frame, box))
+            owners.append((shot.index, character_id))
+    if not crops:
+        return [], {}
+    embeddings = embedder.embed(np.stack(crops))
+    per_shot: dict[int, int] = {}
+    faces = []
+    for (index, character_id), emb in zip(owners, embeddings, strict=True):
+        faces.append(metrics.FaceObservation(index, character_id, emb))
+        per_shot[index] = per_shot.get(index, 0) + 1
+    return faces, per_shot
+
+
+def evaluate_movie(
+    movie_dir: str | Path,
+    script_path: str | Path,
+    backend: str = "toy",
+    clip_model: str | Path | None = None,
+    face_model: str | Path | None = None,
+    analyser_dir: str | Path | None = None,
+    seed: int = 0,
+) -> EvalReport:
+    """Score MOVIE_DIR/keyframes/NNNN.png (plan order) against the script.
+
+    ``face_model`` defaults to the shipped toy embedder on the toy backend; ``analyser_dir`` to the
+    shipped frame analyser. ``seed`` seeds the ground-truth renders of the toy-FID reference set.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"Unknown evaluation backend {backend!r}.", hint=f"Use one of: {', '.join(BACKENDS)}.")
+    movie_dir, script_path = Path(movie_dir), Path(script_path)
+    if backend == "real" and clip_model is None and face_model is None:
+        raise InputError(
+            "The real backend needs a CLIP model and/or a face-recognition model.",
+            hint="Pass --clip-model (hub id or folder) and/or --face-model (an insightface recognition .onnx).",
+        )
+    plan = _load_plan(script_path)
+    frames = load_keyframes(movie_dir, plan)
+    report = EvalReport(backend=backend, movie_dir=str(movie_dir), script=str(script_path), n_shots=len(plan.shots))
+    results = [
+        ShotResult(
+            shot.index, shot.id, shot.scene_id,
+            cast={p: next((m.id for m in shot.cast if m.position == p), None) for p in POSITIONS},
+        )
+        for shot in plan.shots
+    ]
+    report.shots = results
+    report.copy_fraction = metrics.copy_fraction(frames)
+
+    if face_model is None and backend == "toy":
+        face_model = TOY_FACE_MODEL
+    embedder = FaceIdentityEmbedder(face_model) if face_model is not None else None
+
+    if backend == "toy":
+        from mdream.eval.frame_analyser import FrameAnalyser
+
+        analyser = FrameAnalyser.from_pretrained(analyser_dir or TOY_ANALYSER)
+        view = ToyView(plan, analyser)
+        report.notes.extend(view.notes)
+        _score_toy(report, plan, frames, analyser, view, seed)
+        boxes_of = view.face_boxes
+    else:
+        if clip_model is not None:
+            _score_clip(report, plan, frames, ClipScorer(clip_model))
+        else:
+            report.notes.append("no --clip-model: CLIP score and diversity are n/a")
+        report.notes.append("real backend: faces cut from the script's position thirds (no face detector)")
+        boxes_of = _position_boxes
+
+    if embedder is None:
+        report.notes.append("no --face-model: identity metrics are n/a")
+        return report
+    faces, per_shot = _faces_of_movie(frames, plan, embedder, boxes_of)
+    for result in results:
+        result.faces = per_shot.get(result.index, 0)
+    report.n_faces = len(faces)
+    consistency = metrics.identity_consistency(faces)
+    report.identity_short_term = consistency["short_term"]
+    report.identity_long_term = consistency["long_term"]
+    report.identity_margin = consistency["margin"]
+    report.n_short_term_pairs = int(consistency["short_term_pairs"])
+    report.n_long_term_pairs = int(consistency["long_term_pairs"])
+    report.identity_accuracy = metrics.identity_accuracy(faces, _reference_embeddings(embedder, plan))
+    return report
+
+
+def _score_toy(report: EvalReport, plan, frames, analyser, view: ToyView, seed: int) -> None:
+    from mdream.toyworld import render_keyframe
+
+    predictions = analyser.analyse(np.stack([_to_analyser_size(f) for f in frames]))
+    scene_ids = analyser.config.scene_ids
+    char_ids = analyser.config.character_ids
+    scene_hits, cast_hits, slot_hits, set_hits = [], [], [], []
+    for shot, result in zip(plan.shots, report.shots, strict=True):
+        pred_chars = predictions["chars"][shot.index]
+        result.predicted_cast = {p: (char_ids[c] if c >= 0 else None) for p, c in zip(POSITIONS, pred_chars, strict=True)}
+        if shot.scene_id in view.scene_class:
+            result.predicted_scene = scene_ids[predictions["scene"][shot.index]]
+            scene_hits.append(result.predicted_scene == shot.scene_id)
+        if not view.maps(shot):
+            continue
+        predicted_set = {char_ids[c] for c in pred_chars if c >= 0}
+        set_hits.append(predicted_set == set(shot.cast_ids))
+        expected = view.expected_chars(shot)
+        if expected is None:
+            continue
+        slot_hits.extend((expected == pred_chars).tolist())
+        cast_hits.extend((expected[expected >= 0] == pred_chars[expected >= 0]).tolist())
+    report.scene_accuracy = float(np.mean(scene_hits)) if scene_hits else None
+    report.cast_accuracy = float(np.mean(cast_hits)) if cast_hits else None
+    report.slot_accuracy = float(np.mean(slot_hits)) if slot_hits else None
+    report.cast_set_accuracy = float(np.mean(set_hits)) if set_hits else None
+    report.diversity = metrics.mean_pairwise_distance(predictions["features"])
+
+    # toy-FID: the movie's keyframes vs fresh ground-truth renders of the same (mappable) shots.
+    mappable = [shot for shot in plan.shots if view.maps(shot)]
+    if len(mappable) < 2:
+        report.notes.append("toy-FID needs at least two shots inside the toy world: n/a")
+        return
+    references = []
+    for shot in mappable:
+        h, w = frames[shot.index].shape[:2]
+        size = w if h == w and w in TOY_FRAME_SIZES else 64
+        rng = np.random.default_rng([seed, 0xF1D, shot.index])
+        references.append(_to_analyser_size(render_keyframe(view.world, view.shot_spec(shot), size, rng)))
+    reference_features = analyser.analyse(np.stack(references))["features"]
+    movie_features = predictions["features"][[shot.index for shot in mappable]]
+    report.toy_fid = metrics.frechet_distance(movie_features, reference_features)
+
+
+def _to_analyser_size(frame: np.ndarray) -> np.ndarray:
+    from mdream.eval.frame_analyser import ANALYSER_SIZE
+
+    if frame.shape[:2] == (ANALYSER_SIZE, ANALYSER_SIZE):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((ANALYSER_SIZE, ANALYSER_SIZE), Image.BILINEAR))
+
+
+def _score_clip(report: EvalReport, plan, frames, scorer: ClipScorer) -> None:
+    image_emb = scorer.image_embeddings(frames)
+    text_emb = scorer.text_embeddings([shot.descriptor for shot in plan.shots])
+    scores = metrics.clip_score(image_emb, text_emb)
+    for result, score in zip(report.shots, scores, strict=True):
+        result.clip_score = float(score)
+    report.clip_score = float(scores.mean()) if len(scores) else None
+    normalised = image_emb / np.linalg.norm(image_emb, axis=1, keepdims=True).clip(1e-12)
+    report.diversity = metrics.mean_pairwise_distance(normalised)

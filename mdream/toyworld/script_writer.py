@@ -1,0 +1,137 @@
+"""Write a toy episode as a real mdream script, with face photos and its ground-truth movie folder.
+
+Layout of `out_dir`:
+    script.yaml                  the mdream script (schema_version 1); ids are the world's ids
+    faces/<id>_<k>.png           face photos (112x112 aligned crops), k = 1..faces_per_character
+    toyworld.json                the world seed, episode seed and shot labels (for the evaluator)
+    groundtruth/keyframes/0000.png ...   one keyframe per shot, in plan order
+    groundtruth/shots.json       {"shots": [{"index": 0, "id": "arc1-001"}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from mdream.toyworld.episode import Episode, shot_labels, shot_text
+from mdream.toyworld.render import render_face_photo, render_keyframe
+from mdream.toyworld.world import HAIR_COLOURS, World
+
+SCRIPT_FPS = 8
+SCRIPT_CLIP_LENGTH = 8
+
+
+def script_dict(world: World, episode: Episode, title: str, seed: int, size: int = 64,
+                faces_per_character: int = 2) -> dict:
+    """The script as plain data (what write_script dumps to YAML); face paths are relative."""
+    rng = np.random.default_rng([seed, world.seed, 0x5C1])
+    used_chars = [c.id for c in world.characters if episode.appearances(c.id)]
+    used_scenes = [s.id for s in world.scenes if any(shot.scene_id == s.id for shot in episode.shots)]
+    characters = [
+        {
+            "id": cid,
+            "name": world.character(cid).name,
+            "description": world.character(cid).describe(),
+            "faces": [f"faces/{cid}_{k + 1}.png" for k in range(faces_per_character)],
+        }
+        for cid in used_chars
+    ]
+    scenes = []
+    for sid in used_scenes:
+        scene = world.scene(sid)
+        scenes.append({
+            "id": sid,
+            "description": scene.describe(),
+            "elements": {
+                "props": sorted({p.replace("_", " ") for p, _ in scene.props}),
+                "lighting": "indoor" if scene.indoor else "natural",
+                "time_of_day": scene.time_of_day,
+            },
+        })
+    shot_ids = episode.shot_ids()
+    arcs = []
+    for arc_id, start, end in episode.arcs:
+        shots = []
+        for i in range(start, end):
+            shot = episode.shots[i]
+            identifier, descriptor = shot_text(world, shot)
+            shots.append({
+                "id": shot_ids[i],
+                "scene": shot.scene_id,
+                "characters": [
+                    {"id": m.character_id, "action": m.action, "expression": m.expression, "position": m.position}
+                    for m in shot.cast
+                ],
+                "identifier": identifier,
+                "descriptor": descriptor,
+                "camera": shot.camera,
+                "duration": float(rng.choice([2.0, 2.5, 3.0, 3.5, 4.0])),
+            })
+        arcs.append({"id": arc_id, "title": f"Part {arc_id.removeprefix('arc')}", "shots": shots})
+    return {
+        "schema_version": 1,
+        "title": title,
+        "seed": int(seed),
+        "style": {"text": "toy world, flat colours, simple shapes"},
+        "characters": characters,
+        "scenes": scenes,
+        "arcs": arcs,
+        "output": {"width": size, "height": size, "fps": SCRIPT_FPS, "clip_length": SCRIPT_CLIP_LENGTH,
+                   "model_bundle": "toy"},
+    }
+
+
+def write_script(world: World, episode: Episode, out_dir: str | Path, title: str, seed: int, size: int = 64,
+                 faces_per_character: int = 2, groundtruth: bool = True) -> Path:
+    """Write script.yaml, faces/ and groundtruth/ under `out_dir`; returns the script's path.
+
+    Every random choice is seeded by (seed, world seed), so the same call writes the same bytes
+    (PNG encoding included).
+    """
+    if faces_per_character < 1:
+        raise ValueError("faces_per_character must be >= 1 (the script format needs a photo per character)")
+    out = Path(out_dir)
+    (out / "faces").mkdir(parents=True, exist_ok=True)
+    data = script_dict(world, episode, title, seed, size, faces_per_character)
+    for character in data["characters"]:
+        # One generator per character, so the photos do not depend on who else is in the episode.
+        rng = np.random.default_rng([seed, world.seed, world.character_index[character["id"]], 0xFACE])
+        for face in character["faces"]:
+            Image.fromarray(render_face_photo(world, character["id"], rng)).save(out / face)
+    script_path = out / "script.yaml"
+    header = (f"# Written by `mdream toyworld script` (world seed {world.seed}, episode seed {episode.seed}).\n"
+              f"# Character and scene ids are the toy world's ids.\n")
+    script_path.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110))
+    shot_ids = episode.shot_ids()
+    meta = {
+        "world_seed": world.seed,
+        "episode_seed": episode.seed,
+        "size": size,
+        "shots": [
+            {"index": i, "id": shot_ids[i],
+             **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in shot_labels(world, s).items()}}
+            for i, s in enumerate(episode.shots)
+        ],
+        "hair_colours": list(HAIR_COLOURS),
+    }
+    (out / "toyworld.json").write_text(json.dumps(meta, indent=1))
+    if groundtruth:
+        write_groundtruth(world, episode, out / "groundtruth", size, seed)
+    return script_path
+
+
+def write_groundtruth(world: World, episode: Episode, movie_dir: str | Path, size: int, seed: int) -> Path:
+    """The ground-truth movie folder: keyframes/0000.png ... and shots.json (docs/architecture.md)."""
+    movie = Path(movie_dir)
+    (movie / "keyframes").mkdir(parents=True, exist_ok=True)
+    shot_ids = episode.shot_ids()
+    for i, shot in enumerate(episode.shots):
+        rng = np.random.default_rng([seed, world.seed, i, 0x6E])
+        Image.fromarray(render_keyframe(world, shot, size, rng)).save(movie / "keyframes" / f"{i:04d}.png")
+    shots = {"shots": [{"index": i, "id": shot_ids[i]} for i in range(len(episode.shots))]}
+    (movie / "shots.json").write_text(json.dumps(shots, indent=1))
+    return movie

@@ -1,0 +1,194 @@
+"""``mdream train clip``: the toy CLIP, trained contrastively on toy-world frames and their descriptors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from mdream.models.encoders import CLIP_MEAN, CLIP_STD, ClipImagePreprocessor, images_to_float
+from mdream.models.loading import quiet_loading
+from mdream.models.toy_clip import build_toy_clip, build_word_tokenizer, save_clip_folder
+from mdream.training.common import (
+    Throughput,
+    checkpoint_dir,
+    config_from_dict,
+    console,
+    finish_checkpoint,
+    lr_at,
+    resolve_resume,
+    save_config,
+    set_threads_from_env,
+    training_progress,
+)
+from mdream.training.data import FrameSet, frame_set
+
+
+@dataclass
+class ClipTrainingConfig:
+    """Settings of a toy CLIP run (saved as train_config.json beside its checkpoints)."""
+
+    data: str = ""
+    """A `mdream toyworld dataset` folder; empty: render random shots of the world instead."""
+    world_seed: int = 0
+    """Seed of the toy world to render frames from (when no --data)."""
+    num_frames: int = 20000
+    """Training frames (rendered once and cached in the run folder, or the first N of --data)."""
+    val_frames: int = 1024
+    """Held-out frames (other random shots) for retrieval accuracy."""
+    image_size: int = 32
+    """Frame and CLIP input size in pixels."""
+    patch_size: int = 4
+    """ViT patch size."""
+    hidden_size: int = 64
+    """Width of both towers."""
+    num_layers: int = 4
+    """Transformer layers per tower."""
+    num_heads: int = 4
+    """Attention heads per layer."""
+    projection_dim: int = 64
+    """Joint embedding size."""
+    max_text_length: int = 128
+    """Text positions (toy descriptors are at most about 115 words)."""
+    steps: int = 500
+    """Optimizer steps."""
+    batch_size: int = 256
+    """Pairs per optimizer step (per process, before gradient accumulation splits it)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; each holds batch_size / grad_accum pairs."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW), cosine-decayed after warmup."""
+    warmup: int = 50
+    """Linear warmup steps."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seed for initialisation, data order and held-out frames."""
+    mixed_precision: str = "auto"
+    """accelerate mixed precision: auto (bf16 on CUDA, none on CPU), no, bf16, fp16."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+    eval_every: int = 100
+    """Steps between held-out retrieval measurements."""
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return setting
+
+
+def retrieval_accuracy(model, tokenizer, frames: FrameSet, preprocess, device, max_length: int, chunk: int = 256) -> float:
+    """Top-1 image->text retrieval within chunks of ``chunk`` held-out pairs."""
+    model.eval()
+    hits = total = 0
+    with torch.no_grad():
+        for i in range(0, len(frames), chunk):
+            pix = preprocess(images_to_float(frames.frames[i : i + chunk]).to(device))
+            text = tokenizer(frames.descriptors[i : i + chunk], padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+            out = model(input_ids=text.input_ids.to(device), attention_mask=text.attention_mask.to(device), pixel_values=pix)
+            pred = out.logits_per_image.argmax(dim=1).cpu()
+            hits += int((pred == torch.arange(len(pred))).sum())
+            total += len(pred)
+    model.train()
+    return hits / max(total, 1)
+
+
+def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto", export: str | Path | None = None) -> Path:
+    """Train (or resume) a toy CLIP; returns the exported CLIP folder (``OUT/final`` and ``export``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads_from_env()
+    start_from = resolve_resume(resume, out)
+    if start_from is not None:
+        saved = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").is_file() else {}
+        config = config_from_dict(ClipTrainingConfig, saved | {"steps": config.steps}) if saved else config
+    save_config(config, out / "train_config.json")
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
+                              gradient_accumulation_steps=config.grad_accum)
+    device = accelerator.device
+    torch.manual_seed(config.seed)
+
+    train = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed, out / "frames.npz")
+    val = frame_set("", train.world_seed, config.val_frames, config.image_size, config.seed + 1_000_003, out / "val_frames.npz")
+    if (out / "tokenizer" / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    else:
+        from mdream.toyworld import make_world
+
+        world = make_world(train.world_seed)
+        extra = [c.name + " " + c.describe() for c in world.characters] + [s.name + " " + s.describe() for s in world.scenes]
+        tokenizer = build_word_tokenizer(train.descriptors + val.descriptors + extra, max_length=config.max_text_length)
+        if accelerator.is_main_process:
+            tokenizer.save_pretrained(out / "tokenizer")
+    model = build_toy_clip(tokenizer, image_size=config.image_size, patch_size=config.patch_size, hidden_size=config.hidden_size,
+                           num_layers=config.num_layers, num_heads=config.num_heads, projection_dim=config.projection_dim)
+    preprocess = ClipImagePreprocessor(CLIP_MEAN, CLIP_STD, config.image_size).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = 0
+    if start_from is not None:
+        model.load_state_dict(load_file(start_from / "model.safetensors"))
+        state = torch.load(start_from / "state.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        step = json.loads((start_from / "state.json").read_text())["step"]
+        console.print(f"resumed from {start_from} at step {step}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    rng = np.random.default_rng([config.seed, step, accelerator.process_index])
+    micro = config.batch_size // config.grad_accum
+    meter = Throughput()
+    last_acc = None
+
+    def save(step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        folder = checkpoint_dir(out, step)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}, folder / "model.safetensors")
+        torch.save({"optimizer": optimizer.state_dict()}, folder / "state.pt")
+        finish_checkpoint(out, folder, {"step": step, "retrieval_top1": last_acc}, config.keep_checkpoints)
+
+    with training_progress("train clip", disable=not accelerator.is_main_process) as bar:
+        task = bar.add_task("clip", total=config.steps, completed=step, status="")
+        while step < config.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
+            for _ in range(config.grad_accum):
+                idx = rng.integers(len(train), size=micro)
+                pix = preprocess(images_to_float(train.frames[idx]).to(device))
+                text = tokenizer([train.descriptors[i] for i in idx], padding="max_length", truncation=True,
+                                 max_length=config.max_text_length, return_tensors="pt")
+                with accelerator.accumulate(model), accelerator.autocast():
+                    loss = model(input_ids=text.input_ids.to(device), attention_mask=text.attention_mask.to(device),
+                                 pixel_values=pix, return_loss=True).loss
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad()
+            step += 1
+            rate = meter.update(step * config.batch_size * accelerator.num_processes)
+            if step % config.eval_every == 0 or step == config.steps:
+                last_acc = retrieval_accuracy(accelerator.unwrap_model(model), tokenizer, val, preprocess, device, config.max_text_length)
+                console.print(f"step {step}: loss {loss.item():.4f}, held-out retrieval top-1 {last_acc:.3f} (of 256)")
+            bar.update(task, completed=step, status=f"loss {loss.item():.4f} | {rate:.0f} pairs/s")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save(step)
+
+    final = out / "final"
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_clip_folder(unwrapped, tokenizer, final)
+        (final / "training_summary.json").write_text(json.dumps({"steps": step, "retrieval_top1_of_256": last_acc}, indent=2) + "\n")
+        if export:
+            save_clip_folder(unwrapped, tokenizer, Path(export))
+            (Path(export) / "training_summary.json").write_text((final / "training_summary.json").read_text())
+    accelerator.wait_for_everyone()
+    return Path(export) if export else final

@@ -1,0 +1,168 @@
+"""Shared training machinery: config dataclasses -> CLI help, resume, checkpoints, EMA, progress.
+
+Checkpoint layout of a training run folder ``OUT/``::
+
+    OUT/train_config.json              the resolved training settings
+    OUT/checkpoints/step-000500/        model folders (config.json + safetensors), state.pt, state.json
+    OUT/checkpoints/latest              the name of the newest complete checkpoint
+    OUT/final/                          the exported (EMA) models once training ends
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import math
+import os
+import shutil
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from mdream.errors import InputError
+
+console = Console(stderr=True)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstring written under each dataclass field (litgpt style), by field name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def save_config(config: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+
+
+def parse_int_tuple(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError as exc:
+        raise InputError(f"{what} must be comma-separated integers, got '{text}'.") from exc
+    if not values:
+        raise InputError(f"{what} must list at least one integer.")
+    return values
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:07d}"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = out / "checkpoints" / "latest"
+    if pointer.is_file():
+        candidate = out / "checkpoints" / pointer.read_text().strip()
+        if (candidate / "state.json").is_file():
+            return candidate
+    complete = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").is_file())
+    return complete[-1] if complete else None
+
+
+def resolve_resume(resume: str, out: Path) -> Path | None:
+    """``auto``: the newest complete checkpoint under OUT (or none); ``never``: start fresh; else a checkpoint folder."""
+    if resume in ("never", "no", "none", ""):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(out)
+    path = Path(resume)
+    if path.is_dir() and not (path / "state.json").is_file():
+        found = latest_checkpoint(path)
+        if found is not None:
+            return found
+    if not (path / "state.json").is_file():
+        raise InputError(
+            f"--resume {resume}: no complete checkpoint there (a checkpoint folder holds state.json).",
+            hint="Use --resume auto to continue from the newest checkpoint under --out, or --resume never.",
+        )
+    return path
+
+
+def finish_checkpoint(out: Path, folder: Path, state: dict[str, Any], keep: int) -> None:
+    """Write state.json last (it marks the checkpoint complete), move the pointer, prune old ones."""
+    tmp = folder / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, folder / "state.json")
+    pointer = out / "checkpoints" / "latest.tmp"
+    pointer.write_text(folder.name + "\n")
+    os.replace(pointer, out / "checkpoints" / "latest")
+    complete = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").is_file())
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- schedules and progress ----------------------------------------------------------------------
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.1) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio * peak`` at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def training_progress(description: str, disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
+class Throughput:
+    """Samples per second over a sliding window of steps."""
+
+    def __init__(self, window: int = 20):
+        self.window = window
+        self.marks: list[tuple[float, int]] = []
+
+    def update(self, samples_done: int) -> float:
+        self.marks.append((time.perf_counter(), samples_done))
+        self.marks = self.marks[-self.window :]
+        if len(self.marks) < 2:
+            return 0.0
+        (t0, s0), (t1, s1) = self.marks[0], self.marks[-1]
+        return (s1 - s0) / max(t1 - t0, 1e-9)
+
+
+def set_threads_from_env() -> None:
+    """Respect OMP_NUM_THREADS/MDREAM_THREADS on shared CPU machines."""
+    threads = os.environ.get("MDREAM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if threads and not torch.cuda.is_available():
+        torch.set_num_threads(int(threads))

@@ -1,0 +1,150 @@
+"""Toy-world training data held in memory: frames, texts, labels, face-embedding banks.
+
+Frames come from a ``mdream toyworld dataset`` folder (``ToyDataset`` shards) or are rendered on
+the spot from random shots of a world (every scene x cast combination, not only story episodes).
+At 32x32 a frame is 3 KB, so tens of thousands fit in memory on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from mdream.errors import InputError
+
+
+@dataclass
+class FrameSet:
+    """Frames and their ground truth, row-aligned."""
+
+    frames: np.ndarray
+    """uint8 [M, S, S, 3] keyframes."""
+    descriptors: list[str]
+    """The detailed description of each frame's shot."""
+    scene: np.ndarray
+    """int64 [M] scene index."""
+    chars: np.ndarray
+    """int64 [M, 3] character index at left/center/right, -1 where empty."""
+    world_seed: int
+    """The toy world the frames come from."""
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def subset(self, index: np.ndarray) -> FrameSet:
+        return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index], self.world_seed)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
+                 descriptors=np.array(json.dumps(self.descriptors)))
+
+    @classmethod
+    def load(cls, path: Path) -> FrameSet:
+        with np.load(path) as z:
+            return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]))
+
+
+def load_toy_dataset(data_dir: str | Path, size: int | None = None, limit: int | None = None) -> FrameSet:
+    """All shots of a ``mdream toyworld dataset`` folder (frames resized to ``size`` if they differ)."""
+    from mdream.toyworld.dataset import ToyDataset
+
+    data_dir = Path(data_dir)
+    if not (data_dir / "dataset.json").is_file():
+        raise InputError(f"{data_dir} is not a toy dataset (no dataset.json).", hint="Write one with `mdream toyworld dataset`.")
+    ds = ToyDataset(data_dir, cache_shards=1)
+    frames, scene, chars, texts = [], [], [], []
+    for k, shard in enumerate(ds.info.shards):
+        arrays = ds.shard_arrays(k)
+        lines = (data_dir / f"{shard['name']}.jsonl").read_text().splitlines()
+        frames.append(arrays["frames"])
+        scene.append(arrays["scene"])
+        chars.append(arrays["chars"])
+        texts.extend(json.loads(line)["descriptor"] for line in lines)
+        if limit is not None and sum(len(f) for f in frames) >= limit:
+            break
+    out = FrameSet(np.concatenate(frames), texts, np.concatenate(scene).astype(np.int64),
+                   np.concatenate(chars).astype(np.int64), ds.info.world_seed)
+    if limit is not None:
+        out = out.subset(np.arange(min(limit, len(out))))
+    if size is not None and out.frames.shape[1] != size:
+        out.frames = resize_frames(out.frames, size)
+    return out
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in frames])
+
+
+def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress: bool = True) -> FrameSet:
+    """``n`` keyframes of uniformly random shots (any scene, 0-3 random characters)."""
+    from mdream.eval.training import random_shot
+    from mdream.toyworld import make_world, render_keyframe, shot_labels, shot_text
+
+    world = make_world(world_seed)
+    rng = np.random.default_rng([seed, world_seed, 0x70C])
+    frames = np.empty((n, size, size, 3), np.uint8)
+    scene = np.empty(n, np.int64)
+    chars = np.empty((n, 3), np.int64)
+    texts = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"rendering {n} toy frames", total=n)
+        for i in range(n):
+            shot = random_shot(world, rng)
+            frames[i] = render_keyframe(world, shot, size, rng)
+            labels = shot_labels(world, shot)
+            scene[i], chars[i] = labels["scene"], labels["chars"]
+            texts.append(shot_text(world, shot)[1])
+            if i % 256 == 0:
+                bar.update(task, completed=i)
+    return FrameSet(frames, texts, scene, chars, world_seed)
+
+
+def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None) -> FrameSet:
+    """A dataset folder when given, else random renders (cached in ``cache`` so a resume sees the same frames)."""
+    if data:
+        return load_toy_dataset(data, size=size, limit=n or None)
+    if cache is not None and cache.is_file():
+        return FrameSet.load(cache)
+    frames = render_random_frames(world_seed, n, size, seed)
+    if cache is not None:
+        frames.save(cache)
+    return frames
+
+
+def face_embedding_bank(world_seed: int, embedder_path: str | Path, photos_per_character: int, seed: int) -> np.ndarray:
+    """float32 [C, P, 512]: P face-photo embeddings per world character, through the face embedder.
+
+    The renderer's face group sees one of these per cast member, drawn at random each step (the
+    paper's face-embedding randomisation), so it learns identity, not one photo.
+    """
+    from mdream.eval.face_embedder import FaceIdentityEmbedder
+    from mdream.toyworld import make_world, render_face_photo
+
+    embedder = FaceIdentityEmbedder(embedder_path)
+    world = make_world(world_seed)
+    rng = np.random.default_rng([seed, world_seed, 0xFACE])
+    photos = np.stack([render_face_photo(world, c.id, rng) for c in world.characters for _ in range(photos_per_character)])
+    emb = embedder.embed(photos)
+    return emb.reshape(len(world.characters), photos_per_character, -1).astype(np.float32)
+
+
+def faces_for_batch(chars: np.ndarray, bank: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, one random photo embedding per cast member in position order: [B, 3, 512], mask [B, 3]."""
+    b = len(chars)
+    dim = bank.shape[-1] if bank is not None else 512
+    faces = np.zeros((b, 3, dim), np.float32)
+    mask = chars >= 0
+    if bank is not None:
+        photo = rng.integers(bank.shape[1], size=(b, 3))
+        rows, cols = np.nonzero(mask)
+        faces[rows, cols] = bank[chars[rows, cols], photo[rows, cols]]
+    else:
+        mask = np.zeros_like(mask)
+    return faces, mask

@@ -1,0 +1,357 @@
+"""``mdream train tokenizer``: the keyframe diffusion autoencoder (token compressor + renderer).
+
+The frozen CLIP reads each frame; the compressor turns its patch tokens into N tokens; the
+decoder learns to denoise the frame from [tokens ; cast face embeddings ; descriptor], with
+whole groups dropped at random. Only the compressor, the decoder's context projector and UNet
+(and a training-only auxiliary head) are trained, as in MovieDreamer.
+
+The recipe that makes the decoder listen to 2 tokens at 32x32 on 2 CPU cores (MACHINE-NOTES,
+"first toy diffusion-autoencoder experiment"): v-prediction, min(SNR+1, 5)/(SNR+1) loss weights,
+t = 999 * sqrt(u), UNet widths (16, 32, 64) with cross-attention only at 8x8, the pooled context
+added to the time embedding (``class_embed_type="projection"``), and an auxiliary head that
+predicts CLIP's layer-normed patch tokens and image embedding from the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from torch import nn
+
+from mdream.models.compressor import TokenCompressor, TokenReconstructionHead
+from mdream.models.decoder import ContextProjector, KeyframeDecoder
+from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
+from mdream.models.loading import load_pretrained, quiet_loading, read_json, write_json
+from mdream.training.clip import resolve_mixed_precision
+from mdream.training.common import (
+    Throughput,
+    checkpoint_dir,
+    config_from_dict,
+    console,
+    finish_checkpoint,
+    lr_at,
+    parse_int_tuple,
+    resolve_resume,
+    save_config,
+    set_threads_from_env,
+    training_progress,
+)
+from mdream.training.data import FrameSet, face_embedding_bank, faces_for_batch, frame_set
+
+DEFAULT_FACE_EMBEDDER = Path(__file__).resolve().parent.parent / "assets" / "eval" / "toy_face_recognition.onnx"
+
+
+@dataclass
+class TokenizerTrainingConfig:
+    """Settings of a keyframe-tokenizer run (saved as train_config.json beside its checkpoints)."""
+
+    clip: str = "mdream/assets/models/toy-clip"
+    """Frozen CLIP folder: its vision tower reads frames, its text tower embeds descriptors."""
+    face_embedder: str = "auto"
+    """Face-recognition ONNX for the face group; auto: the shipped toy embedder; none: no face group."""
+    data: str = ""
+    """A `mdream toyworld dataset` folder; empty: render random shots of the world instead."""
+    world_seed: int = 0
+    """Seed of the toy world (when no --data)."""
+    num_frames: int = 30000
+    """Training frames (rendered once and cached in the run folder, or the first N of --data)."""
+    image_size: int = 32
+    """Frame size the decoder renders (pixel space)."""
+    photos_per_character: int = 8
+    """Face photos embedded per character; one is drawn at random per cast member and step."""
+    num_tokens: int = 2
+    """Keyframe tokens per frame (N)."""
+    token_dim: int = 128
+    """Width of each token (d)."""
+    compressor_width: int = 128
+    """Internal width of the compressor."""
+    compressor_layers: int = 2
+    """Compressor blocks (cross-attention to patches, self-attention, MLP)."""
+    unet_widths: str = "16,32,64"
+    """UNet channels per level; cross-attention only at the lowest level (8x8 at 32 px)."""
+    layers_per_block: int = 2
+    """ResNet layers per UNet level."""
+    cross_attention_dim: int = 64
+    """Width of the decoder's context (each group is projected to it)."""
+    pooled_dim: int = 128
+    """Width of the pooled context added to the UNet's time embedding."""
+    prediction_type: str = "v_prediction"
+    """Diffusion target: v_prediction, epsilon or sample."""
+    beta_schedule: str = "linear"
+    """DDPM noise schedule (linear, scaled_linear, squaredcos_cap_v2)."""
+    snr_gamma: float = 5.0
+    """Min-SNR loss weighting gamma (0 disables)."""
+    timestep_power: float = 0.5
+    """t = 999 * u**power: 0.5 favours mid/high noise, where the conditioning decides content."""
+    drop_tokens: float = 0.15
+    """Probability of replacing a frame's tokens by the null tokens."""
+    drop_faces: float = 0.5
+    """Probability of replacing a frame's face group by the null face."""
+    drop_text: float = 0.5
+    """Probability of replacing a frame's descriptor by the null descriptor."""
+    aux_weight: float = 1.0
+    """Weight of the auxiliary loss (predict CLIP's patch tokens and image embedding from the tokens)."""
+    steps: int = 6000
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Frames per optimizer step (per process)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; each holds batch_size / grad_accum frames."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW), cosine-decayed after warmup."""
+    warmup: int = 200
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    ema_decay: float = 0.999
+    """EMA decay of the exported weights (with EMA warm-up)."""
+    seed: int = 0
+    """Seed for initialisation and data order."""
+    mixed_precision: str = "auto"
+    """accelerate mixed precision: auto (bf16 on CUDA, none on CPU), no, bf16, fp16."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+    log_every: int = 25
+    """Steps between log lines (loss, throughput)."""
+
+
+class TokenizerModel(nn.Module):
+    """Everything that trains, behind one forward() so accelerate/DDP can wrap it."""
+
+    def __init__(self, compressor: TokenCompressor, decoder: KeyframeDecoder, aux_head: TokenReconstructionHead | None):
+        super().__init__()
+        self.compressor = compressor
+        self.decoder = decoder
+        self.aux_head = aux_head
+
+    def forward(self, images, patches, image_embeds, faces, face_mask, text, config: TokenizerTrainingConfig):
+        # images [B, 3, S, S] in [-1, 1]; patches [B, 1+P, Dv] frozen CLIP states; image_embeds [B, Dv]
+        tokens = self.compressor(patches)
+        diffusion = self.decoder.diffusion_loss(
+            images, tokens, faces, face_mask, text,
+            drop_probs=(config.drop_tokens, config.drop_faces, config.drop_text),
+            snr_gamma=config.snr_gamma or None, timestep_power=config.timestep_power,
+        )
+        aux = torch.zeros((), device=images.device)
+        if self.aux_head is not None:
+            pred_patches, pred_embed = self.aux_head(tokens)
+            target = F.layer_norm(patches[:, 1:], patches.shape[-1:])
+            aux = F.mse_loss(pred_patches.float(), target.float()) + F.mse_loss(
+                pred_embed.float(), F.layer_norm(image_embeds, image_embeds.shape[-1:]).float()
+            )
+        return diffusion + config.aux_weight * aux, diffusion.detach(), aux.detach()
+
+
+def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: int = 512) -> KeyframeDecoder:
+    widths = parse_int_tuple(config.unet_widths, "--unet-widths")
+    levels = len(widths)
+    unet = UNet2DConditionModel(
+        sample_size=config.image_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=widths,
+        layers_per_block=config.layers_per_block,
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        cross_attention_dim=config.cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=min(8, widths[0]),
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=config.pooled_dim,
+    )
+    context = ContextProjector(
+        num_tokens=config.num_tokens, token_dim=config.token_dim, face_dim=face_dim, max_faces=3, text_dim=text_dim,
+        cross_attention_dim=config.cross_attention_dim, pooled_dim=config.pooled_dim,
+    )
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule=config.beta_schedule,
+                              prediction_type=config.prediction_type, clip_sample=False)
+    return KeyframeDecoder(unet, context, scheduler, None, "ddim")
+
+
+def _face_embedder_path(setting: str) -> Path | None:
+    if setting == "none":
+        return None
+    path = DEFAULT_FACE_EMBEDDER if setting == "auto" else Path(setting)
+    if not path.is_file():
+        if setting == "auto":
+            console.print(f"[yellow]no face embedder at {path}: training without the face group[/]")
+            return None
+        from mdream.errors import InputError
+
+        raise InputError(f"--face-embedder {setting}: no such file.")
+    return path
+
+
+def export_tokenizer(checkpoint: str | Path, dest: str | Path, clip_reference: str | None = None) -> None:
+    """Copy a checkpoint's (EMA) ``encoder/`` and ``decoder/`` to ``dest``, optionally re-pointing the CLIP reference."""
+    checkpoint, dest = Path(checkpoint), Path(dest)
+    for part in ("encoder", "decoder"):
+        if (dest / part).exists():
+            shutil.rmtree(dest / part)
+        shutil.copytree(checkpoint / part, dest / part)
+    if clip_reference is not None:
+        cfg = read_json(dest / "encoder" / "keyframe_encoder.json", "keyframe encoder")
+        cfg["vision_model"] = clip_reference
+        write_json(dest / "encoder" / "keyframe_encoder.json", cfg)
+    for name in ("train_config.json", "state.json", "eval.json"):
+        src = checkpoint / name if (checkpoint / name).is_file() else checkpoint.parent.parent / name
+        if src.is_file():
+            shutil.copy(src, dest / name)
+
+
+def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: str = "auto") -> Path:
+    """Train (or resume) the keyframe tokenizer; returns the newest checkpoint (holding ``encoder/`` and ``decoder/``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads_from_env()
+    start_from = resolve_resume(resume, out)
+    if start_from is not None and (out / "train_config.json").is_file():
+        saved = json.loads((out / "train_config.json").read_text())
+        config = config_from_dict(TokenizerTrainingConfig, saved | {"steps": config.steps, "checkpoint_every": config.checkpoint_every})
+    clip_path = str(Path(config.clip).resolve()) if Path(config.clip).exists() else config.clip
+    config.clip = clip_path
+    face_path = _face_embedder_path(config.face_embedder)
+    config.face_embedder = str(face_path) if face_path else "none"
+    save_config(config, out / "train_config.json")
+
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
+                              gradient_accumulation_steps=config.grad_accum)
+    device = accelerator.device
+    torch.manual_seed(config.seed)
+
+    # ---- data: frames, descriptor embeddings, face-embedding bank ----------------------------
+    train: FrameSet = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed, out / "frames.npz")
+    text_encoder = TextEncoder.from_pretrained(clip_path)
+    text_cache = out / "descriptor_embeds.npy"
+    if text_cache.is_file():
+        text_embeds = np.load(text_cache)
+    else:
+        console.print(f"embedding {len(train)} descriptors")
+        text_embeds = text_encoder.encode(train.descriptors, batch_size=256).numpy()
+        np.save(text_cache, text_embeds)
+    bank = None
+    if face_path is not None:
+        bank_cache = out / "face_bank.npy"
+        if bank_cache.is_file():
+            bank = np.load(bank_cache)
+        else:
+            bank = face_embedding_bank(train.world_seed, face_path, config.photos_per_character, config.seed)
+            np.save(bank_cache, bank)
+
+    # ---- models ---------------------------------------------------------------------------------
+    if start_from is not None:
+        with quiet_loading():
+            compressor = load_pretrained(TokenCompressor, str(start_from / "train" / "compressor"), "compressor")
+            unet = load_pretrained(UNet2DConditionModel, str(start_from / "train" / "unet"), "UNet")
+            context = load_pretrained(ContextProjector, str(start_from / "train" / "context"), "context projector")
+            aux_path = start_from / "train" / "aux_head"
+            aux_head = load_pretrained(TokenReconstructionHead, str(aux_path), "aux head") if aux_path.is_dir() else None
+        fresh = build_toy_decoder(config, text_encoder.embed_dim)
+        decoder = KeyframeDecoder(unet, context, fresh.scheduler, None, "ddim")
+    else:
+        decoder = build_toy_decoder(config, text_encoder.embed_dim)
+        compressor = None
+        aux_head = None
+    encoder = KeyframeEncoder.from_vision_model(
+        clip_path, compressor, num_tokens=config.num_tokens, token_dim=config.token_dim,
+        width=config.compressor_width, num_layers=config.compressor_layers,
+    )
+    vision_cfg = encoder.vision_model.config
+    if aux_head is None and config.aux_weight > 0:
+        aux_head = TokenReconstructionHead(
+            num_tokens=config.num_tokens, token_dim=config.token_dim,
+            num_patches=(vision_cfg.image_size // vision_cfg.patch_size) ** 2, vision_dim=vision_cfg.hidden_size,
+            image_embed_dim=vision_cfg.hidden_size,
+        )
+    model = TokenizerModel(encoder.compressor, decoder, aux_head)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
+    step = 0
+    if start_from is not None:
+        state = torch.load(start_from / "train" / "state.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        step = json.loads((start_from / "state.json").read_text())["step"]
+        console.print(f"resumed from {start_from} at step {step}")
+    n_params = sum(p.numel() for p in trainable)
+    console.print(f"training {n_params / 1e6:.2f} M parameters on {len(train)} frames ({device}); faces: {bank is not None}")
+    encoder.vision_model.to(device)
+    encoder.preprocessor.to(device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(device)
+    rng = np.random.default_rng([config.seed, step, accelerator.process_index])
+    micro = config.batch_size // config.grad_accum
+    meter = Throughput()
+
+    def save(step: int, losses: dict) -> None:
+        if not accelerator.is_main_process:
+            return
+        folder = checkpoint_dir(out, step)
+        unwrapped = accelerator.unwrap_model(model)
+        with quiet_loading():
+            unwrapped.compressor.save_pretrained(folder / "train" / "compressor")
+            unwrapped.decoder.unet.save_pretrained(folder / "train" / "unet")
+            unwrapped.decoder.context.save_pretrained(folder / "train" / "context")
+            if unwrapped.aux_head is not None:
+                unwrapped.aux_head.save_pretrained(folder / "train" / "aux_head")
+            torch.save({"optimizer": optimizer.state_dict(), "ema": ema.state_dict()}, folder / "train" / "state.pt")
+            # the exportable models carry the EMA weights
+            ema.store(trainable)
+            ema.copy_to(trainable)
+            KeyframeEncoder(encoder.vision_model, unwrapped.compressor, encoder.preprocessor,
+                            encoder.vision_feature_layer, clip_path).save_pretrained(folder / "encoder")
+            unwrapped.decoder.save_pretrained(folder / "decoder")
+            ema.restore(trainable)
+        finish_checkpoint(out, folder, {"step": step, **losses}, config.keep_checkpoints)
+
+    running = {"loss": 0.0, "diffusion": 0.0, "aux": 0.0}
+    count = 0
+    with training_progress("train tokenizer", disable=not accelerator.is_main_process) as bar:
+        task = bar.add_task("tokenizer", total=config.steps, completed=step, status="")
+        while step < config.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
+            for _ in range(config.grad_accum):
+                idx = rng.integers(len(train), size=micro)
+                images = images_to_float(train.frames[idx]).to(device)
+                patches, pooled = encoder.vision_features(images)
+                faces, face_mask = faces_for_batch(train.chars[idx], bank, rng)
+                faces_t = torch.from_numpy(faces).to(device) if bank is not None else None
+                mask_t = torch.from_numpy(face_mask).to(device) if bank is not None else None
+                text = torch.from_numpy(text_embeds[idx]).to(device)
+                with accelerator.accumulate(model), accelerator.autocast():
+                    loss, diffusion, aux = model(images, patches, pooled, faces_t, mask_t, text, config)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(trainable, 1.0)
+                    optimizer.step()
+                    optimizer.zero_grad()
+            ema.step(trainable)
+            step += 1
+            running["loss"] += loss.item()
+            running["diffusion"] += diffusion.item()
+            running["aux"] += aux.item()
+            count += 1
+            rate = meter.update(step * config.batch_size * accelerator.num_processes)
+            bar.update(task, completed=step, status=f"loss {loss.item():.4f} | {rate:.1f} frames/s")
+            if step % config.log_every == 0 and accelerator.is_main_process:
+                means = {k: round(v / count, 5) for k, v in running.items()}
+                console.print(f"step {step}: loss {means['loss']:.4f} (diffusion {means['diffusion']:.4f}, aux {means['aux']:.4f}), {rate:.1f} frames/s", highlight=False)
+                running = dict.fromkeys(running, 0.0)
+                count = 0
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save(step, {"loss": round(loss.item(), 5)})
+    accelerator.wait_for_everyone()
+    return checkpoint_dir(out, step)

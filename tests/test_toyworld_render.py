@@ -1,0 +1,147 @@
+"""Toy-world rendering: keyframes, clips, face photos and face boxes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mdream.toyworld import (
+    CAMERAS,
+    FACE_SIZE,
+    SKIN_TONES,
+    CastMember,
+    ShotSpec,
+    face_boxes,
+    make_episode,
+    make_world,
+    render_clip,
+    render_face_photo,
+    render_keyframe,
+)
+
+WORLD = make_world(0)
+
+
+def _shot(action: str = "stand", camera: str = "wide", position: str = "left", scene: str = "park", who: int = 0):
+    return ShotSpec(scene, (CastMember(WORLD.characters[who].id, position, action, "happy"),), camera)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_keyframe_shape_and_determinism(size):
+    shot = make_episode(WORLD, 0, 10).shots[3]
+    a = render_keyframe(WORLD, shot, size, np.random.default_rng(1))
+    b = render_keyframe(WORLD, shot, size, np.random.default_rng(1))
+    c = render_keyframe(WORLD, shot, size, np.random.default_rng(2))
+    assert a.shape == (size, size, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # Same shot, different jitter: still nearly the same picture.
+    assert np.abs(a.astype(int) - c.astype(int)).mean() < 40
+
+
+def test_bad_size_is_rejected():
+    with pytest.raises(ValueError):
+        render_keyframe(WORLD, _shot(), 48, np.random.default_rng(0))
+
+
+def test_scenes_and_cameras_look_different():
+    rng = np.random.default_rng(0)
+    frames = {(s.id, cam): render_keyframe(WORLD, ShotSpec(s.id, (), cam), 32, rng).astype(float)
+              for s in WORLD.scenes for cam in CAMERAS}
+    for (k1, f1), (k2, f2) in itertools.combinations(frames.items(), 2):
+        assert np.abs(f1 - f2).mean() > 3, (k1, k2)
+
+
+def test_characters_are_distinguishable_at_32px():
+    """Any two characters at the same spot differ visibly, single-attribute pairs included (except eyes,
+    which only show in close-ups and photos)."""
+    renders = {}
+    for c in WORLD.characters:
+        shot = ShotSpec("park", (CastMember(c.id, "center", "stand", "neutral"),), "medium")
+        renders[c.id] = render_keyframe(WORLD, shot, 32, np.random.default_rng(0)).astype(float)
+    for a, b, attribute in WORLD.single_attribute_pairs:
+        if attribute == "eye_colour":
+            continue
+        assert np.abs(renders[a] - renders[b]).max() > 30, (a, b, attribute)
+
+
+def test_clip_motion_matches_action():
+    def figure_mask(action, camera="wide"):
+        shot = _shot(action, camera)
+        empty = ShotSpec(shot.scene_id, (), camera)
+        # Same rng state: identical background, jitter and noise, so the difference is the figure.
+        clip = render_clip(WORLD, shot, 64, 8, np.random.default_rng(3)).astype(int)
+        bg = render_clip(WORLD, empty, 64, 8, np.random.default_rng(3)).astype(int)
+        return np.abs(clip - bg).sum(-1) > 30  # [T, H, W]
+
+    def centroid(mask):  # per frame (x, y)
+        ys, xs = np.mgrid[0:64, 0:64]
+        return np.array([[xs[m].mean(), ys[m].mean()] for m in mask])
+
+    clip = render_clip(WORLD, _shot("walk"), 32, 8, np.random.default_rng(0))
+    assert clip.shape == (8, 32, 32, 3) and clip.dtype == np.uint8
+    assert all(not np.array_equal(clip[t], clip[t + 1]) for t in range(7))
+    walk = centroid(figure_mask("walk"))
+    assert walk[-1, 0] - walk[0, 0] > 4            # the walker on the left walks right
+    jump = centroid(figure_mask("jump"))
+    assert jump[:, 1].max() - jump[:, 1].min() > 2  # the jumper bounces
+    stand = centroid(figure_mask("stand"))
+    # The wide camera pans by 5% of the frame (3.2 px): the stander moves only that much.
+    assert np.abs(stand - stand[0]).max() < 4.0
+    assert (walk[-1, 0] - walk[0, 0]) - (stand[-1, 0] - stand[0, 0]) > 4
+    wave = figure_mask("wave", "medium")
+    assert (wave[0] != wave[3]).sum() > 10           # the arm moves
+    sit = centroid(figure_mask("sit"))
+    assert sit[-1, 1] > sit[0, 1]                    # the sitter lowers
+
+
+def test_clip_first_frame_matches_keyframe_pose():
+    shot = _shot("jump", "medium")
+    key = render_keyframe(WORLD, shot, 64, np.random.default_rng(5)).astype(float)
+    first = render_clip(WORLD, shot, 64, 8, np.random.default_rng(5))[0].astype(float)
+    assert np.abs(key - first).mean() < 3
+
+
+def test_face_photos_vary_but_keep_identity():
+    photos = {c.id: [render_face_photo(WORLD, c.id, np.random.default_rng([i, k])).astype(np.float32)
+                     for k in range(3)] for i, c in enumerate(WORLD.characters)}
+    p = photos[WORLD.characters[0].id][0]
+    assert p.shape == (FACE_SIZE, FACE_SIZE, 3)
+    flat = [x.tobytes() for xs in photos.values() for x in xs]
+    assert len(set(flat)) == len(flat)  # never the same twice
+    same = np.mean([np.abs(a - b).mean() for xs in photos.values() for a, b in itertools.combinations(xs, 2)])
+    ids = list(photos)
+    diff = np.mean([np.abs(photos[a][0] - photos[b][1]).mean() for a, b in itertools.combinations(ids, 2)])
+    assert same < 0.8 * diff
+
+
+def test_face_photo_eyes_are_aligned():
+    # Eye rows: the iris colour must be near the template's eye line (y ~ 51.6) in every photo.
+    c = next(c for c in WORLD.characters if c.hair_colour not in ("white", "blonde") and c.outfit_colour != "white")
+    for k in range(3):
+        photo = render_face_photo(WORLD, c.id, np.random.default_rng(k)).astype(int)
+        white = (photo.min(-1) > 170).astype(float)[:, 30:82]  # eye whites, central columns
+        rows = np.nonzero(white.sum(1) >= 2)[0]
+        assert rows.size and abs(np.median(rows) - 51.6) < 8
+
+
+@pytest.mark.parametrize("camera", CAMERAS)
+def test_face_boxes_are_inside_the_frame_and_on_the_face(camera):
+    episode = make_episode(WORLD, 1, 60)
+    for shot in episode.shots:
+        for size in (32, 64):
+            for cid, (x0, y0, x1, y1) in face_boxes(shot, size, WORLD):
+                assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+                assert cid in shot.character_ids
+    # The box holds the face: much more skin inside it than in the rest of the frame (on a beach,
+    # where nothing else has a skin tone).
+    for c in WORLD.characters[:6]:
+        shot = ShotSpec("beach", (CastMember(c.id, "center", "stand", "neutral"),), camera)
+        frame = render_keyframe(WORLD, shot, 128, np.random.default_rng(0)).astype(float)
+        (cid, (x0, y0, x1, y1)), = face_boxes(shot, 128, WORLD)
+        is_skin = np.abs(frame - np.array(SKIN_TONES[c.skin])).max(-1) < 15  # [128, 128]
+        inside = is_skin[y0:y1, x0:x1].mean()
+        outside = (is_skin.sum() - is_skin[y0:y1, x0:x1].sum()) / (is_skin.size - (y1 - y0) * (x1 - x0))
+        assert inside > 0.08 and inside > 3 * outside, (camera, c.id, inside, outside)
