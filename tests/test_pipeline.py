@@ -138,3 +138,17 @@ def test_two_processes_share_the_work_without_duplicates(tmp_path):
     assert sorted(shot_ids) == sorted(set(shot_ids)) and len(shot_ids) == 12  # each shot once
     assert len({line.split()[0] for line in lines}) == 2  # both processes did some of the work
     assert _states(script, [FakeEncode()], "encode") == ["done"] * 12
+
+
+def test_a_corrupt_artifact_is_reported_then_recomputed_not_used(small_script):
+    _run(small_script, FakeEncode())
+    project = Project.open(small_script, RunOptions(quiet=True))
+    from mdream.stages.pipeline import plan_keys
+
+    key = plan_keys(project, [FakeEncode()])["encode"][2]
+    emb = next(project.store.artifact_dir("encode", key).glob("emb*"))
+    emb.write_bytes(emb.read_bytes()[:-7])  # truncated
+    assert _states(small_script, [FakeEncode()], "encode")[2] == "corrupt"
+    reports = _run(small_script, FakeEncode())
+    assert reports[0].produced == ["act1-003"]
+    assert project.store.open("encode", key).load_tensors(emb.name)["x"][0].item() == 2.0
