@@ -370,3 +370,9 @@ def test_two_characters_at_one_position(tmp_path):
         "{id: bo, expression: happy, position: left}",
         only=True,
     )
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "lucky"])
+def test_bad_seed(tmp_path, value):
+    text = edit(BASE_SCRIPT, "seed: 3", f"seed: {value}")
+    _check(tmp_path, text, "seed", "seed must be a whole number from 0", f"seed: {value}", only=True)

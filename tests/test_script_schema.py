@@ -64,3 +64,42 @@ def test_schema_rejects_typos(schema):
     data["charaters"] = []
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, schema)
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "script-format.md"
+
+
+def test_docs_mention_every_key():
+    from mdream.script import models
+
+    text = DOC.read_text()
+    for model in (
+        models.Script,
+        models.Style,
+        models.Character,
+        models.Scene,
+        models.SceneElements,
+        models.Arc,
+        models.Shot,
+        models.ShotCharacter,
+        models.OutputSettings,
+    ):
+        for name in model.model_fields:
+            assert f"`{name}`" in text or f".{name}`" in text, (
+                f"docs/script-format.md does not describe {name}"
+            )
+
+
+def test_docs_example_validates(tmp_path):
+    from script_helpers import write_png
+
+    from mdream.script import load_script
+
+    text = DOC.read_text()
+    example = next(block for block in text.split("```yaml\n")[1:] if "schema_version" in block)
+    example = example.split("```")[0]
+    (tmp_path / "script.yaml").write_text(example)
+    for image in ("faces/mira_1.png", "faces/mira_2.png", "refs/frame1.png"):
+        write_png(tmp_path / image)
+    script = load_script(tmp_path / "script.yaml")
+    assert script.arcs[0].shots[0].id == "arrival"

@@ -26,7 +26,7 @@ _NUMBER_RULES = {
     "height": "must be a whole number of pixels, a multiple of 8 from 32 to 4096",
     "fps": "must be a whole number of frames per second from 1 to 120",
     "clip_length": "must be a whole number of frames per clip from 2 to 256",
-    "seed": "must be a whole number",
+    "seed": "must be a whole number from 0 to 2**63 - 1",
 }
 
 # What each list that must not be empty is missing.

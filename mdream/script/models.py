@@ -134,7 +134,9 @@ class Script(_Strict):
 
     schema_version: Literal[1] = Field(description="Version of this format; must be 1.")
     title: Text = Field(description="Title of the movie.")
-    seed: int = Field(default=0, description="Random seed; the same script and seed give the same movie.")
+    seed: int = Field(
+        default=0, ge=0, lt=2**63, description="Random seed; the same script and seed give the same movie."
+    )
     style: Style | None = Field(default=None, description="Optional style text and reference frames.")
     characters: list[Character] = Field(
         default_factory=list, description="The cast; each character has face photos."
