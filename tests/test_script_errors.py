@@ -376,3 +376,31 @@ def test_two_characters_at_one_position(tmp_path):
 def test_bad_seed(tmp_path, value):
     text = edit(BASE_SCRIPT, "seed: 3", f"seed: {value}")
     _check(tmp_path, text, "seed", "seed must be a whole number from 0", f"seed: {value}", only=True)
+
+
+def test_second_yaml_document(tmp_path):
+    text = BASE_SCRIPT + "---\ntitle: Another\n"
+    _check(
+        tmp_path,
+        text,
+        "",
+        "expected a single document in the stream, but found another document",
+        "---",
+        hint="remove the extra '---'",
+        only=True,
+    )
+
+
+def test_shot_characters_as_plain_text(tmp_path):
+    text = edit(
+        BASE_SCRIPT, "        characters:\n          - {id: bo, action: runs}", "        characters: bo"
+    )
+    _check(
+        tmp_path,
+        text,
+        "arcs[1].shots[0].characters",
+        "expected a list, got 'bo'",
+        "characters: bo",
+        hint="characters: [{id: bo}]",
+        only=True,
+    )

@@ -188,6 +188,8 @@ def _problems_from_validation(error: ValidationError, file: str, source_map: Sou
                 hint = "YAML reads yes/no/on/off/true/false as booleans; put the text in quotes"
             elif kind in ("model_type", "dict_type") and isinstance(value, str) and "characters" in loc:
                 hint = f"write each character as a mapping, e.g. {{id: {value}}}"
+            elif kind == "list_type" and isinstance(value, str) and name == "characters" and "shots" in loc:
+                hint = f"write a list of mappings, e.g. characters: [{{id: {value}}}]"
             elif kind == "list_type" and isinstance(value, str):
                 hint = f"write a list, e.g. {name}: [{value}]"
             elif kind in ("model_type", "dict_type"):

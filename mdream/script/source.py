@@ -109,9 +109,14 @@ def _yaml_syntax_error(error: yaml.YAMLError, text: str) -> tuple[str, Location 
         if mark is not None:
             location = (mark.line + 1, mark.column + 1)
         problem = error.problem or "invalid YAML"
-        message = f"YAML syntax error: {problem}"
-        if error.context:
-            message += f" ({error.context})"
+        if error.context and problem.startswith(
+            "but "
+        ):  # e.g. "expected a single document ..., but found ..."
+            message = f"YAML syntax error: {error.context}, {problem}"
+        else:
+            message = f"YAML syntax error: {problem}"
+            if error.context:
+                message += f" ({error.context})"
     elif isinstance(error, yaml.reader.ReaderError):
         character = chr(error.character) if isinstance(error.character, int) else error.character
         message = f"YAML syntax error: {error.reason} (character {character!r})"

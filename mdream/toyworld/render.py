@@ -73,6 +73,7 @@ class _Canvas:
         self.img[:] = np.asarray(background, np.float32)
         self.scale, self.ox, self.oy = float(res), 0.0, 0.0
         self.tint = np.ones(3, np.float32)
+        self._centres = np.arange(res, dtype=np.float32) + 0.5  # pixel centres
 
     def set_map(self, scale: float, ox: float, oy: float) -> None:
         """Drawing units -> pixels: X = x * scale + ox, Y = y * scale + oy."""
@@ -83,12 +84,12 @@ class _Canvas:
 
     def _box(self, x0: float, y0: float, x1: float, y1: float):
         """Clip a pixel box to the canvas; returns slices and pixel-centre coordinates, or None."""
-        i0, i1 = max(int(math.floor(y0)), 0), min(int(math.ceil(y1)), self.res)
-        j0, j1 = max(int(math.floor(x0)), 0), min(int(math.ceil(x1)), self.res)
+        i0, i1 = max(math.floor(y0), 0), min(math.ceil(y1), self.res)
+        j0, j1 = max(math.floor(x0), 0), min(math.ceil(x1), self.res)
         if i0 >= i1 or j0 >= j1:
             return None
-        ys = np.arange(i0, i1, dtype=np.float32)[:, None] + 0.5  # [h, 1]
-        xs = np.arange(j0, j1, dtype=np.float32)[None, :] + 0.5  # [1, w]
+        ys = self._centres[i0:i1, None]  # [h, 1]
+        xs = self._centres[None, j0:j1]  # [1, w]
         return (slice(i0, i1), slice(j0, j1)), xs, ys
 
     def _paint(self, sl, mask: np.ndarray, color: Color, pattern=None, xs=None, ys=None) -> None:

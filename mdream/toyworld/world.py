@@ -162,7 +162,8 @@ class SceneSpec:
         props = sorted({p for p, _ in self.props})
         listing = ", ".join(p.replace("_", " ") for p in props)
         where = "inside" if self.indoor else "outdoors"
-        return f"the {self.name} at {self.time_of_day}, {where}, with {listing}"
+        when = "by day" if self.time_of_day == "day" else f"at {self.time_of_day}"
+        return f"the {self.name} {when}, {where}, with {listing}"
 
 
 # id, name, indoor, sky, ground, accent, wall texture, ground texture, prop kinds, time, horizon
