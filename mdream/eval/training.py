@@ -161,7 +161,11 @@ class FaceTrainingConfig:
     arc_margin: float = 0.4
     """ArcFace additive angular margin m (radians)."""
     keyframe_fraction: float = 0.5
-    """Fraction of each batch cut from keyframes (32/64/128 px) instead of face photos."""
+    """Fraction of each batch cut from freshly rendered keyframes (32/64/128 px); the rest are photos."""
+    photo_pool: int = 2048
+    """Face photos kept in memory (rendering one costs as much as a training sample)."""
+    photo_refresh: int = 8
+    """Pool photos replaced by fresh renders every step (new light, pose, noise)."""
     checkpoint_every: int = 200
     """Steps between checkpoints."""
     seed: int = 0
@@ -170,21 +174,35 @@ class FaceTrainingConfig:
     """torch CPU threads."""
 
 
-def face_batch(worlds: list, n: int, keyframe_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh faces: uint8 [n, 112, 112, 3] RGB and global identity labels [n].
+def face_photos(worlds: list, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n fresh face photos of random characters: uint8 [n, 112, 112, 3] RGB, global labels [n].
 
-    Identity label = offset of the world + the character's index in it. Photos come from
-    ``render_face_photo``; the rest are face crops cut by ``face_boxes`` from keyframes rendered at
-    32, 64 or 128 px (box jittered by up to 10 %, resized to 112), so the embedder also reads faces
-    from generated frames.
+    Global label = offset of the world + the character's index in it.
     """
-    from mdream.toyworld import face_boxes, render_face_photo, render_keyframe
+    from mdream.toyworld import render_face_photo
+
+    offsets = np.cumsum([0] + [len(w.characters) for w in worlds])
+    faces, labels = [], []
+    for _ in range(n):
+        k = int(rng.integers(len(worlds)))
+        c = int(rng.integers(len(worlds[k].characters)))
+        faces.append(render_face_photo(worlds[k], worlds[k].characters[c].id, rng, size=FACE_SIZE))
+        labels.append(int(offsets[k] + c))
+    return np.stack(faces), np.asarray(labels, np.int64)
+
+
+def face_crops(worlds: list, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n face crops cut by ``face_boxes`` from fresh keyframes rendered at 32, 64 or 128 px.
+
+    Boxes are jittered by up to 10 % and resized to 112, so the embedder also reads the small,
+    imprecisely placed faces of generated frames. Returns uint8 [n, 112, 112, 3] RGB, labels [n].
+    """
+    from mdream.toyworld import face_boxes, render_keyframe
 
     offsets = np.cumsum([0] + [len(w.characters) for w in worlds])
     faces: list[np.ndarray] = []
     labels: list[int] = []
-    n_crops = int(round(n * keyframe_fraction))
-    while len(faces) < n_crops:
+    while len(faces) < n:
         k = int(rng.integers(len(worlds)))
         world = worlds[k]
         shot = random_shot(world, rng, min_cast=1)
@@ -196,14 +214,7 @@ def face_batch(worlds: list, n: int, keyframe_fraction: float, rng: np.random.Ge
             jitter = rng.uniform(-0.1, 0.1, 4) * np.array([bw, bh, bw, bh])
             faces.append(crop_resized(frame, (x0 + jitter[0], y0 + jitter[1], x1 + jitter[2], y1 + jitter[3])))
             labels.append(int(offsets[k] + world.character_index[character_id]))
-    faces, labels = faces[:n_crops], labels[:n_crops]
-    while len(faces) < n:
-        k = int(rng.integers(len(worlds)))
-        world = worlds[k]
-        c = int(rng.integers(len(world.characters)))
-        faces.append(render_face_photo(world, world.characters[c].id, rng, size=FACE_SIZE))
-        labels.append(int(offsets[k] + c))
-    return np.stack(faces), np.asarray(labels, np.int64)
+    return np.stack(faces[:n]), np.asarray(labels[:n], np.int64)
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int = 50) -> float:
@@ -256,8 +267,11 @@ def train_face_embedder(config: FaceTrainingConfig, out: Path, resume: str = "au
         step, elapsed = ckpt["step"], ckpt.get("elapsed_s", 0.0)
         console.print(f"resumed from {ckpt_path} at step {step}")
     rng = np.random.default_rng([config.seed, step])  # a fresh stream after a resume
+    console.print(f"rendering a pool of {config.photo_pool} face photos")
+    pool_faces, pool_labels = face_photos(worlds, config.photo_pool, rng)
+    n_crops = int(round(config.batch_size * config.keyframe_fraction))
 
-    def save(final: bool = False) -> None:
+    def save() -> None:
         state = {"net": net.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
                  "step": step, "elapsed_s": elapsed}
         torch.save(state, out / "checkpoint.tmp")
@@ -269,7 +283,13 @@ def train_face_embedder(config: FaceTrainingConfig, out: Path, resume: str = "au
         task = progress.add_task("face embedder", total=config.steps, completed=step, info="")
         net.train()
         while step < config.steps:
-            faces, labels = face_batch(worlds, config.batch_size, config.keyframe_fraction, rng)
+            if config.photo_refresh:
+                idx = rng.choice(config.photo_pool, config.photo_refresh, replace=False)
+                pool_faces[idx], pool_labels[idx] = face_photos(worlds, len(idx), rng)
+            idx = rng.choice(config.photo_pool, config.batch_size - n_crops, replace=False)
+            crops, crop_labels = face_crops(worlds, n_crops, rng)
+            faces = np.concatenate([pool_faces[idx], crops])
+            labels = np.concatenate([pool_labels[idx], crop_labels])
             x = degrade(normalise_faces(faces), rng, strength=float(rng.uniform(0.0, 1.0)))
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, config.steps, config.lr)

@@ -365,11 +365,11 @@ class KeyframeDecoder(nn.Module):
         return loss.mean()
 
     # ---- sampling -----------------------------------------------------------------------------
-    def check_inputs(self, tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale) -> int:
+    def check_inputs(self, tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale, batch_size) -> int:
         groups = [t for t in (tokens, face_embeds, text_embed) if t is not None]
-        if not groups:
-            raise InputError("generate() needs at least one of tokens, face_embeds, text_embed.")
-        b = groups[0].shape[0]
+        if not groups and batch_size is None:
+            raise InputError("generate() needs at least one of tokens, face_embeds, text_embed (or batch_size for the null context).")
+        b = groups[0].shape[0] if groups else batch_size
         if any(g.shape[0] != b for g in groups):
             raise InputError("tokens, face_embeds and text_embed must have the same batch size.")
         if tokens is not None and tuple(tokens.shape[1:]) != (self.num_tokens, self.context.config.token_dim):
@@ -395,13 +395,15 @@ class KeyframeDecoder(nn.Module):
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
         scheduler: str | None = None,
+        batch_size: int | None = None,
     ) -> DecoderOutput:
         """Render keyframes. Guidance contrasts the full context with the all-null one (1.0 = no CFG).
 
-        The initial noise is drawn on ``generator``'s device (CPU by default) and moved, so the same
+        Any group left as None is replaced by its null embedding; with all three None, ``batch_size``
+        unconditional samples are drawn. The initial noise is drawn on ``generator``'s device (CPU by default) and moved, so the same
         seed gives identical pixels on the same device and dtype.
         """
-        b = self.check_inputs(tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale)
+        b = self.check_inputs(tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale, batch_size)
         sched = self.make_scheduler(scheduler, self.scheduler.config) if scheduler else self.make_scheduler(
             self.scheduler_name, self.scheduler.config
         )

@@ -136,6 +136,10 @@ def _check_files(data: dict, root: Path, report: Report) -> None:
         if isinstance(faces, list):
             for face_index, face in enumerate(faces):
                 check(("characters", index, "faces", face_index), face, "face photo")
+    for arc_index, arc in _items(data, "arcs"):
+        for shot_index, shot in _items(arc, "shots"):
+            if "keyframe" in shot:
+                check(("arcs", arc_index, "shots", shot_index, "keyframe"), shot["keyframe"], "keyframe")
     style = data.get("style")
     if isinstance(style, dict) and isinstance(style.get("reference_frames"), list):
         for frame_index, frame in enumerate(style["reference_frames"]):

@@ -109,6 +109,10 @@ class Shot(_Strict):
     descriptor: Text = Field(description="Detailed description of what the shot shows.")
     camera: Literal["wide", "medium", "close-up"] = Field(description="Framing: wide, medium or close-up.")
     duration: float = Field(gt=0, le=MAX_DURATION_S, description="Length in seconds, 0 < duration <= 600.")
+    keyframe: RelativePath | None = Field(
+        default=None,
+        description="Optional given keyframe image (a storyboard frame): encoded instead of predicted.",
+    )
 
 
 class Arc(_Strict):

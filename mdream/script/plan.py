@@ -39,6 +39,8 @@ class PlannedShot:
     """wide, medium or close-up."""
     duration: float
     """Seconds."""
+    keyframe: Path | None
+    """A given keyframe image (resolved path), encoded instead of predicted; None to predict it."""
     scene: Scene = field(repr=False, compare=False)
     """The shot's scene (for inputs_for_cache)."""
     characters: tuple[Character, ...] = field(repr=False, compare=False)
@@ -151,6 +153,7 @@ def plan_script(script: Script) -> Plan:
                     descriptor=shot.descriptor,
                     camera=shot.camera,
                     duration=shot.duration,
+                    keyframe=script.resolve(shot.keyframe) if shot.keyframe else None,
                     scene=scenes[shot.scene],
                     characters=tuple(characters[member.id] for member in shot.characters),
                 )

@@ -31,12 +31,16 @@ class FrameSet:
     """int64 [M, 3] character index at left/center/right, -1 where empty."""
     world_seed: int
     """The toy world the frames come from."""
+    shots: list | None = None
+    """The ShotSpec of each frame when rendered here (not saved; evaluation uses it for face boxes)."""
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def subset(self, index: np.ndarray) -> FrameSet:
-        return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index], self.world_seed)
+        shots = [self.shots[i] for i in index] if self.shots is not None else None
+        return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index],
+                        self.world_seed, shots)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +96,7 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     frames = np.empty((n, size, size, 3), np.uint8)
     scene = np.empty(n, np.int64)
     chars = np.empty((n, 3), np.int64)
-    texts = []
+    texts, shots = [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"rendering {n} toy frames", total=n)
         for i in range(n):
@@ -101,9 +105,10 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
             labels = shot_labels(world, shot)
             scene[i], chars[i] = labels["scene"], labels["chars"]
             texts.append(shot_text(world, shot)[1])
+            shots.append(shot)
             if i % 256 == 0:
                 bar.update(task, completed=i)
-    return FrameSet(frames, texts, scene, chars, world_seed)
+    return FrameSet(frames, texts, scene, chars, world_seed, shots)
 
 
 def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None) -> FrameSet:

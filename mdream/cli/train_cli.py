@@ -1,0 +1,109 @@
+"""``mdream train ...``: train the toy CLIP and the keyframe tokenizer, and measure a tokenizer.
+
+Each command's options are generated from its training-config dataclass (one option per field,
+its help the field's one-line docstring, litgpt style), so ``--help`` always matches the settings
+that are saved beside the checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mdream.cli._common import print_json, run_cli, stdout
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Train mdream's models (toy CLIP, keyframe tokenizer).")
+
+OUT_HELP = "Run folder: train_config.json, checkpoints/ and final/ are written here."
+RESUME_HELP = "auto (newest checkpoint under --out, else start fresh), never, or a checkpoint folder."
+
+
+def config_command(name: str, config_cls: type, run: typing.Callable[..., object], help_text: str,
+                   extra: list[inspect.Parameter] | None = None) -> None:
+    """Register ``name`` with one option per field of ``config_cls`` (+ --out, --resume and ``extra``)."""
+    from mdream.training.common import field_docs
+
+    docs = field_docs(config_cls)
+    hints = typing.get_type_hints(config_cls)
+    params = [
+        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                          default=typer.Option(..., "--out", "-o", help=OUT_HELP, show_default=False)),
+        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                          default=typer.Option("auto", "--resume", help=RESUME_HELP)),
+        *(extra or []),
+    ]
+    for f in dataclasses.fields(config_cls):
+        params.append(inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+            default=typer.Option(f.default, "--" + f.name.replace("_", "-"), help=docs.get(f.name, "")),
+        ))
+
+    def command(**kwargs: object) -> None:
+        out, resume = kwargs.pop("out"), kwargs.pop("resume")
+        extra_values = {p.name: kwargs.pop(p.name) for p in extra or []}
+        config = config_cls(**kwargs)
+        result = run_cli(run, config, out, resume=resume, **extra_values)
+        stdout.print(f"done: {result}", highlight=False)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = help_text
+    app.command(name, help=help_text)(command)
+
+
+def _register() -> None:
+    from mdream.training.clip import ClipTrainingConfig, train_clip
+    from mdream.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
+
+    config_command(
+        "clip", ClipTrainingConfig, train_clip,
+        "Train the toy CLIP contrastively on toy-world frames and descriptors.",
+        extra=[inspect.Parameter("export", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[Path],  # noqa: UP045
+                                 default=typer.Option(None, "--export", help="Also write the final CLIP folder here."))],
+    )
+    config_command(
+        "tokenizer", TokenizerTrainingConfig, train_tokenizer,
+        "Train the keyframe tokenizer (token compressor + ID-preserving renderer) with CLIP frozen.",
+    )
+
+
+_register()
+
+
+@app.command("tokenizer-eval")
+def tokenizer_eval_cli(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (OUT/checkpoints/step-N) or a folder with encoder/ and decoder/.", show_default=False)],
+    frames: Annotated[int, typer.Option(help="Held-out frames to reconstruct.")] = 256,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = 1.0,
+    conditions: Annotated[str, typer.Option(help="Comma-separated: tokens, tokens+faces, tokens+faces+text, faces+text, null.")] = "tokens,tokens+faces,tokens+faces+text,faces+text,null",
+    seed: Annotated[int, typer.Option(help="Seed of the held-out shots and the sampling noise.")] = 12345,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
+    save: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
+) -> None:
+    """Reconstruct held-out toy frames through the tokens and score scene, cast and identity."""
+    from mdream.training.evaluate_tokenizer import evaluate_checkpoint
+
+    report = run_cli(evaluate_checkpoint, checkpoint, frames=frames, num_inference_steps=steps,
+                     guidance_scale=guidance_scale, seed=seed, conditions=conditions, out_json=save, as_json=json_out)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    from rich.table import Table
+
+    table = Table(title=f"tokenizer reconstruction: {report.frames} held-out frames, {report.steps} steps, cfg {report.guidance_scale}")
+    columns = sorted({k for row in report.results.values() for k in row})
+    table.add_column("context")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, row in report.results.items():
+        table.add_row(name, *("n/a" if row.get(c) is None else f"{row[c]:.3f}" for c in columns))
+    stdout.print(table)
+    if report.probe:
+        stdout.print("linear probe on the tokens: " + ", ".join(f"{k} {v:.3f}" for k, v in report.probe.items()), highlight=False)

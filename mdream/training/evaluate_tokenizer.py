@@ -1,0 +1,210 @@
+"""Measure a keyframe tokenizer on held-out toy frames.
+
+Reconstruction: frame -> N tokens -> render (given a choice of context groups) -> the shipped frame
+analyser reads scene and cast; identity: the face embedder's cosine similarity between faces cut
+from the render and the character's reference photos. The same numbers on the ground-truth frames
+are the ceiling, the all-null context the floor. A linear probe on the tokens tells what the tokens
+carry even when the renderer does not yet draw it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mdream.errors import InputError
+from mdream.models.decoder import KeyframeDecoder
+from mdream.models.encoders import KeyframeEncoder, TextEncoder
+from mdream.training.common import console
+from mdream.training.data import FrameSet, face_embedding_bank, faces_for_batch, render_random_frames
+
+EVAL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "eval"
+# Context groups given to the renderer in each measured condition.
+CONDITIONS = {
+    "tokens": ("tokens",),
+    "tokens+faces": ("tokens", "faces"),
+    "tokens+faces+text": ("tokens", "faces", "text"),
+    "faces+text": ("faces", "text"),
+    "null": (),
+}
+
+
+@dataclass
+class TokenizerEval:
+    """Per condition: scene accuracy, per-position character accuracy, whole-cast accuracy, identity similarity."""
+
+    frames: int
+    steps: int
+    guidance_scale: float
+    results: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    probe: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, "steps": self.steps, "guidance_scale": self.guidance_scale,
+                "results": self.results, "probe": self.probe, "seconds": round(self.seconds, 1)}
+
+
+def analyse_accuracy(analyser, frames: np.ndarray, scene: np.ndarray, chars: np.ndarray) -> dict[str, float]:
+    pred = analyser.analyse(frames)
+    per_position = pred["chars"] == chars
+    occupied = chars >= 0
+    return {
+        "scene": float((pred["scene"] == scene).mean()),
+        "cast": float(per_position.all(axis=1).mean()),
+        "scene_and_cast": float(((pred["scene"] == scene) & per_position.all(axis=1)).mean()),
+        "character": float(per_position[occupied].mean()) if occupied.any() else None,
+    }
+
+
+def identity_similarity(embedder, frames: np.ndarray, shots: list, world, references: np.ndarray) -> float | None:
+    """Mean cosine similarity of each drawn face to its character's mean reference embedding."""
+    from mdream.eval.training import crop_resized, square_box
+    from mdream.toyworld import face_boxes
+
+    crops, owners = [], []
+    size = frames.shape[1]
+    for frame, shot in zip(frames, shots, strict=True):
+        for character_id, box in face_boxes(shot, size, world):
+            crops.append(crop_resized(frame, square_box(box, size, size)))
+            owners.append(world.character_index[character_id])
+    if not crops:
+        return None
+    emb = embedder.embed(np.stack(crops))
+    ref = references[np.array(owners)]
+    return float((emb * ref).sum(axis=1).mean())
+
+
+def linear_probe(train_tokens: torch.Tensor, train: FrameSet, test_tokens: torch.Tensor, test: FrameSet, epochs: int = 300) -> dict[str, float]:
+    """Held-out accuracy of linear classifiers on the flattened tokens: scene, and character per position."""
+    x_train, x_test = train_tokens.flatten(1), test_tokens.flatten(1)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    n_chars = int(max(train.chars.max(), test.chars.max())) + 2  # + "empty"
+    targets = {"scene": (torch.from_numpy(train.scene), torch.from_numpy(test.scene), int(max(train.scene.max(), test.scene.max())) + 1)}
+    for p, name in enumerate(("left", "center", "right")):
+        targets[name] = (torch.from_numpy(train.chars[:, p] + 1), torch.from_numpy(test.chars[:, p] + 1), n_chars)
+    out = {}
+    for name, (y_train, y_test, classes) in targets.items():
+        torch.manual_seed(0)
+        head = torch.nn.Linear(x_train.shape[1], classes)
+        opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+        for _ in range(epochs):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(x_train), y_train).backward()
+            opt.step()
+        with torch.no_grad():
+            out[name] = float((head(x_test).argmax(1) == y_test).float().mean())
+    return out
+
+
+def evaluate_tokenizer(
+    encoder: KeyframeEncoder,
+    decoder: KeyframeDecoder,
+    text_encoder: TextEncoder,
+    frames: int = 256,
+    world_seed: int = 0,
+    seed: int = 12345,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 1.0,
+    conditions: tuple[str, ...] = tuple(CONDITIONS),
+    analyser_dir: str | Path | None = None,
+    face_model: str | Path | None = None,
+    probe_train_frames: int = 2048,
+    batch_size: int = 64,
+) -> TokenizerEval:
+    """Reconstruct ``frames`` held-out random shots through the tokens and score them (see module doc)."""
+    from mdream.eval.frame_analyser import FrameAnalyser
+    from mdream.toyworld import make_world
+
+    start = time.perf_counter()
+    analyser_dir = Path(analyser_dir) if analyser_dir else EVAL_ASSETS / "frame_analyser"
+    face_model = Path(face_model) if face_model else EVAL_ASSETS / "toy_face_recognition.onnx"
+    analyser = FrameAnalyser.from_pretrained(analyser_dir) if (analyser_dir / "config.json").is_file() else None
+    embedder = None
+    bank = None
+    if face_model.is_file():
+        from mdream.eval.face_embedder import FaceIdentityEmbedder
+
+        embedder = FaceIdentityEmbedder(face_model)
+        bank = face_embedding_bank(world_seed, face_model, 8, seed)
+    world = make_world(world_seed)
+    size = decoder.image_size
+    test = render_random_frames(world_seed, frames, size, seed, progress=False)
+    tokens = encoder.encode(test.frames)
+    text = text_encoder.encode(test.descriptors)
+    faces, face_mask = faces_for_batch(test.chars, bank, np.random.default_rng(seed))
+    references = None
+    if bank is not None:
+        references = bank.mean(axis=1)
+        references /= np.linalg.norm(references, axis=1, keepdims=True)
+    report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale)
+
+    def score(images: np.ndarray) -> dict[str, float | None]:
+        row: dict[str, float | None] = analyse_accuracy(analyser, images, test.scene, test.chars) if analyser else {}
+        if embedder is not None:
+            row["identity"] = identity_similarity(embedder, images, test.shots, world, references)
+        return row
+
+    report.results["ground_truth"] = score(test.frames)
+    for name in conditions:
+        groups = CONDITIONS[name]
+        if "faces" in groups and bank is None:
+            continue
+        images = []
+        for i in range(0, frames, batch_size):
+            sl = slice(i, i + batch_size)
+            out = decoder.generate(
+                tokens[sl] if "tokens" in groups else None,
+                torch.from_numpy(faces[sl]) if "faces" in groups else None,
+                torch.from_numpy(face_mask[sl]) if "faces" in groups else None,
+                text[sl] if "text" in groups else None,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=torch.Generator().manual_seed(seed + i),
+                batch_size=len(test.frames[sl]),
+            )
+            images.append(out.images)
+        report.results[name] = score(np.concatenate(images))
+        console.print(f"  {name}: {report.results[name]}", highlight=False)
+    if probe_train_frames:
+        probe_train = render_random_frames(world_seed, probe_train_frames, size, seed + 1, progress=False)
+        report.probe = linear_probe(encoder.encode(probe_train.frames), probe_train, tokens, test)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    clip: str | Path | None = None,
+    frames: int = 256,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 1.0,
+    seed: int = 12345,
+    conditions: str = ",".join(CONDITIONS),
+    out_json: str | Path | None = None,
+) -> TokenizerEval:
+    """Evaluate the ``encoder/`` + ``decoder/`` in a checkpoint (or an exported tokenizer folder)."""
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "encoder").is_dir() or not (checkpoint / "decoder").is_dir():
+        raise InputError(f"{checkpoint} holds no encoder/ and decoder/ folders.", hint="Pass a checkpoint folder (OUT/checkpoints/step-...).")
+    encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
+    decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
+    clip_source = str(clip) if clip else encoder.vision_reference
+    from mdream.models.loading import resolve_reference
+
+    text_encoder = TextEncoder.from_pretrained(resolve_reference(checkpoint / "encoder", clip_source))
+    wanted = tuple(c for c in conditions.split(",") if c)
+    unknown = [c for c in wanted if c not in CONDITIONS]
+    if unknown:
+        raise InputError(f"Unknown condition(s) {unknown}.", hint=f"Choose from {', '.join(CONDITIONS)}.")
+    report = evaluate_tokenizer(encoder, decoder, text_encoder, frames=frames, num_inference_steps=num_inference_steps,
+                                guidance_scale=guidance_scale, seed=seed, conditions=wanted)
+    if out_json:
+        Path(out_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
