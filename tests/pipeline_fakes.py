@@ -42,3 +42,20 @@ class FakeKeyframes(Stage):
         if "previous" in upstream:
             x = x + upstream["previous"].load_tensors("tokens")["x"]
         writer.save_tensors("tokens", {"x": x})
+
+
+class BatchedEncode(FakeEncode):
+    """Produces shots in batches; records the batch sizes; can fail on a chosen shot."""
+
+    batch_size = 4
+
+    def __init__(self, fail_on: str | None = None):
+        super().__init__()
+        self.batches: list[int] = []
+        self.fail_on = fail_on
+
+    def produce_batch(self, project, shots, upstreams, writers):
+        self.batches.append(len(shots))
+        if self.fail_on in [s.id for s in shots]:
+            raise RuntimeError("boom")
+        super().produce_batch(project, shots, upstreams, writers)

@@ -152,3 +152,19 @@ def test_a_corrupt_artifact_is_reported_then_recomputed_not_used(small_script):
     reports = _run(small_script, FakeEncode())
     assert reports[0].produced == ["act1-003"]
     assert project.store.open("encode", key).load_tensors(emb.name)["x"][0].item() == 2.0
+
+
+def test_batched_stage_batches_and_a_failed_batch_publishes_nothing(small_script):
+    from pipeline_fakes import BatchedEncode
+
+    stage = BatchedEncode(fail_on="act1-006")
+    project = Project.open(small_script, RunOptions(quiet=True))
+    try:
+        run_stage(project, stage, [stage])
+    except RuntimeError:
+        pass
+    assert stage.batches == [4, 2]
+    assert _states(small_script, [BatchedEncode()], "encode") == ["done"] * 4 + ["missing"] * 2
+    ok = BatchedEncode()
+    report = run_stage(project, ok, [ok])
+    assert ok.batches == [2] and report.produced == ["act1-005", "act1-006"]

@@ -24,6 +24,7 @@ from mdream.cli._common import (
     stdout,
 )
 
+
 def _route_library_warnings() -> None:
     """Show the cache's warnings (a corrupt artifact quarantined, ...) on stderr, one line each."""
     import logging

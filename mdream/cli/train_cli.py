@@ -20,7 +20,7 @@ from mdream.cli._common import print_json, run_cli, stdout
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Train mdream's models (toy CLIP, keyframe tokenizer).")
 
-OUT_HELP = "Run folder: train_config.json, checkpoints/ and final/ are written here."
+OUT_HELP = "Run folder: train_config.json and checkpoints/ (checkpoints/latest names the newest) are written here."
 RESUME_HELP = "auto (newest checkpoint under --out, else start fresh), never, or a checkpoint folder."
 
 

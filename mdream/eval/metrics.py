@@ -145,7 +145,7 @@ def copy_fraction(frames: Sequence[np.ndarray], threshold: float = COPY_THRESHOL
         return None
     small = torch.stack([
         torch.nn.functional.interpolate(
-            torch.as_tensor(np.asarray(f)).permute(2, 0, 1)[None].float() / 255.0,
+            torch.from_numpy(np.array(f, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0,
             size=(COPY_SIZE, COPY_SIZE), mode="area",
         )[0]
         for f in frames

@@ -14,6 +14,7 @@ the previous shot's key in that stage, so an edit invalidates that shot and the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import time
@@ -70,6 +71,8 @@ class Stage:
     upstream_stages: tuple[str, ...] = ()
     #: each shot also depends on the previous shot's artifact of this stage (autoregressive)
     chained: bool = False
+    #: shots produced together by produce_batch (a chained stage needs 1: each shot reads the last)
+    batch_size: int = 1
 
     def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
         """The script fields this stage's artifact for ``shot`` depends on."""
@@ -79,7 +82,19 @@ class Stage:
         """Load models once before the loop (raise NotBuiltError when a component is missing)."""
 
     def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
+        """Write ``shot``'s artifact files into ``writer`` (``upstream``: stage name -> artifact)."""
         raise NotImplementedError
+
+    def produce_batch(
+        self,
+        project: Project,
+        shots: list[PlannedShot],
+        upstreams: list[dict[str, Artifact]],
+        writers: list[ArtifactWriter],
+    ) -> None:
+        """Several shots at once (up to ``batch_size``); by default one after the other."""
+        for shot, upstream, writer in zip(shots, upstreams, writers, strict=True):
+            self.produce(project, shot, upstream, writer)
 
 
 def plan_keys(project: Project, stages: Sequence[Stage]) -> dict[str, list[str]]:
@@ -174,63 +189,61 @@ def run_stage(project: Project, stage: Stage, stages: Sequence[Stage]) -> StageR
         transient=False,
     ) as progress:
         task = progress.add_task("", total=len(project.plan.shots), completed=len(report.reused))
+        batch: list[tuple[PlannedShot, ArtifactWriter]] = []
+
+        def flush() -> None:
+            if batch:
+                progress.update(task, description=", ".join(shot.id for shot, _ in batch))
+                _fill_batch(project, stage, batch, keys)
+                report.produced.extend(shot.id for shot, _ in batch)
+                progress.advance(task, len(batch))
+                batch.clear()
+
         # First pass: take what nobody else is producing. A chained stage must go in order, so
-        # it waits for each lock instead of skipping ahead.
-        for shot in todo:
-            progress.update(task, description=shot.id)
-            if not _produce_one(project, stage, shot, keys, report, wait=stage.chained, force=force):
-                deferred.append(shot)
-                continue
-            progress.advance(task)
-        # Second pass: wait for the shots other processes were producing.
-        for shot in deferred:
-            progress.update(task, description=f"{shot.id} (waiting for another process)")
-            _produce_one(project, stage, shot, keys, report, wait=True, force=force)
-            progress.advance(task)
+        # it waits for each lock instead of skipping ahead. Second pass: wait for the shots
+        # other processes were producing (they are usually done by then).
+        for shots, wait in ((todo, stage.chained), (deferred, True)):
+            for shot in shots:
+                # claim() returns None when another live process holds the lock (wait=False) or
+                # when the artifact turned out DONE once the lock was ours.
+                writer = store.claim(stage.name, keys[stage.name][shot.index], wait=wait, force=force)
+                if writer is None:
+                    if wait or store.status(stage.name, keys[stage.name][shot.index]) == ArtifactStatus.DONE:
+                        report.by_other_process.append(shot.id)
+                        progress.advance(task)
+                    else:
+                        deferred.append(shot)
+                    continue
+                batch.append((shot, writer))
+                if len(batch) >= stage.batch_size:
+                    flush()
+            flush()
     report.seconds = time.perf_counter() - start
     _record_run(project, stage, keys, report)
     return report
 
 
-def _produce_one(
-    project: Project,
-    stage: Stage,
-    shot: PlannedShot,
-    keys: dict[str, list[str]],
-    report: StageReport,
-    *,
-    wait: bool,
-    force: bool,
-) -> bool:
-    """Produce one artifact; False when another process holds it and ``wait`` is False."""
-    key = keys[stage.name][shot.index]
-    # claim() returns None when another live process holds the lock (wait=False) or when the
-    # artifact turned out DONE once the lock was ours (someone else made it meanwhile).
-    writer = project.store.claim(stage.name, key, wait=wait, force=force)
-    if writer is None:
-        if project.store.status(stage.name, key) == ArtifactStatus.DONE:
-            report.by_other_process.append(shot.id)
-            return True
-        return False
-    with writer:
-        _fill(project, stage, shot, keys, writer)
-    report.produced.append(shot.id)
-    return True
-
-
-def _fill(project: Project, stage: Stage, shot: PlannedShot, keys: dict[str, list[str]], writer: ArtifactWriter) -> None:
-    writer.metadata.update(
-        {
-            "stage": stage.name,
-            "script": str(project.script_path),
-            "shot_id": shot.id,
-            "shot_index": shot.index,
-            "seed": project.shot_seed(stage.name, shot),
-            "host": socket.gethostname(),
-        }
-    )
-    upstream = _upstream_artifacts(project, stage, shot, keys)
-    stage.produce(project, shot, upstream, writer)
+def _fill_batch(
+    project: Project, stage: Stage, batch: list[tuple[PlannedShot, ArtifactWriter]], keys: dict[str, list[str]]
+) -> None:
+    """Produce a batch of claimed artifacts; all are published together, or none on error."""
+    with contextlib.ExitStack() as stack:
+        for _, writer in batch:
+            stack.enter_context(writer)  # commits on a clean exit, aborts (publishes nothing) on error
+        shots = [shot for shot, _ in batch]
+        for shot, writer in batch:
+            writer.metadata.update(
+                {
+                    "stage": stage.name,
+                    "script": str(project.script_path),
+                    "shot_id": shot.id,
+                    "shot_index": shot.index,
+                    "seed": project.shot_seed(stage.name, shot),
+                    "host": socket.gethostname(),
+                }
+            )
+        upstreams = [_upstream_artifacts(project, stage, shot, keys) for shot in shots]
+        stage.produce_batch(project, shots, upstreams, [writer for _, writer in batch])
 
 
 def _record_run(project: Project, stage: Stage, keys: dict[str, list[str]], report: StageReport) -> None:

@@ -47,15 +47,17 @@ from mdream.training.common import (
 )
 from mdream.training.data import FrameSet, face_embedding_bank, faces_for_batch, frame_set
 
-DEFAULT_FACE_EMBEDDER = Path(__file__).resolve().parent.parent / "assets" / "eval" / "toy_face_recognition.onnx"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_FACE_EMBEDDER = ASSETS / "eval" / "toy_face_recognition.onnx"
+TOY_CLIP = ASSETS / "models" / "toy-clip"
 
 
 @dataclass
 class TokenizerTrainingConfig:
     """Settings of a keyframe-tokenizer run (saved as train_config.json beside its checkpoints)."""
 
-    clip: str = "mdream/assets/models/toy-clip"
-    """Frozen CLIP folder: its vision tower reads frames, its text tower embeds descriptors."""
+    clip: str = "toy"
+    """Frozen CLIP folder (or hub id): vision tower reads frames, text tower embeds descriptors; toy: the shipped toy CLIP."""
     face_embedder: str = "auto"
     """Face-recognition ONNX for the face group; auto: the shipped toy embedder; none: no face group."""
     data: str = ""
@@ -219,7 +221,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     if start_from is not None and (out / "train_config.json").is_file():
         saved = json.loads((out / "train_config.json").read_text())
         config = config_from_dict(TokenizerTrainingConfig, saved | {"steps": config.steps, "checkpoint_every": config.checkpoint_every})
-    clip_path = str(Path(config.clip).resolve()) if Path(config.clip).exists() else config.clip
+    clip_path = str(TOY_CLIP) if config.clip == "toy" else config.clip
+    clip_path = str(Path(clip_path).resolve()) if Path(clip_path).exists() else clip_path
     config.clip = clip_path
     face_path = _face_embedder_path(config.face_embedder)
     config.face_embedder = str(face_path) if face_path else "none"

@@ -1,0 +1,107 @@
+"""Toy training through the CLI: tiny models, a few steps, checkpoints, resume, export, evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mdream.cli.train_cli import app
+from mdream.models.decoder import KeyframeDecoder
+from mdream.models.encoders import KeyframeEncoder, TextEncoder
+from mdream.training.common import field_docs, lr_at, resolve_resume
+from mdream.training.tokenizer import TokenizerTrainingConfig
+
+runner = CliRunner()
+
+TINY_CLIP = ["--hidden-size", "16", "--num-layers", "1", "--num-heads", "2", "--patch-size", "8", "--projection-dim", "16",
+             "--batch-size", "16", "--grad-accum", "2", "--num-frames", "64", "--val-frames", "32",
+             "--checkpoint-every", "1", "--eval-every", "2"]
+TINY_TOKENIZER = ["--face-embedder", "none", "--num-frames", "48", "--batch-size", "4", "--unet-widths", "8,16",
+                  "--layers-per-block", "1", "--token-dim", "16", "--compressor-width", "16", "--compressor-layers", "1",
+                  "--cross-attention-dim", "16", "--pooled-dim", "16", "--checkpoint-every", "1", "--log-every", "1"]
+
+
+def invoke(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip")
+    invoke(["clip", "--out", str(out), "--steps", "2", *TINY_CLIP])
+    return out
+
+
+def test_every_config_field_has_help():
+    docs = field_docs(TokenizerTrainingConfig)
+    import dataclasses
+
+    assert set(docs) == {f.name for f in dataclasses.fields(TokenizerTrainingConfig)}
+    text = runner.invoke(app, ["tokenizer", "--help"], terminal_width=200).output
+    for option in ("--num-tokens", "--drop-faces", "--snr-gamma", "--resume", "--grad-accum"):
+        assert option in text
+
+
+def test_lr_schedule_warms_up_then_decays():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(50, 100, 1.0, 10) < lr_at(20, 100, 1.0, 10)
+
+
+def test_clip_training_resumes_and_exports(clip_run):
+    saved = json.loads((clip_run / "train_config.json").read_text())
+    assert saved["hidden_size"] == 16 and saved["steps"] == 2
+    assert resolve_resume("auto", clip_run).name == "step-0000002"
+    invoke(["clip", "--out", str(clip_run), "--steps", "3", *TINY_CLIP])
+    state = json.loads((clip_run / "checkpoints" / "step-0000003" / "state.json").read_text())
+    assert state["step"] == 3 and 0 <= state["retrieval_top1"] <= 1
+    assert not (clip_run / "checkpoints" / "step-0000001").exists()  # keep_checkpoints=2 prunes old ones
+    text = TextEncoder.from_pretrained(clip_run / "final").encode(["Wide shot of the harbor."])
+    assert text.shape == (1, 16)
+
+
+def test_resume_path_must_be_a_checkpoint(tmp_path):
+    result = runner.invoke(app, ["clip", "--out", str(tmp_path), "--resume", str(tmp_path / "nope"), *TINY_CLIP])
+    assert result.exit_code == 2
+    assert "no complete checkpoint" in result.output
+
+
+def test_tokenizer_training_resume_and_render(clip_run, tmp_path):
+    out = tmp_path / "tok"
+    args = ["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *TINY_TOKENIZER]
+    invoke([*args, "--steps", "2"])
+    first = json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert np.isfinite(first["loss"])
+    result = invoke([*args, "--steps", "3"])
+    assert "resumed from" in result.output
+    checkpoint = out / "checkpoints" / "step-0000003"
+    encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
+    decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
+    frames = np.load(out / "frames.npz")["frames"][:2]
+    tokens = encoder.encode(frames)
+    assert tokens.shape == (2, 2, 16)
+    text = TextEncoder.from_pretrained(clip_run / "final").encode(["a", "b"])
+    a = decoder.generate(tokens, text_embed=text, num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    b = decoder.generate(tokens, text_embed=text, num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert a.images.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(a.images, b.images)
+
+
+def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
+    out = tmp_path / "tok"
+    invoke(["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--steps", "1"])
+    from mdream.training.evaluate_tokenizer import evaluate_checkpoint
+
+    report = evaluate_checkpoint(out / "checkpoints" / "step-0000001", frames=8, num_inference_steps=1,
+                                 conditions="tokens,null", out_json=tmp_path / "eval.json")
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert set(saved["results"]) >= {"ground_truth"}
+    assert set(report.probe) == {"scene", "left", "center", "right"}
+    assert all(0 <= v <= 1 for v in report.probe.values())
