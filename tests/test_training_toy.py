@@ -100,7 +100,7 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
     from mdream.training.evaluate_tokenizer import evaluate_checkpoint
 
     report = evaluate_checkpoint(out / "checkpoints" / "step-0000001", frames=8, num_inference_steps=1,
-                                 conditions="tokens,null", out_json=tmp_path / "eval.json")
+                                 conditions="tokens,null", out_json=tmp_path / "eval.json", probe_train_frames=32)
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert set(saved["results"]) >= {"ground_truth"}
     assert set(report.probe) == {"scene", "left", "center", "right"}

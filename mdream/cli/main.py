@@ -54,9 +54,10 @@ app = typer.Typer(
 
 
 def _options(cache_dir, device, seed, force, from_stage, quiet):
+    """A factory, so that bad option values raise inside run_cli (located message, exit 2)."""
     from mdream.stages.options import RunOptions
 
-    return RunOptions(cache_dir=cache_dir, device=device, seed=seed, force=force, from_stage=from_stage, quiet=quiet)
+    return lambda: RunOptions(cache_dir=cache_dir, device=device, seed=seed, force=force, from_stage=from_stage, quiet=quiet)
 
 
 @app.command("script-validate")
@@ -86,7 +87,11 @@ def script_schema_cli() -> None:
     print_json(run_cli(script_schema))
 
 
-def _stage_cli(fn_name: str):
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Movie folder for the keyframes [default: SCRIPT_NAME.movie/ beside the script].")
+]
+
+def _stage_cli(fn_name: str, with_out: bool = False):
     def command(
         script: ScriptArg,
         cache_dir: CacheDirOpt = None,
@@ -97,25 +102,44 @@ def _stage_cli(fn_name: str):
         json_out: JsonOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
-        from mdream.cli._display import show_reports
-        from mdream.stages import run
+        _call_stage(fn_name, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
 
-        def call():
-            options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)
-            return getattr(run, fn_name)(script, options)
+    def command_with_out(
+        script: ScriptArg,
+        out: OutOpt = None,
+        cache_dir: CacheDirOpt = None,
+        device: DeviceOpt = "auto",
+        seed: SeedOpt = None,
+        force: ForceOpt = False,
+        from_stage: FromStageOpt = None,
+        json_out: JsonOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        _call_stage(
+            fn_name, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet, out_dir=out
+        )
 
-        reports = run_cli(call, as_json=json_out)
-        if json_out:
-            print_json([r.to_dict() for r in reports])
-        elif not quiet:
-            show_reports(reports)
-
-    return command
+    return command_with_out if with_out else command
 
 
-app.command("encode", help="Encode reference faces, descriptors and style frames (cached per item).")(_stage_cli("run_encode"))
-app.command("keyframes", help="Predict every shot's keyframe tokens autoregressively.")(_stage_cli("run_keyframes"))
-app.command("render", help="Render keyframe images from tokens, faces and descriptors.")(_stage_cli("run_render"))
+def _call_stage(fn_name: str, script: Path, options_factory, json_out: bool, quiet: bool, **kwargs) -> None:
+    from mdream.cli._display import show_reports
+    from mdream.stages import run
+
+    reports = run_cli(lambda: getattr(run, fn_name)(script, options_factory(), **kwargs), as_json=json_out)
+    if json_out:
+        print_json([r.to_dict() for r in reports])
+    elif not quiet:
+        show_reports(reports)
+
+
+app.command("encode", help="Encode the cast's reference faces and every shot's descriptor (cached per shot).")(_stage_cli("run_encode"))
+app.command("keyframes", help="Every shot's keyframe tokens: given keyframes encoded, the rest predicted in order.")(
+    _stage_cli("run_keyframes")
+)
+app.command("render", help="Render keyframe images from tokens, faces and descriptors into the movie folder.")(
+    _stage_cli("run_render", with_out=True)
+)
 app.command("video", help="Turn keyframes into clips anchored on their first frame.")(_stage_cli("run_video"))
 
 
@@ -136,7 +160,7 @@ def generate_cli(
     from mdream.stages.run import generate
 
     def call():
-        return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out))
+        return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out)())
 
     reports = run_cli(call, as_json=json_out)
     if json_out:

@@ -225,9 +225,20 @@ class ToyView:
                 )
             else:
                 self.characters.add(character_id)
-        unknown_scenes = sorted({s.scene_id for s in plan.shots} - set(self.scene_class))
+        self.scenes: set[str] = set()
+        unknown_scenes = []
+        for scene_id, scene in plan.scenes.items():
+            if scene_id in self.scene_class and scene_id in self.world.scene_index and self._same_look(
+                scene.description, self.world.scene(scene_id).describe()
+            ):
+                self.scenes.add(scene_id)
+            else:
+                unknown_scenes.append(scene_id)
         if unknown_scenes:
-            self.notes.append(f"scenes not in the toy world (n/a): {', '.join(unknown_scenes)}")
+            self.notes.append(
+                f"scenes not in toy world {self.world.seed} (unknown id or other description; n/a): "
+                + ", ".join(unknown_scenes)
+            )
 
     @staticmethod
     def _same_look(script_text: str, world_text: str) -> bool:
@@ -237,7 +248,7 @@ class ToyView:
 
     def maps(self, shot) -> bool:
         """Whether the analyser can judge this shot: its scene and all its cast are in the world."""
-        return shot.scene_id in self.scene_class and all(m.id in self.characters for m in shot.cast)
+        return shot.scene_id in self.scenes and all(m.id in self.characters for m in shot.cast)
 
     def shot_spec(self, shot):
         """The toy ShotSpec of a planned shot (mappable, positioned cast members only)."""
@@ -259,7 +270,7 @@ class ToyView:
         from mdream.eval.training import square_box
         from mdream.toyworld import face_boxes
 
-        if shot.scene_id not in self.scene_class:
+        if shot.scene_id not in self.scenes:
             return []
         spec = self.shot_spec(shot)
         size = width if height == width and width in TOY_FRAME_SIZES else 128
@@ -447,7 +458,7 @@ def _score_toy(report: EvalReport, plan, frames, analyser, view: ToyView, seed: 
     for shot, result in zip(plan.shots, report.shots, strict=True):
         pred_chars = predictions["chars"][shot.index]
         result.predicted_cast = {p: (char_ids[c] if c >= 0 else None) for p, c in zip(POSITIONS, pred_chars, strict=True)}
-        if shot.scene_id in view.scene_class:
+        if shot.scene_id in view.scenes:
             result.predicted_scene = scene_ids[predictions["scene"][shot.index]]
             scene_hits.append(result.predicted_scene == shot.scene_id)
         if not view.maps(shot):

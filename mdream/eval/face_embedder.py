@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,16 +137,18 @@ def export_onnx(net: FaceEmbedderNet, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     net = net.eval()
     dummy = torch.zeros(1, 3, FACE_SIZE, FACE_SIZE)
-    torch.onnx.export(
-        net,
-        (dummy,),
-        str(path),
-        dynamo=False,
-        input_names=[ONNX_INPUT_NAME],
-        output_names=[ONNX_OUTPUT_NAME],
-        dynamic_axes={ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}},
-        opset_version=17,
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but right for this job
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            input_names=[ONNX_INPUT_NAME],
+            output_names=[ONNX_OUTPUT_NAME],
+            dynamic_axes={ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}},
+            opset_version=17,
+        )
     return path
 
 

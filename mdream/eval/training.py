@@ -329,11 +329,11 @@ class AnalyserTrainingConfig:
     """The world whose scenes and characters are the classes."""
     pool_size: int = 12000
     """Rendered ground-truth frames kept in memory (64x64 uint8), re-used with fresh augmentation."""
-    refresh_per_step: int = 16
+    refresh_per_step: int = 8
     """Pool frames replaced by fresh renders every step (so the pool keeps changing)."""
-    steps: int = 1500
+    steps: int = 800
     """Optimizer steps."""
-    batch_size: int = 96
+    batch_size: int = 64
     """Frames per step."""
     lr: float = 2e-3
     """Peak AdamW learning rate (cosine decay)."""

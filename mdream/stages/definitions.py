@@ -1,74 +1,205 @@
-"""The pipeline's stages: what each shot's artifact depends on.
+"""The pipeline's stages: what each shot's artifact depends on, and how it is made.
 
 Keys depend only on these declarations, so ``mdream status`` can tell done / stale / missing for
-every stage, built or not. A stage whose model code is not built yet fails in :meth:`prepare` with
-a clear :class:`~mdream.errors.NotBuiltError` (exit 1), never silently.
+every stage, built or not. A stage whose model is not built yet fails in :meth:`prepare` with a
+clear :class:`~mdream.errors.NotBuiltError` (exit 1), never silently.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mdream.errors import NotBuiltError
+import numpy as np
+from PIL import Image
+
+from mdream.cache import Artifact, ArtifactWriter
+from mdream.errors import InputError, NotBuiltError
 from mdream.models.bundle import hash_file
 from mdream.script import PlannedShot
+from mdream.stages.options import resolve_device
 from mdream.stages.pipeline import Project, Stage
 
-
-class _NotBuiltStage(Stage):
-    issue: str = ""
-
-    def prepare(self, project: Project) -> None:
-        raise NotBuiltError(
-            f"The {self.name} stage is not built yet ({self.issue}).",
-            hint="`mdream status SCRIPT` shows what is cached; `mdream script-validate` checks the script",
-        )
+#: Face slots of the renderer's context, in this order; unpositioned cast members fill free slots.
+FACE_SLOTS = ("left", "center", "right")
 
 
-class EncodeStage(_NotBuiltStage):
-    """Reference faces -> face embeddings; descriptor -> text embedding; style frames -> tokens."""
+def read_rgb(path) -> np.ndarray:
+    """An image file as uint8 ``[H, W, 3]`` RGB; a clear InputError if it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as exc:
+        raise InputError(f"Cannot read image {path}: {exc}") from None
+
+
+def face_slots(shot: PlannedShot) -> list[str | None]:
+    """Character id per face slot (left, center, right), None where the slot is empty."""
+    slots: list[str | None] = [None] * len(FACE_SLOTS)
+    loose = []
+    for member in shot.cast:
+        if member.position in FACE_SLOTS and slots[FACE_SLOTS.index(member.position)] is None:
+            slots[FACE_SLOTS.index(member.position)] = member.id
+        else:
+            loose.append(member.id)
+    for cid in loose:
+        if None not in slots:
+            raise InputError(f"Shot {shot.id!r} has more than {len(FACE_SLOTS)} characters; the renderer takes at most 3.")
+        slots[slots.index(None)] = cid
+    return slots
+
+
+class EncodeStage(Stage):
+    """Reference faces -> face embeddings per slot; descriptor and identifier -> text embeddings."""
 
     name = "encode"
-    components = ("face_embedder", "text_encoder", "keyframe_encoder")
-    issue = "the keyframe tokenizer and encoders land with issue 4"
+    version = "1"
+    components = ("face_embedder", "text_encoder")
 
     def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
         # The face photos' *contents* matter, not just their names: replacing a photo re-encodes.
-        faces = {
-            member.id: [hash_file(project.script.resolve(p)) for p in project.plan.characters[member.id].faces]
-            for member in shot.cast
-        }
+        faces = {cid: [hash_file(p) for p in project.plan.face_paths(cid)] for cid in shot.cast_ids}
         return {"shot": shot.inputs_for_cache(), "faces": faces}
 
+    def prepare(self, project: Project) -> None:
+        from mdream.eval.face_embedder import FaceIdentityEmbedder
+        from mdream.models.encoders import TextEncoder
 
-class KeyframesStage(_NotBuiltStage):
-    """Autoregressive keyframe tokens: each shot conditions on the ones before it."""
+        bundle = project.bundle
+        self.faces = FaceIdentityEmbedder(bundle.component("face_embedder").location)
+        self.text = TextEncoder.from_pretrained(bundle.component("text_encoder").location)
+        self.text.to(resolve_device(project.options.device))
+        self._character_embeddings: dict[str, np.ndarray] = {}
+
+    def character_embedding(self, project: Project, cid: str) -> np.ndarray:
+        """The mean of a character's photo embeddings, renormalised: float32 [512]."""
+        if cid not in self._character_embeddings:
+            photos = np.stack([np.asarray(Image.fromarray(read_rgb(p)).resize((112, 112))) for p in project.plan.face_paths(cid)])
+            emb = self.faces.embed(photos).mean(axis=0)  # [n, 512] -> [512]
+            self._character_embeddings[cid] = emb / max(float(np.linalg.norm(emb)), 1e-12)
+        return self._character_embeddings[cid]
+
+    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
+        import torch
+
+        slots = face_slots(shot)
+        faces = np.zeros((len(FACE_SLOTS), 512), np.float32)  # [3, 512]
+        for i, cid in enumerate(slots):
+            if cid is not None:
+                faces[i] = self.character_embedding(project, cid)
+        text = self.text.encode([shot.descriptor, shot.identifier])  # [2, D]
+        writer.save_tensors(
+            "conditioning",
+            {
+                "face_embeds": torch.from_numpy(faces),  # [3, 512]
+                "face_mask": torch.tensor([cid is not None for cid in slots]),  # [3]
+                "descriptor_embed": text[0].contiguous(),  # [D]
+                "identifier_embed": text[1].contiguous(),  # [D]
+            },
+        )
+        writer.save_json("slots", {"slots": slots})
+
+
+class KeyframesStage(Stage):
+    """Each shot's keyframe tokens: a given keyframe is encoded; otherwise the AR model predicts it.
+
+    Chained: a shot's tokens condition on the shots before it, so its key includes the previous key.
+    """
 
     name = "keyframes"
-    components = ("keyframe_ar",)
+    version = "1"
+    components = ("keyframe_ar", "keyframe_encoder")
     upstream_stages = ("encode",)
     chained = True
-    issue = "the autoregressive keyframe model is a later issue"
+
+    def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
+        given = hash_file(shot.keyframe) if shot.keyframe is not None else None
+        return {"shot": shot.inputs_for_cache(), "given_keyframe": given}
+
+    def prepare(self, project: Project) -> None:
+        from mdream.models.encoders import KeyframeEncoder
+
+        to_predict = [s.id for s in project.plan.shots if s.keyframe is None]
+        if to_predict:
+            shown = ", ".join(to_predict[:5]) + (" ..." if len(to_predict) > 5 else "")
+            raise NotBuiltError(
+                f"The autoregressive keyframe model is not built yet, and {len(to_predict)} shot(s) have no "
+                f"given keyframe to encode instead ({shown}).",
+                hint="give every shot a `keyframe:` image (e.g. `mdream toyworld script --given-keyframes`) to render from them",
+            )
+        self.encoder = KeyframeEncoder.from_pretrained(project.bundle.component("keyframe_encoder").location)
+        self.encoder.to(resolve_device(project.options.device))
+
+    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
+        image = read_rgb(shot.keyframe)[None]  # [1, H, W, 3]
+        tokens = self.encoder.encode(image)[0]  # [N, d]
+        writer.save_tensors("tokens", {"tokens": tokens.contiguous()})
 
 
-class RenderStage(_NotBuiltStage):
-    """Keyframe tokens + cast face embeddings + descriptor -> keyframe image."""
+class RenderStage(Stage):
+    """Keyframe tokens + cast face embeddings + descriptor -> keyframe image (PNG)."""
 
     name = "render"
+    version = "1"
     components = ("keyframe_decoder",)
     upstream_stages = ("keyframes", "encode")
-    issue = "the ID-preserving renderer lands with issue 4"
+    batch_size = 8
+
+    def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
+        out = project.plan.output
+        return {"width": out.width, "height": out.height}  # everything else arrives through upstream keys
+
+    def prepare(self, project: Project) -> None:
+        from mdream.models.decoder import KeyframeDecoder
+
+        location = project.bundle.component("keyframe_decoder").location
+        self.decoder = KeyframeDecoder.from_pretrained(location)
+        self.device = resolve_device(project.options.device)
+        self.decoder.to(self.device)
+        sampling = self.decoder.sampling_defaults() if hasattr(self.decoder, "sampling_defaults") else {}
+        self.steps = int(sampling.get("num_inference_steps", 20))
+        self.guidance = float(sampling.get("guidance_scale", 2.0))
+
+    def produce_batch(self, project, shots, upstreams, writers) -> None:
+        import torch
+
+        tokens = torch.stack([u["keyframes"].load_tensors("tokens")["tokens"] for u in upstreams])  # [B, N, d]
+        cond = [u["encode"].load_tensors("conditioning") for u in upstreams]
+        faces = torch.stack([c["face_embeds"] for c in cond])  # [B, 3, 512]
+        mask = torch.stack([c["face_mask"] for c in cond])  # [B, 3]
+        text = torch.stack([c["descriptor_embed"] for c in cond])  # [B, D]
+        # One generator per shot: a shot's pixels depend on its own seed, not on its batch-mates.
+        generators = [torch.Generator().manual_seed(project.shot_seed(self.name, s)) for s in shots]
+        images = self.decoder.generate(
+            tokens.to(self.device),
+            faces.to(self.device),
+            mask.to(self.device),
+            text.to(self.device),
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            generator=generators,
+        ).images  # uint8 [B, S, S, 3]
+        out = project.plan.output
+        for image, writer in zip(images, writers, strict=True):
+            img = Image.fromarray(image)
+            if img.size != (out.width, out.height):
+                img = img.resize((out.width, out.height), Image.Resampling.LANCZOS)
+            writer.save_image("keyframe.png", img)
 
 
-class VideoStage(_NotBuiltStage):
+class VideoStage(Stage):
     """Keyframe -> clip(s) anchored on the first frame."""
 
     name = "video"
     components = ("video",)
     upstream_stages = ("render",)
-    issue = "the image-to-video model is a later issue"
+
+    def prepare(self, project: Project) -> None:
+        raise NotBuiltError(
+            "The video stage is not built yet (the image-to-video model is a later issue).",
+            hint="`mdream render SCRIPT --out DIR` writes the keyframes; `mdream status SCRIPT` shows what is cached",
+        )
 
 
 def pipeline_stages() -> list[Stage]:
-    """The stages in order (fresh instances: stages may hold loaded models)."""
+    """The stages in order (fresh instances: stages hold loaded models)."""
     return [EncodeStage(), KeyframesStage(), RenderStage(), VideoStage()]

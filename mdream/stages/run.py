@@ -4,49 +4,50 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mdream.errors import NotBuiltError
 from mdream.stages.definitions import pipeline_stages
+from mdream.stages.movie import default_movie_dir, export_keyframes
 from mdream.stages.options import STAGE_NAMES, RunOptions
-from mdream.stages.pipeline import Project, StageReport, run_stage
+from mdream.stages.pipeline import Project, StageReport, plan_keys, run_stage
 
 
-def run_stages(script_path: str | Path, until: str, options: RunOptions | None = None, only: bool = True) -> list[StageReport]:
-    """Run the pipeline up to ``until``; with ``only`` just that stage (its inputs must be cached)."""
+def run_stages(
+    script_path: str | Path, until: str, options: RunOptions | None = None, only: bool = True
+) -> tuple[Project, list[StageReport]]:
+    """Run the pipeline up to ``until``; with ``only``, just that stage (its inputs must be cached)."""
     project = Project.open(script_path, options)
     stages = pipeline_stages()
     last = STAGE_NAMES.index(until)
     first = last if only else 0
-    return [run_stage(project, stages[i], stages[: i + 1]) for i in range(first, last + 1)]
+    return project, [run_stage(project, stages[i], stages[: i + 1]) for i in range(first, last + 1)]
 
 
 def run_encode(script_path: str | Path, options: RunOptions | None = None) -> list[StageReport]:
-    """Encode faces, descriptors and style frames of every shot."""
-    return run_stages(script_path, "encode", options)
+    """Encode every shot's cast faces and descriptor."""
+    return run_stages(script_path, "encode", options)[1]
 
 
 def run_keyframes(script_path: str | Path, options: RunOptions | None = None) -> list[StageReport]:
-    """Predict every shot's keyframe tokens autoregressively."""
-    return run_stages(script_path, "keyframes", options)
+    """Every shot's keyframe tokens (given keyframes encoded; the rest predicted autoregressively)."""
+    return run_stages(script_path, "keyframes", options)[1]
 
 
-def run_render(script_path: str | Path, options: RunOptions | None = None) -> list[StageReport]:
-    """Render every shot's keyframe image from its tokens."""
-    return run_stages(script_path, "render", options)
+def run_render(
+    script_path: str | Path, options: RunOptions | None = None, out_dir: Path | None = None
+) -> list[StageReport]:
+    """Render every shot's keyframe, then write them to the movie folder ``out_dir``."""
+    project, reports = run_stages(script_path, "render", options)
+    keys = plan_keys(project, pipeline_stages()[:3])["render"]
+    export_keyframes(project, keys, out_dir or default_movie_dir(project.script_path))
+    return reports
 
 
 def run_video(script_path: str | Path, options: RunOptions | None = None) -> list[StageReport]:
     """Turn every keyframe into a clip."""
-    return run_stages(script_path, "video", options)
+    return run_stages(script_path, "video", options)[1]
 
 
 def generate(script_path: str | Path, output: Path, options: RunOptions | None = None) -> list[StageReport]:
     """Run every stage, then mux the clips into ``output`` (mp4)."""
-    reports = run_stages(script_path, "video", options, only=False)
-    mux_movie(script_path, output, options)
-    return reports
-
-
-def mux_movie(script_path: str | Path, output: Path, options: RunOptions | None = None) -> Path:
-    """Concatenate every shot's clip into an H.264 mp4."""
-    from mdream.errors import NotBuiltError
-
+    _, reports = run_stages(script_path, "video", options, only=False)
     raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")

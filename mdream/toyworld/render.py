@@ -232,13 +232,15 @@ def _pose(action: str, phase: float, direction: float) -> _Pose:
 def _draw_hair_back(cv: _Canvas, c: CharacterSpec, x: float, hy: float, H: float) -> None:
     hair = HAIR_COLOURS[c.hair_colour]
     r = 0.17 * H
-    if c.hair_style == "long":
-        cv.ellipse(x, hy + 0.35 * r, 1.25 * r, 1.45 * r, hair)
+    if c.hair_style == "long":  # straight, down past the shoulders
+        cv.rect(x - 1.2 * r, hy - 0.2 * r, x + 1.2 * r, hy + 1.7 * r, hair)
+        cv.ellipse(x, hy - 0.2 * r, 1.2 * r, 1.0 * r, hair)
     elif c.hair_style == "ponytail":
         cv.ellipse(x + 1.05 * r, hy + 0.2 * r, 0.4 * r, 0.85 * r, hair)
-    elif c.hair_style == "curly":
-        for a in np.linspace(math.pi * 0.95, math.pi * 2.05, 7):
-            cv.ellipse(x + 1.0 * r * math.cos(a), hy + 0.95 * r * math.sin(a), 0.42 * r, 0.42 * r, hair)
+    elif c.hair_style == "curly":  # a round puff, wider than the head, with bumps around it
+        cv.ellipse(x, hy - 0.35 * r, 1.3 * r, 1.15 * r, hair)
+        for a in np.linspace(math.pi * 0.8, math.pi * 2.2, 9):
+            cv.ellipse(x + 1.3 * r * math.cos(a), hy - 0.35 * r + 1.15 * r * math.sin(a), 0.3 * r, 0.3 * r, hair)
 
 
 def _draw_head(cv: _Canvas, c: CharacterSpec, x: float, hy: float, H: float, expression: str) -> None:
@@ -253,7 +255,7 @@ def _draw_head(cv: _Canvas, c: CharacterSpec, x: float, hy: float, H: float, exp
     cv.ellipse(x + r, hy + 0.05 * r, 0.18 * r, 0.25 * r, skin)
     # The hair cap covers the top of the head down to the hairline.
     cv.ellipse(x, hy - 0.15 * r, 1.08 * r, 0.95 * r, hair, y_max=hy - 0.42 * r)
-    if c.hair_style in ("long", "curly"):  # side locks framing the face
+    if c.hair_style == "long":  # side locks framing the face
         cv.rect(x - 1.08 * r, hy - 0.6 * r, x - 0.78 * r, hy + 0.55 * r, hair)
         cv.rect(x + 0.78 * r, hy - 0.6 * r, x + 1.08 * r, hy + 0.55 * r, hair)
     if c.hair_style == "bun":
@@ -346,14 +348,18 @@ def _hash_noise(u: np.ndarray, v: np.ndarray, cells: float) -> np.ndarray:
 
 
 def _draw_background(cv: _Canvas, scene: SceneSpec, zb: float, horizon_screen: float, zoom: float,
-                     pan: tuple[float, float]) -> None:
-    """Sky/wall, ground/floor with textures, then the props, for a background zoom `zb`."""
-    R = cv.res
+                     pan: tuple[float, float], margin: int = 0) -> None:
+    """Sky/wall, ground/floor with textures, then the props, for a background zoom `zb`.
+
+    The frame is `cv.res - 2 * margin` pixels wide, drawn with `margin` extra pixels on each side.
+    """
+    R = cv.res - 2 * margin
     h = scene.horizon
     # Background units -> pixels (composition of the background zoom and the shot's view).
     scale = zb * zoom * R
-    ox = ((0.5 - 0.5 * zb) * zoom + 0.5 - 0.5 * zoom + pan[0]) * R
-    oy = ((horizon_screen - h * zb) * zoom + 0.5 - 0.5 * zoom + pan[1]) * R
+    ox = ((0.5 - 0.5 * zb) * zoom + 0.5 - 0.5 * zoom + pan[0]) * R + margin
+    oy = ((horizon_screen - h * zb) * zoom + 0.5 - 0.5 * zoom + pan[1]) * R + margin
+    R = cv.res
     grid = (np.arange(R, dtype=np.float32) + 0.5)
     u = ((grid - ox) / scale)[None, :]  # [1, R]
     v = ((grid - oy) / scale)[:, None]  # [R, 1]
@@ -559,14 +565,41 @@ def _figure_placement(world: World, shot: ShotSpec, member) -> tuple[float, floa
     return x, feet, H
 
 
+_BACKGROUND_MARGIN = 0.02  # of the frame: the most a cached background can be shifted
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_background(scene: SceneSpec, camera: str, R: int) -> np.ndarray:
+    """The background of a static camera with a margin for pan jitter: float32 [R + 2m, R + 2m, 3]."""
+    margin = math.ceil(_BACKGROUND_MARGIN * R)
+    cv = _Canvas(R + 2 * margin)
+    zb, horizon_offset = _BACKGROUND_VIEW[camera]
+    _draw_background(cv, scene, zb, scene.horizon + horizon_offset, 1.0, (0.0, 0.0), margin)
+    cv.img.flags.writeable = False
+    return cv.img
+
+
 def _render(world: World, shot: ShotSpec, size: int, phase: float, view: _View,
-            jitter: np.ndarray | None) -> np.ndarray:
-    """Draw one frame at internal resolution; returns float32 [R, R, 3]."""
+            jitter: np.ndarray | None, static_camera: bool = False) -> np.ndarray:
+    """Draw one frame at internal resolution; returns float32 [R, R, 3].
+
+    With `static_camera` (keyframes) the background comes from a per-process cache and only its
+    pan (rounded to whole internal pixels) follows the view; the figures follow the full view.
+    """
     R = size * SUPERSAMPLE
     scene = world.scene(shot.scene_id)
     cv = _Canvas(R)
-    zb, horizon_offset = _BACKGROUND_VIEW[shot.camera]
-    _draw_background(cv, scene, zb, scene.horizon + horizon_offset, view.zoom, view.pan)
+    if static_camera:
+        background = _cached_background(scene, shot.camera, R)
+        margin = (background.shape[0] - R) // 2
+        dx = int(np.clip(round(view.pan[0] * R), -margin, margin))
+        dy = int(np.clip(round(view.pan[1] * R), -margin, margin))
+        # Moving the view right moves the picture left: crop further left in the cached canvas.
+        cv.img[:] = background[margin - dy:margin - dy + R, margin - dx:margin - dx + R]
+        view = _View(zoom=view.zoom, pan=(dx / R, dy / R))
+    else:
+        zb, horizon_offset = _BACKGROUND_VIEW[shot.camera]
+        _draw_background(cv, scene, zb, scene.horizon + horizon_offset, view.zoom, view.pan)
     # Figures are lit by the time of day too, but less, so identities stay readable.
     cv.tint = np.sqrt(_TIME_TINT[scene.time_of_day])
     s = view.zoom * R
@@ -612,7 +645,7 @@ def render_keyframe(world: World, shot: ShotSpec, size: int, rng: np.random.Gene
     """The shot's keyframe, uint8 [size, size, 3]; the same rng state gives identical pixels."""
     _check_size(size)
     view, offsets, brightness = _shot_jitter(shot, rng)
-    return _finish(_render(world, shot, size, 0.0, view, offsets), size, rng, brightness)
+    return _finish(_render(world, shot, size, 0.0, view, offsets, static_camera=True), size, rng, brightness)
 
 
 # Camera motion over a clip: (zoom at the end, horizontal pan at the end), from zoom 1, pan 0.

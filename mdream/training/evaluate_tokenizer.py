@@ -188,6 +188,7 @@ def evaluate_checkpoint(
     seed: int = 12345,
     conditions: str = ",".join(CONDITIONS),
     out_json: str | Path | None = None,
+    probe_train_frames: int = 2048,
 ) -> TokenizerEval:
     """Evaluate the ``encoder/`` + ``decoder/`` in a checkpoint (or an exported tokenizer folder)."""
     checkpoint = Path(checkpoint)
@@ -204,7 +205,8 @@ def evaluate_checkpoint(
     if unknown:
         raise InputError(f"Unknown condition(s) {unknown}.", hint=f"Choose from {', '.join(CONDITIONS)}.")
     report = evaluate_tokenizer(encoder, decoder, text_encoder, frames=frames, num_inference_steps=num_inference_steps,
-                                guidance_scale=guidance_scale, seed=seed, conditions=wanted)
+                                guidance_scale=guidance_scale, seed=seed, conditions=wanted,
+                                probe_train_frames=probe_train_frames)
     if out_json:
         Path(out_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report

@@ -1,0 +1,45 @@
+"""The movie folder (``docs/architecture.md``): what `render`/`generate` write and `mdream eval` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from mdream.errors import MdreamError
+from mdream.stages.pipeline import Project
+
+
+def default_movie_dir(script_path: Path) -> Path:
+    """``<script folder>/<script name>.movie/``."""
+    return script_path.parent / f"{script_path.stem}.movie"
+
+
+def export_keyframes(project: Project, render_keys: list[str], out_dir: Path) -> Path:
+    """Copy every shot's rendered keyframe to ``out_dir/keyframes/NNNN.png`` and write ``shots.json``.
+
+    Files are replaced atomically one by one, so an interrupted export leaves valid PNGs only.
+    """
+    frames = out_dir / "keyframes"
+    frames.mkdir(parents=True, exist_ok=True)
+    for shot, key in zip(project.plan.shots, render_keys, strict=True):
+        art = project.store.open("render", key)
+        if art is None:
+            raise MdreamError(
+                f"The rendered keyframe of shot {shot.id!r} is missing or corrupt in the cache.",
+                hint="rerun `mdream render SCRIPT`; it recomputes only what is missing",
+            )
+        target = frames / f"{shot.index:04d}.png"
+        tmp = target.with_suffix(f".tmp-{os.getpid()}")
+        shutil.copyfile(art.path("keyframe.png"), tmp)
+        os.replace(tmp, target)
+    for stale in frames.glob("*.png"):  # a shorter script than last time: drop the extra frames
+        if stale.stem.isdigit() and int(stale.stem) >= len(project.plan.shots):
+            stale.unlink()
+    shots = {"title": project.plan.title, "script": str(project.script_path),
+             "shots": [{"index": s.index, "id": s.id} for s in project.plan.shots]}
+    tmp = out_dir / f"shots.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(shots, indent=2) + "\n")
+    os.replace(tmp, out_dir / "shots.json")
+    return out_dir
