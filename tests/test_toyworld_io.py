@@ -23,6 +23,7 @@ from mdream.toyworld import (
     write_dataset,
     write_script,
 )
+from mdream.toyworld.dataset import episode_seed
 
 WORLD = make_world(0)
 
@@ -70,7 +71,7 @@ def test_script_writer_is_deterministic(tmp_path):
 def test_dataset_round_trip_and_sharding(tmp_path):
     out = tmp_path / "ds"
     info = write_dataset(out, episodes=3, shots_per_episode=7, size=32, seed=5, shard_size=8, clip_frames=4,
-                         faces_per_shot=1, progress=False, workers=2)
+                         faces_per_shot=1, progress=False, workers=2, chunk_size=3)
     assert info.n_shots == 21 and [s["rows"] for s in info.shards] == [8, 8, 5]
     assert sorted(p.name for p in out.glob("shard-*")) == [
         f"shard-{k:05d}.{ext}" for k in range(3) for ext in ("jsonl", "npz")]
@@ -82,7 +83,7 @@ def test_dataset_round_trip_and_sharding(tmp_path):
     # Row 17 is episode 2, shot 3 (rows run episode by episode).
     item = ds[17]
     assert int(item["episode"]) == 2 and int(item["shot"]) == 3
-    shot = make_episode(WORLD, 5 * 1_000_003 + 2, 7).shots[3]
+    shot = make_episode(WORLD, episode_seed(5, 2), 7).shots[3]
     labels = shot_labels(WORLD, shot)
     assert item["chars"].tolist() == labels["chars"].tolist()
     assert item["actions"].tolist() == labels["actions"].tolist()
@@ -90,6 +91,7 @@ def test_dataset_round_trip_and_sharding(tmp_path):
     assert (item["identifier"], item["descriptor"]) == shot_text(WORLD, shot)
     assert item["frame"].shape == (32, 32, 3) and item["clip"].shape == (4, 32, 32, 3)
     assert item["faces"].shape == (1, 112, 112, 3) and item["face_ids"].shape == (1,)
+    assert np.array_equal(item["clip"][0].numpy(), item["frame"].numpy())
     expected = render_keyframe(WORLD, shot, 32, np.random.default_rng([5, 0, 2, 3]))
     assert np.array_equal(item["frame"].numpy(), expected)
     assert ds[-1]["shot"] == 6
@@ -100,6 +102,17 @@ def test_dataset_round_trip_and_sharding(tmp_path):
     for k in range(3):
         with np.load(out / f"shard-{k:05d}.npz") as x, np.load(tmp_path / "one" / f"shard-{k:05d}.npz") as y:
             assert all(np.array_equal(x[key], y[key]) for key in x.files)
+    # Bulk loading and the shard-at-a-time shuffling sampler.
+    everything = ds.load_all(("frames", "chars"))
+    assert everything["frames"].shape == (21, 32, 32, 3)
+    assert np.array_equal(everything["frames"][17], item["frame"].numpy())
+    assert [t["descriptor"] for t in ds.texts()][17] == item["descriptor"]
+    from mdream.toyworld import ShardShuffleSampler
+
+    order = list(ShardShuffleSampler(ds, seed=1))
+    assert sorted(order) == list(range(21))
+    shard_of = [0 if i < 8 else 1 if i < 16 else 2 for i in order]
+    assert sum(a != b for a, b in zip(shard_of, shard_of[1:], strict=False)) == 2  # each shard visited once
     # Channels-first float view for learners, and a torch DataLoader over it.
     import torch
 

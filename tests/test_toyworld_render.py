@@ -97,11 +97,15 @@ def test_clip_motion_matches_action():
     assert sit[-1, 1] > sit[0, 1]                    # the sitter lowers
 
 
-def test_clip_first_frame_matches_keyframe_pose():
-    shot = _shot("jump", "medium")
-    key = render_keyframe(WORLD, shot, 64, np.random.default_rng(5)).astype(float)
-    first = render_clip(WORLD, shot, 64, 8, np.random.default_rng(5))[0].astype(float)
-    assert np.abs(key - first).mean() < 3
+@pytest.mark.parametrize("camera", CAMERAS)
+def test_clip_first_frame_is_the_keyframe(camera):
+    shot = _shot("jump", camera)
+    key = render_keyframe(WORLD, shot, 64, np.random.default_rng(5))
+    clip = render_clip(WORLD, shot, 64, 8, np.random.default_rng(5))
+    assert np.array_equal(key, clip[0])
+    # The next frame continues from it as smoothly as the frames after (no jump of the background).
+    step = [np.abs(clip[t + 1].astype(float) - clip[t]).mean() for t in range(3)]
+    assert step[0] < 1.5 * max(step[1], step[2])
 
 
 def test_face_photos_vary_but_keep_identity():
@@ -115,6 +119,20 @@ def test_face_photos_vary_but_keep_identity():
     ids = list(photos)
     diff = np.mean([np.abs(photos[a][0] - photos[b][1]).mean() for a, b in itertools.combinations(ids, 2)])
     assert same < 0.8 * diff
+
+
+def test_face_box_crop_looks_like_a_face_photo():
+    """A close-up's face box, resized to 112, lines up with the photo: the eyes on the same rows."""
+    from PIL import Image
+
+    c = next(c for c in WORLD.characters if c.hair_colour not in ("white", "blonde") and c.outfit_colour != "white")
+    shot = ShotSpec("beach", (CastMember(c.id, "center", "stand", "neutral"),), "close-up")
+    frame = render_keyframe(WORLD, shot, 128, np.random.default_rng(0))
+    (_, box), = face_boxes(shot, 128, WORLD, clip=False)
+    crop = np.asarray(Image.fromarray(frame).crop(box).resize((FACE_SIZE, FACE_SIZE))).astype(int)
+    white = (crop.min(-1) > 200)[25:85, 30:82]  # eye whites: central part (the sky may be white too)
+    rows = 25 + np.nonzero(white.sum(1) >= 2)[0]
+    assert rows.size and abs(np.median(rows) - 51.6) < 6
 
 
 def test_face_photo_eyes_are_aligned():
@@ -135,6 +153,15 @@ def test_face_boxes_are_inside_the_frame_and_on_the_face(camera):
             for cid, (x0, y0, x1, y1) in face_boxes(shot, size, WORLD):
                 assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
                 assert cid in shot.character_ids
+    # Unclipped boxes are squares, one per member, and clip to the clipped ones.
+    for shot in episode.shots[:20]:
+        full = face_boxes(shot, 64, WORLD, clip=False)
+        assert [cid for cid, _ in full] == list(shot.character_ids)
+        assert all(x1 - x0 == y1 - y0 > 0 for _, (x0, y0, x1, y1) in full)
+        clipped = dict(face_boxes(shot, 64, WORLD))
+        for cid, (x0, y0, x1, y1) in full:
+            if cid in clipped:
+                assert clipped[cid] == (max(x0, 0), max(y0, 0), min(x1, 64), min(y1, 64))
     # The box holds the face: much more skin inside it than in the rest of the frame (on a beach,
     # where nothing else has a skin tone).
     for c in WORLD.characters[:6]:

@@ -33,6 +33,7 @@ def script_cli(
     size: Annotated[int, typer.Option("--size", help=SizeHelp)] = 64,
     faces: Annotated[int, typer.Option("--faces", help="Face photos per character.")] = 2,
     title: Annotated[str | None, typer.Option("--title", help="Movie title [default: 'Toy episode SEED'].")] = None,
+    clips: Annotated[bool, typer.Option("--clips", help="Also write ground-truth clips/*.mp4 and movie.mp4.")] = False,
     world_seed: WorldSeedOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -41,7 +42,7 @@ def script_cli(
     from mdream.toyworld.commands import toy_script
 
     path = run_cli(toy_script, output, seed=seed, shots=shots, size=size, faces_per_character=faces,
-                   world_seed=world_seed, title=title, as_json=json_out)
+                   world_seed=world_seed, title=title, clips=clips, as_json=json_out)
     if json_out:
         print_json({"script": str(path), "groundtruth": str(path.parent / "groundtruth")})
     elif not quiet:

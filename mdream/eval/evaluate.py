@@ -255,23 +255,25 @@ class ToyView:
         from mdream.toyworld.episode import CastMember, ShotSpec
         from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS
 
-        cast = []
+        cast, taken = [], set()
         for member in shot.cast:
-            if member.id in self.characters and member.position is not None:
+            # One figure per position in the toy world: a second one at the same place is left out.
+            if member.id in self.characters and member.position is not None and member.position not in taken:
+                taken.add(member.position)
                 action = member.action if member.action in ACTIONS else ACTIONS[0]
                 expression = member.expression if member.expression in EXPRESSIONS else EXPRESSIONS[0]
                 cast.append(CastMember(member.id, member.position, action, expression))
         cast.sort(key=lambda m: POSITIONS.index(m.position))
         camera = shot.camera if shot.camera in CAMERAS else CAMERAS[0]
-        return ShotSpec(shot.scene_id, tuple(cast), camera)
+        # Where faces are drawn does not depend on the scene: an unknown scene still has a layout.
+        scene_id = shot.scene_id if shot.scene_id in self.scenes else self.world.scenes[0].id
+        return ShotSpec(scene_id, tuple(cast), camera)
 
     def face_boxes(self, shot, height: int, width: int) -> list[tuple[str, tuple[float, float, float, float]]]:
         """Where the toy world draws the faces of this shot's cast, in frame pixel coordinates."""
         from mdream.eval.training import square_box
         from mdream.toyworld import face_boxes
 
-        if shot.scene_id not in self.scenes:
-            return []
         spec = self.shot_spec(shot)
         size = width if height == width and width in TOY_FRAME_SIZES else 128
         sx, sy = width / size, height / size

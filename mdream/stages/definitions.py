@@ -27,7 +27,7 @@ def read_rgb(path) -> np.ndarray:
     """An image file as uint8 ``[H, W, 3]`` RGB; a clear InputError if it cannot be read."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except OSError as exc:
         raise InputError(f"Cannot read image {path}: {exc}") from None
 

@@ -41,7 +41,7 @@ from mdream.toyworld.world import (
 )
 
 # The dataset module imports torch (slow); load it on first use.
-_LAZY = {"write_dataset", "ToyDataset", "DatasetInfo", "read_info"}
+_LAZY = {"write_dataset", "ToyDataset", "DatasetInfo", "ShardShuffleSampler", "read_info"}
 
 
 def __getattr__(name: str):
@@ -53,7 +53,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DatasetInfo", "ToyDataset", "read_info", "script_dict", "write_dataset", "write_groundtruth",
+    "DatasetInfo", "ShardShuffleSampler", "ToyDataset", "read_info", "script_dict", "write_dataset", "write_groundtruth",
     "write_script",
     "ACTIONS", "ATTRIBUTES", "CAMERAS", "EXPRESSIONS", "EYE_COLOURS", "FACE_SIZE", "HAIR_COLOURS",
     "HAIR_STYLES", "HEIGHTS", "OUTFIT_COLOURS", "OUTFIT_PATTERNS", "POSITIONS", "SIZES", "SKIN_TONES",

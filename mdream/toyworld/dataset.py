@@ -1,20 +1,24 @@
 """Training sets of toy-world shots, streamed to disk in shards, and a map-style torch reader.
 
 Layout of a dataset folder:
-    dataset.json          world seed, sizes, counts, vocabularies, the shard list
+    dataset.json          world seed, sizes, counts, vocabularies, the shard list (DatasetInfo)
     shard-00000.npz       frames uint8 [n, H, W, 3], scene [n], chars [n, 3], camera [n],
-                          actions [n, 3], expressions [n, 3], episode [n], shot [n];
-                          optional clips uint8 [n, T, H, W, 3]; optional faces uint8 [n, F, 112, 112, 3]
-                          with face_ids [n, F] (world character indices, drawn uniformly)
+                          actions [n, 3], expressions [n, 3], episode [n], shot [n] (int64;
+                          per position left, center, right; -1 where nobody stands);
+                          optional clips uint8 [n, T, H, W, 3] with clips[:, 0] == frames;
+                          optional faces uint8 [n, F, 112, 112, 3] with face_ids [n, F]
+                          (world character indices drawn uniformly, not from the shot)
     shard-00000.jsonl     one {"identifier", "descriptor", "episode", "shot"} per row
 
-Shot g (counted over all episodes) lives in shard g // shard_size. Every shot's pixels depend only
-on (seed, world seed, episode, shot), so shards can be written by any number of processes in
-any order and the result is the same.
+Rows run episode by episode: row g is shot g % shots_per_episode of episode
+g // shots_per_episode (an episode made by make_episode(world, episode_seed(seed, e), ...)), in
+shard g // shard_size. A row's pixels depend only on (seed, world seed, episode, shot), so the
+result is the same whatever the number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from mdream.toyworld.episode import Episode, make_episode, shot_labels, shot_text
 from mdream.toyworld.render import FACE_SIZE, SIZES, render_clip, render_face_photo, render_keyframe
@@ -83,10 +87,10 @@ def _vocab(world: World) -> dict:
 
 
 @dataclass(frozen=True)
-class _ShardJob:
-    out_dir: str
-    index: int
-    first: int            # global row of the shard's first shot
+class _Chunk:
+    """Rows [first, first + rows) of the dataset, rendered by one worker call."""
+
+    first: int
     rows: int
     world_seed: int
     seed: int
@@ -104,90 +108,74 @@ def _episode(world: World, seed: int, e: int, n_shots: int) -> Episode:
     if key not in _EPISODE_CACHE:
         if len(_EPISODE_CACHE) > 64:
             _EPISODE_CACHE.clear()
-        _EPISODE_CACHE[key] = make_episode(world, seed=seed * 1_000_003 + e, n_shots=n_shots)
+        _EPISODE_CACHE[key] = make_episode(world, seed=episode_seed(seed, e), n_shots=n_shots)
     return _EPISODE_CACHE[key]
 
 
-def _write_shard(job: _ShardJob, counter=None) -> str:
-    """Render and save one shard; returns its base name. `counter` (a shared int) counts rows done."""
-    world = make_world(job.world_seed)
-    n, S = job.rows, job.size
-    frames = np.empty((n, S, S, 3), np.uint8)          # [n, H, W, 3]
-    arrays = {k: np.empty(n, np.int64) for k in ("scene", "camera", "episode", "shot")}
+def episode_seed(seed: int, episode: int) -> int:
+    """The make_episode seed of episode `episode` of a dataset written with `seed`."""
+    return seed * 1_000_003 + episode
+
+
+def _render_chunk(chunk: _Chunk) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Render a chunk of rows: the shard arrays for those rows and their texts."""
+    world = make_world(chunk.world_seed)
+    n, S = chunk.rows, chunk.size
+    arrays: dict[str, np.ndarray] = {"frames": np.empty((n, S, S, 3), np.uint8)}  # [n, H, W, 3]
+    for k in ("scene", "camera", "episode", "shot"):
+        arrays[k] = np.empty(n, np.int64)
     for k in ("chars", "actions", "expressions"):
-        arrays[k] = np.empty((n, 3), np.int64)          # [n, 3] left, center, right
-    clips = np.empty((n, job.clip_frames, S, S, 3), np.uint8) if job.clip_frames else None
-    faces = np.empty((n, job.faces_per_shot, FACE_SIZE, FACE_SIZE, 3), np.uint8) if job.faces_per_shot else None
-    face_ids = np.empty((n, job.faces_per_shot), np.int64) if job.faces_per_shot else None
+        arrays[k] = np.empty((n, 3), np.int64)  # [n, 3] left, center, right
+    if chunk.clip_frames:
+        arrays["clips"] = np.empty((n, chunk.clip_frames, S, S, 3), np.uint8)  # [n, T, H, W, 3]
+    if chunk.faces_per_shot:
+        arrays["faces"] = np.empty((n, chunk.faces_per_shot, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        arrays["face_ids"] = np.empty((n, chunk.faces_per_shot), np.int64)
     texts = []
-    pending = 0
     for r in range(n):
-        g = job.first + r
-        e, s = divmod(g, job.shots_per_episode)
-        shot = _episode(world, job.seed, e, job.shots_per_episode).shots[s]
-        rng = np.random.default_rng([job.seed, job.world_seed, e, s])
-        frames[r] = render_keyframe(world, shot, S, rng)
-        if clips is not None:
-            clips[r] = render_clip(world, shot, S, job.clip_frames, rng)
-        if faces is not None:
-            for k in range(job.faces_per_shot):
-                c = int(rng.integers(len(world.characters)))
-                face_ids[r, k] = c
-                faces[r, k] = render_face_photo(world, world.characters[c].id, rng)
+        e, s = divmod(chunk.first + r, chunk.shots_per_episode)
+        shot = _episode(world, chunk.seed, e, chunk.shots_per_episode).shots[s]
+        shot_seed = [chunk.seed, chunk.world_seed, e, s]
+        rng = np.random.default_rng(shot_seed)
+        arrays["frames"][r] = render_keyframe(world, shot, S, rng)
+        if chunk.clip_frames:  # the same rng state: clip frame 0 is the keyframe
+            arrays["clips"][r] = render_clip(world, shot, S, chunk.clip_frames, np.random.default_rng(shot_seed))
+        for k in range(chunk.faces_per_shot):  # identities drawn uniformly: balanced for embedders
+            c = int(rng.integers(len(world.characters)))
+            arrays["face_ids"][r, k] = c
+            arrays["faces"][r, k] = render_face_photo(world, world.characters[c].id, rng)
         labels = shot_labels(world, shot)
-        for k in ("scene", "camera"):
-            arrays[k][r] = labels[k]
-        for k in ("chars", "actions", "expressions"):
+        for k in ("scene", "camera", "chars", "actions", "expressions"):
             arrays[k][r] = labels[k]
         arrays["episode"][r], arrays["shot"][r] = e, s
         identifier, descriptor = shot_text(world, shot)
         texts.append({"identifier": identifier, "descriptor": descriptor, "episode": e, "shot": s})
-        pending += 1
-        if counter is not None and pending >= 25:
-            with counter.get_lock():
-                counter.value += pending
-            pending = 0
-    name = f"shard-{job.index:05d}"
-    out = Path(job.out_dir)
-    payload = {"frames": frames, **arrays}
-    if clips is not None:
-        payload["clips"] = clips
-    if faces is not None:
-        payload["faces"], payload["face_ids"] = faces, face_ids
+    return arrays, texts
+
+
+def _save_shard(out: Path, index: int, parts: list[tuple[dict[str, np.ndarray], list[dict]]]) -> str:
+    name = f"shard-{index:05d}"
+    arrays = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
     tmp = out / f".{name}.tmp.npz"
-    np.savez(tmp, **payload)  # uncompressed: fast to write and to read back
+    np.savez(tmp, **arrays)  # uncompressed: fast to write and to read back
     os.replace(tmp, out / f"{name}.npz")
-    (out / f"{name}.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
-    if counter is not None and pending:
-        with counter.get_lock():
-            counter.value += pending
+    (out / f"{name}.jsonl").write_text("".join(json.dumps(t) + "\n" for p in parts for t in p[1]))
     return name
-
-
-_WORKER_COUNTER = None
-
-
-def _init_worker(counter) -> None:
-    global _WORKER_COUNTER
-    _WORKER_COUNTER = counter
-
-
-def _worker(job: _ShardJob) -> str:
-    return _write_shard(job, _WORKER_COUNTER)
 
 
 def write_dataset(out_dir: str | Path, episodes: int, shots_per_episode: int, size: int, seed: int = 0,
                   shard_size: int = 1000, clip_frames: int = 0, faces_per_shot: int = 0, progress: bool = True,
-                  world_seed: int = 0, workers: int | None = None) -> DatasetInfo:
+                  world_seed: int = 0, workers: int | None = None, chunk_size: int = 100) -> DatasetInfo:
     """Render `episodes * shots_per_episode` shots into shards under `out_dir` (see the module doc).
 
-    Shards are rendered by `workers` processes (default: up to 2, the cores this is tuned for);
-    nothing bigger than one shard per process is ever in memory.
+    Rows are rendered in chunks of `chunk_size` by `workers` processes (default: up to 2, the
+    cores this is tuned for); this process gathers them in order and writes each shard when it
+    is complete, so memory holds about one shard plus the chunks in flight.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size}")
-    if episodes < 1 or shots_per_episode < 1 or shard_size < 1:
-        raise ValueError("episodes, shots_per_episode and shard_size must be >= 1")
+    if episodes < 1 or shots_per_episode < 1 or shard_size < 1 or chunk_size < 1:
+        raise ValueError("episodes, shots_per_episode, shard_size and chunk_size must be >= 1")
     if clip_frames == 1 or clip_frames < 0 or faces_per_shot < 0:
         raise ValueError("clip_frames must be 0 or >= 2, faces_per_shot >= 0")
     start = time.perf_counter()
@@ -195,27 +183,30 @@ def write_dataset(out_dir: str | Path, episodes: int, shots_per_episode: int, si
     out.mkdir(parents=True, exist_ok=True)
     world = make_world(world_seed)
     total = episodes * shots_per_episode
-    jobs = [
-        _ShardJob(str(out), k, first, min(shard_size, total - first), world_seed, seed, size, shots_per_episode,
-                  clip_frames, faces_per_shot)
-        for k, first in enumerate(range(0, total, shard_size))
+    shards = [(k, first, min(shard_size, total - first)) for k, first in enumerate(range(0, total, shard_size))]
+    chunks = [
+        (k, _Chunk(c, min(chunk_size, first + rows - c), world_seed, seed, size, shots_per_episode, clip_frames,
+                   faces_per_shot))
+        for k, first, rows in shards
+        for c in range(first, first + rows, chunk_size)
     ]
     if workers is None:
-        workers = min(2, os.cpu_count() or 1, len(jobs))
-    workers = max(1, min(workers, len(jobs)))
-    names = _run_jobs(jobs, workers, total, progress)
+        workers = min(2, os.cpu_count() or 1)
+    workers = max(1, min(workers, len(chunks)))
+    names = _run_chunks(out, chunks, workers, total, progress)
     info = DatasetInfo(
         format_version=DATASET_FORMAT_VERSION, world_seed=world_seed, seed=seed, size=size, episodes=episodes,
         shots_per_episode=shots_per_episode, n_shots=total, shard_size=shard_size, clip_frames=clip_frames,
         faces_per_shot=faces_per_shot,
-        shards=[{"name": name, "rows": j.rows, "first": j.first} for name, j in zip(names, jobs, strict=True)],
+        shards=[{"name": name, "rows": rows, "first": first} for name, (_, first, rows) in zip(names, shards,
+                                                                                             strict=True)],
         vocab=_vocab(world), seconds=round(time.perf_counter() - start, 3),
     )
     (out / "dataset.json").write_text(json.dumps(asdict(info), indent=1))
     return info
 
 
-def _run_jobs(jobs: list[_ShardJob], workers: int, total: int, progress: bool) -> list[str]:
+def _run_chunks(out: Path, chunks: list[tuple[int, _Chunk]], workers: int, total: int, progress: bool) -> list[str]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -227,26 +218,26 @@ def _run_jobs(jobs: list[_ShardJob], workers: int, total: int, progress: bool) -
 
     columns = (TextColumn("[bold]toyworld dataset"), BarColumn(), MofNCompleteColumn(), TextColumn("shots"),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    names: list[str] = []
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(Progress(*columns, disable=not progress))
         task = bar.add_task("render", total=total)
         if workers == 1:
-            names = []
-            for job in jobs:
-                names.append(_write_shard(job))
-                bar.advance(task, job.rows)
-            return names
-        # fork is fast and safe here (no threads of ours yet); spawn elsewhere.
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        ctx = mp.get_context(method)
-        counter = ctx.Value("q", 0)
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
-            result = pool.map_async(_worker, jobs, chunksize=1)
-            while not result.ready():
-                result.wait(0.2)
-                bar.update(task, completed=counter.value)
-            names = result.get()
-        bar.update(task, completed=total)
-        return names
+            results = map(_render_chunk, (c for _, c in chunks))
+        else:
+            # fork is fast and safe here (this process runs no threads of ours); spawn elsewhere.
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            pool = stack.enter_context(mp.get_context(method).Pool(workers))
+            results = pool.imap(_render_chunk, (c for _, c in chunks))  # in order
+        last_chunk_of_shard = {k: i for i, (k, _) in enumerate(chunks)}  # later chunks overwrite earlier
+        parts: list = []
+        for i, ((k, chunk), result) in enumerate(zip(chunks, results, strict=True)):
+            parts.append(result)
+            bar.advance(task, chunk.rows)
+            if last_chunk_of_shard[k] == i:
+                names.append(_save_shard(out, k, parts))
+                parts = []
+    return names
 
 
 def read_info(data_dir: str | Path) -> DatasetInfo:
@@ -320,4 +311,48 @@ class ToyDataset(Dataset):
     def shard_arrays(self, k: int) -> dict[str, np.ndarray]:
         """All arrays of shard k (numpy), for fast bulk loading."""
         return self._shard(k)[0]
+
+    def load_all(self, keys: tuple[str, ...] = ("frames", "scene", "chars", "camera", "actions")
+                 ) -> dict[str, np.ndarray]:
+        """Concatenate `keys` over every shard into memory (for sets that fit: 10k 32 px frames are 30 MB)."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for k in range(len(self.info.shards)):
+            name = self.info.shards[k]["name"]
+            with np.load(self.dir / f"{name}.npz") as z:
+                for key in keys:
+                    parts[key].append(z[key])
+        return {key: np.concatenate(v) for key, v in parts.items()}
+
+    def texts(self) -> list[dict]:
+        """All rows' texts ({"identifier", "descriptor", "episode", "shot"}), in row order."""
+        rows: list[dict] = []
+        for shard in self.info.shards:
+            lines = (self.dir / f"{shard['name']}.jsonl").read_text().splitlines()
+            rows.extend(json.loads(line) for line in lines)
+        return rows
+
+
+class ShardShuffleSampler(Sampler[int]):
+    """Random order that visits one shard at a time (shards shuffled, rows shuffled within each).
+
+    With it a ToyDataset reads each shard once per epoch instead of thrashing its shard cache.
+    Call `set_epoch(e)` for a new order each epoch.
+    """
+
+    def __init__(self, dataset: ToyDataset, seed: int = 0):
+        self.shards = [(s["first"], s["rows"]) for s in dataset.info.shards]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(rows for _, rows in self.shards)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for k in rng.permutation(len(self.shards)):
+            first, rows = self.shards[int(k)]
+            yield from (first + int(r) for r in rng.permutation(rows))
 

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from mdream.toyworld.episode import Episode, shot_labels, shot_text
-from mdream.toyworld.render import render_face_photo, render_keyframe
+from mdream.toyworld.render import render_clip, render_face_photo, render_keyframe
 from mdream.toyworld.world import HAIR_COLOURS, World
 
 SCRIPT_FPS = 8
@@ -86,11 +86,13 @@ def script_dict(world: World, episode: Episode, title: str, seed: int, size: int
 
 
 def write_script(world: World, episode: Episode, out_dir: str | Path, title: str, seed: int, size: int = 64,
-                 faces_per_character: int = 2, groundtruth: bool = True) -> Path:
+                 faces_per_character: int = 2, groundtruth: bool = True, clips: bool = False,
+                 validate: bool = True) -> Path:
     """Write script.yaml, faces/ and groundtruth/ under `out_dir`; returns the script's path.
 
     Every random choice is seeded by (seed, world seed), so the same call writes the same bytes
-    (PNG encoding included).
+    (PNG encoding included). With `validate`, the written script is read back with
+    `mdream.script.load_script` (a ScriptError here is a bug of this writer).
     """
     if faces_per_character < 1:
         raise ValueError("faces_per_character must be >= 1 (the script format needs a photo per character)")
@@ -119,19 +121,50 @@ def write_script(world: World, episode: Episode, out_dir: str | Path, title: str
         "hair_colours": list(HAIR_COLOURS),
     }
     (out / "toyworld.json").write_text(json.dumps(meta, indent=1))
+    if validate:
+        from mdream.script import load_script
+
+        load_script(script_path)
     if groundtruth:
-        write_groundtruth(world, episode, out / "groundtruth", size, seed)
+        write_groundtruth(world, episode, out / "groundtruth", size, seed, clips=clips)
     return script_path
 
 
-def write_groundtruth(world: World, episode: Episode, movie_dir: str | Path, size: int, seed: int) -> Path:
-    """The ground-truth movie folder: keyframes/0000.png ... and shots.json (docs/architecture.md)."""
+def write_groundtruth(world: World, episode: Episode, movie_dir: str | Path, size: int, seed: int,
+                      clips: bool = False) -> Path:
+    """The ground-truth movie folder: keyframes/0000.png ... and shots.json (docs/architecture.md).
+
+    With `clips`, also clips/0000.mp4 ... (SCRIPT_CLIP_LENGTH frames at SCRIPT_FPS, H.264) whose
+    first frame has the keyframe's pose, and movie.mp4 (all clips in order).
+    """
     movie = Path(movie_dir)
     (movie / "keyframes").mkdir(parents=True, exist_ok=True)
     shot_ids = episode.shot_ids()
+    all_frames = []
     for i, shot in enumerate(episode.shots):
-        rng = np.random.default_rng([seed, world.seed, i, 0x6E])
-        Image.fromarray(render_keyframe(world, shot, size, rng)).save(movie / "keyframes" / f"{i:04d}.png")
+        shot_seed = [seed, world.seed, i, 0x6E]
+        keyframe = render_keyframe(world, shot, size, np.random.default_rng(shot_seed))
+        Image.fromarray(keyframe).save(movie / "keyframes" / f"{i:04d}.png")
+        if clips:  # the same rng state: the clip's first frame is the keyframe
+            (movie / "clips").mkdir(exist_ok=True)
+            frames = render_clip(world, shot, size, SCRIPT_CLIP_LENGTH, np.random.default_rng(shot_seed))
+            _write_mp4(movie / "clips" / f"{i:04d}.mp4", frames)
+            all_frames.append(frames)
+    if clips:
+        _write_mp4(movie / "movie.mp4", np.concatenate(all_frames))
     shots = {"shots": [{"index": i, "id": shot_ids[i]} for i in range(len(episode.shots))]}
     (movie / "shots.json").write_text(json.dumps(shots, indent=1))
     return movie
+
+
+def _write_mp4(path: Path, frames: np.ndarray, fps: int = SCRIPT_FPS) -> None:
+    """frames uint8 [T, H, W, 3] -> H.264 mp4 (yuv420p, near-lossless so metrics see the truth)."""
+    import imageio_ffmpeg
+
+    T, H, W, _ = frames.shape
+    writer = imageio_ffmpeg.write_frames(str(path), (W, H), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         output_params=["-crf", "12"], macro_block_size=8, quality=None)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()

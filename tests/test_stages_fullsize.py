@@ -1,0 +1,113 @@
+"""encode -> keyframes -> render through the CLI, with a bundle of tiny random full-size-shaped models.
+
+The bundle is built from configs (CLIP-shaped text/vision towers, an SDXL-shaped UNet + VAE, an
+insightface-loadable recognition ONNX), saved to a folder and named by the script's
+`output.model_bundle`: the stages load it through the same from_pretrained code as real weights.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import small_script_dict, write_face, write_script
+from PIL import Image
+from test_models_fullsize import TEXTS, sdxl_decoder
+from typer.testing import CliRunner
+
+from mdream.cli.main import app
+from mdream.eval.face_embedder import FaceEmbedderConfig, FaceEmbedderNet, export_onnx
+from mdream.models.encoders import KeyframeEncoder
+from mdream.models.toy_clip import build_toy_clip, build_word_tokenizer, save_clip_folder
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    torch.manual_seed(0)
+    export_onnx(FaceEmbedderNet(FaceEmbedderConfig(widths=(8, 8, 16, 16), head_channels=8)).eval(), root / "face.onnx")
+    tokenizer = build_word_tokenizer(TEXTS + ["Detailed description of shot"], max_length=32)
+    clip = build_toy_clip(tokenizer, image_size=32, patch_size=8, hidden_size=32, num_layers=2, num_heads=2, projection_dim=24)
+    save_clip_folder(clip, tokenizer, root / "clip")
+    encoder = KeyframeEncoder.from_vision_model(str(root / "clip"), num_tokens=2, token_dim=16, width=32, num_heads=2)
+    encoder.save_pretrained(root / "encoder", vision_reference="../clip")
+    sdxl_decoder(token_dim=16, text_dim=24).save_pretrained(root / "decoder")
+    (root / "bundle.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "components": {
+                    "face_embedder": {"path": "face.onnx"},
+                    "text_encoder": {"path": "clip"},
+                    "keyframe_encoder": {"path": "encoder"},
+                    "keyframe_decoder": {"path": "decoder"},
+                },
+            }
+        )
+    )
+    return root
+
+
+@pytest.fixture
+def storyboard(tmp_path, tiny_bundle):
+    """A 6-shot script whose every shot has a given keyframe, drawing with the tiny bundle."""
+    folder = tmp_path / "movie"
+    data = small_script_dict()
+    data["output"]["model_bundle"] = str(tiny_bundle)
+    for i, shot in enumerate(data["arcs"][0]["shots"]):
+        write_face(folder / "frames" / f"{i}.png", (40 * i, 100, 200 - 30 * i))
+        shot["keyframe"] = f"frames/{i}.png"
+    return write_script(folder, data)
+
+
+def _invoke(*args):
+    result = runner.invoke(app, [*map(str, args), "--device", "cpu", "--quiet"])
+    return result
+
+
+def test_encode_keyframes_render_round_trip(storyboard, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    for verb in ("encode", "keyframes"):
+        result = _invoke(verb, storyboard, "--cache-dir", cache)
+        assert result.exit_code == 0, result.output
+    result = _invoke("render", storyboard, "--cache-dir", cache, "--out", out)
+    assert result.exit_code == 0, result.output
+    frames = sorted((out / "keyframes").glob("*.png"))
+    assert [f.name for f in frames] == [f"{i:04d}.png" for i in range(6)]
+    assert Image.open(frames[0]).size == (64, 64)
+    assert json.loads((out / "shots.json").read_text())["shots"][5]["id"] == "act1-006"
+
+    status = runner.invoke(app, ["status", str(storyboard), "--cache-dir", str(cache), "--json"])
+    totals = json.loads(status.output)["totals"]
+    assert totals["encode"] == totals["keyframes"] == totals["render"] == {"done": 6}
+    assert totals["video"] == {"missing": 6}
+
+    # The same seed gives identical pixels when recomputed; another seed gives other pixels.
+    before = [np.asarray(Image.open(f)) for f in frames]
+    assert _invoke("render", storyboard, "--cache-dir", cache, "--out", out, "--force").exit_code == 0
+    assert all(np.array_equal(a, np.asarray(Image.open(f))) for a, f in zip(before, frames, strict=True))
+    other = tmp_path / "other"
+    for verb in ("encode", "keyframes"):
+        assert _invoke(verb, storyboard, "--cache-dir", cache, "--seed", 5).exit_code == 0
+    assert _invoke("render", storyboard, "--cache-dir", cache, "--out", other, "--seed", 5).exit_code == 0
+    assert not np.array_equal(before[0], np.asarray(Image.open(other / "keyframes" / "0000.png")))
+
+
+def test_render_needs_its_upstream_and_says_so(storyboard, tmp_path):
+    result = _invoke("render", storyboard, "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 1
+    assert "run `mdream keyframes` first" in result.output
+
+
+def test_predicting_keyframes_is_not_built_yet(storyboard, tmp_path):
+    data = yaml.safe_load(storyboard.read_text())
+    del data["arcs"][0]["shots"][3]["keyframe"]
+    storyboard.write_text(yaml.safe_dump(data))
+    assert _invoke("encode", storyboard, "--cache-dir", tmp_path / "c").exit_code == 0
+    result = _invoke("keyframes", storyboard, "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 1 and "not built yet" in result.output and "act1-004" in result.output
