@@ -48,6 +48,17 @@ def run_video(script_path: str | Path, options: RunOptions | None = None) -> lis
 
 
 def generate(script_path: str | Path, output: Path, options: RunOptions | None = None) -> list[StageReport]:
-    """Run every stage, then mux the clips into ``output`` (mp4)."""
-    _, reports = run_stages(script_path, "video", options, only=False)
+    """Run every stage, then mux the clips into ``output`` (mp4).
+
+    The keyframes are written to the movie folder beside ``output`` (``movie.mp4`` -> ``movie/``)
+    as soon as they are rendered, so a failure in a later stage still leaves them there.
+    """
+    project = Project.open(script_path, options)
+    stages = pipeline_stages()
+    reports = []
+    for i, stage in enumerate(stages):
+        if stage.name == "video":
+            keys = plan_keys(project, stages[:i])["render"]
+            export_keyframes(project, keys, Path(output).with_suffix(""))
+        reports.append(run_stage(project, stage, stages[: i + 1]))
     raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
