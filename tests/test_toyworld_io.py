@@ -15,6 +15,7 @@ from mdream.toyworld import (
     ACTIONS,
     CAMERAS,
     ToyDataset,
+    episode_seed,
     make_episode,
     make_world,
     render_keyframe,
@@ -23,7 +24,6 @@ from mdream.toyworld import (
     write_dataset,
     write_script,
 )
-from mdream.toyworld.dataset import episode_seed
 
 WORLD = make_world(0)
 
@@ -133,6 +133,13 @@ def test_cli_script_and_dataset(tmp_path):
     assert result.exit_code == 0, result.output
     ds = ToyDataset(tmp_path / "d")
     assert len(ds) == 10 and ds[0]["clip"].shape == (3, 32, 32, 3)
+    result = runner.invoke(app, ["script", "--shots", "3", "--size", "32", "--clips", "-q", "-o", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "c" / "groundtruth" / "movie.mp4"))
+    assert next(reader)["size"] == (32, 32) and sum(1 for _ in reader) == 3 * 8
+    assert len(list((tmp_path / "c" / "groundtruth" / "clips").glob("*.mp4"))) == 3
     result = runner.invoke(app, ["preview", "--size", "32", "-o", str(tmp_path / "sheet.png")])
     assert result.exit_code == 0 and (tmp_path / "sheet.png").exists()
 

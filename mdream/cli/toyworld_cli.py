@@ -42,7 +42,8 @@ def script_cli(
     from mdream.toyworld.commands import toy_script
 
     path = run_cli(toy_script, output, seed=seed, shots=shots, size=size, faces_per_character=faces,
-                   world_seed=world_seed, title=title, clips=clips, as_json=json_out)
+                   world_seed=world_seed, title=title, clips=clips, progress=not (quiet or json_out),
+                   as_json=json_out)
     if json_out:
         print_json({"script": str(path), "groundtruth": str(path.parent / "groundtruth")})
     elif not quiet:

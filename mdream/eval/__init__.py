@@ -1,0 +1,29 @@
+"""The evaluator: score a generated movie against its script, offline.
+
+    from mdream.eval import evaluate_movie
+    report = evaluate_movie("movie/", "script.yaml")            # toy backend, shipped weights
+    report = evaluate_movie("movie/", "script.yaml", backend="real",
+                            clip_model="openai/clip-vit-base-patch32", face_model="glintr100.onnx")
+
+- :mod:`mdream.eval.face_embedder`: ArcFace-style face-identity embedder (toy ONNX, loaded like any
+  insightface recognition model) and :class:`FaceIdentityEmbedder` for toy and real models.
+- :mod:`mdream.eval.frame_analyser`: scene + who-is-where classifier, and the toy-FID features.
+- :mod:`mdream.eval.metrics`: the metrics as pure functions.
+- :mod:`mdream.eval.evaluate`: :func:`evaluate_movie` and :class:`EvalReport`.
+- :mod:`mdream.eval.training`: reproduce the shipped weights (``python -m mdream.eval.training``).
+"""
+
+from __future__ import annotations
+
+from mdream.eval.evaluate import EvalReport, ShotResult, evaluate_movie
+from mdream.eval.face_embedder import FaceIdentityEmbedder
+from mdream.eval.frame_analyser import FrameAnalyser, FrameAnalyserConfig
+
+__all__ = [
+    "EvalReport",
+    "FaceIdentityEmbedder",
+    "FrameAnalyser",
+    "FrameAnalyserConfig",
+    "ShotResult",
+    "evaluate_movie",
+]

@@ -10,7 +10,15 @@
 
 from __future__ import annotations
 
-from mdream.toyworld.episode import CastMember, Episode, ShotSpec, make_episode, shot_labels, shot_text
+from mdream.toyworld.episode import (
+    CastMember,
+    Episode,
+    ShotSpec,
+    episode_seed,
+    make_episode,
+    shot_labels,
+    shot_text,
+)
 from mdream.toyworld.render import (
     FACE_SIZE,
     SIZES,
@@ -58,6 +66,6 @@ __all__ = [
     "ACTIONS", "ATTRIBUTES", "CAMERAS", "EXPRESSIONS", "EYE_COLOURS", "FACE_SIZE", "HAIR_COLOURS",
     "HAIR_STYLES", "HEIGHTS", "OUTFIT_COLOURS", "OUTFIT_PATTERNS", "POSITIONS", "SIZES", "SKIN_TONES",
     "TIMES_OF_DAY", "CastMember", "CharacterSpec", "Episode", "SceneSpec", "ShotSpec", "World",
-    "face_boxes", "make_episode", "make_world", "render_clip", "render_face_photo", "render_keyframe",
+    "episode_seed", "face_boxes", "make_episode", "make_world", "render_clip", "render_face_photo", "render_keyframe",
     "shot_labels", "shot_text",
 ]

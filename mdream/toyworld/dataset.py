@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mdream.toyworld.episode import Episode, make_episode, shot_labels, shot_text
+from mdream.toyworld.episode import Episode, episode_seed, make_episode, shot_labels, shot_text
 from mdream.toyworld.render import FACE_SIZE, SIZES, render_clip, render_face_photo, render_keyframe
 from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS, POSITIONS, World, make_world
 
@@ -110,11 +110,6 @@ def _episode(world: World, seed: int, e: int, n_shots: int) -> Episode:
             _EPISODE_CACHE.clear()
         _EPISODE_CACHE[key] = make_episode(world, seed=episode_seed(seed, e), n_shots=n_shots)
     return _EPISODE_CACHE[key]
-
-
-def episode_seed(seed: int, episode: int) -> int:
-    """The make_episode seed of episode `episode` of a dataset written with `seed`."""
-    return seed * 1_000_003 + episode
 
 
 def _render_chunk(chunk: _Chunk) -> tuple[dict[str, np.ndarray], list[dict]]:

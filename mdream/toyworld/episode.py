@@ -36,7 +36,7 @@ class ShotSpec:
     scene_id: str
     """A world scene id."""
     cast: tuple[CastMember, ...]
-    """0..3 characters, at distinct positions, sorted left to right."""
+    """0..3 characters at distinct positions (make_episode lists them left to right)."""
     camera: str
     """One of CAMERAS."""
 
@@ -103,8 +103,9 @@ def make_episode(world: World, seed: int, n_shots: int, main_cast: int = 5) -> E
 
     Arcs last 4 to 9 shots in one scene. Each arc has an active group of 1..3 characters from a
     recurring main cast (plus the occasional extra); within the arc members enter (walking) and
-    may leave before its end. When the episode has at least 30 shots, one main character is
-    present in the first arc, absent for 20+ shots, and returns.
+    may leave before its end. One main character is present in the first arc, absent for 20+
+    shots, and returns in the first arc that starts 20+ shots later: always when n_shots >= 40
+    (arcs are at most 9 shots), often from 30.
     """
     if n_shots < 1:
         raise ValueError(f"n_shots must be >= 1, got {n_shots}")
@@ -191,6 +192,11 @@ def make_episode(world: World, seed: int, n_shots: int, main_cast: int = 5) -> E
 
     _cover_vocabularies(shots, rng)
     return Episode(seed=seed, shots=shots, arcs=arcs)
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """The make_episode seed of episode number `episode` of a dataset written with `seed`."""
+    return seed * 1_000_003 + episode
 
 
 def _cover_vocabularies(shots: list[ShotSpec], rng: np.random.Generator) -> None:

@@ -343,8 +343,15 @@ def _draw_figure(cv: _Canvas, c: CharacterSpec, x: float, feet_y: float, H: floa
 # Backgrounds
 # --------------------------------------------------------------------------------------------
 def _hash_noise(u: np.ndarray, v: np.ndarray, cells: float) -> np.ndarray:
-    """Cell noise in [0, 1): constant per cell of size 1/cells, stable under zoom."""
-    return (np.sin(np.floor(u * cells) * 12.9898 + np.floor(v * cells) * 78.233) * 43758.5453) % 1.0
+    """Cell noise in [0, 1): constant per cell of size 1/cells, stable under zoom.
+
+    An integer hash (not the usual sin trick), so the texture is bit-identical on every CPU.
+    """
+    iu = np.floor(u * cells).astype(np.int64)
+    iv = np.floor(v * cells).astype(np.int64)
+    h = (iu * 73856093) ^ (iv * 19349663)
+    h = (h ^ (h >> 13)) * 1274126177
+    return ((h ^ (h >> 16)) & 0xFFFF).astype(np.float32) / 65536.0
 
 
 def _draw_background(cv: _Canvas, scene: SceneSpec, zb: float, horizon_screen: float, zoom: float,
@@ -684,7 +691,7 @@ def render_clip(world: World, shot: ShotSpec, size: int, n_frames: int = 8,
 
 def face_boxes(shot: ShotSpec, size: int, world: World | None = None,
                clip: bool = True) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """Per cast member (left to right): (character id, (x0, y0, x1, y1)) of the face in the keyframe.
+    """Per cast member, in cast order: (character id, (x0, y0, x1, y1)) of its face in the keyframe.
 
     `world` defaults to `make_world(0)` (heights move the faces, so pass the shot's world).
     The box is the square that an aligned face photo covers (see render_face_photo): cropped and

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mdream.toyworld.episode import Episode, shot_labels, shot_text
+from mdream.toyworld.episode import Episode, ShotSpec, shot_labels, shot_text
 from mdream.toyworld.render import render_clip, render_face_photo, render_keyframe
 from mdream.toyworld.world import HAIR_COLOURS, World
 
@@ -87,7 +88,7 @@ def script_dict(world: World, episode: Episode, title: str, seed: int, size: int
 
 def write_script(world: World, episode: Episode, out_dir: str | Path, title: str, seed: int, size: int = 64,
                  faces_per_character: int = 2, groundtruth: bool = True, clips: bool = False,
-                 validate: bool = True) -> Path:
+                 validate: bool = True, progress: bool = False) -> Path:
     """Write script.yaml, faces/ and groundtruth/ under `out_dir`; returns the script's path.
 
     Every random choice is seeded by (seed, world seed), so the same call writes the same bytes
@@ -126,35 +127,44 @@ def write_script(world: World, episode: Episode, out_dir: str | Path, title: str
 
         load_script(script_path)
     if groundtruth:
-        write_groundtruth(world, episode, out / "groundtruth", size, seed, clips=clips)
+        write_groundtruth(world, episode, out / "groundtruth", size, seed, clips=clips, progress=progress)
     return script_path
 
 
 def write_groundtruth(world: World, episode: Episode, movie_dir: str | Path, size: int, seed: int,
-                      clips: bool = False) -> Path:
+                      clips: bool = False, progress: bool = False) -> Path:
     """The ground-truth movie folder: keyframes/0000.png ... and shots.json (docs/architecture.md).
 
     With `clips`, also clips/0000.mp4 ... (SCRIPT_CLIP_LENGTH frames at SCRIPT_FPS, H.264) whose
-    first frame has the keyframe's pose, and movie.mp4 (all clips in order).
+    first frame is the keyframe (up to video compression), and movie.mp4 (all clips in order).
     """
     movie = Path(movie_dir)
     (movie / "keyframes").mkdir(parents=True, exist_ok=True)
     shot_ids = episode.shot_ids()
     all_frames = []
-    for i, shot in enumerate(episode.shots):
-        shot_seed = [seed, world.seed, i, 0x6E]
-        keyframe = render_keyframe(world, shot, size, np.random.default_rng(shot_seed))
-        Image.fromarray(keyframe).save(movie / "keyframes" / f"{i:04d}.png")
-        if clips:  # the same rng state: the clip's first frame is the keyframe
-            (movie / "clips").mkdir(exist_ok=True)
-            frames = render_clip(world, shot, size, SCRIPT_CLIP_LENGTH, np.random.default_rng(shot_seed))
-            _write_mp4(movie / "clips" / f"{i:04d}.mp4", frames)
-            all_frames.append(frames)
+    bar = Progress(TextColumn("[bold]ground truth"), BarColumn(), MofNCompleteColumn(), TextColumn("shots"),
+                   TimeElapsedColumn(), disable=not progress)
+    with bar:
+        for i in bar.track(range(len(episode.shots))):
+            _write_groundtruth_shot(world, episode.shots[i], movie, i, size, seed, clips, all_frames)
     if clips:
         _write_mp4(movie / "movie.mp4", np.concatenate(all_frames))
     shots = {"shots": [{"index": i, "id": shot_ids[i]} for i in range(len(episode.shots))]}
     (movie / "shots.json").write_text(json.dumps(shots, indent=1))
     return movie
+
+
+def _write_groundtruth_shot(world: World, shot: ShotSpec, movie: Path, i: int, size: int, seed: int, clips: bool,
+                            all_frames: list[np.ndarray]) -> None:
+    """Keyframe i (and its clip, appended to all_frames for movie.mp4)."""
+    shot_seed = [seed, world.seed, i, 0x6E]
+    keyframe = render_keyframe(world, shot, size, np.random.default_rng(shot_seed))
+    Image.fromarray(keyframe).save(movie / "keyframes" / f"{i:04d}.png")
+    if clips:  # the same rng state: the clip's first frame is the keyframe
+        (movie / "clips").mkdir(exist_ok=True)
+        frames = render_clip(world, shot, size, SCRIPT_CLIP_LENGTH, np.random.default_rng(shot_seed))
+        _write_mp4(movie / "clips" / f"{i:04d}.mp4", frames)
+        all_frames.append(frames)
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int = SCRIPT_FPS) -> None:
