@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from script_helpers import BASE_SCRIPT, edit, line_of, problems_of, write_script_text
 
 from mdream.errors import InputError, ScriptError
@@ -46,35 +45,16 @@ def test_long_example_shape():
     script = load_script(EXAMPLES / "scripts" / "long.yaml")
     plan = plan_script(script)
     assert 55 <= len(plan.shots) <= 65
-    assert 4 <= len(plan.characters) <= 6 and len(plan.scenes) >= 4 and 3 <= len(script.arcs) <= 4
+    assert len(plan.characters) >= 4 and len(plan.scenes) >= 4 and len(script.arcs) >= 3
     # Characters leave and come back after long gaps (what tests identity over a whole movie).
     returning = [c for c in plan.characters if _longest_absence(plan, c) >= 20]
     assert len(returning) >= 2, {c: _longest_absence(plan, c) for c in plan.characters}
 
 
-def test_example_faces_are_small_and_drawn_by_the_generator():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_example_faces", EXAMPLES / "make_example_faces.py")
-    generator = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = generator  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(generator)
-    finally:
-        del sys.modules[spec.name]
-    used = set()
-    for path in EXAMPLE_SCRIPTS:
-        script = load_script(path)
-        used |= {face for c in script.characters for face in c.faces}
-    assert len(used) >= 2 * 8
-    for face in sorted(used):
-        file = EXAMPLES / "scripts" / face
-        assert file.stat().st_size < 10_000
-        character_id, variant = file.stem.rsplit("_", 1)
-        expected = generator.draw_face(generator.LOOKS[character_id], int(variant) - 1)
-        with Image.open(file) as image:
-            assert image.size == (112, 112)
-            assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(expected))
+def test_examples_are_what_the_toy_world_writes():
+    """The bundled examples are reproducible: make_examples.py --check rewrites and compares them."""
+    result = subprocess.run([sys.executable, str(EXAMPLES / "make_examples.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_base_script_loads(tmp_path):

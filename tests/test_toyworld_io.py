@@ -153,3 +153,13 @@ def test_cli_rejects_bad_input(tmp_path):
     result = runner.invoke(app, ["dataset", "--episodes", "1", "-o", str(tmp_path / "full")])
     assert result.exit_code == 2 and "not empty" in result.output
     assert (tmp_path / "full" / "precious.txt").read_text() == "keep me"
+
+
+def test_given_keyframes_script_points_at_the_ground_truth(tmp_path):
+    from mdream.script import load_script, plan_script
+    from mdream.toyworld.commands import toy_script
+
+    plan = plan_script(load_script(toy_script(tmp_path / "sb", seed=2, shots=6, size=32, given_keyframes=True)))
+    assert [s.keyframe for s in plan.shots] == [
+        (tmp_path / "sb" / "groundtruth" / "keyframes" / f"{i:04d}.png").resolve() for i in range(6)
+    ]

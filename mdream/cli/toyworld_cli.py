@@ -34,6 +34,9 @@ def script_cli(
     faces: Annotated[int, typer.Option("--faces", help="Face photos per character.")] = 2,
     title: Annotated[str | None, typer.Option("--title", help="Movie title [default: 'Toy episode SEED'].")] = None,
     clips: Annotated[bool, typer.Option("--clips", help="Also write ground-truth clips/*.mp4 and movie.mp4.")] = False,
+    given_keyframes: Annotated[
+        bool, typer.Option("--given-keyframes", help="Give every shot its ground-truth keyframe (a storyboard to render from).")
+    ] = False,
     world_seed: WorldSeedOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -43,6 +46,7 @@ def script_cli(
 
     path = run_cli(toy_script, output, seed=seed, shots=shots, size=size, faces_per_character=faces,
                    world_seed=world_seed, title=title, clips=clips, progress=not (quiet or json_out),
+                   given_keyframes=given_keyframes,
                    as_json=json_out)
     if json_out:
         print_json({"script": str(path), "groundtruth": str(path.parent / "groundtruth")})

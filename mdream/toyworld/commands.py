@@ -32,7 +32,8 @@ def _check_out_dir(out_dir: Path, marker: str) -> None:
 
 
 def toy_script(out_dir: str | Path, seed: int = 0, shots: int = 60, size: int = 64, faces_per_character: int = 2,
-               world_seed: int = 0, title: str | None = None, clips: bool = False, progress: bool = False) -> Path:
+               world_seed: int = 0, title: str | None = None, clips: bool = False, progress: bool = False,
+               given_keyframes: bool = False) -> Path:
     """Write a toy episode as an mdream script with face photos and ground truth; returns script.yaml."""
     out = Path(out_dir)
     _check_size(size)
@@ -45,7 +46,7 @@ def toy_script(out_dir: str | Path, seed: int = 0, shots: int = 60, size: int = 
     world = make_world(world_seed)
     episode = make_episode(world, seed=seed, n_shots=shots)
     return write_script(world, episode, out, title or f"Toy episode {seed}", seed, size, faces_per_character,
-                        clips=clips, progress=progress)
+                        clips=clips, progress=progress, given_keyframes=given_keyframes)
 
 
 def toy_dataset(out_dir: str | Path, episodes: int, shots_per_episode: int = 50, size: int = 32, seed: int = 0,

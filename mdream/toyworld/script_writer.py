@@ -27,8 +27,13 @@ SCRIPT_CLIP_LENGTH = 8
 
 
 def script_dict(world: World, episode: Episode, title: str, seed: int, size: int = 64,
-                faces_per_character: int = 2) -> dict:
-    """The script as plain data (what write_script dumps to YAML); face paths are relative."""
+                faces_per_character: int = 2, given_keyframes: bool = False) -> dict:
+    """The script as plain data (what write_script dumps to YAML); face paths are relative.
+
+    With `given_keyframes`, every shot names its ground-truth keyframe (`keyframe:
+    groundtruth/keyframes/NNNN.png`): a storyboard that the keyframes stage encodes instead of
+    predicting, which is how the tokenizer + renderer round trip is measured.
+    """
     rng = np.random.default_rng([seed, world.seed, 0x5C1])
     used_chars = [c.id for c in world.characters if episode.appearances(c.id)]
     used_scenes = [s.id for s in world.scenes if any(shot.scene_id == s.id for shot in episode.shots)]
@@ -71,6 +76,7 @@ def script_dict(world: World, episode: Episode, title: str, seed: int, size: int
                 "descriptor": descriptor,
                 "camera": shot.camera,
                 "duration": float(rng.choice([2.0, 2.5, 3.0, 3.5, 4.0])),
+                **({"keyframe": f"groundtruth/keyframes/{i:04d}.png"} if given_keyframes else {}),
             })
         arcs.append({"id": arc_id, "title": f"Part {arc_id.removeprefix('arc')}", "shots": shots})
     return {
@@ -88,7 +94,7 @@ def script_dict(world: World, episode: Episode, title: str, seed: int, size: int
 
 def write_script(world: World, episode: Episode, out_dir: str | Path, title: str, seed: int, size: int = 64,
                  faces_per_character: int = 2, groundtruth: bool = True, clips: bool = False,
-                 validate: bool = True, progress: bool = False) -> Path:
+                 validate: bool = True, progress: bool = False, given_keyframes: bool = False) -> Path:
     """Write script.yaml, faces/ and groundtruth/ under `out_dir`; returns the script's path.
 
     Every random choice is seeded by (seed, world seed), so the same call writes the same bytes
@@ -99,7 +105,9 @@ def write_script(world: World, episode: Episode, out_dir: str | Path, title: str
         raise ValueError("faces_per_character must be >= 1 (the script format needs a photo per character)")
     out = Path(out_dir)
     (out / "faces").mkdir(parents=True, exist_ok=True)
-    data = script_dict(world, episode, title, seed, size, faces_per_character)
+    if given_keyframes and not groundtruth:
+        raise ValueError("given_keyframes needs groundtruth: the shots point at the ground-truth keyframes")
+    data = script_dict(world, episode, title, seed, size, faces_per_character, given_keyframes)
     for character in data["characters"]:
         # One generator per character, so the photos do not depend on who else is in the episode.
         rng = np.random.default_rng([seed, world.seed, world.character_index[character["id"]], 0xFACE])
@@ -122,12 +130,12 @@ def write_script(world: World, episode: Episode, out_dir: str | Path, title: str
         "hair_colours": list(HAIR_COLOURS),
     }
     (out / "toyworld.json").write_text(json.dumps(meta, indent=1))
-    if validate:
+    if groundtruth:
+        write_groundtruth(world, episode, out / "groundtruth", size, seed, clips=clips, progress=progress)
+    if validate:  # after the ground truth: given keyframes must exist to validate
         from mdream.script import load_script
 
         load_script(script_path)
-    if groundtruth:
-        write_groundtruth(world, episode, out / "groundtruth", size, seed, clips=clips, progress=progress)
     return script_path
 
 
