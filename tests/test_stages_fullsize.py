@@ -111,3 +111,49 @@ def test_predicting_keyframes_is_not_built_yet(storyboard, tmp_path):
     assert _invoke("encode", storyboard, "--cache-dir", tmp_path / "c").exit_code == 0
     result = _invoke("keyframes", storyboard, "--cache-dir", tmp_path / "c")
     assert result.exit_code == 1 and "not built yet" in result.output and "act1-004" in result.output
+
+
+def _write_two_shot_video(path, size: int = 64, frames_per_shot: int = 20) -> None:
+    import imageio.v2 as imageio
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for colour in ((230, 40, 40), (30, 60, 220)):
+        base = np.full((size, size, 3), colour, np.uint8)
+        for _ in range(frames_per_shot):
+            frames.append(np.clip(base + rng.integers(-5, 6, base.shape), 0, 255).astype(np.uint8))
+    imageio.mimwrite(path, frames, fps=8, codec="libx264", macro_block_size=1)
+
+
+def test_encode_media_then_render_tokens(tiny_bundle, tmp_path):
+    stills = tmp_path / "stills"
+    for i in range(3):
+        write_face(stills / f"{i}.png", (60 * i, 90, 120))
+    video = tmp_path / "two_shots.mp4"
+    _write_two_shot_video(video)
+    tokens_file = tmp_path / "tokens.safetensors"
+    args = ["encode", stills, video, "-o", tokens_file, "--bundle", tiny_bundle, "--cache-dir", tmp_path / "c", "--json"]
+    result = runner.invoke(app, [*map(str, args), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["items"] == 5 and report["encoded"] == 5 and report["token_shape"] == [5, 2, 16]
+    items = json.loads(tokens_file.with_suffix(".json").read_text())["items"]
+    assert [i["shot"] for i in items] == [None, None, None, 0, 1]  # the cut between the colours is found
+    again = json.loads(runner.invoke(app, [*map(str, args), "--device", "cpu"]).output)
+    assert again["encoded"] == 0 and again["reused"] == 5
+
+    out = tmp_path / "rendered"
+    result = runner.invoke(app, ["render", str(tokens_file), "--bundle", str(tiny_bundle), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:04d}.png" for i in range(5)]
+
+
+def test_encode_media_bad_inputs_exit_2(tiny_bundle, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    for bad in (tmp_path / "missing.png", tmp_path / "notes.txt"):
+        result = runner.invoke(app, ["encode", str(bad), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "t.safetensors")])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    result = runner.invoke(app, ["encode", str(broken), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "t.safetensors")])
+    assert result.exit_code == 2, result.output

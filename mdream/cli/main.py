@@ -91,7 +91,7 @@ OutOpt = Annotated[
     Path | None, typer.Option("--out", help="Movie folder for the keyframes [default: SCRIPT_NAME.movie/ beside the script].")
 ]
 
-def _stage_cli(fn_name: str, with_out: bool = False):
+def _stage_cli(fn_name: str):
     def command(
         script: ScriptArg,
         cache_dir: CacheDirOpt = None,
@@ -104,22 +104,7 @@ def _stage_cli(fn_name: str, with_out: bool = False):
     ) -> None:
         _call_stage(fn_name, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
 
-    def command_with_out(
-        script: ScriptArg,
-        out: OutOpt = None,
-        cache_dir: CacheDirOpt = None,
-        device: DeviceOpt = "auto",
-        seed: SeedOpt = None,
-        force: ForceOpt = False,
-        from_stage: FromStageOpt = None,
-        json_out: JsonOpt = False,
-        quiet: QuietOpt = False,
-    ) -> None:
-        _call_stage(
-            fn_name, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet, out_dir=out
-        )
-
-    return command_with_out if with_out else command
+    return command
 
 
 def _call_stage(fn_name: str, script: Path, options_factory, json_out: bool, quiet: bool, **kwargs) -> None:
@@ -133,14 +118,76 @@ def _call_stage(fn_name: str, script: Path, options_factory, json_out: bool, qui
         show_reports(reports)
 
 
-app.command("encode", help="Encode the cast's reference faces and every shot's descriptor (cached per shot).")(_stage_cli("run_encode"))
 app.command("keyframes", help="Every shot's keyframe tokens: given keyframes encoded, the rest predicted in order.")(
     _stage_cli("run_keyframes")
 )
-app.command("render", help="Render keyframe images from tokens, faces and descriptors into the movie folder.")(
-    _stage_cli("run_render", with_out=True)
-)
 app.command("video", help="Turn keyframes into clips anchored on their first frame.")(_stage_cli("run_video"))
+
+
+@app.command("encode")
+def encode_cli(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="A script, or images / folders / video files.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Media mode: the tokens file to write (.safetensors).")
+    ] = Path("tokens.safetensors"),
+    bundle: Annotated[str, typer.Option("--bundle", help="Media mode: model bundle name or folder.")] = "toy",
+    keyframes_per_shot: Annotated[
+        int, typer.Option("--keyframes-per-shot", help="Media mode: keyframes taken in each video shot.")
+    ] = 1,
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    force: ForceOpt = False,
+    from_stage: FromStageOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Encode a script's faces and descriptors, or images/videos into keyframe tokens (shots cut by PySceneDetect)."""
+    from mdream.stages.media import encode_media, is_script
+
+    if len(inputs) == 1 and is_script(inputs[0]):
+        _call_stage("run_encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        return
+    report = run_cli(
+        lambda: encode_media(inputs, output, bundle, cache_dir, device, keyframes_per_shot, force), as_json=json_out
+    )
+    if json_out:
+        print_json(report.to_dict())
+    elif not quiet:
+        stdout.print(
+            f"wrote [bold]{report.output}[/]: {report.items} keyframes, tokens {list(report.token_shape)} "
+            f"({report.encoded} encoded, {report.reused} from the cache)"
+        )
+
+
+@app.command("render")
+def render_cli(
+    source: Annotated[Path, typer.Argument(help="A script, or a tokens file from `mdream encode`.", show_default=False)],
+    out: OutOpt = None,
+    bundle: Annotated[str, typer.Option("--bundle", help="Tokens mode: model bundle name or folder.")] = "toy",
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    force: ForceOpt = False,
+    from_stage: FromStageOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Render keyframes from tokens, faces and descriptors into the movie folder (or a tokens file to PNGs)."""
+    if source.suffix == ".safetensors":
+        from mdream.stages.media import render_tokens
+
+        target = out or source.with_suffix("")
+        paths = run_cli(lambda: render_tokens(source, target, bundle, device, seed or 0), as_json=json_out)
+        if json_out:
+            print_json({"images": [str(p) for p in paths]})
+        elif not quiet:
+            stdout.print(f"wrote {len(paths)} images to [bold]{target}[/]")
+        return
+    options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)
+    _call_stage("run_render", source, options, json_out, quiet, out_dir=out)
 
 
 @app.command("generate")
