@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -81,7 +83,9 @@ def test_bad_models_raise_input_error(tmp_path):
         def forward(self, x):
             return x.mean(dim=(2, 3))
 
-    torch.onnx.export(Tiny(), (torch.zeros(1, 3, 64, 64),), str(tmp_path / "small.onnx"), dynamo=False,
-                      input_names=["x"], output_names=["y"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Tiny(), (torch.zeros(1, 3, 64, 64),), str(tmp_path / "small.onnx"), dynamo=False,
+                          input_names=["x"], output_names=["y"])
     with pytest.raises(InputError, match="not an insightface recognition model"):
         FaceIdentityEmbedder(tmp_path / "small.onnx")

@@ -183,6 +183,12 @@ def min_snr_weight(snr: torch.Tensor, prediction_type: str, gamma: float) -> tor
     return torch.clamp(snr, max=gamma)  # "sample" (x0) prediction
 
 
+def sample_timesteps(batch: int, num_train_timesteps: int, power: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """t = round((T-1) * u**power), u ~ U(0, 1): power < 1 puts more samples at high noise (int64 [batch], CPU)."""
+    u = torch.rand(batch, generator=generator)
+    return ((num_train_timesteps - 1) * u**power).round().long()
+
+
 class KeyframeDecoder(nn.Module):
     """Tokens + cast face embeddings + descriptor embedding -> keyframe image.
 
@@ -344,8 +350,7 @@ class KeyframeDecoder(nn.Module):
         x0 = self.images_to_sample(images.to(self.device), generator)
         b, device = x0.shape[0], x0.device
         num_train = self.scheduler.config.num_train_timesteps
-        u = torch.rand(b, generator=generator).to(device)
-        timesteps = ((num_train - 1) * u**timestep_power).round().long()
+        timesteps = sample_timesteps(b, num_train, timestep_power, generator).to(device)
         noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=x0.dtype)
         train_scheduler = DDPMScheduler.from_config(self.scheduler.config)
         noisy = train_scheduler.add_noise(x0, noise, timesteps)
