@@ -103,6 +103,15 @@ def main() -> None:
     (args.out / "results.json").write_text(
         json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=1) + "\n"
     )
+    from benchmarks.results import update_section
+
+    update_section(
+        "Evaluator baselines (latest `make bench`)",
+        markdown_table(reports)
+        + f"\n\n{gt.n_shots} shots at {args.size}x{args.size}, episode seed {args.seed}; {elapsed:.1f} s in total. "
+        "How to read these: see 'Evaluator floors and ceilings (toy world)' above.",
+        f"python -m benchmarks.eval_baselines --seed {args.seed} --shots {args.shots} --size {args.size}",
+    )
 
 
 if __name__ == "__main__":

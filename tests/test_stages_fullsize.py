@@ -37,6 +37,10 @@ def tiny_bundle(tmp_path_factory):
     encoder = KeyframeEncoder.from_vision_model(str(root / "clip"), num_tokens=2, token_dim=16, width=32, num_heads=2)
     encoder.save_pretrained(root / "encoder", vision_reference="../clip")
     sdxl_decoder(token_dim=16, text_dim=24).save_pretrained(root / "decoder")
+    # Few sampling steps: this tests the stages' plumbing, not image quality.
+    config = json.loads((root / "decoder" / "keyframe_decoder.json").read_text())
+    config["sampling"] = {"num_inference_steps": 3, "guidance_scale": 2.0}
+    (root / "decoder" / "keyframe_decoder.json").write_text(json.dumps(config))
     (root / "bundle.yaml").write_text(
         yaml.safe_dump(
             {

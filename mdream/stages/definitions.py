@@ -32,6 +32,19 @@ def read_rgb(path) -> np.ndarray:
         raise InputError(f"Cannot read image {path}: {exc}") from None
 
 
+def sampling_defaults(decoder_folder) -> tuple[int, float]:
+    """(num_inference_steps, guidance_scale) saved with a decoder (``keyframe_decoder.json``'s
+    ``sampling``), so each bundle renders with the settings it was tuned for; else (20, 2.0)."""
+    import json
+    from pathlib import Path
+
+    try:
+        sampling = json.loads((Path(decoder_folder) / "keyframe_decoder.json").read_text()).get("sampling") or {}
+    except (OSError, ValueError):
+        sampling = {}
+    return int(sampling.get("num_inference_steps", 20)), float(sampling.get("guidance_scale", 2.0))
+
+
 def face_slots(shot: PlannedShot) -> list[str | None]:
     """Character id per face slot (left, center, right), None where the slot is empty."""
     slots: list[str | None] = [None] * len(FACE_SLOTS)
@@ -155,9 +168,7 @@ class RenderStage(Stage):
         self.decoder = KeyframeDecoder.from_pretrained(location)
         self.device = resolve_device(project.options.device)
         self.decoder.to(self.device)
-        sampling = self.decoder.sampling_defaults() if hasattr(self.decoder, "sampling_defaults") else {}
-        self.steps = int(sampling.get("num_inference_steps", 20))
-        self.guidance = float(sampling.get("guidance_scale", 2.0))
+        self.steps, self.guidance = sampling_defaults(location)
 
     def produce_batch(self, project, shots, upstreams, writers) -> None:
         import torch

@@ -193,10 +193,13 @@ def render_tokens(
         tokens = load_file(str(tokens_file))["tokens"]
     except (OSError, SafetensorError, KeyError) as exc:
         raise InputError(f"{tokens_file} is not a tokens file written by `mdream encode`: {exc}") from None
-    decoder = KeyframeDecoder.from_pretrained(ModelBundle.load(bundle).component("keyframe_decoder").location)
+    from mdream.stages.definitions import sampling_defaults
+
+    location = ModelBundle.load(bundle).component("keyframe_decoder").location
+    decoder = KeyframeDecoder.from_pretrained(location)
+    default_steps, default_guidance = sampling_defaults(location)
     dev = resolve_device(device)
     decoder.to(dev)
-    defaults = decoder.sampling_defaults() if hasattr(decoder, "sampling_defaults") else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for start in range(0, len(tokens), 16):
@@ -204,8 +207,8 @@ def render_tokens(
         generators = [torch.Generator().manual_seed(seed * 1_000_003 + start + i) for i in range(len(batch))]
         images = decoder.generate(
             batch.to(dev),
-            num_inference_steps=num_inference_steps or int(defaults.get("num_inference_steps", 20)),
-            guidance_scale=guidance_scale if guidance_scale is not None else float(defaults.get("guidance_scale", 2.0)),
+            num_inference_steps=num_inference_steps or default_steps,
+            guidance_scale=guidance_scale if guidance_scale is not None else default_guidance,
             generator=generators,
         ).images
         for i, image in enumerate(images):
