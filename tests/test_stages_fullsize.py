@@ -161,3 +161,14 @@ def test_encode_media_bad_inputs_exit_2(tiny_bundle, tmp_path):
     broken.write_bytes(b"not a video")
     result = runner.invoke(app, ["encode", str(broken), "--bundle", str(tiny_bundle), "-o", str(tmp_path / "t.safetensors")])
     assert result.exit_code == 2, result.output
+
+
+def test_generate_until_render_writes_the_movie_folder(storyboard, tmp_path):
+    movie = tmp_path / "out" / "movie.mp4"
+    result = _invoke("generate", storyboard, "-o", movie, "--until", "render", "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "movie" / "keyframes").glob("*.png"))) == 6
+    # The whole pipeline stops at the unbuilt video stage with a clear message, keyframes kept.
+    result = _invoke("generate", storyboard, "-o", movie, "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 1 and "not built yet" in result.output
+    assert _invoke("generate", storyboard, "--until", "mux").exit_code == 2

@@ -194,6 +194,9 @@ def render_cli(
 def generate_cli(
     script: ScriptArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="The movie file to write (mp4).")] = Path("movie.mp4"),
+    until: Annotated[
+        str, typer.Option("--until", help="Stop after this stage (render: keyframes only, in the movie folder).")
+    ] = "video",
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -207,14 +210,19 @@ def generate_cli(
     from mdream.stages.run import generate
 
     def call():
-        return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out)())
+        return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out)(), until)
 
     reports = run_cli(call, as_json=json_out)
     if json_out:
-        print_json({"output": str(output), "stages": [r.to_dict() for r in reports]})
+        from mdream.stages.run import movie_dir_for
+
+        print_json({"output": str(output), "movie_dir": str(movie_dir_for(output)), "stages": [r.to_dict() for r in reports]})
     elif not quiet:
+        from mdream.stages.run import movie_dir_for
+
         show_reports(reports)
-        stdout.print(f"[green]wrote[/] {output}")
+        written = output if until == "video" else movie_dir_for(output)
+        stdout.print(f"[green]wrote[/] {written}")
 
 
 @app.command("status")

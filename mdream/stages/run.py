@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mdream.errors import NotBuiltError
+from mdream.errors import InputError, NotBuiltError
 from mdream.stages.definitions import pipeline_stages
 from mdream.stages.movie import default_movie_dir, export_keyframes
 from mdream.stages.options import STAGE_NAMES, RunOptions
@@ -47,18 +47,26 @@ def run_video(script_path: str | Path, options: RunOptions | None = None) -> lis
     return run_stages(script_path, "video", options)[1]
 
 
-def generate(script_path: str | Path, output: Path, options: RunOptions | None = None) -> list[StageReport]:
-    """Run every stage, then mux the clips into ``output`` (mp4).
+def generate(
+    script_path: str | Path, output: Path, options: RunOptions | None = None, until: str = "video"
+) -> list[StageReport]:
+    """Run every stage (up to ``until``), then mux the clips into ``output`` (mp4).
 
     The keyframes are written to the movie folder beside ``output`` (``movie.mp4`` -> ``movie/``)
     as soon as they are rendered, so a failure in a later stage still leaves them there.
     """
+    if until not in STAGE_NAMES:
+        raise InputError(f"Unknown stage {until!r} for --until.", hint=f"stages are: {', '.join(STAGE_NAMES)}")
     project = Project.open(script_path, options)
-    stages = pipeline_stages()
-    reports = []
-    for i, stage in enumerate(stages):
-        if stage.name == "video":
-            keys = plan_keys(project, stages[:i])["render"]
-            export_keyframes(project, keys, Path(output).with_suffix(""))
-        reports.append(run_stage(project, stage, stages[: i + 1]))
-    raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
+    stages = pipeline_stages()[: STAGE_NAMES.index(until) + 1]
+    reports = [run_stage(project, stage, stages[: i + 1]) for i, stage in enumerate(stages)]
+    if "render" in STAGE_NAMES[: len(stages)]:
+        export_keyframes(project, plan_keys(project, stages)["render"], movie_dir_for(output))
+    if until == "video":
+        raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
+    return reports
+
+
+def movie_dir_for(output: Path) -> Path:
+    """The movie folder that goes with a movie file: ``movie.mp4`` -> ``movie/``."""
+    return Path(output).with_suffix("")
