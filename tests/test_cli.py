@@ -91,3 +91,10 @@ def test_status_bad_script_exit_2(tmp_path):
     bad.write_text("title: [unclosed\n")
     result = runner.invoke(app, ["status", str(bad)])
     assert result.exit_code == 2 and "bad.yaml:" in result.output
+
+
+def test_cache_dir_that_is_a_file_exit_2(small_script, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = runner.invoke(app, ["status", str(small_script), "--cache-dir", str(not_a_dir)])
+    assert result.exit_code == 2 and "not a folder" in result.output

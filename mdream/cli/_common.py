@@ -79,6 +79,11 @@ def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: A
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
         raise
+    except OSError as exc:  # disk full, permission denied, ...: the machine's fault, not a bug
+        where = f": {exc.filename}" if exc.filename else ""
+        stderr.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False)
+        stderr.print("[dim]hint: check free space and permissions; finished artifacts are kept, rerun to resume.[/]")
+        raise typer.Exit(EXIT_FAILURE) from None
     except Exception as exc:  # pragma: no cover - a bug; still no bare traceback for users
         if "--debug" in sys.argv or __import__("os").environ.get("MDREAM_DEBUG"):
             raise

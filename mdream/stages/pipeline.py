@@ -26,6 +26,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mdream.cache import Artifact, ArtifactStatus, ArtifactStore, ArtifactWriter, artifact_key
+from mdream.errors import InputError
 from mdream.models.bundle import ModelBundle
 from mdream.script import Plan, PlannedShot, Script, load_script, plan_script
 from mdream.stages.options import RunOptions, resolve_cache_dir
@@ -50,6 +51,8 @@ class Project:
         script = load_script(script_path)  # raises ScriptError (exit 2) with every problem
         plan = plan_script(script)
         cache_dir = resolve_cache_dir(script_path, options.cache_dir)
+        if cache_dir.exists() and not cache_dir.is_dir():
+            raise InputError(f"The cache folder {cache_dir} exists and is not a folder.", hint="pass another --cache-dir")
         bundle = ModelBundle.load(script.output.model_bundle, base_dir=script_path.resolve().parent)
         seed = options.seed if options.seed is not None else script.seed
         return cls(script_path.resolve(), script, plan, ArtifactStore(cache_dir), bundle, seed, options)
