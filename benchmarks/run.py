@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = [
     "benchmarks.bench_cache",
+    "benchmarks.bench_toyworld",
     "benchmarks.eval_baselines",
 ]
 
