@@ -26,8 +26,11 @@ test-slow:
 bench:
 	$(PY) -m benchmarks.run
 
+# The main job on the bundled examples: the furthest stages that are built (see README "Status").
 demo:
-	$(MDREAM) script-validate examples/scripts/short.yaml examples/scripts/long.yaml
+	$(MDREAM) script-validate examples/scripts/short.yaml examples/scripts/long.yaml examples/scripts/storyboard.yaml
+	$(MDREAM) generate examples/scripts/long.yaml -o demo/long.mp4 --until encode --device cpu
+	$(MDREAM) status examples/scripts/long.yaml
 
 lint:
 	$(VENV)/bin/ruff check mdream tests benchmarks

@@ -221,8 +221,8 @@ def generate_cli(
         from mdream.stages.run import movie_dir_for
 
         show_reports(reports)
-        written = output if until == "video" else movie_dir_for(output)
-        stdout.print(f"[green]wrote[/] {written}")
+        if until in ("render", "video"):
+            stdout.print(f"[green]wrote[/] {output if until == 'video' else movie_dir_for(output)}")
 
 
 @app.command("status")
