@@ -64,7 +64,7 @@ def write_examples(target: Path) -> None:
 
 
 def _same_tree(a: Path, b: Path) -> bool:
-    cmp = filecmp.dircmp(a, b)
+    cmp = filecmp.dircmp(a, b, ignore=[".mdream", "__pycache__"])  # a cache left by `make demo` is not an example
     if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
         return False
     match, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
@@ -76,7 +76,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             write_examples(Path(tmp))
             sys.exit(0 if _same_tree(Path(tmp), HERE) else "examples/scripts differs from a fresh write")
-    shutil.rmtree(HERE, ignore_errors=True)
+    for entry in HERE.glob("*"):  # keep a .mdream cache; rewrite the rest
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     write_examples(HERE)
 
 
