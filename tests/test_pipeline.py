@@ -168,3 +168,12 @@ def test_batched_stage_batches_and_a_failed_batch_publishes_nothing(small_script
     ok = BatchedEncode()
     report = run_stage(project, ok, [ok])
     assert ok.batches == [2] and report.produced == ["act1-005", "act1-006"]
+
+
+def test_identical_shots_are_separate_samples(tmp_path):
+    data = small_script_dict()
+    shots = data["arcs"][0]["shots"]
+    shots[1] = dict(shots[0])  # same scene, cast, texts, camera and duration; another id
+    script = write_script(tmp_path / "movie", data)
+    (report,) = _run(script, FakeEncode())
+    assert len(report.produced) == 6 and not report.by_other_process

@@ -116,7 +116,9 @@ def plan_keys(project: Project, stages: Sequence[Stage]) -> dict[str, list[str]]
                     stage_version=stage.version,
                     bundle_id=bundle_id,
                     inputs=stage.shot_inputs(project, shot),
-                    seed=project.seed,
+                    # the shot's own seed (derived from the script seed and the shot id): two
+                    # shots with identical text are still two samples, not one shared artifact
+                    seed=project.shot_seed(stage.name, shot),
                     upstream=upstream,
                 )
             )
