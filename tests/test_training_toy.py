@@ -100,8 +100,13 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
     from mdream.training.evaluate_tokenizer import evaluate_checkpoint
 
     report = evaluate_checkpoint(out / "checkpoints" / "step-0000001", frames=8, num_inference_steps=1,
-                                 conditions="tokens,null", out_json=tmp_path / "eval.json", probe_train_frames=32)
+                                 conditions="tokens,null", out_json=tmp_path / "eval.json", probe_train_frames=32,
+                                 grid=tmp_path / "grid.png")
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert set(saved["results"]) >= {"ground_truth"}
     assert set(report.probe) == {"scene", "left", "center", "right"}
     assert all(0 <= v <= 1 for v in report.probe.values())
+    from PIL import Image
+
+    # ground truth + one row per condition, 8 frames of 32 px each, shown 4x
+    assert Image.open(tmp_path / "grid.png").size == (8 * 32 * 4, 3 * 32 * 4)

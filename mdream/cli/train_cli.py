@@ -86,12 +86,15 @@ def tokenizer_eval_cli(
     seed: Annotated[int, typer.Option(help="Seed of the held-out shots and the sampling noise.")] = 12345,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
     save: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
+    grid: Annotated[Path | None, typer.Option(help="Write a PNG: ground truth, then one row of renders per context.")] = None,
+    probe_frames: Annotated[int, typer.Option(help="Frames to fit the linear probe on the tokens (0: skip).")] = 2048,
 ) -> None:
     """Reconstruct held-out toy frames through the tokens and score scene, cast and identity."""
     from mdream.training.evaluate_tokenizer import evaluate_checkpoint
 
     report = run_cli(evaluate_checkpoint, checkpoint, frames=frames, num_inference_steps=steps,
-                     guidance_scale=guidance_scale, seed=seed, conditions=conditions, out_json=save, as_json=json_out)
+                     guidance_scale=guidance_scale, seed=seed, conditions=conditions, out_json=save, grid=grid,
+                     probe_train_frames=probe_frames, as_json=json_out)
     if json_out:
         print_json(report.to_dict())
         return

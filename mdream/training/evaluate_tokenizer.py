@@ -117,6 +117,7 @@ def evaluate_tokenizer(
     face_model: str | Path | None = None,
     probe_train_frames: int = 2048,
     batch_size: int = 64,
+    grid: str | Path | None = None,
 ) -> TokenizerEval:
     """Reconstruct ``frames`` held-out random shots through the tokens and score them (see module doc)."""
     from mdream.eval.frame_analyser import FrameAnalyser
@@ -152,6 +153,7 @@ def evaluate_tokenizer(
         return row
 
     report.results["ground_truth"] = score(test.frames)
+    rows = [test.frames[:8]]
     for name in conditions:
         groups = CONDITIONS[name]
         if "faces" in groups and bank is None:
@@ -170,11 +172,19 @@ def evaluate_tokenizer(
                 batch_size=len(test.frames[sl]),
             )
             images.append(out.images)
-        report.results[name] = score(np.concatenate(images))
+        images = np.concatenate(images)
+        rows.append(images[:8])
+        report.results[name] = score(images)
         console.print(f"  {name}: {report.results[name]}", highlight=False)
     if probe_train_frames:
         probe_train = render_random_frames(world_seed, probe_train_frames, size, seed + 1, progress=False)
         report.probe = linear_probe(encoder.encode(probe_train.frames), probe_train, tokens, test)
+    if grid:
+        from PIL import Image
+
+        # one row per context (ground truth first), 8 frames each, upscaled 4x for viewing
+        picture = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+        Image.fromarray(picture).resize((picture.shape[1] * 4, picture.shape[0] * 4), Image.Resampling.NEAREST).save(grid)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -189,6 +199,7 @@ def evaluate_checkpoint(
     conditions: str = ",".join(CONDITIONS),
     out_json: str | Path | None = None,
     probe_train_frames: int = 2048,
+    grid: str | Path | None = None,
 ) -> TokenizerEval:
     """Evaluate the ``encoder/`` + ``decoder/`` in a checkpoint (or an exported tokenizer folder)."""
     checkpoint = Path(checkpoint)
@@ -206,7 +217,7 @@ def evaluate_checkpoint(
         raise InputError(f"Unknown condition(s) {unknown}.", hint=f"Choose from {', '.join(CONDITIONS)}.")
     report = evaluate_tokenizer(encoder, decoder, text_encoder, frames=frames, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, seed=seed, conditions=wanted,
-                                probe_train_frames=probe_train_frames)
+                                probe_train_frames=probe_train_frames, grid=grid)
     if out_json:
         Path(out_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report

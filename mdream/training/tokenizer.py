@@ -14,6 +14,7 @@ predicts CLIP's layer-normed patch tokens and image embedding from the tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -219,8 +220,11 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     set_threads_from_env()
     start_from = resolve_resume(resume, out)
     if start_from is not None and (out / "train_config.json").is_file():
+        # resume with the saved settings; options given explicitly (not at their defaults) override them
         saved = json.loads((out / "train_config.json").read_text())
-        config = config_from_dict(TokenizerTrainingConfig, saved | {"steps": config.steps, "checkpoint_every": config.checkpoint_every})
+        defaults = TokenizerTrainingConfig()
+        given = {k: v for k, v in dataclasses.asdict(config).items() if v != getattr(defaults, k)}
+        config = config_from_dict(TokenizerTrainingConfig, saved | given)
     clip_path = str(TOY_CLIP) if config.clip == "toy" else config.clip
     clip_path = str(Path(clip_path).resolve()) if Path(clip_path).exists() else clip_path
     config.clip = clip_path
@@ -228,8 +232,10 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     config.face_embedder = str(face_path) if face_path else "none"
     save_config(config, out / "train_config.json")
 
+    # Without a face embedder the face projection gets no gradient: let DDP (accelerate launch) allow that.
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
-                              gradient_accumulation_steps=config.grad_accum)
+                              gradient_accumulation_steps=config.grad_accum,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     device = accelerator.device
     torch.manual_seed(config.seed)
 
