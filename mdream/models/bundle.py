@@ -139,8 +139,32 @@ class ModelBundle:
                 ident = f"hub:{ref.hub_id}@{ref.revision or 'main'}"
             else:
                 ident = "files:" + hash_tree(ref.path)
+                # A component may name another folder it loads (the keyframe encoder's CLIP vision
+                # tower): retraining that folder must invalidate this component's artifacts too.
+                for linked in linked_folders(ref.path):
+                    ident += f"+{linked.name}:" + hash_tree(linked)
             self._identities[name] = ident
         return self._identities[name]
+
+
+def linked_folders(component: Path) -> list[Path]:
+    """Local folders outside ``component`` that its top-level JSON files name by relative path."""
+    if not component.is_dir():
+        return []
+    found: list[Path] = []
+    for config in sorted(component.glob("*.json")):
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError):
+            continue
+        for value in data.values() if isinstance(data, dict) else []:
+            if not isinstance(value, str) or not value or Path(value).is_absolute():
+                continue
+            target = (component / value).resolve()
+            inside = target == component.resolve() or component.resolve() in target.parents
+            if target.is_dir() and not inside and target not in found:
+                found.append(target)
+    return found
 
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
