@@ -18,7 +18,7 @@ install: $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-slow:
 	$(PY) -m pytest -q -m slow
@@ -29,8 +29,8 @@ bench:
 # The main job on the bundled examples: the furthest stages that are built (see README "Status").
 demo:
 	$(MDREAM) script-validate examples/scripts/short.yaml examples/scripts/long.yaml examples/scripts/storyboard.yaml
-	$(MDREAM) generate examples/scripts/long.yaml -o demo/long.mp4 --until encode --device cpu
-	$(MDREAM) status examples/scripts/long.yaml
+	$(MDREAM) generate examples/scripts/storyboard.yaml -o demo/storyboard.mp4 --until render --device cpu
+	$(MDREAM) eval demo/storyboard --script examples/scripts/storyboard.yaml
 
 lint:
 	$(VENV)/bin/ruff check mdream tests benchmarks

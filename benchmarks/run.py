@@ -9,6 +9,7 @@ BENCHMARKS = [
     "benchmarks.bench_cache",
     "benchmarks.bench_toyworld",
     "benchmarks.eval_baselines",
+    "benchmarks.bench_storyboard",
 ]
 
 
