@@ -26,7 +26,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mdream.cache import Artifact, ArtifactStatus, ArtifactStore, ArtifactWriter, artifact_key
-from mdream.errors import InputError
+from mdream.errors import InputError, MdreamError
 from mdream.models.bundle import ModelBundle
 from mdream.script import Plan, PlannedShot, Script, load_script, plan_script
 from mdream.stages.options import RunOptions, resolve_cache_dir
@@ -151,8 +151,6 @@ def _upstream_artifacts(project: Project, stage: Stage, shot: PlannedShot, keys:
     for up in stage.upstream_stages:
         art = project.store.open(up, keys[up][shot.index])
         if art is None:
-            from mdream.errors import MdreamError
-
             raise MdreamError(
                 f"Stage {stage.name!r} needs the {up!r} artifact of shot {shot.id!r}, which is missing or corrupt.",
                 hint=f"run `mdream {up}` first (or `mdream generate`, which runs every stage)",
