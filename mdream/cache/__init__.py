@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from mdream.cache.keys import artifact_key, canonical_json
-from mdream.cache.store import Artifact, ArtifactStatus, ArtifactStore, ArtifactWriter, StatusReport
+from mdream.cache.store import (
+    Artifact,
+    ArtifactStatus,
+    ArtifactStore,
+    ArtifactWriter,
+    StatusReport,
+    atomic_write_bytes,
+)
 
 __all__ = [
     "Artifact",
@@ -12,5 +19,6 @@ __all__ = [
     "ArtifactWriter",
     "StatusReport",
     "artifact_key",
+    "atomic_write_bytes",
     "canonical_json",
 ]

@@ -158,7 +158,7 @@ def _sha256_file(path: Path, fsync: bool = False) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder, fsync and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -671,7 +671,7 @@ class ArtifactStore:
         if not isinstance(plain, dict):
             raise TypeError(f"manifest data must be a mapping, got {type(data).__name__}")
         text = json.dumps(plain, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        _atomic_write_bytes(path, text.encode("utf-8"))
+        atomic_write_bytes(path, text.encode("utf-8"))
         return path
 
     def read_manifest(self, name: str) -> dict[str, Any] | None:
@@ -747,7 +747,7 @@ class ArtifactStore:
         with contextlib.suppress(OSError):
             record = {"stage": stage, "key": key, "reason": reason, "original": str(art_dir),
                       "time": _now_iso(), "host": socket.gethostname(), "pid": os.getpid()}
-            _atomic_write_bytes(target.with_name(target.name + ".json"),
+            atomic_write_bytes(target.with_name(target.name + ".json"),
                                 (json.dumps(record, indent=2) + "\n").encode("utf-8"))
         logger.warning("corrupt artifact %s: %s. Moved to %s; it will be recomputed.", art_dir, reason, target)
         return target

@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mdream.errors import InputError
 from mdream.eval import metrics
 from mdream.eval.face_embedder import FACE_SIZE, FaceIdentityEmbedder
+from mdream.images import read_rgb
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "eval"
 TOY_FACE_MODEL = ASSETS_DIR / "toy_face_recognition.onnx"
@@ -131,14 +132,6 @@ def _load_plan(script_path: Path):
     return plan_script(load_script(script_path))
 
 
-def _read_rgb(path: Path, what: str) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"Cannot read {what} {path}: {exc}", hint="Is it a PNG/JPEG image?") from exc
-
-
 def load_keyframes(movie_dir: Path, plan) -> list[np.ndarray]:
     """MOVIE_DIR/keyframes/NNNN.png for every planned shot, in plan order (uint8 RGB arrays)."""
     if not movie_dir.exists():
@@ -171,27 +164,11 @@ def load_keyframes(movie_dir: Path, plan) -> list[np.ndarray]:
             f"{len(missing)} of {len(paths)} keyframes missing in {keyframe_dir}: {shown}",
             hint="Run the keyframe and render stages for every shot first (or check the script).",
         )
-    return [_read_rgb(p, "keyframe") for p in paths]
-
-
-def _reference_faces(plan) -> dict[str, list[np.ndarray]]:
-    """The script's face photos per character, resized to 112x112 RGB."""
-    faces: dict[str, list[np.ndarray]] = {}
-    for character_id in plan.characters:
-        for path in plan.face_paths(character_id):
-            image = _read_rgb(path, "face photo")
-            if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
-                image = np.asarray(Image.fromarray(image).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR))
-            faces.setdefault(character_id, []).append(image)
-    return faces
+    return [read_rgb(p, "keyframe") for p in paths]
 
 
 def _reference_embeddings(embedder: FaceIdentityEmbedder, plan) -> dict[str, np.ndarray]:
-    references = {}
-    for character_id, photos in _reference_faces(plan).items():
-        mean = embedder.embed(np.stack(photos)).mean(0)
-        references[character_id] = mean / max(float(np.linalg.norm(mean)), 1e-12)
-    return references
+    return {cid: embedder.identity(plan.face_paths(cid)) for cid in plan.characters}
 
 
 def _crop(frame: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:

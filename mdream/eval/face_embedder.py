@@ -193,6 +193,25 @@ class FaceIdentityEmbedder:
     def input_size(self) -> int:
         return int(self.model.input_size[0])
 
+    def identity(self, photo_paths) -> np.ndarray:
+        """A character's identity: the mean embedding of its face photos, renormalised, float32 ``[D]``.
+
+        Photos of another size are resized to the model's input (bilinear) before embedding.
+        """
+        from PIL import Image
+
+        from mdream.images import read_rgb
+
+        size = self.input_size
+        photos = []
+        for path in photo_paths:
+            image = read_rgb(path, "face photo")
+            if image.shape[:2] != (size, size):
+                image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+            photos.append(image)
+        mean = self.embed(np.stack(photos)).mean(0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
     def embed(self, crops_rgb: np.ndarray, batch_size: int = 64) -> np.ndarray:
         crops_rgb = np.asarray(crops_rgb)
         if crops_rgb.ndim != 4 or crops_rgb.shape[-1] != 3:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from mdream.cache import Artifact, ArtifactWriter
 from mdream.errors import InputError, NotBuiltError
+from mdream.images import read_rgb
 from mdream.models.bundle import hash_file
 from mdream.script import PlannedShot
 from mdream.stages.options import resolve_device
@@ -21,15 +22,6 @@ from mdream.stages.pipeline import Project, Stage
 
 #: Face slots of the renderer's context, in this order; unpositioned cast members fill free slots.
 FACE_SLOTS = ("left", "center", "right")
-
-
-def read_rgb(path) -> np.ndarray:
-    """An image file as uint8 ``[H, W, 3]`` RGB; a clear InputError if it cannot be read."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except OSError as exc:
-        raise InputError(f"Cannot read image {path}: {exc}") from None
 
 
 def sampling_defaults(decoder_folder) -> tuple[int, float]:
@@ -86,9 +78,7 @@ class EncodeStage(Stage):
     def character_embedding(self, project: Project, cid: str) -> np.ndarray:
         """The mean of a character's photo embeddings, renormalised: float32 [512]."""
         if cid not in self._character_embeddings:
-            photos = np.stack([np.asarray(Image.fromarray(read_rgb(p)).resize((112, 112))) for p in project.plan.face_paths(cid)])
-            emb = self.faces.embed(photos).mean(axis=0)  # [n, 512] -> [512]
-            self._character_embeddings[cid] = emb / max(float(np.linalg.norm(emb)), 1e-12)
+            self._character_embeddings[cid] = self.faces.identity(project.plan.face_paths(cid))
         return self._character_embeddings[cid]
 
     def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
@@ -143,7 +133,7 @@ class KeyframesStage(Stage):
         self.encoder.to(resolve_device(project.options.device))
 
     def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
-        image = read_rgb(shot.keyframe)[None]  # [1, H, W, 3]
+        image = read_rgb(shot.keyframe, "keyframe")[None]  # [1, H, W, 3]
         tokens = self.encoder.encode(image)[0]  # [N, d]
         writer.save_tensors("tokens", {"tokens": tokens.contiguous()})
 

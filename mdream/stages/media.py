@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mdream.cache import ArtifactStore, artifact_key
+from mdream.cache import ArtifactStore, artifact_key, atomic_write_bytes
 from mdream.errors import InputError
+from mdream.images import read_rgb
 from mdream.models.bundle import ModelBundle, hash_file
 from mdream.stages.options import resolve_device
 
@@ -91,8 +92,6 @@ def video_keyframes(path: Path, per_shot: int) -> list[MediaItem]:
 def read_item(item: MediaItem) -> np.ndarray:
     """uint8 [H, W, 3] RGB."""
     if item.frame is None:
-        from mdream.stages.definitions import read_rgb
-
         return read_rgb(item.path)
     import cv2
 
@@ -167,8 +166,8 @@ def encode_media(
     tmp = output.with_name(output.name + f".tmp-{os.getpid()}")
     save_file({"tokens": tokens}, str(tmp), metadata={"bundle": model_bundle.name})
     os.replace(tmp, output)
-    sidecar = output.with_suffix(".json")
-    sidecar.write_text(json.dumps({"bundle": model_bundle.name, "items": [asdict(i) for i in items]}, indent=1) + "\n")
+    sidecar = {"bundle": model_bundle.name, "items": [asdict(i) for i in items]}
+    atomic_write_bytes(output.with_suffix(".json"), (json.dumps(sidecar, indent=1) + "\n").encode())
     return MediaEncodeReport(output, len(items), encoded, len(items) - encoded, tuple(tokens.shape))
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from mdream.cache import atomic_write_bytes
 from mdream.errors import MdreamError
 from mdream.stages.pipeline import Project
 
@@ -39,7 +40,5 @@ def export_keyframes(project: Project, render_keys: list[str], out_dir: Path) ->
             stale.unlink()
     shots = {"title": project.plan.title, "script": str(project.script_path),
              "shots": [{"index": s.index, "id": s.id} for s in project.plan.shots]}
-    tmp = out_dir / f"shots.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(shots, indent=2) + "\n")
-    os.replace(tmp, out_dir / "shots.json")
+    atomic_write_bytes(out_dir / "shots.json", (json.dumps(shots, indent=2) + "\n").encode())
     return out_dir
