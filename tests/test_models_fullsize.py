@@ -199,6 +199,46 @@ def test_context_groups_and_null_embeddings():
     assert empty_mask[:, 2:5].tolist() == [[True, False, False]] * 2  # nobody in the shot -> null face
 
 
+def test_pooled_face_slots_know_who_stands_where():
+    """pooled_faces="slots": swapping two faces between positions changes the pooled vector; "mean" cannot tell."""
+    tokens, faces, _, text = conditions()
+    mask = torch.ones(faces.shape[:2], dtype=torch.bool)
+    swapped = faces[:, [1, 0]]
+    for mode, differs in (("slots", True), ("mean", False)):
+        torch.manual_seed(0)
+        ctx = ContextProjector(num_tokens=2, token_dim=16, max_faces=3, text_dim=24, cross_attention_dim=64,
+                               pooled_dim=32, pooled_faces=mode)
+        # zero the learned slot tags so that only the pooling decides whether order matters
+        with torch.no_grad():
+            ctx.face_slot.zero_()
+        _, _, pooled = ctx(tokens, faces, mask, text)
+        _, _, pooled_swapped = ctx(tokens, swapped, mask, text)
+        assert (not torch.allclose(pooled, pooled_swapped, atol=1e-6)) == differs, mode
+    with pytest.raises(InputError):
+        ContextProjector(pooled_faces="sum")
+
+
+def test_identity_head_loss_counts_occupied_slots_only():
+    from mdream.models.compressor import TokenIdentityHead
+
+    torch.manual_seed(0)
+    head = TokenIdentityHead(num_tokens=2, token_dim=16, max_faces=3, face_dim=8, hidden_dim=32)
+    tokens = torch.randn(4, 2, 16)
+    faces = torch.nn.functional.normalize(torch.randn(4, 3, 8), dim=-1)
+    mask = torch.tensor([[True, False, True]] * 4)
+    loss = head.loss(tokens, faces, mask)
+    other = faces.clone()
+    other[:, 1] = torch.randn(4, 8)  # an empty slot's target is never read
+    torch.testing.assert_close(head.loss(tokens, other, mask), loss)
+    # a few steps on a fixed batch lower it (the head can learn the mapping)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        head.loss(tokens, faces, mask).backward()
+        opt.step()
+    assert head.loss(tokens, faces, mask) < 0.5 * loss
+
+
 def test_one_training_step_through_loaded_models(folders, decoder_folder):
     folder, _ = decoder_folder
     decoder = KeyframeDecoder.from_pretrained(folder)

@@ -110,3 +110,24 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
 
     # ground truth + one row per condition, 8 frames of 32 px each, shown 4x
     assert Image.open(tmp_path / "grid.png").size == (8 * 32 * 4, 3 * 32 * 4)
+
+
+def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_path):
+    """With the (shipped toy) face embedder: the face group, the identity auxiliary head, cached CLIP features."""
+    out = tmp_path / "tok"
+    tiny = [a for a in TINY_TOKENIZER if a not in ("--face-embedder", "none")]
+    args = ["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *tiny, "--photos-per-character", "2"]
+    invoke([*args, "--steps", "1"])
+    first = out / "checkpoints" / "step-0000001" / "train"
+    assert (first / "identity_head" / "config.json").is_file()
+    cache = np.load(out / "vision_features_layer-1.npz")
+    assert cache["patches"].shape[0] == 48 and cache["pooled"].shape[0] == 48
+    from mdream.models.compressor import TokenIdentityHead
+
+    before = TokenIdentityHead.from_pretrained(first / "identity_head").embed_head.weight.detach().clone()
+    result = invoke([*args, "--steps", "2"])
+    assert "resumed from" in result.output
+    after = TokenIdentityHead.from_pretrained(out / "checkpoints" / "step-0000002" / "train" / "identity_head")
+    assert not torch.equal(before, after.embed_head.weight)  # the head kept training after the resume
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["identity_weight"] == 1.0 and saved["pooled_faces"] == "slots"

@@ -100,3 +100,44 @@ class TokenReconstructionHead(ModelMixin, ConfigMixin):
         hidden = self.trunk(tokens.flatten(1))
         patches = self.patch_head(hidden).view(tokens.shape[0], self.config.num_patches, self.config.vision_dim)
         return patches, self.embed_head(hidden)
+
+
+class TokenIdentityHead(ModelMixin, ConfigMixin):
+    """Training-only auxiliary head: read who stands where off the tokens, as face embeddings.
+
+    For every cast slot (left / center / right) it predicts the face embedding of the character
+    there and whether the slot is occupied. The targets are the face embeddings the ID-preserving
+    renderer is trained with anyway (the cast's reference faces, in slot order), so the loss needs
+    no labels beyond the renderer's own training data, at toy and at full size. It gives the
+    compressor a direct signal to pack identities into its few tokens: the diffusion loss alone
+    mostly rewards the background, which covers most pixels.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, num_tokens: int = 2, token_dim: int = 128, max_faces: int = 3, face_dim: int = 512,
+                 hidden_dim: int = 512):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(num_tokens * token_dim, hidden_dim), nn.GELU(),
+                                   nn.Linear(hidden_dim, hidden_dim), nn.GELU())
+        self.embed_head = nn.Linear(hidden_dim, max_faces * face_dim)
+        self.occupied_head = nn.Linear(hidden_dim, max_faces)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # tokens [B, N, D] -> face embeddings [B, K, face_dim], occupancy logits [B, K]
+        hidden = self.trunk(tokens.flatten(1))
+        embeds = self.embed_head(hidden).view(tokens.shape[0], self.config.max_faces, self.config.face_dim)
+        return embeds, self.occupied_head(hidden)
+
+    def loss(self, tokens: torch.Tensor, faces: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Cosine distance to each occupied slot's face embedding + occupancy BCE (one scalar).
+
+        tokens [B, N, D]; faces [B, K, face_dim] target embeddings; mask [B, K] bool, True where occupied.
+        """
+        embeds, occupied = self(tokens)
+        mask_f = mask.to(embeds.dtype)
+        cos = torch.nn.functional.cosine_similarity(embeds.float(), faces.float(), dim=-1)  # [B, K]
+        identity = ((1 - cos) * mask_f).sum() / mask_f.sum().clamp(min=1)
+        occupancy = torch.nn.functional.binary_cross_entropy_with_logits(occupied.float(), mask_f.float())
+        return identity + occupancy

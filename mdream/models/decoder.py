@@ -66,8 +66,11 @@ class ContextProjector(ModelMixin, ConfigMixin):
         text_dim: int = 64,
         cross_attention_dim: int = 64,
         pooled_dim: int | None = None,
+        pooled_faces: str = "mean",
     ):
         super().__init__()
+        if pooled_faces not in ("mean", "slots"):
+            raise InputError(f"pooled_faces must be 'mean' or 'slots', got '{pooled_faces}'.")
         c = cross_attention_dim
         self.token_proj = nn.Sequential(nn.Linear(token_dim, c), nn.GELU(), nn.Linear(c, c))
         self.face_proj = nn.Sequential(nn.Linear(face_dim, c), nn.GELU(), nn.Linear(c, c))
@@ -79,8 +82,10 @@ class ContextProjector(ModelMixin, ConfigMixin):
         self.null_face = nn.Parameter(torch.randn(c) * 0.02)
         self.null_text = nn.Parameter(torch.randn(c) * 0.02)
         self.norm = nn.LayerNorm(c)
-        # pooled input: all token slots, the masked mean of the faces, the descriptor
-        self.pooled_proj = nn.Linear((num_tokens + 2) * c, pooled_dim) if pooled_dim else None
+        # pooled input: all token slots, the faces (their masked mean, or every slot so that the time
+        # embedding also knows who stands where), the descriptor
+        face_width = max_faces if pooled_faces == "slots" else 1
+        self.pooled_proj = nn.Linear((num_tokens + face_width + 1) * c, pooled_dim) if pooled_dim else None
 
     @property
     def context_length(self) -> int:
@@ -157,8 +162,11 @@ class ContextProjector(ModelMixin, ConfigMixin):
         if self.pooled_proj is not None:
             n, k = cfg.num_tokens, cfg.max_faces
             m = mask[:, n : n + k, None].to(dtype)
-            face_mean = (context[:, n : n + k] * m).sum(1) / m.sum(1).clamp(min=1)
-            pooled = self.pooled_proj(torch.cat([context[:, :n].flatten(1), face_mean, context[:, -1]], dim=1))
+            if cfg.pooled_faces == "slots":
+                face_pooled = (context[:, n : n + k] * m).flatten(1)  # [B, K*C], empty slots zero
+            else:
+                face_pooled = (context[:, n : n + k] * m).sum(1) / m.sum(1).clamp(min=1)  # [B, C]
+            pooled = self.pooled_proj(torch.cat([context[:, :n].flatten(1), face_pooled, context[:, -1]], dim=1))
         return context, mask, pooled
 
 

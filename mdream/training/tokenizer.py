@@ -28,7 +28,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from mdream.models.compressor import TokenCompressor, TokenReconstructionHead
+from mdream.models.compressor import TokenCompressor, TokenIdentityHead, TokenReconstructionHead
 from mdream.models.decoder import ContextProjector, KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
 from mdream.models.loading import load_pretrained, quiet_loading, read_json, write_json
@@ -79,22 +79,30 @@ class TokenizerTrainingConfig:
     """Internal width of the compressor."""
     compressor_layers: int = 2
     """Compressor blocks (cross-attention to patches, self-attention, MLP)."""
+    vision_feature_layer: int = -1
+    """Which hidden state of the frozen CLIP the compressor reads (-1: the last)."""
     unet_widths: str = "16,32,64"
-    """UNet channels per level; cross-attention only at the lowest level (8x8 at 32 px)."""
+    """UNet channels per level."""
+    cross_attention_levels: int = 2
+    """How many of the lowest UNet levels have cross-attention to the context (1: only 8x8 at 32 px)."""
     layers_per_block: int = 2
     """ResNet layers per UNet level."""
+    time_scale_shift: bool = True
+    """ResNets modulate their features by scale and shift from the time(+pooled context) embedding (AdaGN)."""
     cross_attention_dim: int = 64
     """Width of the decoder's context (each group is projected to it)."""
     pooled_dim: int = 128
     """Width of the pooled context added to the UNet's time embedding."""
+    pooled_faces: str = "slots"
+    """Faces in the pooled context: slots (each position, so the time embedding knows who is where) or mean."""
     prediction_type: str = "v_prediction"
     """Diffusion target: v_prediction, epsilon or sample."""
     beta_schedule: str = "linear"
     """DDPM noise schedule (linear, scaled_linear, squaredcos_cap_v2)."""
     snr_gamma: float = 5.0
     """Min-SNR loss weighting gamma (0 disables)."""
-    timestep_power: float = 0.5
-    """t = 999 * u**power: 0.5 favours mid/high noise, where the conditioning decides content."""
+    timestep_power: float = 1.0
+    """t = 999 * u**power: below 1 favours mid/high noise (conditioning decides content) but starves the low-noise end (grain)."""
     drop_tokens: float = 0.15
     """Probability of replacing a frame's tokens by the null tokens."""
     drop_faces: float = 0.5
@@ -103,6 +111,10 @@ class TokenizerTrainingConfig:
     """Probability of replacing a frame's descriptor by the null descriptor."""
     aux_weight: float = 1.0
     """Weight of the auxiliary loss (predict CLIP's patch tokens and image embedding from the tokens)."""
+    identity_weight: float = 1.0
+    """Weight of the identity auxiliary loss (predict each slot's face embedding from the tokens; needs the face group)."""
+    cache_features: bool = True
+    """Run the frozen CLIP once over the training frames and keep its features (no image augmentation is used)."""
     steps: int = 6000
     """Optimizer steps."""
     batch_size: int = 32
@@ -132,14 +144,17 @@ class TokenizerTrainingConfig:
 class TokenizerModel(nn.Module):
     """Everything that trains, behind one forward() so accelerate/DDP can wrap it."""
 
-    def __init__(self, compressor: TokenCompressor, decoder: KeyframeDecoder, aux_head: TokenReconstructionHead | None):
+    def __init__(self, compressor: TokenCompressor, decoder: KeyframeDecoder, aux_head: TokenReconstructionHead | None,
+                 identity_head: TokenIdentityHead | None = None):
         super().__init__()
         self.compressor = compressor
         self.decoder = decoder
         self.aux_head = aux_head
+        self.identity_head = identity_head
 
-    def forward(self, images, patches, image_embeds, faces, face_mask, text, config: TokenizerTrainingConfig):
+    def forward(self, images, patches, image_embeds, faces, face_mask, text, identity_target, config: TokenizerTrainingConfig):
         # images [B, 3, S, S] in [-1, 1]; patches [B, 1+P, Dv] frozen CLIP states; image_embeds [B, Dv]
+        # identity_target [B, 3, 512] reference face embedding of the character in each slot (or None)
         tokens = self.compressor(patches)
         diffusion = self.decoder.diffusion_loss(
             images, tokens, faces, face_mask, text,
@@ -153,20 +168,25 @@ class TokenizerModel(nn.Module):
             aux = F.mse_loss(pred_patches.float(), target.float()) + F.mse_loss(
                 pred_embed.float(), F.layer_norm(image_embeds, image_embeds.shape[-1:]).float()
             )
+        if self.identity_head is not None and identity_target is not None:
+            identity = self.identity_head.loss(tokens, identity_target, face_mask)
+            aux = aux + config.identity_weight / max(config.aux_weight, 1e-8) * identity
         return diffusion + config.aux_weight * aux, diffusion.detach(), aux.detach()
 
 
 def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: int = 512) -> KeyframeDecoder:
     widths = parse_int_tuple(config.unet_widths, "--unet-widths")
     levels = len(widths)
+    attn = max(1, min(config.cross_attention_levels, levels))
     unet = UNet2DConditionModel(
         sample_size=config.image_size,
         in_channels=3,
         out_channels=3,
         block_out_channels=widths,
         layers_per_block=config.layers_per_block,
-        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
-        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        down_block_types=("DownBlock2D",) * (levels - attn) + ("CrossAttnDownBlock2D",) * attn,
+        up_block_types=("CrossAttnUpBlock2D",) * attn + ("UpBlock2D",) * (levels - attn),
+        resnet_time_scale_shift="scale_shift" if config.time_scale_shift else "default",
         cross_attention_dim=config.cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=min(8, widths[0]),
@@ -175,11 +195,37 @@ def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: 
     )
     context = ContextProjector(
         num_tokens=config.num_tokens, token_dim=config.token_dim, face_dim=face_dim, max_faces=3, text_dim=text_dim,
-        cross_attention_dim=config.cross_attention_dim, pooled_dim=config.pooled_dim,
+        cross_attention_dim=config.cross_attention_dim, pooled_dim=config.pooled_dim, pooled_faces=config.pooled_faces,
     )
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule=config.beta_schedule,
                               prediction_type=config.prediction_type, clip_sample=False)
     return KeyframeDecoder(unet, context, scheduler, None, "ddim")
+
+
+def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path, config: TokenizerTrainingConfig):
+    """The frozen CLIP's (patch tokens, image embedding) of every training frame, float16, cached in OUT.
+
+    The vision tower is frozen and frames are not augmented, so its features never change: computing
+    them once saves a forward pass per step. The cache file is named by the layer it holds.
+    """
+    path = out / f"vision_features_layer{config.vision_feature_layer}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            if len(z["patches"]) == len(train):
+                return z["patches"], z["pooled"]
+    patches, pooled = [], []
+    with training_progress("CLIP features") as bar:
+        task = bar.add_task("frames", total=len(train), status="")
+        for i in range(0, len(train), 256):
+            p, e = encoder.vision_features(train.frames[i : i + 256])
+            patches.append(p.half().cpu().numpy())
+            pooled.append(e.half().cpu().numpy())
+            bar.update(task, completed=min(i + 256, len(train)))
+    patches, pooled = np.concatenate(patches), np.concatenate(pooled)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, patches=patches, pooled=pooled)
+    tmp.replace(path)
+    return patches, pooled
 
 
 def _face_embedder_path(setting: str) -> Path | None:
@@ -266,14 +312,18 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             context = load_pretrained(ContextProjector, str(start_from / "train" / "context"), "context projector")
             aux_path = start_from / "train" / "aux_head"
             aux_head = load_pretrained(TokenReconstructionHead, str(aux_path), "aux head") if aux_path.is_dir() else None
+            id_path = start_from / "train" / "identity_head"
+            identity_head = load_pretrained(TokenIdentityHead, str(id_path), "identity head") if id_path.is_dir() else None
         fresh = build_toy_decoder(config, text_encoder.embed_dim)
         decoder = KeyframeDecoder(unet, context, fresh.scheduler, None, "ddim")
     else:
         decoder = build_toy_decoder(config, text_encoder.embed_dim)
         compressor = None
         aux_head = None
+        identity_head = None
     encoder = KeyframeEncoder.from_vision_model(
-        clip_path, compressor, num_tokens=config.num_tokens, token_dim=config.token_dim,
+        clip_path, compressor, vision_feature_layer=config.vision_feature_layer,
+        num_tokens=config.num_tokens, token_dim=config.token_dim,
         width=config.compressor_width, num_layers=config.compressor_layers,
     )
     vision_cfg = encoder.vision_model.config
@@ -283,7 +333,15 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             num_patches=(vision_cfg.image_size // vision_cfg.patch_size) ** 2, vision_dim=vision_cfg.hidden_size,
             image_embed_dim=vision_cfg.hidden_size,
         )
-    model = TokenizerModel(encoder.compressor, decoder, aux_head)
+    if identity_head is None and bank is not None and config.identity_weight > 0:
+        identity_head = TokenIdentityHead(num_tokens=config.num_tokens, token_dim=config.token_dim, max_faces=3,
+                                          face_dim=bank.shape[-1])
+    # the identity target of each character: its mean reference-photo embedding, L2-normalised
+    references = None
+    if bank is not None:
+        references = bank.mean(axis=1)
+        references /= np.linalg.norm(references, axis=1, keepdims=True)
+    model = TokenizerModel(encoder.compressor, decoder, aux_head, identity_head)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
@@ -298,6 +356,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     console.print(f"training {n_params / 1e6:.2f} M parameters on {len(train)} frames ({device}); faces: {bank is not None}")
     encoder.vision_model.to(device)
     encoder.preprocessor.to(device)
+    features = _cached_vision_features(encoder, train, out, config) if config.cache_features else None
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(device)
     rng = np.random.default_rng([config.seed, step, accelerator.process_index])
@@ -315,6 +374,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             unwrapped.decoder.context.save_pretrained(folder / "train" / "context")
             if unwrapped.aux_head is not None:
                 unwrapped.aux_head.save_pretrained(folder / "train" / "aux_head")
+            if unwrapped.identity_head is not None:
+                unwrapped.identity_head.save_pretrained(folder / "train" / "identity_head")
             torch.save({"optimizer": optimizer.state_dict(), "ema": ema.state_dict()}, folder / "train" / "state.pt")
             # the exportable models carry the EMA weights
             ema.store(trainable)
@@ -335,13 +396,21 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             for _ in range(config.grad_accum):
                 idx = rng.integers(len(train), size=micro)
                 images = images_to_float(train.frames[idx]).to(device)
-                patches, pooled = encoder.vision_features(images)
+                if features is not None:
+                    patches = torch.from_numpy(features[0][idx]).to(device, torch.float32)
+                    pooled = torch.from_numpy(features[1][idx]).to(device, torch.float32)
+                else:
+                    patches, pooled = encoder.vision_features(images)
                 faces, face_mask = faces_for_batch(train.chars[idx], bank, rng)
                 faces_t = torch.from_numpy(faces).to(device) if bank is not None else None
                 mask_t = torch.from_numpy(face_mask).to(device) if bank is not None else None
+                identity_t = None
+                if references is not None:
+                    slots = np.where(face_mask[..., None], references[np.maximum(train.chars[idx], 0)], 0.0)
+                    identity_t = torch.from_numpy(slots.astype(np.float32)).to(device)
                 text = torch.from_numpy(text_embeds[idx]).to(device)
                 with accelerator.accumulate(model), accelerator.autocast():
-                    loss, diffusion, aux = model(images, patches, pooled, faces_t, mask_t, text, config)
+                    loss, diffusion, aux = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(trainable, 1.0)
