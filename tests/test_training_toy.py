@@ -131,3 +131,17 @@ def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_pa
     assert not torch.equal(before, after.embed_head.weight)  # the head kept training after the resume
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["identity_weight"] == 1.0 and saved["pooled_faces"] == "slots"
+
+
+def test_tokenizer_training_can_start_from_another_runs_unet(clip_run, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--steps", "1"]
+    invoke(["tokenizer", "--out", str(first), *base])
+    result = invoke(["tokenizer", "--out", str(second), *base, "--init-unet", str(first), "--lr", "0"])
+    assert "UNet initialised from" in result.output
+    # lr 0: the second run's UNet is exactly the first run's exported (EMA) UNet
+    a = KeyframeDecoder.from_pretrained(first / "checkpoints" / "step-0000001" / "decoder").unet.state_dict()
+    b = KeyframeDecoder.from_pretrained(second / "checkpoints" / "step-0000001" / "decoder").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "third"), *base, "--init-unet", str(tmp_path / "nope")])
+    assert bad.exit_code == 2 and "no UNet there" in bad.output

@@ -28,6 +28,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 
+from mdream.errors import InputError
 from mdream.models.compressor import TokenCompressor, TokenIdentityHead, TokenReconstructionHead
 from mdream.models.decoder import ContextProjector, KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
@@ -113,6 +114,8 @@ class TokenizerTrainingConfig:
     """Weight of the auxiliary loss (predict CLIP's patch tokens and image embedding from the tokens)."""
     identity_weight: float = 1.0
     """Weight of the identity auxiliary loss (predict each slot's face embedding from the tokens; needs the face group)."""
+    init_unet: str = ""
+    """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
     """Run the frozen CLIP once over the training frames and keep its features (no image augmentation is used)."""
     steps: int = 6000
@@ -228,6 +231,19 @@ def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path
     return patches, pooled
 
 
+def _unet_folder(source: Path) -> Path:
+    """The UNet folder inside a run folder, a checkpoint, a decoder folder, or the UNet folder itself."""
+    from mdream.training.common import latest_checkpoint
+
+    if (source / "checkpoints").is_dir():
+        source = latest_checkpoint(source) or source
+    # the exported (EMA) UNet of a checkpoint first: smoother than the raw training weights
+    for candidate in (source / "decoder" / "unet", source / "train" / "unet", source / "unet", source):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise InputError(f"--init-unet {source}: no UNet there (looked for train/unet, decoder/unet, unet).")
+
+
 def _face_embedder_path(setting: str) -> Path | None:
     if setting == "none":
         return None
@@ -236,8 +252,6 @@ def _face_embedder_path(setting: str) -> Path | None:
         if setting == "auto":
             console.print(f"[yellow]no face embedder at {path}: training without the face group[/]")
             return None
-        from mdream.errors import InputError
-
         raise InputError(f"--face-embedder {setting}: no such file.")
     return path
 
@@ -318,6 +332,11 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         decoder = KeyframeDecoder(unet, context, fresh.scheduler, None, "ddim")
     else:
         decoder = build_toy_decoder(config, text_encoder.embed_dim)
+        if config.init_unet:
+            with quiet_loading():
+                unet = load_pretrained(UNet2DConditionModel, str(_unet_folder(Path(config.init_unet))), "UNet to start from")
+            decoder = KeyframeDecoder(unet, decoder.context, decoder.scheduler, None, "ddim")
+            console.print(f"UNet initialised from {config.init_unet}")
         compressor = None
         aux_head = None
         identity_head = None
