@@ -131,6 +131,12 @@ def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_pa
     assert not torch.equal(before, after.embed_head.weight)  # the head kept training after the resume
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["identity_weight"] == 1.0 and saved["pooled_faces"] == "slots"
+    from mdream.training.evaluate_tokenizer import evaluate_checkpoint
+
+    report = evaluate_checkpoint(out / "checkpoints" / "step-0000002", frames=8, num_inference_steps=1,
+                                 conditions="tokens", probe_train_frames=0)
+    assert set(report.token_identity) == {"occupied_slot_identity", "occupancy", "whole_cast"}
+    assert all(0 <= v <= 1 for v in report.token_identity.values())
 
 
 def test_tokenizer_training_can_start_from_another_runs_unet(clip_run, tmp_path):

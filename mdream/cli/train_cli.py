@@ -110,3 +110,6 @@ def tokenizer_eval_cli(
     stdout.print(table)
     if report.probe:
         stdout.print("linear probe on the tokens: " + ", ".join(f"{k} {v:.3f}" for k, v in report.probe.items()), highlight=False)
+    if report.token_identity:
+        stdout.print("identities read off the tokens by the run's identity head: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in report.token_identity.items()), highlight=False)

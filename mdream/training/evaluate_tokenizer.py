@@ -43,11 +43,13 @@ class TokenizerEval:
     guidance_scale: float
     results: dict[str, dict[str, float | None]] = field(default_factory=dict)
     probe: dict[str, float] = field(default_factory=dict)
+    token_identity: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"frames": self.frames, "steps": self.steps, "guidance_scale": self.guidance_scale,
-                "results": self.results, "probe": self.probe, "seconds": round(self.seconds, 1)}
+                "results": self.results, "probe": self.probe, "token_identity": self.token_identity,
+                "seconds": round(self.seconds, 1)}
 
 
 def analyse_accuracy(analyser, frames: np.ndarray, scene: np.ndarray, chars: np.ndarray,
@@ -116,6 +118,27 @@ def linear_probe(train_tokens: torch.Tensor, train: FrameSet, test_tokens: torch
     return out
 
 
+def token_identity_readout(compressor, identity_head, encoder: KeyframeEncoder, test: FrameSet,
+                           references: np.ndarray) -> dict[str, float]:
+    """Who stands where, read off the tokens by a run's own ``TokenIdentityHead`` (no renderer involved).
+
+    Each slot is "empty" where the head's occupancy logit is negative, else the character whose mean
+    reference face is nearest the predicted embedding. Chance for an occupied slot is 1 / #characters.
+    """
+    reader = KeyframeEncoder(encoder.vision_model, compressor, encoder.preprocessor, encoder.vision_feature_layer)
+    with torch.no_grad():
+        embeds, occupied = identity_head(reader.encode(test.frames))
+    nearest = (torch.nn.functional.normalize(embeds.float(), dim=-1).numpy() @ references.T).argmax(-1)  # [B, K]
+    pred = np.where(occupied.numpy() > 0, nearest, -1)
+    is_occupied = test.chars >= 0
+    right = pred == test.chars
+    return {
+        "occupied_slot_identity": float(right[is_occupied].mean()) if is_occupied.any() else float("nan"),
+        "occupancy": float(((occupied.numpy() > 0) == is_occupied).mean()),
+        "whole_cast": float(right.all(axis=1).mean()),
+    }
+
+
 def evaluate_tokenizer(
     encoder: KeyframeEncoder,
     decoder: KeyframeDecoder,
@@ -131,8 +154,12 @@ def evaluate_tokenizer(
     probe_train_frames: int = 2048,
     batch_size: int = 64,
     grid: str | Path | None = None,
+    identity_reader: tuple | None = None,
 ) -> TokenizerEval:
-    """Reconstruct ``frames`` held-out random shots through the tokens and score them (see module doc)."""
+    """Reconstruct ``frames`` held-out random shots through the tokens and score them (see module doc).
+
+    ``identity_reader``: (compressor, TokenIdentityHead) of a training run, to also read identities off the tokens.
+    """
     from mdream.eval.frame_analyser import FrameAnalyser
     from mdream.toyworld import make_world
 
@@ -194,6 +221,8 @@ def evaluate_tokenizer(
     if probe_train_frames:
         probe_train = render_random_frames(world_seed, probe_train_frames, size, seed + 1, progress=False)
         report.probe = linear_probe(encoder.encode(probe_train.frames), probe_train, tokens, test)
+    if identity_reader is not None and references is not None:
+        report.token_identity = token_identity_readout(*identity_reader, encoder, test, references)
     if grid:
         from PIL import Image
 
@@ -230,9 +259,17 @@ def evaluate_checkpoint(
     unknown = [c for c in wanted if c not in CONDITIONS]
     if unknown:
         raise InputError(f"Unknown condition(s) {unknown}.", hint=f"Choose from {', '.join(CONDITIONS)}.")
+    identity_reader = None
+    if (checkpoint / "train" / "identity_head").is_dir():
+        # the head was trained on the raw (not EMA) compressor's tokens: read with that pair
+        from mdream.models.compressor import TokenCompressor, TokenIdentityHead
+        from mdream.models.loading import load_pretrained
+
+        identity_reader = (load_pretrained(TokenCompressor, str(checkpoint / "train" / "compressor"), "compressor"),
+                           load_pretrained(TokenIdentityHead, str(checkpoint / "train" / "identity_head"), "identity head"))
     report = evaluate_tokenizer(encoder, decoder, text_encoder, frames=frames, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, seed=seed, conditions=wanted,
-                                probe_train_frames=probe_train_frames, grid=grid)
+                                probe_train_frames=probe_train_frames, grid=grid, identity_reader=identity_reader)
     if out_json:
         Path(out_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report

@@ -5,11 +5,14 @@ decoder learns to denoise the frame from [tokens ; cast face embeddings ; descri
 whole groups dropped at random. Only the compressor, the decoder's context projector and UNet
 (and a training-only auxiliary head) are trained, as in MovieDreamer.
 
-The recipe that makes the decoder listen to 2 tokens at 32x32 on 2 CPU cores (MACHINE-NOTES,
-"first toy diffusion-autoencoder experiment"): v-prediction, min(SNR+1, 5)/(SNR+1) loss weights,
-t = 999 * sqrt(u), UNet widths (16, 32, 64) with cross-attention only at 8x8, the pooled context
-added to the time embedding (``class_embed_type="projection"``), and an auxiliary head that
-predicts CLIP's layer-normed patch tokens and image embedding from the tokens.
+The recipe, chosen by measurement on 2 CPU cores (benchmarks/RESULTS.md, "Keyframe tokenizer"):
+x0 ("sample") prediction with a plain MSE and uniform timesteps (v-prediction with min-SNR
+weights and high-noise-biased timesteps left the low-noise end undertrained: grainy renders);
+UNet widths (16, 32, 64) with cross-attention at 16x16 and 8x8 and AdaGN (scale-shift) time
+conditioning; a pooled context [tokens ; face *slots* ; descriptor] added to the time embedding
+(``class_embed_type="projection"``), so every ResNet knows who stands where; and two
+training-only auxiliary heads on the tokens: one predicts CLIP's layer-normed patch tokens and
+image embedding, the other each cast slot's face embedding (``TokenIdentityHead``).
 """
 
 from __future__ import annotations
@@ -96,11 +99,11 @@ class TokenizerTrainingConfig:
     """Width of the pooled context added to the UNet's time embedding."""
     pooled_faces: str = "slots"
     """Faces in the pooled context: slots (each position, so the time embedding knows who is where) or mean."""
-    prediction_type: str = "v_prediction"
+    prediction_type: str = "sample"
     """Diffusion target: v_prediction, epsilon or sample."""
     beta_schedule: str = "linear"
     """DDPM noise schedule (linear, scaled_linear, squaredcos_cap_v2)."""
-    snr_gamma: float = 5.0
+    snr_gamma: float = 0.0
     """Min-SNR loss weighting gamma (0 disables)."""
     timestep_power: float = 1.0
     """t = 999 * u**power: below 1 favours mid/high noise (conditioning decides content) but starves the low-noise end (grain)."""
