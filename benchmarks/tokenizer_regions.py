@@ -35,9 +35,9 @@ def region_errors(checkpoint: Path, clip: str | None, frames: int, timesteps: tu
     from mdream.models.decoder import KeyframeDecoder
     from mdream.models.encoders import KeyframeEncoder, TextEncoder
     from mdream.models.loading import resolve_reference
+    from mdream.toyworld import make_world
     from mdream.training.data import face_embedding_bank, faces_for_batch, render_random_frames
     from mdream.training.evaluate_tokenizer import EVAL_ASSETS
-    from mdream.toyworld import make_world
 
     encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
     decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
