@@ -82,6 +82,15 @@ def test_tokenizer_training_resume_and_render(clip_run, tmp_path):
     result = invoke([*args, "--steps", "3"])
     assert "resumed from" in result.output
     checkpoint = out / "checkpoints" / "step-0000003"
+    assert json.loads((checkpoint / "train_config.json").read_text())["steps"] == 3
+    from mdream.training.tokenizer import export_tokenizer
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "eval.json").write_text("{}")  # a stale record from other weights must not survive an export
+    export_tokenizer(checkpoint, shipped)
+    assert json.loads((shipped / "train_config.json").read_text())["steps"] == 3
+    assert not (shipped / "eval.json").exists()
     encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
     decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
     frames = np.load(out / "frames.npz")["frames"][:2]

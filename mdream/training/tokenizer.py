@@ -274,6 +274,8 @@ def export_tokenizer(checkpoint: str | Path, dest: str | Path, clip_reference: s
         src = checkpoint / name if (checkpoint / name).is_file() else checkpoint.parent.parent / name
         if src.is_file():
             shutil.copy(src, dest / name)
+        elif (dest / name).is_file():
+            (dest / name).unlink()  # never leave another run's record beside these weights
 
 
 def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: str = "auto") -> Path:
@@ -406,6 +408,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                             encoder.vision_feature_layer, clip_path).save_pretrained(folder / "encoder")
             unwrapped.decoder.save_pretrained(folder / "decoder")
             ema.restore(trainable)
+            # the settings travel with the checkpoint, so a copied-out checkpoint still says how it was made
+            shutil.copy(out / "train_config.json", folder / "train_config.json")
         finish_checkpoint(out, folder, {"step": step, **losses}, config.keep_checkpoints)
 
     running = {"loss": 0.0, "diffusion": 0.0, "aux": 0.0}
