@@ -199,6 +199,17 @@ def test_context_groups_and_null_embeddings():
     assert empty_mask[:, 2:5].tolist() == [[True, False, False]] * 2  # nobody in the shot -> null face
 
 
+def test_decoder_keeps_its_sampling_settings_through_save(decoder_folder, tmp_path):
+    folder, _ = decoder_folder
+    decoder = KeyframeDecoder.from_pretrained(folder)
+    decoder.sampling = {"num_inference_steps": 7, "guidance_scale": 3.0}
+    decoder.save_pretrained(tmp_path / "again")
+    assert KeyframeDecoder.from_pretrained(tmp_path / "again").sampling == {"num_inference_steps": 7, "guidance_scale": 3.0}
+    from mdream.stages.definitions import sampling_defaults
+
+    assert sampling_defaults(tmp_path / "again") == (7, 3.0)
+
+
 def test_pooled_face_slots_know_who_stands_where():
     """pooled_faces="slots": swapping two faces between positions changes the pooled vector; "mean" cannot tell."""
     tokens, faces, _, text = conditions()

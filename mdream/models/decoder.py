@@ -228,6 +228,8 @@ class KeyframeDecoder(nn.Module):
         self.vae = vae.eval().requires_grad_(False) if vae is not None else None
         self.scheduler = scheduler
         self.scheduler_name = scheduler_name
+        # sampling settings this decoder was tuned for (num_inference_steps, guidance_scale), kept on save
+        self.sampling: dict = {}
 
     # ---- construction -------------------------------------------------------------------------
     @staticmethod
@@ -256,7 +258,9 @@ class KeyframeDecoder(nn.Module):
         vae = load_pretrained(AutoencoderKL, str(folder / "vae"), "decoder VAE") if cfg.get("vae") else None
         name = cfg.get("scheduler", "ddim")
         scheduler_config = DDIMScheduler.load_config(str(folder / "scheduler"))
-        return cls(unet, context, cls.make_scheduler(name, scheduler_config), vae, name)
+        decoder = cls(unet, context, cls.make_scheduler(name, scheduler_config), vae, name)
+        decoder.sampling = dict(cfg.get("sampling") or {})
+        return decoder
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -265,10 +269,10 @@ class KeyframeDecoder(nn.Module):
         self.scheduler.save_pretrained(folder / "scheduler")
         if self.vae is not None:
             self.vae.save_pretrained(folder / "vae")
-        write_json(
-            folder / DECODER_CONFIG,
-            {"_class_name": "KeyframeDecoder", "scheduler": self.scheduler_name, "vae": self.vae is not None},
-        )
+        config = {"_class_name": "KeyframeDecoder", "scheduler": self.scheduler_name, "vae": self.vae is not None}
+        if self.sampling:
+            config["sampling"] = self.sampling
+        write_json(folder / DECODER_CONFIG, config)
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler (``ddim``, ``ddpm``, ``euler``, ``dpmpp``), keeping the noise schedule and target."""
