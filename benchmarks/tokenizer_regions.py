@@ -33,7 +33,7 @@ def region_errors(checkpoint: Path, clip: str | None, frames: int, timesteps: tu
     from diffusers import DDPMScheduler
 
     from mdream.models.decoder import KeyframeDecoder
-    from mdream.models.encoders import KeyframeEncoder, TextEncoder
+    from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
     from mdream.models.loading import resolve_reference
     from mdream.toyworld import make_world
     from mdream.training.data import face_embedding_bank, faces_for_batch, render_random_frames
@@ -53,7 +53,7 @@ def region_errors(checkpoint: Path, clip: str | None, frames: int, timesteps: tu
         "null": decoder.context(None, None, None, None, batch_size=frames),
     }
     inside = torch.from_numpy(character_regions(test.shots, decoder.image_size, world))[:, None].expand(-1, 3, -1, -1)
-    x0 = torch.from_numpy(test.frames).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, S, S]
+    x0 = images_to_float(test.frames)  # [B, 3, S, S] in [-1, 1]
     scheduler = DDPMScheduler.from_config(decoder.scheduler.config)
     rows = []
     with torch.no_grad():

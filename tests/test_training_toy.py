@@ -131,6 +131,7 @@ def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_pa
     assert (first / "identity_head" / "config.json").is_file()
     cache = np.load(out / "vision_features_layer-1.npz")
     assert cache["patches"].shape[0] == 48 and cache["pooled"].shape[0] == 48
+    assert str(cache["clip"]) == str((clip_run / "final").resolve())  # a resume with another CLIP recomputes them
     from mdream.models.compressor import TokenIdentityHead
 
     before = TokenIdentityHead.from_pretrained(first / "identity_head").embed_head.weight.detach().clone()

@@ -140,6 +140,12 @@ def face_embedding_bank(world_seed: int, embedder_path: str | Path, photos_per_c
     return emb.reshape(len(world.characters), photos_per_character, -1).astype(np.float32)
 
 
+def character_references(bank: np.ndarray) -> np.ndarray:
+    """float32 [C, 512]: each character's mean photo embedding, L2-normalised (its identity reference)."""
+    references = bank.mean(axis=1)
+    return (references / np.linalg.norm(references, axis=1, keepdims=True)).astype(np.float32)
+
+
 def faces_for_batch(chars: np.ndarray, bank: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Per frame, one random photo embedding per cast member in position order: [B, 3, 512], mask [B, 3]."""
     b = len(chars)

@@ -21,7 +21,13 @@ from mdream.errors import InputError
 from mdream.models.decoder import KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder
 from mdream.training.common import console
-from mdream.training.data import FrameSet, face_embedding_bank, faces_for_batch, render_random_frames
+from mdream.training.data import (
+    FrameSet,
+    character_references,
+    face_embedding_bank,
+    faces_for_batch,
+    render_random_frames,
+)
 
 EVAL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "eval"
 # Context groups given to the renderer in each measured condition.
@@ -180,10 +186,7 @@ def evaluate_tokenizer(
     tokens = encoder.encode(test.frames)
     text = text_encoder.encode(test.descriptors)
     faces, face_mask = faces_for_batch(test.chars, bank, np.random.default_rng(seed))
-    references = None
-    if bank is not None:
-        references = bank.mean(axis=1)
-        references /= np.linalg.norm(references, axis=1, keepdims=True)
+    references = character_references(bank) if bank is not None else None
     report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale)
 
     reading = analyser.analyse(test.frames) if analyser else None

@@ -50,7 +50,13 @@ from mdream.training.common import (
     set_threads_from_env,
     training_progress,
 )
-from mdream.training.data import FrameSet, face_embedding_bank, faces_for_batch, frame_set
+from mdream.training.data import (
+    FrameSet,
+    character_references,
+    face_embedding_bank,
+    faces_for_batch,
+    frame_set,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_FACE_EMBEDDER = ASSETS / "eval" / "toy_face_recognition.onnx"
@@ -174,10 +180,11 @@ class TokenizerModel(nn.Module):
             aux = F.mse_loss(pred_patches.float(), target.float()) + F.mse_loss(
                 pred_embed.float(), F.layer_norm(image_embeds, image_embeds.shape[-1:]).float()
             )
+        identity = torch.zeros((), device=images.device)
         if self.identity_head is not None and identity_target is not None:
             identity = self.identity_head.loss(tokens, identity_target, face_mask)
-            aux = aux + config.identity_weight / max(config.aux_weight, 1e-8) * identity
-        return diffusion + config.aux_weight * aux, diffusion.detach(), aux.detach()
+        loss = diffusion + config.aux_weight * aux + config.identity_weight * identity
+        return loss, diffusion.detach(), aux.detach(), identity.detach()
 
 
 def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: int = 512) -> KeyframeDecoder:
@@ -217,7 +224,8 @@ def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path
     path = out / f"vision_features_layer{config.vision_feature_layer}.npz"
     if path.is_file():
         with np.load(path) as z:
-            if len(z["patches"]) == len(train):
+            # a resume with another --clip must not reuse the old CLIP's features
+            if len(z["patches"]) == len(train) and str(z.get("clip", "")) == config.clip:
                 return z["patches"], z["pooled"]
     patches, pooled = [], []
     with training_progress("CLIP features") as bar:
@@ -229,7 +237,7 @@ def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path
             bar.update(task, completed=min(i + 256, len(train)))
     patches, pooled = np.concatenate(patches), np.concatenate(pooled)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, patches=patches, pooled=pooled)
+    np.savez(tmp, patches=patches, pooled=pooled, clip=np.array(config.clip))
     tmp.replace(path)
     return patches, pooled
 
@@ -244,7 +252,7 @@ def _unet_folder(source: Path) -> Path:
     for candidate in (source / "decoder" / "unet", source / "train" / "unet", source / "unet", source):
         if (candidate / "config.json").is_file():
             return candidate
-    raise InputError(f"--init-unet {source}: no UNet there (looked for train/unet, decoder/unet, unet).")
+    raise InputError(f"--init-unet {source}: no UNet there (looked for decoder/unet, train/unet, unet).")
 
 
 def _face_embedder_path(setting: str) -> Path | None:
@@ -294,6 +302,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     clip_path = str(Path(clip_path).resolve()) if Path(clip_path).exists() else clip_path
     config.clip = clip_path
     face_path = _face_embedder_path(config.face_embedder)
+    # a bad --init-unet fails before any data is rendered or embedded
+    init_unet = _unet_folder(Path(config.init_unet)) if config.init_unet and start_from is None else None
     config.face_embedder = str(face_path) if face_path else "none"
     save_config(config, out / "train_config.json")
 
@@ -337,9 +347,9 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         decoder = KeyframeDecoder(unet, context, fresh.scheduler, None, "ddim")
     else:
         decoder = build_toy_decoder(config, text_encoder.embed_dim)
-        if config.init_unet:
+        if init_unet is not None:
             with quiet_loading():
-                unet = load_pretrained(UNet2DConditionModel, str(_unet_folder(Path(config.init_unet))), "UNet to start from")
+                unet = load_pretrained(UNet2DConditionModel, str(init_unet), "UNet to start from")
             decoder = KeyframeDecoder(unet, decoder.context, decoder.scheduler, None, "ddim")
             console.print(f"UNet initialised from {config.init_unet}")
         compressor = None
@@ -361,10 +371,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         identity_head = TokenIdentityHead(num_tokens=config.num_tokens, token_dim=config.token_dim, max_faces=3,
                                           face_dim=bank.shape[-1])
     # the identity target of each character: its mean reference-photo embedding, L2-normalised
-    references = None
-    if bank is not None:
-        references = bank.mean(axis=1)
-        references /= np.linalg.norm(references, axis=1, keepdims=True)
+    references = character_references(bank) if bank is not None else None
     model = TokenizerModel(encoder.compressor, decoder, aux_head, identity_head)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -412,7 +419,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             shutil.copy(out / "train_config.json", folder / "train_config.json")
         finish_checkpoint(out, folder, {"step": step, **losses}, config.keep_checkpoints)
 
-    running = {"loss": 0.0, "diffusion": 0.0, "aux": 0.0}
+    running = {"loss": 0.0, "diffusion": 0.0, "aux": 0.0, "identity": 0.0}
     count = 0
     with training_progress("train tokenizer", disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("tokenizer", total=config.steps, completed=step, status="")
@@ -436,7 +443,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                     identity_t = torch.from_numpy(slots.astype(np.float32)).to(device)
                 text = torch.from_numpy(text_embeds[idx]).to(device)
                 with accelerator.accumulate(model), accelerator.autocast():
-                    loss, diffusion, aux = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config)
+                    loss, diffusion, aux, identity = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(trainable, 1.0)
@@ -447,12 +454,13 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             running["loss"] += loss.item()
             running["diffusion"] += diffusion.item()
             running["aux"] += aux.item()
+            running["identity"] += identity.item()
             count += 1
             rate = meter.update(step * config.batch_size * accelerator.num_processes)
             bar.update(task, completed=step, status=f"loss {loss.item():.4f} | {rate:.1f} frames/s")
             if step % config.log_every == 0 and accelerator.is_main_process:
                 means = {k: round(v / count, 5) for k, v in running.items()}
-                console.print(f"step {step}: loss {means['loss']:.4f} (diffusion {means['diffusion']:.4f}, aux {means['aux']:.4f}), {rate:.1f} frames/s", highlight=False)
+                console.print(f"step {step}: loss {means['loss']:.4f} (diffusion {means['diffusion']:.4f}, aux {means['aux']:.4f}, identity {means['identity']:.4f}), {rate:.1f} frames/s", highlight=False)
                 running = dict.fromkeys(running, 0.0)
                 count = 0
             if step % config.checkpoint_every == 0 or step == config.steps:
