@@ -53,6 +53,9 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
     assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
     assert lr_at(50, 100, 1.0, 10) < lr_at(20, 100, 1.0, 10)
+    # a time-limited run decays by whichever runs out first: its steps or its time
+    assert lr_at(20, 100, 1.0, 10, time_fraction=1.0) == pytest.approx(0.1)
+    assert lr_at(50, 100, 1.0, 10, time_fraction=0.1) == pytest.approx(lr_at(50, 100, 1.0, 10))
 
 
 def test_clip_training_resumes_and_exports(clip_run):
@@ -101,6 +104,20 @@ def test_tokenizer_training_resume_and_render(clip_run, tmp_path):
     b = decoder.generate(tokens, text_embed=text, num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert a.images.shape == (2, 32, 32, 3)
     np.testing.assert_array_equal(a.images, b.images)
+
+
+def test_tokenizer_training_stops_when_its_time_budget_is_spent(clip_run, tmp_path):
+    out = tmp_path / "tok"
+    # a budget of 0.6 ms is spent after the first step: the run stops there, far short of its 50 steps
+    result = invoke(["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *TINY_TOKENIZER,
+                     "--steps", "50", "--max-minutes", "0.00001"])
+    assert "budget" in result.output
+    state = json.loads((out / "checkpoints" / "step-0000001" / "state.json").read_text())
+    assert state["step"] == 1 and state["elapsed_s"] > 0
+    assert resolve_resume("auto", out).name == "step-0000001"
+    # resuming carries the spent time: the budget is still spent, so no further step is taken
+    invoke(["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--steps", "50"])
+    assert resolve_resume("auto", out).name == "step-0000001"
 
 
 def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):

@@ -131,11 +131,15 @@ def finish_checkpoint(out: Path, folder: Path, state: dict[str, Any], keep: int)
 # ---- schedules and progress ----------------------------------------------------------------------
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.1) -> float:
-    """Linear warmup, then cosine decay to ``min_ratio * peak`` at ``total``."""
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.1, time_fraction: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to ``min_ratio * peak`` at ``total``.
+
+    ``time_fraction`` (elapsed / budget of a time-limited run) moves the decay forward when the time
+    runs out before the steps do, so a run stopped by its budget still ends at the low learning rate.
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

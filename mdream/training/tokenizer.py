@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +150,8 @@ class TokenizerTrainingConfig:
     """Steps between checkpoints."""
     keep_checkpoints: int = 2
     """How many checkpoints to keep."""
+    max_minutes: float = 0.0
+    """Training-time budget in minutes (0 = none): stop at --steps or when it is spent, whichever comes first; the learning rate decays over whichever runs out first."""
     log_every: int = 25
     """Steps between log lines (loss, throughput)."""
 
@@ -421,11 +424,23 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
 
     running = {"loss": 0.0, "diffusion": 0.0, "aux": 0.0, "identity": 0.0}
     count = 0
+    # training time spent so far (carried across resumes), against the --max-minutes budget
+    elapsed_before = json.loads((start_from / "state.json").read_text()).get("elapsed_s", 0.0) if start_from else 0.0
+    budget_s = config.max_minutes * 60.0
+    loop_start = time.monotonic()
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - loop_start
+
     with training_progress("train tokenizer", disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("tokenizer", total=config.steps, completed=step, status="")
-        while step < config.steps:
+        spent = bool(budget_s) and elapsed_before >= budget_s
+        if spent:
+            console.print(f"training-time budget of {config.max_minutes:g} min already spent at step {step}")
+        while step < config.steps and not spent:
+            time_fraction = elapsed() / budget_s if budget_s else 0.0
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
+                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup, time_fraction=time_fraction)
             for _ in range(config.grad_accum):
                 idx = rng.integers(len(train), size=micro)
                 images = images_to_float(train.frames[idx]).to(device)
@@ -463,7 +478,11 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                 console.print(f"step {step}: loss {means['loss']:.4f} (diffusion {means['diffusion']:.4f}, aux {means['aux']:.4f}, identity {means['identity']:.4f}), {rate:.1f} frames/s", highlight=False)
                 running = dict.fromkeys(running, 0.0)
                 count = 0
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save(step, {"loss": round(loss.item(), 5)})
+            out_of_time = bool(budget_s) and elapsed() >= budget_s
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                save(step, {"loss": round(loss.item(), 5), "elapsed_s": round(elapsed(), 1)})
+            if out_of_time:
+                console.print(f"training-time budget of {config.max_minutes:g} min spent at step {step}")
+                break
     accelerator.wait_for_everyone()
     return checkpoint_dir(out, step)
