@@ -70,6 +70,14 @@ def test_clip_training_resumes_and_exports(clip_run):
     assert text.shape == (1, 16)
 
 
+def test_clip_training_stops_when_its_time_budget_is_spent(tmp_path):
+    result = invoke(["clip", "--out", str(tmp_path), "--steps", "50", "--max-minutes", "0.00001", *TINY_CLIP])
+    assert "budget" in result.output
+    state = json.loads((tmp_path / "checkpoints" / "step-0000001" / "state.json").read_text())
+    assert state["step"] == 1 and state["elapsed_s"] > 0 and state["retrieval_top1"] is not None
+    assert (tmp_path / "final" / "training_summary.json").is_file()
+
+
 def test_resume_path_must_be_a_checkpoint(tmp_path):
     result = runner.invoke(app, ["clip", "--out", str(tmp_path), "--resume", str(tmp_path / "nope"), *TINY_CLIP])
     assert result.exit_code == 2

@@ -16,6 +16,7 @@ from mdream.models.loading import quiet_loading
 from mdream.models.toy_clip import build_toy_clip, build_word_tokenizer, save_clip_folder
 from mdream.training.common import (
     Throughput,
+    TimeBudget,
     checkpoint_dir,
     config_from_dict,
     console,
@@ -77,6 +78,8 @@ class ClipTrainingConfig:
     """How many checkpoints to keep."""
     eval_every: int = 100
     """Steps between held-out retrieval measurements."""
+    max_minutes: float = 0.0
+    """Training-time budget in minutes (0 = none): stop at --steps or when it is spent, whichever comes first; the learning rate decays over whichever runs out first."""
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -155,13 +158,18 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}, folder / "model.safetensors")
         torch.save({"optimizer": optimizer.state_dict()}, folder / "state.pt")
-        finish_checkpoint(out, folder, {"step": step, "retrieval_top1": last_acc}, config.keep_checkpoints)
+        state = {"step": step, "retrieval_top1": last_acc, "elapsed_s": round(budget.elapsed(), 1)}
+        finish_checkpoint(out, folder, state, config.keep_checkpoints)
+
+    budget = TimeBudget(config.max_minutes, start_from)
 
     with training_progress("train clip", disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("clip", total=config.steps, completed=step, status="")
-        while step < config.steps:
+        if budget.spent_before_start():
+            console.print(f"training-time budget of {config.max_minutes:g} min already spent at step {step}")
+        while step < config.steps and not budget.spent_before_start():
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
+                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup, time_fraction=budget.fraction())
             for _ in range(config.grad_accum):
                 idx = rng.integers(len(train), size=micro)
                 pix = preprocess(images_to_float(train.frames[idx]).to(device))
@@ -175,12 +183,16 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
                     optimizer.zero_grad()
             step += 1
             rate = meter.update(step * config.batch_size * accelerator.num_processes)
-            if step % config.eval_every == 0 or step == config.steps:
+            out_of_time = budget.spent()
+            if step % config.eval_every == 0 or step == config.steps or out_of_time:
                 last_acc = retrieval_accuracy(accelerator.unwrap_model(model), tokenizer, val, preprocess, device, config.max_text_length)
                 console.print(f"step {step}: loss {loss.item():.4f}, held-out retrieval top-1 {last_acc:.3f} (of 256)")
             bar.update(task, completed=step, status=f"loss {loss.item():.4f} | {rate:.0f} pairs/s")
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 save(step)
+            if out_of_time:
+                console.print(f"training-time budget of {config.max_minutes:g} min spent at step {step}")
+                break
 
     final = out / "final"
     if accelerator.is_main_process:

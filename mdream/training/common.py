@@ -143,6 +143,30 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+class TimeBudget:
+    """A run's training-time budget (``--max-minutes``), counting the time spent before a resume too."""
+
+    def __init__(self, minutes: float, checkpoint: Path | None):
+        self.seconds = minutes * 60.0
+        # the spent time travels in each checkpoint's state.json, so a resumed run keeps counting
+        self.before = json.loads((checkpoint / "state.json").read_text()).get("elapsed_s", 0.0) if checkpoint else 0.0
+        self.start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.before + time.monotonic() - self.start
+
+    def fraction(self) -> float:
+        """Share of the budget spent (0 without a budget): feeds ``lr_at(time_fraction=...)``."""
+        return self.elapsed() / self.seconds if self.seconds else 0.0
+
+    def spent(self) -> bool:
+        return bool(self.seconds) and self.elapsed() >= self.seconds
+
+    def spent_before_start(self) -> bool:
+        """A resumed run whose budget was already spent takes no step."""
+        return bool(self.seconds) and self.before >= self.seconds
+
+
 def training_progress(description: str, disable: bool = False) -> Progress:
     return Progress(
         TextColumn(f"[bold]{description}"),

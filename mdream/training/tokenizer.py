@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from mdream.models.loading import load_pretrained, quiet_loading, read_json, wri
 from mdream.training.clip import resolve_mixed_precision
 from mdream.training.common import (
     Throughput,
+    TimeBudget,
     checkpoint_dir,
     config_from_dict,
     console,
@@ -424,23 +424,14 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
 
     running = {"loss": 0.0, "diffusion": 0.0, "aux": 0.0, "identity": 0.0}
     count = 0
-    # training time spent so far (carried across resumes), against the --max-minutes budget
-    elapsed_before = json.loads((start_from / "state.json").read_text()).get("elapsed_s", 0.0) if start_from else 0.0
-    budget_s = config.max_minutes * 60.0
-    loop_start = time.monotonic()
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - loop_start
-
+    budget = TimeBudget(config.max_minutes, start_from)
     with training_progress("train tokenizer", disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("tokenizer", total=config.steps, completed=step, status="")
-        spent = bool(budget_s) and elapsed_before >= budget_s
-        if spent:
+        if budget.spent_before_start():
             console.print(f"training-time budget of {config.max_minutes:g} min already spent at step {step}")
-        while step < config.steps and not spent:
-            time_fraction = elapsed() / budget_s if budget_s else 0.0
+        while step < config.steps and not budget.spent_before_start():
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup, time_fraction=time_fraction)
+                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup, time_fraction=budget.fraction())
             for _ in range(config.grad_accum):
                 idx = rng.integers(len(train), size=micro)
                 images = images_to_float(train.frames[idx]).to(device)
@@ -478,9 +469,9 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                 console.print(f"step {step}: loss {means['loss']:.4f} (diffusion {means['diffusion']:.4f}, aux {means['aux']:.4f}, identity {means['identity']:.4f}), {rate:.1f} frames/s", highlight=False)
                 running = dict.fromkeys(running, 0.0)
                 count = 0
-            out_of_time = bool(budget_s) and elapsed() >= budget_s
+            out_of_time = budget.spent()
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                save(step, {"loss": round(loss.item(), 5), "elapsed_s": round(elapsed(), 1)})
+                save(step, {"loss": round(loss.item(), 5), "elapsed_s": round(budget.elapsed(), 1)})
             if out_of_time:
                 console.print(f"training-time budget of {config.max_minutes:g} min spent at step {step}")
                 break
