@@ -128,6 +128,29 @@ def test_tokenizer_training_stops_when_its_time_budget_is_spent(clip_run, tmp_pa
     assert resolve_resume("auto", out).name == "step-0000001"
 
 
+def test_tokenizer_training_runs_as_two_processes_under_torchrun(clip_run, tmp_path):
+    """The multi-process path (DDP over gloo on CPU, as over NCCL on several GPUs): data prepared once, one checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "tok"
+    mdream_cli = Path(sys.executable).parent / "mdream"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(mdream_cli),
+         "train", "tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--steps", "2"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert output.count("done:") == 2  # both ranks finished
+    assert output.count("embedding 48 descriptors") == 1  # the main rank prepared the data, the other read it
+    state = json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["step"] == 2 and np.isfinite(state["loss"])
+
+
 def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
     out = tmp_path / "tok"
     invoke(["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--steps", "1"])

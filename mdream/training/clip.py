@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from mdream.models.encoders import CLIP_MEAN, CLIP_STD, ClipImagePreprocessor, images_to_float
@@ -18,11 +17,12 @@ from mdream.training.common import (
     Throughput,
     TimeBudget,
     checkpoint_dir,
-    config_from_dict,
     console,
     finish_checkpoint,
     lr_at,
+    make_accelerator,
     resolve_resume,
+    resumed_config,
     save_config,
     set_threads_from_env,
     training_progress,
@@ -82,12 +82,6 @@ class ClipTrainingConfig:
     """Training-time budget in minutes (0 = none): stop at --steps or when it is spent, whichever comes first; the learning rate decays over whichever runs out first."""
 
 
-def resolve_mixed_precision(setting: str) -> str:
-    if setting == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
-    return setting
-
-
 def retrieval_accuracy(model, tokenizer, frames: FrameSet, preprocess, device, max_length: int, chunk: int = 256) -> float:
     """Top-1 image->text retrieval within chunks of ``chunk`` held-out pairs."""
     model.eval()
@@ -111,16 +105,20 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
     set_threads_from_env()
     start_from = resolve_resume(resume, out)
     if start_from is not None:
-        saved = json.loads((out / "train_config.json").read_text()) if (out / "train_config.json").is_file() else {}
-        config = config_from_dict(ClipTrainingConfig, saved | {"steps": config.steps}) if saved else config
-    save_config(config, out / "train_config.json")
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
-                              gradient_accumulation_steps=config.grad_accum)
+        # resume with the saved settings; options given explicitly (not at their defaults) override them
+        config = resumed_config(ClipTrainingConfig, out / "train_config.json", config)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
+    if accelerator.is_main_process:
+        save_config(config, out / "train_config.json")
     device = accelerator.device
     torch.manual_seed(config.seed)
 
-    train = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed, out / "frames.npz")
-    val = frame_set("", train.world_seed, config.val_frames, config.image_size, config.seed + 1_000_003, out / "val_frames.npz")
+    # the main process renders the frames and writes the caches; under `accelerate launch` the others read them
+    with accelerator.main_process_first():
+        train = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed,
+                          out / "frames.npz")
+        val = frame_set("", train.world_seed, config.val_frames, config.image_size, config.seed + 1_000_003,
+                        out / "val_frames.npz")
     if (out / "tokenizer" / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 

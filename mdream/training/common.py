@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import (
@@ -64,9 +65,28 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def resumed_config(cls: type, saved_path: Path, config: Any) -> Any:
+    """A resumed run's settings: the saved ones, overridden by the options given now (those not at their defaults)."""
+    if not saved_path.is_file():
+        return config
+    saved = json.loads(saved_path.read_text())
+    defaults = cls()
+    given = {k: v for k, v in dataclasses.asdict(config).items() if v != getattr(defaults, k)}
+    return config_from_dict(cls, saved | given)
+
+
 def save_config(config: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file, so an interrupted run never leaves a truncated cache behind."""
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
 
 
 def parse_int_tuple(text: str, what: str) -> tuple[int, ...]:
@@ -141,6 +161,25 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.
         return peak * (step + 1) / warmup
     progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return setting
+
+
+def make_accelerator(mixed_precision: str, grad_accum: int, **kwargs: Any):
+    """The run's ``accelerate.Accelerator``: one process, or one per GPU under ``accelerate launch``.
+
+    Under ``torchrun`` on a machine without CUDA (several CPU processes, gloo) accelerate only takes
+    the multi-process CPU path when asked for the CPU, so ask for it there.
+    """
+    from accelerate import Accelerator
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision), gradient_accumulation_steps=grad_accum,
+                       cpu=distributed and not torch.cuda.is_available(), **kwargs)
 
 
 class TimeBudget:

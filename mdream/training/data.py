@@ -8,6 +8,7 @@ At 32x32 a frame is 3 KB, so tens of thousands fit in memory on any machine.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +44,12 @@ class FrameSet:
                         self.world_seed, shots)
 
     def save(self, path: Path) -> None:
+        """Written through a temporary file: an interrupted run never leaves a truncated frame cache."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
                  descriptors=np.array(json.dumps(self.descriptors)))
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> FrameSet:

@@ -17,7 +17,6 @@ image embedding, the other each cast slot's face embedding (``TokenIdentityHead`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import DistributedDataParallelKwargs
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -36,17 +35,18 @@ from mdream.models.compressor import TokenCompressor, TokenIdentityHead, TokenRe
 from mdream.models.decoder import ContextProjector, KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
 from mdream.models.loading import load_pretrained, quiet_loading, read_json, write_json
-from mdream.training.clip import resolve_mixed_precision
 from mdream.training.common import (
     Throughput,
     TimeBudget,
     checkpoint_dir,
-    config_from_dict,
     console,
     finish_checkpoint,
     lr_at,
+    make_accelerator,
     parse_int_tuple,
     resolve_resume,
+    resumed_config,
+    save_array,
     save_config,
     set_threads_from_env,
     training_progress,
@@ -295,12 +295,9 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     out.mkdir(parents=True, exist_ok=True)
     set_threads_from_env()
     start_from = resolve_resume(resume, out)
-    if start_from is not None and (out / "train_config.json").is_file():
+    if start_from is not None:
         # resume with the saved settings; options given explicitly (not at their defaults) override them
-        saved = json.loads((out / "train_config.json").read_text())
-        defaults = TokenizerTrainingConfig()
-        given = {k: v for k, v in dataclasses.asdict(config).items() if v != getattr(defaults, k)}
-        config = config_from_dict(TokenizerTrainingConfig, saved | given)
+        config = resumed_config(TokenizerTrainingConfig, out / "train_config.json", config)
     clip_path = str(TOY_CLIP) if config.clip == "toy" else config.clip
     clip_path = str(Path(clip_path).resolve()) if Path(clip_path).exists() else clip_path
     config.clip = clip_path
@@ -308,33 +305,37 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     # a bad --init-unet fails before any data is rendered or embedded
     init_unet = _unet_folder(Path(config.init_unet)) if config.init_unet and start_from is None else None
     config.face_embedder = str(face_path) if face_path else "none"
-    save_config(config, out / "train_config.json")
 
     # Without a face embedder the face projection gets no gradient: let DDP (accelerate launch) allow that.
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
-                              gradient_accumulation_steps=config.grad_accum,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum,
+                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if accelerator.is_main_process:
+        save_config(config, out / "train_config.json")
     device = accelerator.device
     torch.manual_seed(config.seed)
 
     # ---- data: frames, descriptor embeddings, face-embedding bank ----------------------------
-    train: FrameSet = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed, out / "frames.npz")
-    text_encoder = TextEncoder.from_pretrained(clip_path)
-    text_cache = out / "descriptor_embeds.npy"
-    if text_cache.is_file():
-        text_embeds = np.load(text_cache)
-    else:
-        console.print(f"embedding {len(train)} descriptors")
-        text_embeds = text_encoder.encode(train.descriptors, batch_size=256).numpy()
-        np.save(text_cache, text_embeds)
-    bank = None
-    if face_path is not None:
-        bank_cache = out / "face_bank.npy"
-        if bank_cache.is_file():
-            bank = np.load(bank_cache)
+    # Under `accelerate launch` the main process renders and embeds once and writes the caches; the
+    # others then read them, instead of every process writing the same files at once.
+    with accelerator.main_process_first():
+        train: FrameSet = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed,
+                                    out / "frames.npz")
+        text_encoder = TextEncoder.from_pretrained(clip_path)
+        text_cache = out / "descriptor_embeds.npy"
+        if text_cache.is_file():
+            text_embeds = np.load(text_cache)
         else:
-            bank = face_embedding_bank(train.world_seed, face_path, config.photos_per_character, config.seed)
-            np.save(bank_cache, bank)
+            console.print(f"embedding {len(train)} descriptors")
+            text_embeds = text_encoder.encode(train.descriptors, batch_size=256).numpy()
+            save_array(text_cache, text_embeds)
+        bank = None
+        if face_path is not None:
+            bank_cache = out / "face_bank.npy"
+            if bank_cache.is_file():
+                bank = np.load(bank_cache)
+            else:
+                bank = face_embedding_bank(train.world_seed, face_path, config.photos_per_character, config.seed)
+                save_array(bank_cache, bank)
 
     # ---- models ---------------------------------------------------------------------------------
     if start_from is not None:
@@ -390,7 +391,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     console.print(f"training {n_params / 1e6:.2f} M parameters on {len(train)} frames ({device}); faces: {bank is not None}")
     encoder.vision_model.to(device)
     encoder.preprocessor.to(device)
-    features = _cached_vision_features(encoder, train, out, config) if config.cache_features else None
+    with accelerator.main_process_first():
+        features = _cached_vision_features(encoder, train, out, config) if config.cache_features else None
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(device)
     rng = np.random.default_rng([config.seed, step, accelerator.process_index])
