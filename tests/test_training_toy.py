@@ -39,10 +39,16 @@ def clip_run(tmp_path_factory):
 
 
 def test_every_config_field_has_help():
-    docs = field_docs(TokenizerTrainingConfig)
     import dataclasses
 
-    assert set(docs) == {f.name for f in dataclasses.fields(TokenizerTrainingConfig)}
+    from mdream.training.clip import ClipTrainingConfig
+
+    for config_cls in (TokenizerTrainingConfig, ClipTrainingConfig):
+        # fields inherited from RunConfig keep its docstrings, also where the subclass changes the default
+        docs = field_docs(config_cls)
+        assert set(docs) == {f.name for f in dataclasses.fields(config_cls)}
+    assert field_docs(ClipTrainingConfig)["steps"] == "Optimizer steps."
+    assert ClipTrainingConfig().batch_size == 256 and TokenizerTrainingConfig().batch_size == 32
     text = runner.invoke(app, ["tokenizer", "--help"], terminal_width=200).output
     for option in ("--num-tokens", "--drop-faces", "--snr-gamma", "--resume", "--grad-accum"):
         assert option in text

@@ -14,6 +14,7 @@ from mdream.models.encoders import CLIP_MEAN, CLIP_STD, ClipImagePreprocessor, i
 from mdream.models.loading import quiet_loading
 from mdream.models.toy_clip import build_toy_clip, build_word_tokenizer, save_clip_folder
 from mdream.training.common import (
+    RunConfig,
     Throughput,
     TimeBudget,
     checkpoint_dir,
@@ -31,15 +32,15 @@ from mdream.training.data import FrameSet, frame_set
 
 
 @dataclass
-class ClipTrainingConfig:
+class ClipTrainingConfig(RunConfig):
     """Settings of a toy CLIP run (saved as train_config.json beside its checkpoints)."""
 
-    data: str = ""
-    """A `mdream toyworld dataset` folder; empty: render random shots of the world instead."""
-    world_seed: int = 0
-    """Seed of the toy world to render frames from (when no --data)."""
-    num_frames: int = 20000
-    """Training frames (rendered once and cached in the run folder, or the first N of --data)."""
+    # RunConfig's fields, with this run's defaults (their docstrings are RunConfig's)
+    steps: int = 500
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+
     val_frames: int = 1024
     """Held-out frames (other random shots) for retrieval accuracy."""
     image_size: int = 32
@@ -56,30 +57,8 @@ class ClipTrainingConfig:
     """Joint embedding size."""
     max_text_length: int = 128
     """Text positions (toy descriptors are at most about 115 words)."""
-    steps: int = 500
-    """Optimizer steps."""
-    batch_size: int = 256
-    """Pairs per optimizer step (per process, before gradient accumulation splits it)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; each holds batch_size / grad_accum pairs."""
-    lr: float = 2e-3
-    """Peak learning rate (AdamW), cosine-decayed after warmup."""
-    warmup: int = 50
-    """Linear warmup steps."""
-    weight_decay: float = 0.05
-    """AdamW weight decay."""
-    seed: int = 0
-    """Seed for initialisation, data order and held-out frames."""
-    mixed_precision: str = "auto"
-    """accelerate mixed precision: auto (bf16 on CUDA, none on CPU), no, bf16, fp16."""
-    checkpoint_every: int = 100
-    """Steps between checkpoints."""
-    keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
     eval_every: int = 100
     """Steps between held-out retrieval measurements."""
-    max_minutes: float = 0.0
-    """Training-time budget in minutes (0 = none): stop at --steps or when it is spent, whichever comes first; the learning rate decays over whichever runs out first."""
 
 
 def retrieval_accuracy(model, tokenizer, frames: FrameSet, preprocess, device, max_length: int, chunk: int = 256) -> float:

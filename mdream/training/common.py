@@ -40,20 +40,63 @@ console = Console(stderr=True)
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The one-line docstring written under each dataclass field (litgpt style), by field name."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    """The one-line docstring written under each dataclass field (litgpt style), by field name.
+
+    Base classes are read first, so a subclass that only changes a field's default keeps its docstring.
+    """
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Settings every training run shares: data, optimisation schedule, checkpoints, budget.
+
+    Each trainer's config subclasses it, redeclaring a field only to change its default.
+    """
+
+    data: str = ""
+    """A `mdream toyworld dataset` folder; empty: render random shots of the world instead."""
+    world_seed: int = 0
+    """Seed of the toy world to render frames from (when no --data)."""
+    num_frames: int = 20000
+    """Training frames (rendered once and cached in the run folder, or the first N of --data)."""
+    steps: int = 500
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Training examples (frames, or frame-text pairs) per optimizer step, per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; each holds batch_size / grad_accum examples."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW), cosine-decayed after warmup."""
+    warmup: int = 50
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seed for initialisation, data order and held-out frames."""
+    mixed_precision: str = "auto"
+    """accelerate mixed precision: auto (bf16 on CUDA, none on CPU), no, bf16, fp16."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+    max_minutes: float = 0.0
+    """Training-time budget in minutes (0 = none): stop at --steps or when it is spent, whichever comes first; the learning rate decays over whichever runs out first."""
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from mdream.models.decoder import ContextProjector, KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
 from mdream.models.loading import load_pretrained, quiet_loading, read_json, write_json
 from mdream.training.common import (
+    RunConfig,
     Throughput,
     TimeBudget,
     checkpoint_dir,
@@ -65,19 +66,19 @@ TOY_CLIP = ASSETS / "models" / "toy-clip"
 
 
 @dataclass
-class TokenizerTrainingConfig:
+class TokenizerTrainingConfig(RunConfig):
     """Settings of a keyframe-tokenizer run (saved as train_config.json beside its checkpoints)."""
+
+    # RunConfig's fields, with this run's defaults (their docstrings are RunConfig's)
+    num_frames: int = 30000
+    steps: int = 6000
+    warmup: int = 200
+    checkpoint_every: int = 200
 
     clip: str = "toy"
     """Frozen CLIP folder (or hub id): vision tower reads frames, text tower embeds descriptors; toy: the shipped toy CLIP."""
     face_embedder: str = "auto"
     """Face-recognition ONNX for the face group; auto: the shipped toy embedder; none: no face group."""
-    data: str = ""
-    """A `mdream toyworld dataset` folder; empty: render random shots of the world instead."""
-    world_seed: int = 0
-    """Seed of the toy world (when no --data)."""
-    num_frames: int = 30000
-    """Training frames (rendered once and cached in the run folder, or the first N of --data)."""
     image_size: int = 32
     """Frame size the decoder renders (pixel space)."""
     photos_per_character: int = 8
@@ -128,30 +129,8 @@ class TokenizerTrainingConfig:
     """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
     """Run the frozen CLIP once over the training frames and keep its features (no image augmentation is used)."""
-    steps: int = 6000
-    """Optimizer steps."""
-    batch_size: int = 32
-    """Frames per optimizer step (per process)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; each holds batch_size / grad_accum frames."""
-    lr: float = 1e-3
-    """Peak learning rate (AdamW), cosine-decayed after warmup."""
-    warmup: int = 200
-    """Linear warmup steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
     ema_decay: float = 0.999
     """EMA decay of the exported weights (with EMA warm-up)."""
-    seed: int = 0
-    """Seed for initialisation and data order."""
-    mixed_precision: str = "auto"
-    """accelerate mixed precision: auto (bf16 on CUDA, none on CPU), no, bf16, fp16."""
-    checkpoint_every: int = 200
-    """Steps between checkpoints."""
-    keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
-    max_minutes: float = 0.0
-    """Training-time budget in minutes (0 = none): stop at --steps or when it is spent, whichever comes first; the learning rate decays over whichever runs out first."""
     log_every: int = 25
     """Steps between log lines (loss, throughput)."""
 
