@@ -272,3 +272,15 @@ def test_one_training_step_through_loaded_models(folders, decoder_folder):
     assert encoder.compressor.queries.grad is not None and encoder.compressor.queries.grad.abs().sum() > 0
     optimizer.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))
+
+
+def test_sdxl_speed_benchmark_runs_both_renderers_on_one_unet():
+    """The GPU timing script (benchmarks/bench_sdxl_render.py), run with the tiny SDXL-shaped configs."""
+    from benchmarks.bench_sdxl_render import build, measure
+
+    decoder, pipe = build("tiny", "cpu", torch.float32)
+    assert pipe.unet is decoder.unet and pipe.vae is decoder.vae
+    result = measure("tiny", "cpu", torch.float32, steps=2, guidance=2.0, repeats=1)
+    assert result["resolution"] == 32
+    assert set(result["rows"]) == {"mdream KeyframeDecoder.generate", "diffusers StableDiffusionXLPipeline"}
+    assert all(seconds > 0 and peak is None for seconds, peak in result["rows"].values())
