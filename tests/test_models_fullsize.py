@@ -207,7 +207,62 @@ def test_decoder_keeps_its_sampling_settings_through_save(decoder_folder, tmp_pa
     assert KeyframeDecoder.from_pretrained(tmp_path / "again").sampling == {"num_inference_steps": 7, "guidance_scale": 3.0}
     from mdream.stages.definitions import sampling_defaults
 
-    assert sampling_defaults(tmp_path / "again") == (7, 3.0)
+    assert sampling_defaults(tmp_path / "again") == (7, 3.0, 0.0)
+    decoder.sampling["identity_guidance_scale"] = 2.0
+    decoder.save_pretrained(tmp_path / "third")
+    assert sampling_defaults(tmp_path / "third") == (7, 3.0, 2.0)
+
+
+def test_identity_guidance_pushes_along_the_face_direction(decoder_folder):
+    """out = uncond + g (full - uncond) + s (full - no_faces): checked against the three branches run by hand."""
+    _, decoder = decoder_folder
+    tokens, faces, mask, text = conditions()
+
+    def render(faces=faces, mask=mask, **kw):
+        kw = {"num_inference_steps": 2, "guidance_scale": 2.0} | kw
+        return decoder.generate(tokens, faces, mask, text, generator=torch.Generator().manual_seed(3), **kw).images
+
+    plain = render()
+    np.testing.assert_array_equal(plain, render(identity_guidance_scale=0.0))
+    pushed = render(identity_guidance_scale=3.0)
+    assert not np.array_equal(plain, pushed)
+    # without faces there is no face direction: identity guidance changes nothing
+    np.testing.assert_array_equal(render(faces=None, mask=None), render(faces=None, mask=None, identity_guidance_scale=3.0))
+    with pytest.raises(InputError, match="identity_guidance_scale"):
+        render(identity_guidance_scale=-1.0)
+
+    # generate's first model output, recorded at the scheduler, against the three branches run one by one
+    from diffusers.utils.torch_utils import randn_tensor
+
+    recorded = []
+    make_scheduler = decoder.make_scheduler
+
+    def recording_scheduler(name, config):
+        sched = make_scheduler(name, config)
+        step = sched.step
+
+        def record(model_output, t, sample, **kw):
+            recorded.append(model_output.clone())
+            return step(model_output, t, sample, **kw)
+
+        sched.step = record
+        return sched
+
+    decoder.make_scheduler = recording_scheduler
+    try:
+        render(num_inference_steps=1, identity_guidance_scale=3.0)
+    finally:
+        del decoder.make_scheduler
+    sched = decoder.make_scheduler(decoder.scheduler_name, decoder.scheduler.config)
+    sched.set_timesteps(1)
+    t = sched.timesteps[0]
+    noise = randn_tensor((2, 4, 16, 16), generator=torch.Generator().manual_seed(3)) * sched.init_noise_sigma
+    model_in = sched.scale_model_input(noise, t)
+    with torch.no_grad():
+        full, null, no_faces = (decoder.predict(model_in, t.expand(2), *decoder.context(*groups, batch_size=2))
+                                for groups in ((tokens, faces, mask, text), (None, None, None, None), (tokens, None, None, text)))
+    expected = null + 2.0 * (full - null) + 3.0 * (full - no_faces)
+    torch.testing.assert_close(recorded[0], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_pooled_face_slots_know_who_stands_where():

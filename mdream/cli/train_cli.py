@@ -82,6 +82,7 @@ def tokenizer_eval_cli(
     frames: Annotated[int, typer.Option(help="Held-out frames to reconstruct.")] = 256,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = 1.0,
+    identity_guidance: Annotated[float, typer.Option(help="Identity guidance: the full context against it without faces (0 = off).")] = 0.0,
     conditions: Annotated[str, typer.Option(help="Comma-separated: tokens, tokens+faces, tokens+faces+text, faces+text, null.")] = "tokens,tokens+faces,tokens+faces+text,faces+text,null",
     seed: Annotated[int, typer.Option(help="Seed of the held-out shots and the sampling noise.")] = 12345,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
@@ -93,14 +94,15 @@ def tokenizer_eval_cli(
     from mdream.training.evaluate_tokenizer import evaluate_checkpoint
 
     report = run_cli(evaluate_checkpoint, checkpoint, frames=frames, num_inference_steps=steps,
-                     guidance_scale=guidance_scale, seed=seed, conditions=conditions, out_json=save, grid=grid,
+                     guidance_scale=guidance_scale, identity_guidance_scale=identity_guidance, seed=seed, conditions=conditions, out_json=save, grid=grid,
                      probe_train_frames=probe_frames, as_json=json_out)
     if json_out:
         print_json(report.to_dict())
         return
     from rich.table import Table
 
-    table = Table(title=f"tokenizer reconstruction: {report.frames} held-out frames, {report.steps} steps, cfg {report.guidance_scale}")
+    table = Table(title=f"tokenizer reconstruction: {report.frames} held-out frames, {report.steps} steps, "
+                  f"cfg {report.guidance_scale}, identity guidance {report.identity_guidance_scale}")
     columns = sorted({k for row in report.results.values() for k in row})
     table.add_column("context")
     for c in columns:

@@ -382,7 +382,8 @@ class KeyframeDecoder(nn.Module):
         return loss.mean()
 
     # ---- sampling -----------------------------------------------------------------------------
-    def check_inputs(self, tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale, batch_size) -> int:
+    def check_inputs(self, tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale, batch_size,
+                     identity_guidance_scale: float = 0.0) -> int:
         groups = [t for t in (tokens, face_embeds, text_embed) if t is not None]
         if not groups and batch_size is None:
             raise InputError("generate() needs at least one of tokens, face_embeds, text_embed (or batch_size for the null context).")
@@ -399,6 +400,8 @@ class KeyframeDecoder(nn.Module):
             raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
         if guidance_scale < 0 or not math.isfinite(guidance_scale):
             raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}.")
+        if identity_guidance_scale < 0 or not math.isfinite(identity_guidance_scale):
+            raise InputError(f"identity_guidance_scale must be a finite number >= 0, got {identity_guidance_scale}.")
         return b
 
     @torch.no_grad()
@@ -413,24 +416,37 @@ class KeyframeDecoder(nn.Module):
         generator: torch.Generator | None = None,
         scheduler: str | None = None,
         batch_size: int | None = None,
+        identity_guidance_scale: float = 0.0,
     ) -> DecoderOutput:
-        """Render keyframes. Guidance contrasts the full context with the all-null one (1.0 = no CFG).
+        """Render keyframes with classifier-free guidance (Ho & Salimans 2022) and, optionally, identity guidance.
 
+        ``guidance_scale`` contrasts the full context with the all-null one (1.0 = no CFG).
+        ``identity_guidance_scale`` adds a second direction, the full context against the same context
+        with the face group nulled, as in multi-condition guidance (InstructPix2Pix, Brooks et al. 2023):
+
+            out = uncond + guidance * (full - uncond) + identity_guidance * (full - no_faces)
+
+        It costs one more UNet branch per step and does nothing without face embeddings (0 = off).
         Any group left as None is replaced by its null embedding; with all three None, ``batch_size``
         unconditional samples are drawn. The initial noise is drawn on ``generator``'s device (CPU by default) and moved, so the same
         seed gives identical pixels on the same device and dtype.
         """
-        b = self.check_inputs(tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale, batch_size)
+        b = self.check_inputs(tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale, batch_size,
+                              identity_guidance_scale)
         sched = self.make_scheduler(scheduler, self.scheduler.config) if scheduler else self.make_scheduler(
             self.scheduler_name, self.scheduler.config
         )
         sched.set_timesteps(num_inference_steps, device=self.device)
-        context, mask, pooled = self.context(tokens, face_embeds, face_mask, text_embed, batch_size=b)
-        do_cfg = guidance_scale != 1.0
-        if do_cfg:
-            null_ctx, null_mask, null_pooled = self.context(None, None, None, None, batch_size=b)
-            context, mask = torch.cat([null_ctx, context]), torch.cat([null_mask, mask])
-            pooled = torch.cat([null_pooled, pooled]) if pooled is not None else None
+        # context branches, each [B, ...], run as one batch of len(branches) * B
+        branches = {}
+        if guidance_scale != 1.0:
+            branches["null"] = self.context(None, None, None, None, batch_size=b)
+        branches["full"] = self.context(tokens, face_embeds, face_mask, text_embed, batch_size=b)
+        if identity_guidance_scale != 0.0 and face_embeds is not None:
+            branches["no_faces"] = self.context(tokens, None, None, text_embed, batch_size=b)
+        context = torch.cat([c for c, _, _ in branches.values()])
+        mask = torch.cat([m for _, m, _ in branches.values()])
+        pooled = torch.cat([p for _, _, p in branches.values()]) if branches["full"][2] is not None else None
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         dtype = self.unet.dtype
@@ -439,12 +455,14 @@ class KeyframeDecoder(nn.Module):
         context = context.to(dtype)
         pooled = pooled.to(dtype) if pooled is not None else None
         for t in sched.timesteps:
-            model_in = torch.cat([sample, sample]) if do_cfg else sample
-            model_in = sched.scale_model_input(model_in, t)
-            out = self.predict(model_in, t.expand(model_in.shape[0]).to(self.device), context, mask, pooled)
-            if do_cfg:
-                uncond, cond = out.chunk(2)
-                out = uncond + guidance_scale * (cond - uncond)
+            model_in = sched.scale_model_input(torch.cat([sample] * len(branches)), t)
+            pred = self.predict(model_in, t.expand(model_in.shape[0]).to(self.device), context, mask, pooled)
+            outs = dict(zip(branches, pred.chunk(len(branches)), strict=True))
+            out = outs["full"]
+            if "null" in outs:
+                out = outs["null"] + guidance_scale * (outs["full"] - outs["null"])
+            if "no_faces" in outs:
+                out = out + identity_guidance_scale * (outs["full"] - outs["no_faces"])
             sample = sched.step(out, t, sample, generator=generator).prev_sample
         images = self.sample_to_images(sample).float()
         images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -24,9 +24,10 @@ from mdream.stages.pipeline import Project, Stage
 FACE_SLOTS = ("left", "center", "right")
 
 
-def sampling_defaults(decoder_folder) -> tuple[int, float]:
-    """(num_inference_steps, guidance_scale) saved with a decoder (``keyframe_decoder.json``'s
-    ``sampling``), so each bundle renders with the settings it was tuned for; else (20, 2.0)."""
+def sampling_defaults(decoder_folder) -> tuple[int, float, float]:
+    """(num_inference_steps, guidance_scale, identity_guidance_scale) saved with a decoder
+    (``keyframe_decoder.json``'s ``sampling``), so each bundle renders with the settings it was tuned
+    for; else (20, 2.0, 0.0)."""
     import json
     from pathlib import Path
 
@@ -34,7 +35,8 @@ def sampling_defaults(decoder_folder) -> tuple[int, float]:
         sampling = json.loads((Path(decoder_folder) / "keyframe_decoder.json").read_text()).get("sampling") or {}
     except (OSError, ValueError):
         sampling = {}
-    return int(sampling.get("num_inference_steps", 20)), float(sampling.get("guidance_scale", 2.0))
+    return (int(sampling.get("num_inference_steps", 20)), float(sampling.get("guidance_scale", 2.0)),
+            float(sampling.get("identity_guidance_scale", 0.0)))
 
 
 def face_slots(shot: PlannedShot) -> list[str | None]:
@@ -158,7 +160,7 @@ class RenderStage(Stage):
         self.decoder = KeyframeDecoder.from_pretrained(location)
         self.device = resolve_device(project.options.device)
         self.decoder.to(self.device)
-        self.steps, self.guidance = sampling_defaults(location)
+        self.steps, self.guidance, self.identity_guidance = sampling_defaults(location)
 
     def produce_batch(self, project, shots, upstreams, writers) -> None:
         import torch
@@ -177,6 +179,7 @@ class RenderStage(Stage):
             text.to(self.device),
             num_inference_steps=self.steps,
             guidance_scale=self.guidance,
+            identity_guidance_scale=self.identity_guidance,
             generator=generators,
         ).images  # uint8 [B, S, S, 3]
         out = project.plan.output

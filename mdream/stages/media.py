@@ -196,7 +196,7 @@ def render_tokens(
 
     location = ModelBundle.load(bundle).component("keyframe_decoder").location
     decoder = KeyframeDecoder.from_pretrained(location)
-    default_steps, default_guidance = sampling_defaults(location)
+    default_steps, default_guidance, _ = sampling_defaults(location)  # identity guidance needs faces: none here
     dev = resolve_device(device)
     decoder.to(dev)
     out_dir.mkdir(parents=True, exist_ok=True)

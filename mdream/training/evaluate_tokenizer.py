@@ -47,6 +47,7 @@ class TokenizerEval:
     frames: int
     steps: int
     guidance_scale: float
+    identity_guidance_scale: float = 0.0
     results: dict[str, dict[str, float | None]] = field(default_factory=dict)
     probe: dict[str, float] = field(default_factory=dict)
     token_identity: dict[str, float] = field(default_factory=dict)
@@ -54,7 +55,7 @@ class TokenizerEval:
 
     def to_dict(self) -> dict:
         return {"frames": self.frames, "steps": self.steps, "guidance_scale": self.guidance_scale,
-                "results": self.results, "probe": self.probe, "token_identity": self.token_identity,
+                "identity_guidance_scale": self.identity_guidance_scale, "results": self.results, "probe": self.probe, "token_identity": self.token_identity,
                 "seconds": round(self.seconds, 1)}
 
 
@@ -155,6 +156,7 @@ def evaluate_tokenizer(
     num_inference_steps: int = 20,
     guidance_scale: float = 1.0,
     conditions: tuple[str, ...] = tuple(CONDITIONS),
+    identity_guidance_scale: float = 0.0,
     analyser_dir: str | Path | None = None,
     face_model: str | Path | None = None,
     probe_train_frames: int = 2048,
@@ -187,7 +189,8 @@ def evaluate_tokenizer(
     text = text_encoder.encode(test.descriptors)
     faces, face_mask = faces_for_batch(test.chars, bank, np.random.default_rng(seed))
     references = character_references(bank) if bank is not None else None
-    report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale)
+    report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale,
+                           identity_guidance_scale=identity_guidance_scale)
 
     reading = analyser.analyse(test.frames) if analyser else None
 
@@ -213,6 +216,7 @@ def evaluate_tokenizer(
                 text[sl] if "text" in groups else None,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
+                identity_guidance_scale=identity_guidance_scale,
                 generator=torch.Generator().manual_seed(seed + i),
                 batch_size=len(test.frames[sl]),
             )
@@ -247,6 +251,7 @@ def evaluate_checkpoint(
     out_json: str | Path | None = None,
     probe_train_frames: int = 2048,
     grid: str | Path | None = None,
+    identity_guidance_scale: float = 0.0,
 ) -> TokenizerEval:
     """Evaluate the ``encoder/`` + ``decoder/`` in a checkpoint (or an exported tokenizer folder)."""
     checkpoint = Path(checkpoint)
@@ -271,7 +276,8 @@ def evaluate_checkpoint(
         identity_reader = (load_pretrained(TokenCompressor, str(checkpoint / "train" / "compressor"), "compressor"),
                            load_pretrained(TokenIdentityHead, str(checkpoint / "train" / "identity_head"), "identity head"))
     report = evaluate_tokenizer(encoder, decoder, text_encoder, frames=frames, num_inference_steps=num_inference_steps,
-                                guidance_scale=guidance_scale, seed=seed, conditions=wanted,
+                                guidance_scale=guidance_scale, identity_guidance_scale=identity_guidance_scale,
+                                seed=seed, conditions=wanted,
                                 probe_train_frames=probe_train_frames, grid=grid, identity_reader=identity_reader)
     if out_json:
         Path(out_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
