@@ -135,7 +135,7 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}, folder / "model.safetensors")
         torch.save({"optimizer": optimizer.state_dict()}, folder / "state.pt")
-        state = {"step": step, "retrieval_top1": last_acc, "elapsed_s": round(budget.elapsed(), 1)}
+        state = {"step": step, "retrieval_top1": last_acc, "elapsed_s": round(budget.elapsed(), 3)}
         finish_checkpoint(out, folder, state, config.keep_checkpoints)
 
     budget = TimeBudget(config.max_minutes, start_from)

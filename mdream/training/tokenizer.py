@@ -452,7 +452,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                 count = 0
             out_of_time = budget.spent()
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                save(step, {"loss": round(loss.item(), 5), "elapsed_s": round(budget.elapsed(), 1)})
+                save(step, {"loss": round(loss.item(), 5), "elapsed_s": round(budget.elapsed(), 3)})
             if out_of_time:
                 console.print(f"training-time budget of {config.max_minutes:g} min spent at step {step}")
                 break
