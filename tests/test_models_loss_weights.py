@@ -28,3 +28,41 @@ def test_sqrt_timestep_sampling_favours_high_noise(power):
     share_high = float((t >= 500).float().mean())
     expected = 1 - 0.5 ** (1 / power)  # P(u**power >= 0.5)
     assert share_high == pytest.approx(expected, abs=0.01)
+
+
+def _tiny_decoder():
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from mdream.models.decoder import ContextProjector, KeyframeDecoder
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8,
+    )
+    context = ContextProjector(num_tokens=2, token_dim=16, face_dim=512, max_faces=3, text_dim=16, cross_attention_dim=16)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="sample", clip_sample=False)
+    return KeyframeDecoder(unet, context, scheduler, None, "ddim")
+
+
+def test_pixel_weight_is_a_weighted_mean_of_the_squared_error():
+    decoder = _tiny_decoder()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    tokens = torch.randn(2, 2, 16)
+
+    def loss(weight=None):
+        return decoder.diffusion_loss(images, tokens, drop_probs=(0, 0, 0), snr_gamma=None, timestep_power=1.0,
+                                      generator=torch.Generator().manual_seed(3), pixel_weight=weight)
+
+    with torch.no_grad():
+        plain = loss()
+        # all-ones (or any constant) is the plain loss
+        torch.testing.assert_close(loss(torch.ones(2, 1, 32, 32)), plain)
+        torch.testing.assert_close(loss(torch.full((2, 1, 32, 32), 5.0)), plain)
+        # weight only on the left half, then only on the right half: the plain loss lies between them
+        left = torch.zeros(2, 1, 32, 32)
+        left[..., :16] = 1.0
+        a, b = loss(left), loss(1.0 - left)
+        torch.testing.assert_close((a + b) / 2, plain)
+        assert not torch.isclose(a, b)

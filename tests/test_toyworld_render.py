@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -19,6 +20,7 @@ from mdream.toyworld import (
     render_clip,
     render_face_photo,
     render_keyframe,
+    render_keyframe_with_figures,
 )
 
 WORLD = make_world(0)
@@ -172,3 +174,25 @@ def test_face_boxes_are_inside_the_frame_and_on_the_face(camera):
         inside = is_skin[y0:y1, x0:x1].mean()
         outside = (is_skin.sum() - is_skin[y0:y1, x0:x1].sum()) / (is_skin.size - (y1 - y0) * (x1 - x0))
         assert inside > 0.08 and inside > 3 * outside, (camera, c.id, inside, outside)
+
+
+@pytest.mark.parametrize("camera", ["wide", "close-up"])
+def test_figure_mask_marks_the_cast_and_keeps_the_keyframe_pixels(camera):
+    world = make_world(0)
+    shot = _shot(camera=camera, position="center")
+    frame, mask = render_keyframe_with_figures(world, shot, 32, np.random.default_rng(5))
+    # the same rng state: exactly render_keyframe's pixels
+    np.testing.assert_array_equal(frame, render_keyframe(world, shot, 32, np.random.default_rng(5)))
+    assert mask.shape == (32, 32) and mask.dtype == bool
+    assert 0.02 < mask.mean() < 0.8
+    # a centre figure: its mask lies around the middle columns, not at the frame's sides
+    columns = np.nonzero(mask.any(axis=0))[0]
+    assert 8 < columns.mean() < 24
+    # a close-up's figure covers more of the frame than a wide shot's
+    if camera == "close-up":
+        wide = _shot(camera="wide", position="center")
+        _, wide_mask = render_keyframe_with_figures(world, wide, 32, np.random.default_rng(5))
+        assert mask.sum() > wide_mask.sum()
+    empty = dataclasses.replace(shot, cast=())
+    _, none = render_keyframe_with_figures(world, empty, 32, np.random.default_rng(5))
+    assert not none.any()

@@ -215,3 +215,31 @@ def test_tokenizer_training_can_start_from_another_runs_unet(clip_run, tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
     bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "third"), *base, "--init-unet", str(tmp_path / "nope")])
     assert bad.exit_code == 2 and "no UNet there" in bad.output
+
+
+def test_tokenizer_training_weights_the_characters(clip_run, tmp_path):
+    """--character-weight renders figure masks with the frames (cached with them) and trains on the weighted loss."""
+    plain, weighted = tmp_path / "plain", tmp_path / "weighted"
+    base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--steps", "1"]
+    invoke(["tokenizer", "--out", str(plain), *base])
+    assert "figures" not in np.load(plain / "frames.npz")
+    # a resume that turns the weight on re-renders the cache with masks: the same frames, now with figures
+    invoke(["tokenizer", "--out", str(plain), *TINY_TOKENIZER, "--clip", str(clip_run / "final"), "--steps", "2",
+            "--character-weight", "4"])
+    invoke(["tokenizer", "--out", str(weighted), *base, "--character-weight", "4"])
+    from mdream.training.data import FrameSet
+
+    before, after = np.load(plain / "frames.npz"), FrameSet.load(weighted / "frames.npz")
+    assert "figures" in before
+    np.testing.assert_array_equal(after.frames, before["frames"])
+    assert after.figures.shape == (48, 32, 32) and after.figures.any()
+    # frames without a cast have no figure pixels
+    assert not after.figures[(after.chars < 0).all(axis=1)].any()
+    state = json.loads((weighted / "checkpoints" / "step-0000001" / "state.json").read_text())
+    assert np.isfinite(state["loss"])
+    assert json.loads((weighted / "train_config.json").read_text())["character_weight"] == 4.0
+    bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "bad"), *base, "--character-weight", "4",
+                              "--data", str(tmp_path / "some-dataset")])
+    assert bad.exit_code == 2 and "figure masks" in bad.output
+    bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "bad2"), *base, "--character-weight", "0"])
+    assert bad.exit_code == 2 and "must be > 0" in bad.output

@@ -352,12 +352,16 @@ class KeyframeDecoder(nn.Module):
         snr_gamma: float | None = 5.0,
         timestep_power: float = 0.5,
         generator: torch.Generator | None = None,
+        pixel_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted denoising loss for a batch of frames given their context (one scalar).
 
         ``drop_probs``: per-sample probability of nulling the tokens, faces and descriptor groups.
         Timesteps are t = (T-1) * u**timestep_power, u ~ U(0, 1): power 0.5 puts more samples at
         mid/high noise, where the conditioning decides what the frame shows.
+        ``pixel_weight`` [B, 1, H, W] (image resolution) weights each pixel's squared error, e.g.
+        up on the characters; each frame's loss is the weighted mean, so all-ones is the plain
+        loss. Latent decoders get it area-resized to the latent grid.
         """
         x0 = self.images_to_sample(images.to(self.device), generator)
         b, device = x0.shape[0], x0.device
@@ -375,7 +379,14 @@ class KeyframeDecoder(nn.Module):
             target = train_scheduler.get_velocity(x0, noise, timesteps)
         else:
             target = x0
-        loss = F.mse_loss(pred, target.float(), reduction="none").mean(dim=(1, 2, 3))
+        squared = F.mse_loss(pred, target.float(), reduction="none")  # [B, C, h, w]
+        if pixel_weight is None:
+            loss = squared.mean(dim=(1, 2, 3))
+        else:
+            weight = pixel_weight.to(device, torch.float32)
+            if weight.shape[-2:] != squared.shape[-2:]:
+                weight = F.interpolate(weight, size=squared.shape[-2:], mode="area")
+            loss = (squared * weight).sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * squared.shape[1]).clamp_min(1e-8)
         if snr_gamma:
             alphas = train_scheduler.alphas_cumprod.to(device)[timesteps]
             loss = loss * min_snr_weight(alphas / (1 - alphas), self.prediction_type, snr_gamma)

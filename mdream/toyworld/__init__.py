@@ -2,7 +2,7 @@
 
 - `make_world(seed)`: the catalogue of characters and scenes.
 - `make_episode(world, seed, n_shots)`: shots with story structure (arcs, entrances, long gaps).
-- `render_keyframe`, `render_clip`, `render_face_photo`, `face_boxes`: numpy rendering.
+- `render_keyframe`, `render_keyframe_with_figures`, `render_clip`, `render_face_photo`, `face_boxes`: numpy rendering.
 - `shot_text`, `shot_labels`: the texts and integer labels of a shot.
 - `write_script`: a real mdream script + face photos + the ground-truth movie folder.
 - `write_dataset`, `ToyDataset`: a training set streamed to disk in shards, and its reader.
@@ -26,6 +26,7 @@ from mdream.toyworld.render import (
     render_clip,
     render_face_photo,
     render_keyframe,
+    render_keyframe_with_figures,
 )
 from mdream.toyworld.script_writer import script_dict, write_groundtruth, write_script
 from mdream.toyworld.world import (
@@ -67,5 +68,6 @@ __all__ = [
     "HAIR_STYLES", "HEIGHTS", "OUTFIT_COLOURS", "OUTFIT_PATTERNS", "POSITIONS", "SIZES", "SKIN_TONES",
     "TIMES_OF_DAY", "CastMember", "CharacterSpec", "Episode", "SceneSpec", "ShotSpec", "World",
     "episode_seed", "face_boxes", "make_episode", "make_world", "render_clip", "render_face_photo", "render_keyframe",
+    "render_keyframe_with_figures",
     "shot_labels", "shot_text",
 ]

@@ -13,6 +13,8 @@ applies camera motion in clips and a little random jitter. The background lives 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -661,6 +663,24 @@ def render_keyframe(world: World, shot: ShotSpec, size: int, rng: np.random.Gene
     _check_size(size)
     zoom, pan, offsets, brightness = _shot_jitter(size, rng)
     return _finish(_render(world, shot, size, 0.0, zoom, pan, offsets), size, rng, brightness)
+
+
+def render_keyframe_with_figures(world: World, shot: ShotSpec, size: int,
+                                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The shot's keyframe (exactly ``render_keyframe``'s pixels for this rng state) and its figure mask.
+
+    The mask, bool [size, size], marks the pixels the cast's figures change: the same shot is also
+    rendered without its cast from a copy of the rng state, so jitter, noise and background are
+    identical and the difference is the figures alone. Training can weight its loss there.
+    """
+    background_rng = copy.deepcopy(rng)
+    frame = render_keyframe(world, shot, size, rng)
+    if not shot.cast:
+        return frame, np.zeros((size, size), bool)
+    background = render_keyframe(world, dataclasses.replace(shot, cast=()), size, background_rng)
+    # 8/255 ignores only the faintest anti-aliased fringe
+    mask = np.abs(frame.astype(np.int16) - background.astype(np.int16)).max(axis=-1) > 8
+    return frame, mask
 
 
 # Camera motion over a clip: (zoom at the end, horizontal pan at the end), from zoom 1, pan 0.

@@ -34,27 +34,34 @@ class FrameSet:
     """The toy world the frames come from."""
     shots: list | None = None
     """The ShotSpec of each frame when rendered here (not saved; evaluation uses it for face boxes)."""
+    figures: np.ndarray | None = None
+    """bool [M, S, S]: the pixels the cast's figures cover (rendered here with ``figures=True``; saved)."""
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def subset(self, index: np.ndarray) -> FrameSet:
         shots = [self.shots[i] for i in index] if self.shots is not None else None
+        figures = self.figures[index] if self.figures is not None else None
         return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index],
-                        self.world_seed, shots)
+                        self.world_seed, shots, figures)
 
     def save(self, path: Path) -> None:
         """Written through a temporary file: an interrupted run never leaves a truncated frame cache."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
+        extra = {"figures": np.packbits(self.figures, axis=-1)} if self.figures is not None else {}
         np.savez(tmp, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
-                 descriptors=np.array(json.dumps(self.descriptors)))
+                 descriptors=np.array(json.dumps(self.descriptors)), **extra)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> FrameSet:
         with np.load(path) as z:
-            return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]))
+            size = z["frames"].shape[2]
+            figures = np.unpackbits(z["figures"], axis=-1, count=size).astype(bool) if "figures" in z else None
+            return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
+                       figures=figures)
 
 
 def load_toy_dataset(data_dir: str | Path, size: int | None = None, limit: int | None = None) -> FrameSet:
@@ -90,38 +97,63 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in frames])
 
 
-def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress: bool = True) -> FrameSet:
-    """``n`` keyframes of uniformly random shots (any scene, 0-3 random characters)."""
+def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress: bool = True,
+                         figures: bool = False) -> FrameSet:
+    """``n`` keyframes of uniformly random shots (any scene, 0-3 random characters).
+
+    With ``figures`` each frame's figure mask is rendered too (about twice the time); the frames
+    are the same pixels either way.
+    """
     from mdream.eval.training import random_shot
-    from mdream.toyworld import make_world, render_keyframe, shot_labels, shot_text
+    from mdream.toyworld import (
+        make_world,
+        render_keyframe,
+        render_keyframe_with_figures,
+        shot_labels,
+        shot_text,
+    )
 
     world = make_world(world_seed)
     rng = np.random.default_rng([seed, world_seed, 0x70C])
     frames = np.empty((n, size, size, 3), np.uint8)
     scene = np.empty(n, np.int64)
     chars = np.empty((n, 3), np.int64)
+    masks = np.zeros((n, size, size), bool) if figures else None
     texts, shots = [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"rendering {n} toy frames", total=n)
         for i in range(n):
             shot = random_shot(world, rng)
-            frames[i] = render_keyframe(world, shot, size, rng)
+            if figures:
+                frames[i], masks[i] = render_keyframe_with_figures(world, shot, size, rng)
+            else:
+                frames[i] = render_keyframe(world, shot, size, rng)
             labels = shot_labels(world, shot)
             scene[i], chars[i] = labels["scene"], labels["chars"]
             texts.append(shot_text(world, shot)[1])
             shots.append(shot)
             if i % 256 == 0:
                 bar.update(task, completed=i)
-    return FrameSet(frames, texts, scene, chars, world_seed, shots)
+    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks)
 
 
-def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None) -> FrameSet:
-    """A dataset folder when given, else random renders (cached in ``cache`` so a resume sees the same frames)."""
+def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None,
+              figures: bool = False) -> FrameSet:
+    """A dataset folder when given, else random renders (cached in ``cache`` so a resume sees the same frames).
+
+    ``figures``: the renders must carry figure masks; a cache written without them is rendered
+    again (the same seeds give the same frames) and replaced.
+    """
     if data:
+        if figures:
+            raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight needs.",
+                             hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1.")
         return load_toy_dataset(data, size=size, limit=n or None)
     if cache is not None and cache.is_file():
-        return FrameSet.load(cache)
-    frames = render_random_frames(world_seed, n, size, seed)
+        cached = FrameSet.load(cache)
+        if cached.figures is not None or not figures:
+            return cached
+    frames = render_random_frames(world_seed, n, size, seed, figures=figures)
     if cache is not None:
         frames.save(cache)
     return frames

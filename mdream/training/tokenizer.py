@@ -125,6 +125,8 @@ class TokenizerTrainingConfig(RunConfig):
     """Weight of the auxiliary loss (predict CLIP's patch tokens and image embedding from the tokens)."""
     identity_weight: float = 1.0
     """Weight of the identity auxiliary loss (predict each slot's face embedding from the tokens; needs the face group)."""
+    character_weight: float = 1.0
+    """Diffusion-loss weight of the pixels the characters' figures cover (1: plain; >1 needs rendered frames, not --data)."""
     init_unet: str = ""
     """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
@@ -146,14 +148,16 @@ class TokenizerModel(nn.Module):
         self.aux_head = aux_head
         self.identity_head = identity_head
 
-    def forward(self, images, patches, image_embeds, faces, face_mask, text, identity_target, config: TokenizerTrainingConfig):
+    def forward(self, images, patches, image_embeds, faces, face_mask, text, identity_target, config: TokenizerTrainingConfig,
+                pixel_weight=None):
         # images [B, 3, S, S] in [-1, 1]; patches [B, 1+P, Dv] frozen CLIP states; image_embeds [B, Dv]
         # identity_target [B, 3, 512] reference face embedding of the character in each slot (or None)
+        # pixel_weight [B, 1, S, S] loss weight per pixel (or None: uniform)
         tokens = self.compressor(patches)
         diffusion = self.decoder.diffusion_loss(
             images, tokens, faces, face_mask, text,
             drop_probs=(config.drop_tokens, config.drop_faces, config.drop_text),
-            snr_gamma=config.snr_gamma or None, timestep_power=config.timestep_power,
+            snr_gamma=config.snr_gamma or None, timestep_power=config.timestep_power, pixel_weight=pixel_weight,
         )
         aux = torch.zeros((), device=images.device)
         if self.aux_head is not None:
@@ -270,6 +274,8 @@ def export_tokenizer(checkpoint: str | Path, dest: str | Path, clip_reference: s
 
 def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: str = "auto") -> Path:
     """Train (or resume) the keyframe tokenizer; returns the newest checkpoint (holding ``encoder/`` and ``decoder/``)."""
+    if not config.character_weight > 0:
+        raise InputError(f"--character-weight must be > 0, got {config.character_weight}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     set_threads_from_env()
@@ -298,7 +304,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     # others then read them, instead of every process writing the same files at once.
     with accelerator.main_process_first():
         train: FrameSet = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed,
-                                    out / "frames.npz")
+                                    out / "frames.npz", figures=config.character_weight != 1.0)
         text_encoder = TextEncoder.from_pretrained(clip_path)
         text_cache = out / "descriptor_embeds.npy"
         if text_cache.is_file():
@@ -429,8 +435,15 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                     slots = np.where(face_mask[..., None], references[np.maximum(train.chars[idx], 0)], 0.0)
                     identity_t = torch.from_numpy(slots.astype(np.float32)).to(device)
                 text = torch.from_numpy(text_embeds[idx]).to(device)
+                pixel_weight = None
+                if config.character_weight != 1.0:
+                    # the characters are what the analyser (and a viewer) reads identity from, but a
+                    # small share of the pixels: the plain loss spends the UNet on the background
+                    figures = torch.from_numpy(train.figures[idx]).to(device)[:, None]  # [B, 1, S, S]
+                    pixel_weight = 1.0 + (config.character_weight - 1.0) * figures.float()
                 with accelerator.accumulate(model), accelerator.autocast():
-                    loss, diffusion, aux, identity = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config)
+                    loss, diffusion, aux, identity = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config,
+                                                           pixel_weight)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(trainable, 1.0)
