@@ -329,6 +329,25 @@ def test_one_training_step_through_loaded_models(folders, decoder_folder):
     assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))
 
 
+def test_pixel_weight_reaches_the_latent_grid(decoder_folder):
+    """An image-resolution weight (e.g. the characters' pixels) is area-resized to the VAE's latent grid."""
+    folder, _ = decoder_folder
+    decoder = KeyframeDecoder.from_pretrained(folder)
+    frames = torch.rand(2, 3, 32, 32) * 2 - 1
+    tokens = torch.randn(2, decoder.num_tokens, decoder.context.config.token_dim)
+
+    def loss(weight=None):
+        return decoder.diffusion_loss(frames, tokens, drop_probs=(0, 0, 0), snr_gamma=None, timestep_power=1.0,
+                                      generator=torch.Generator().manual_seed(0), pixel_weight=weight)
+
+    with torch.no_grad():
+        plain = loss()
+        torch.testing.assert_close(loss(torch.full((2, 1, 32, 32), 3.0)), plain)
+        left = torch.zeros(2, 1, 32, 32)
+        left[..., :16] = 1.0
+        torch.testing.assert_close((loss(left) + loss(1 - left)) / 2, plain)
+
+
 def test_sdxl_speed_benchmark_runs_both_renderers_on_one_unet():
     """The GPU timing script (benchmarks/bench_sdxl_render.py), run with the tiny SDXL-shaped configs."""
     from benchmarks.bench_sdxl_render import build, measure

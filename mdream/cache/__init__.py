@@ -9,6 +9,7 @@ from mdream.cache.store import (
     ArtifactStore,
     ArtifactWriter,
     StatusReport,
+    atomic_write,
     atomic_write_bytes,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "ArtifactWriter",
     "StatusReport",
     "artifact_key",
+    "atomic_write",
     "atomic_write_bytes",
     "canonical_json",
 ]

@@ -142,9 +142,8 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
 
     with training_progress("train clip", disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("clip", total=config.steps, completed=step, status="")
-        if budget.spent_before_start():
-            console.print(f"training-time budget of {config.max_minutes:g} min already spent at step {step}")
-        while step < config.steps and not budget.spent_before_start():
+        spent_already = budget.spent_before_start(step)
+        while step < config.steps and not spent_already:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config.steps, config.lr, config.warmup, time_fraction=budget.fraction())
             for _ in range(config.grad_accum):

@@ -34,6 +34,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from mdream.cache import atomic_write, atomic_write_bytes
 from mdream.errors import InputError
 
 console = Console(stderr=True)
@@ -119,17 +120,12 @@ def resumed_config(cls: type, saved_path: Path, config: Any) -> Any:
 
 
 def save_config(config: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file, so an interrupted run never leaves a truncated cache behind."""
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """np.save, atomically: an interrupted run never leaves a truncated cache behind."""
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def parse_int_tuple(text: str, what: str) -> tuple[int, ...]:
@@ -180,12 +176,8 @@ def resolve_resume(resume: str, out: Path) -> Path | None:
 
 def finish_checkpoint(out: Path, folder: Path, state: dict[str, Any], keep: int) -> None:
     """Write state.json last (it marks the checkpoint complete), move the pointer, prune old ones."""
-    tmp = folder / "state.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, folder / "state.json")
-    pointer = out / "checkpoints" / "latest.tmp"
-    pointer.write_text(folder.name + "\n")
-    os.replace(pointer, out / "checkpoints" / "latest")
+    atomic_write_bytes(folder / "state.json", (json.dumps(state, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "checkpoints" / "latest", (folder.name + "\n").encode())
     complete = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").is_file())
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -244,9 +236,12 @@ class TimeBudget:
     def spent(self) -> bool:
         return bool(self.seconds) and self.elapsed() >= self.seconds
 
-    def spent_before_start(self) -> bool:
-        """A resumed run whose budget was already spent takes no step."""
-        return bool(self.seconds) and self.before >= self.seconds
+    def spent_before_start(self, step: int) -> bool:
+        """A resumed run whose budget was already spent takes no step (and says so once)."""
+        spent = bool(self.seconds) and self.before >= self.seconds
+        if spent:
+            console.print(f"training-time budget of {self.seconds / 60:g} min already spent at step {step}")
+        return spent
 
 
 def training_progress(description: str, disable: bool = False) -> Progress:

@@ -8,7 +8,6 @@ At 32x32 a frame is 3 KB, so tens of thousands fit in memory on any machine.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +47,12 @@ class FrameSet:
 
     def save(self, path: Path) -> None:
         """Written through a temporary file: an interrupted run never leaves a truncated frame cache."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        from mdream.cache import atomic_write
+
         extra = {"figures": np.packbits(self.figures, axis=-1)} if self.figures is not None else {}
-        np.savez(tmp, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
-                 descriptors=np.array(json.dumps(self.descriptors)), **extra)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, frames=self.frames, scene=self.scene, chars=self.chars,
+                                              world_seed=self.world_seed,
+                                              descriptors=np.array(json.dumps(self.descriptors)), **extra))
 
     @classmethod
     def load(cls, path: Path) -> FrameSet:

@@ -30,6 +30,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 
+from mdream.cache import atomic_write
 from mdream.errors import InputError
 from mdream.models.compressor import TokenCompressor, TokenIdentityHead, TokenReconstructionHead
 from mdream.models.decoder import ContextProjector, KeyframeDecoder
@@ -222,9 +223,7 @@ def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path
             pooled.append(e.half().cpu().numpy())
             bar.update(task, completed=min(i + 256, len(train)))
     patches, pooled = np.concatenate(patches), np.concatenate(pooled)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, patches=patches, pooled=pooled, clip=np.array(config.clip))
-    tmp.replace(path)
+    atomic_write(path, lambda f: np.savez(f, patches=patches, pooled=pooled, clip=np.array(config.clip)))
     return patches, pooled
 
 
@@ -414,9 +413,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     budget = TimeBudget(config.max_minutes, start_from)
     with training_progress("train tokenizer", disable=not accelerator.is_main_process) as bar:
         task = bar.add_task("tokenizer", total=config.steps, completed=step, status="")
-        if budget.spent_before_start():
-            console.print(f"training-time budget of {config.max_minutes:g} min already spent at step {step}")
-        while step < config.steps and not budget.spent_before_start():
+        spent_already = budget.spent_before_start(step)
+        while step < config.steps and not spent_already:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config.steps, config.lr, config.warmup, time_fraction=budget.fraction())
             for _ in range(config.grad_accum):
