@@ -243,3 +243,22 @@ def test_tokenizer_training_weights_the_characters(clip_run, tmp_path):
     assert bad.exit_code == 2 and "figure masks" in bad.output
     bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "bad2"), *base, "--character-weight", "0"])
     assert bad.exit_code == 2 and "must be > 0" in bad.output
+
+
+def test_damaged_run_caches_are_rebuilt_not_fatal(clip_run, tmp_path):
+    """A truncated frames.npz or embedding cache (e.g. copied half-way) is rebuilt with a warning; the resume goes on."""
+    out = tmp_path / "tok"
+    tiny = [a for a in TINY_TOKENIZER if a not in ("--face-embedder", "none")]
+    args = ["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *tiny, "--photos-per-character", "2"]
+    invoke([*args, "--steps", "1"])
+    frames = np.load(out / "frames.npz")["frames"].copy()
+    text = np.load(out / "descriptor_embeds.npy").copy()
+    for name in ("frames.npz", "descriptor_embeds.npy", "face_bank.npy", "vision_features_layer-1.npz"):
+        data = (out / name).read_bytes()
+        (out / name).write_bytes(data[: len(data) // 2])
+    result = invoke([*args, "--steps", "2"])
+    assert "resumed from" in result.output and result.output.count("unreadable") == 4
+    assert (out / "checkpoints" / "step-0000002" / "state.json").is_file()
+    # rebuilt from the same seeds: the same frames and embeddings as before the damage
+    np.testing.assert_array_equal(np.load(out / "frames.npz")["frames"], frames)
+    np.testing.assert_allclose(np.load(out / "descriptor_embeds.npy"), text, atol=1e-5)

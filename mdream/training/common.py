@@ -19,8 +19,9 @@ import os
 import shutil
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ from rich.progress import (
 
 from mdream.cache import atomic_write, atomic_write_bytes
 from mdream.errors import InputError
+
+T = TypeVar("T")
 
 console = Console(stderr=True)
 
@@ -121,6 +124,21 @@ def resumed_config(cls: type, saved_path: Path, config: Any) -> Any:
 
 def save_config(config: Any, path: Path) -> None:
     atomic_write_bytes(path, (json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_cache(path: Path, load: Callable[[Path], T]) -> T | None:
+    """``load(path)`` of a run-folder cache; None when it is missing or unreadable, so the caller rebuilds it.
+
+    These caches (frames, embeddings, CLIP features) are derived data, never the only copy of
+    anything: a damaged one is rebuilt with a warning instead of stopping the run.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return load(path)
+    except Exception as exc:  # numpy raises many types (OSError, ValueError, BadZipFile, EOFError...) for a damaged file
+        console.print(f"[yellow]{path} is unreadable ({type(exc).__name__}: {exc}); rebuilding it[/]", highlight=False)
+        return None
 
 
 def save_array(path: Path, array: np.ndarray) -> None:

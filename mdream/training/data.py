@@ -15,6 +15,7 @@ import numpy as np
 from rich.progress import Progress
 
 from mdream.errors import InputError
+from mdream.training.common import load_cache
 
 
 @dataclass
@@ -148,10 +149,9 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
             raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight needs.",
                              hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1.")
         return load_toy_dataset(data, size=size, limit=n or None)
-    if cache is not None and cache.is_file():
-        cached = FrameSet.load(cache)
-        if cached.figures is not None or not figures:
-            return cached
+    cached = load_cache(cache, FrameSet.load) if cache is not None else None
+    if cached is not None and (cached.figures is not None or not figures):
+        return cached
     frames = render_random_frames(world_seed, n, size, seed, figures=figures)
     if cache is not None:
         frames.save(cache)

@@ -43,6 +43,7 @@ from mdream.training.common import (
     checkpoint_dir,
     console,
     finish_checkpoint,
+    load_cache,
     lr_at,
     make_accelerator,
     parse_int_tuple,
@@ -209,11 +210,15 @@ def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path
     them once saves a forward pass per step. The cache file is named by the layer it holds.
     """
     path = out / f"vision_features_layer{config.vision_feature_layer}.npz"
-    if path.is_file():
+
+    def read(path: Path):
         with np.load(path) as z:
-            # a resume with another --clip must not reuse the old CLIP's features
-            if len(z["patches"]) == len(train) and str(z.get("clip", "")) == config.clip:
-                return z["patches"], z["pooled"]
+            return z["patches"], z["pooled"], str(z.get("clip", ""))
+
+    cached = load_cache(path, read)
+    # a resume with another --clip must not reuse the old CLIP's features
+    if cached is not None and len(cached[0]) == len(train) and cached[2] == config.clip:
+        return cached[0], cached[1]
     patches, pooled = [], []
     with training_progress("CLIP features") as bar:
         task = bar.add_task("frames", total=len(train), status="")
@@ -306,18 +311,16 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                                     out / "frames.npz", figures=config.character_weight != 1.0)
         text_encoder = TextEncoder.from_pretrained(clip_path)
         text_cache = out / "descriptor_embeds.npy"
-        if text_cache.is_file():
-            text_embeds = np.load(text_cache)
-        else:
+        text_embeds = load_cache(text_cache, np.load)
+        if text_embeds is None or len(text_embeds) != len(train):
             console.print(f"embedding {len(train)} descriptors")
             text_embeds = text_encoder.encode(train.descriptors, batch_size=256).numpy()
             save_array(text_cache, text_embeds)
         bank = None
         if face_path is not None:
             bank_cache = out / "face_bank.npy"
-            if bank_cache.is_file():
-                bank = np.load(bank_cache)
-            else:
+            bank = load_cache(bank_cache, np.load)
+            if bank is None:
                 bank = face_embedding_bank(train.world_seed, face_path, config.photos_per_character, config.seed)
                 save_array(bank_cache, bank)
 
