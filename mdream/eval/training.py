@@ -26,6 +26,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mdream.cache import atomic_write
 from mdream.eval.face_embedder import (
     FACE_SIZE,
     ArcMarginHead,
@@ -274,8 +275,7 @@ def train_face_embedder(config: FaceTrainingConfig, out: Path, resume: str = "au
     def save() -> None:
         state = {"net": net.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
                  "step": step, "elapsed_s": elapsed}
-        torch.save(state, out / "checkpoint.tmp")
-        (out / "checkpoint.tmp").replace(out / "checkpoint.pt")
+        atomic_write(out / "checkpoint.pt", lambda f: torch.save(state, f))
 
     t_start = time.time() - elapsed
     running = None
@@ -412,9 +412,8 @@ def train_frame_analyser(config: AnalyserTrainingConfig, out: Path, resume: str 
     empty_class = model_config.num_characters
 
     def save() -> None:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed_s": elapsed},
-                   out / "checkpoint.tmp")
-        (out / "checkpoint.tmp").replace(out / "checkpoint.pt")
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed_s": elapsed}
+        atomic_write(out / "checkpoint.pt", lambda f: torch.save(state, f))
 
     t_start = time.time() - elapsed
     running = None

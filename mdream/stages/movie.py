@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from mdream.cache import atomic_write_bytes
@@ -32,9 +30,7 @@ def export_keyframes(project: Project, render_keys: list[str], out_dir: Path) ->
                 hint="rerun `mdream render SCRIPT`; it recomputes only what is missing",
             )
         target = frames / f"{shot.index:04d}.png"
-        tmp = target.with_suffix(f".tmp-{os.getpid()}")
-        shutil.copyfile(art.path("keyframe.png"), tmp)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, art.path("keyframe.png").read_bytes())
     for stale in frames.glob("*.png"):  # a shorter script than last time: drop the extra frames
         if stale.stem.isdigit() and int(stale.stem) >= len(project.plan.shots):
             stale.unlink()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from mdream.cache import atomic_write
 from mdream.toyworld.episode import Episode, episode_seed, make_episode, shot_labels, shot_text
 from mdream.toyworld.render import FACE_SIZE, SIZES, render_clip, render_face_photo, render_keyframe
 from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS, POSITIONS, World, make_world
@@ -151,9 +152,8 @@ def _render_chunk(chunk: _Chunk) -> tuple[dict[str, np.ndarray], list[dict]]:
 def _save_shard(out: Path, index: int, parts: list[tuple[dict[str, np.ndarray], list[dict]]]) -> str:
     name = f"shard-{index:05d}"
     arrays = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
-    tmp = out / f".{name}.tmp.npz"
-    np.savez(tmp, **arrays)  # uncompressed: fast to write and to read back
-    os.replace(tmp, out / f"{name}.npz")
+    # uncompressed: fast to write and to read back
+    atomic_write(out / f"{name}.npz", lambda f: np.savez(f, **arrays))
     (out / f"{name}.jsonl").write_text("".join(json.dumps(t) + "\n" for p in parts for t in p[1]))
     return name
 
