@@ -32,6 +32,9 @@ def machine() -> str:
 
 
 def git_revision() -> str:
+    # a copy of the tree without .git (e.g. on a lent GPU machine) is told its revision through the environment
+    if os.environ.get("MDREAM_GIT_REVISION"):
+        return os.environ["MDREAM_GIT_REVISION"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=RESULTS.parent).strip()
     except (OSError, subprocess.CalledProcessError):

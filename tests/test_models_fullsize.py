@@ -358,3 +358,22 @@ def test_sdxl_speed_benchmark_runs_both_renderers_on_one_unet():
     assert result["resolution"] == 32
     assert set(result["rows"]) == {"mdream KeyframeDecoder.generate", "diffusers StableDiffusionXLPipeline"}
     assert all(seconds > 0 and peak is None for seconds, peak in result["rows"].values())
+
+
+def test_fp16_vae_runs_in_fp32_when_its_config_forces_upcast():
+    """SDXL's VAE overflows in fp16, so (as diffusers' SDXL pipeline does) it encodes and decodes in fp32, then
+    goes back to fp16; a VAE whose config does not ask for it stays fp16 throughout."""
+    decoder = sdxl_decoder()
+    seen = []
+    decoder.vae.decoder.conv_in.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+    decoder.vae.encoder.conv_in.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+    for force_upcast, expected in ((True, torch.float32), (False, torch.float16)):
+        decoder.vae.register_to_config(force_upcast=force_upcast)
+        decoder.vae.to(torch.float16)
+        seen.clear()
+        with torch.no_grad():
+            latents = decoder.images_to_sample(torch.rand(1, 3, 32, 32) * 2 - 1)
+            images = decoder.sample_to_images(latents)
+        assert seen == [expected, expected]
+        assert decoder.vae.dtype == torch.float16
+        assert latents.dtype == torch.float16 and images.dtype == expected

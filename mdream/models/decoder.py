@@ -14,6 +14,7 @@ context enters the time embedding: as ``class_labels`` for ``class_embed_type="p
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,16 +331,32 @@ class KeyframeDecoder(nn.Module):
         """Float images [-1, 1] ``[B, 3, H, W]`` -> the UNet's sample space (pixels, or scaled VAE latents)."""
         if self.vae is None:
             return images
-        with torch.no_grad():
+        with torch.no_grad(), self._vae_upcast():
             latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample(generator)
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        return ((latents - shift) * self.vae.config.scaling_factor).to(self.vae.dtype)  # fp16 again after an upcast
 
     def sample_to_images(self, sample: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return sample
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return self.vae.decode((sample / self.vae.config.scaling_factor + shift).to(self.vae.dtype)).sample
+        with self._vae_upcast():
+            return self.vae.decode((sample.float() / self.vae.config.scaling_factor + shift).to(self.vae.dtype)).sample
+
+    @contextlib.contextmanager
+    def _vae_upcast(self):
+        """Run the VAE in fp32 while inside, when it is fp16 and its config asks for it (``force_upcast``).
+
+        SDXL's VAE overflows in fp16 (NaN/black images); diffusers' SDXL pipeline upcasts it the same way.
+        """
+        upcast = self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            yield
+        finally:
+            if upcast:
+                self.vae.to(torch.float16)
 
     def diffusion_loss(
         self,
