@@ -2,18 +2,20 @@
 
 Both render from one random-weight SDXL-config UNet and VAE (the real SDXL base configs, written
 out below because no hub is reachable) with the same Euler scheduler, steps, guidance and size.
-mdream's decoder gets keyframe tokens + face embeddings + a descriptor (a 6-entry context); the
-stock pipeline gets precomputed prompt embeddings (77 entries, text encoders not loaded, so neither
-side pays for text encoding). Reports seconds per image (after one warm-up render) and peak GPU
-memory. ``--size tiny`` runs the same code with the tiny SDXL-shaped configs of the tests (CPU).
+mdream's decoder gets keyframe tokens + face embeddings + a descriptor (a 6-entry context, one face
+slot empty, so a key mask), and again with the mask dropped (a diagnostic row); the stock pipeline gets
+precomputed prompt embeddings (77 entries, text encoders not loaded, so neither side pays for text
+encoding). Reports the median wall seconds per image over interleaved renders, the GPU kernel time of
+one render (torch.profiler) and the peak GPU memory. ``--size tiny`` runs the same code with the tiny SDXL-shaped configs of the tests (CPU).
 
     python -m benchmarks.bench_sdxl_render [--size full|tiny] [--device cuda] [--dtype fp16]
-        [--steps 30] [--guidance 5] [--repeats 3] [--no-write]
+        [--steps 30] [--guidance 5] [--repeats 5] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -75,16 +77,31 @@ def build(size: str, device: str, dtype: torch.dtype):
     return decoder, pipe
 
 
-def timed(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up: kernels, allocator
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+def timed(fns: dict, device: str, repeats: int) -> dict:
+    """Median seconds per call of each function, the functions interleaved so that clock and host drift hit all alike."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for fn in fns.values():
+        fn()  # warm-up: kernels, allocator
+    seconds = {name: [] for name in fns}
     for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def kernel_seconds(fn, device: str) -> float | None:
+    """GPU kernel time of one call (torch.profiler, summed over kernels): the device's share of the wall time."""
+    if not device.startswith("cuda"):
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    return sum(event.self_device_time_total for event in prof.key_averages()) / 1e6
 
 
 def measure(size: str, device: str, dtype: torch.dtype, steps: int, guidance: float, repeats: int) -> dict:
@@ -103,23 +120,35 @@ def measure(size: str, device: str, dtype: torch.dtype, steps: int, guidance: fl
     prompt = torch.randn(1, 77, width, generator=g).to(device, dtype)
     pooled = torch.randn(1, pooled_dim, generator=g).to(device, dtype)
 
-    def ours():
+    def ours(faces=faces, mask=mask):
         with torch.no_grad():
             decoder.generate(tokens, faces, mask, text, num_inference_steps=steps, guidance_scale=guidance,
                              generator=torch.Generator().manual_seed(1))
+
+    def ours_without_mask():
+        # diagnostic only (not a valid render: empty slots are attended): the cost of the key mask itself
+        predict = decoder.predict
+        decoder.predict = lambda sample, t, context, mask, pooled_: predict(sample, t, context, None, pooled_)
+        try:
+            ours()
+        finally:
+            decoder.predict = predict
 
     def stock():
         pipe(prompt_embeds=prompt, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(prompt),
              negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=steps, guidance_scale=guidance,
              height=resolution, width=resolution, output_type="np", generator=torch.Generator().manual_seed(1))
 
-    rows = {}
-    for name, fn in (("mdream KeyframeDecoder.generate", ours), ("diffusers StableDiffusionXLPipeline", stock)):
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        seconds = timed(fn, device, repeats)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-        rows[name] = (seconds, peak)
+    fns = {
+        "mdream KeyframeDecoder.generate": ours,
+        "same, key mask dropped (diagnostic; not a valid render)": ours_without_mask,
+        "diffusers StableDiffusionXLPipeline": stock,
+    }
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed(fns, device, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    rows = {name: (seconds[name], kernel_seconds(fn, device), peak) for name, fn in fns.items()}
     return {"resolution": resolution, "params": sum(p.numel() for p in unet.parameters()), "rows": rows}
 
 
@@ -130,7 +159,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only; do not update benchmarks/RESULTS.md")
     args = parser.parse_args()
     dtype_name = args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
@@ -139,13 +168,14 @@ def main() -> None:
     lines = [
         f"{args.size} SDXL-config UNet ({result['params'] / 1e9:.2f} B parameters, random weights), "
         f"{result['resolution']}x{result['resolution']}, Euler {args.steps} steps, guidance {args.guidance:g}, "
-        f"{dtype_name}, batch 1, mean of {args.repeats} after a warm-up:",
+        f"{dtype_name}, batch 1, median of {args.repeats} interleaved renders after a warm-up; peak memory over all:",
         "",
-        "| renderer | s/image | peak GPU memory (GiB) |",
-        "|---|---:|---:|",
+        "| renderer | s/image (wall) | GPU kernel s/image | peak GPU memory, all rows (GiB) |",
+        "|---|---:|---:|---:|",
     ]
-    for name, (seconds, peak) in result["rows"].items():
-        lines.append(f"| {name} | {seconds:.3f} | {'-' if peak is None else f'{peak:.1f}'} |")
+    for name, (seconds, kernels, peak) in result["rows"].items():
+        lines.append(f"| {name} | {seconds:.3f} | {'-' if kernels is None else f'{kernels:.3f}'} | "
+                     f"{'-' if peak is None else f'{peak:.1f}'} |")
     body = "\n".join(lines) + "\n"
     print(body)
     if not args.no_write:

@@ -315,14 +315,16 @@ class KeyframeDecoder(nn.Module):
             return {"class_labels": pooled}
         return {}
 
-    def predict(self, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, mask: torch.Tensor, pooled) -> torch.Tensor:
-        # sample [B, C, h, w] -> model output (epsilon / v / x0 per the scheduler) [B, C, h, w]
+    def predict(
+        self, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None, pooled
+    ) -> torch.Tensor:
+        # sample [B, C, h, w] -> model output (epsilon / v / x0 per the scheduler) [B, C, h, w]; mask None = attend all
         h, w = sample.shape[-2:]
         return self.unet(
             sample,
             timesteps,
             encoder_hidden_states=context,
-            encoder_attention_mask=mask.to(context.dtype),
+            encoder_attention_mask=None if mask is None else mask.to(context.dtype),
             **self.added_conditions(pooled, sample.shape[0], h * self.vae_scale, w * self.vae_scale),
         ).sample
 
@@ -474,6 +476,9 @@ class KeyframeDecoder(nn.Module):
             branches["no_faces"] = self.context(tokens, None, None, text_embed, batch_size=b)
         context = torch.cat([c for c, _, _ in branches.values()])
         mask = torch.cat([m for _, m, _ in branches.values()])
+        # A key mask with nothing masked changes no output but costs host time: diffusers repeats it per head in
+        # every cross-attention layer, which made full-size renders ~10-25% slower on an H200 (benchmarks/RESULTS.md).
+        mask = None if bool(mask.all()) else mask
         pooled = torch.cat([p for _, _, p in branches.values()]) if branches["full"][2] is not None else None
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
