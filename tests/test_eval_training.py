@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,4 +34,11 @@ def test_analyser_training_saves_a_loadable_model(tmp_path):
     folder = train_frame_analyser(config, tmp_path)
     model = FrameAnalyser.from_pretrained(folder)
     assert model.config.num_characters == 28 and len(model.config.scene_ids) == model.config.num_scenes
-    assert (tmp_path / "pool.npz").is_file()
+    pool = tmp_path / "pool.npz"
+    assert pool.is_file()
+    # a damaged pool cache (an interrupted write, a full disk) is rendered again, not a crash
+    pool.write_bytes(pool.read_bytes()[:100])
+    config.steps = 3
+    train_frame_analyser(config, tmp_path)
+    with np.load(pool) as data:
+        assert data["frames"].shape[0] == 16

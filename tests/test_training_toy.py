@@ -106,8 +106,10 @@ def test_tokenizer_training_resume_and_render(clip_run, tmp_path):
     shipped.mkdir()
     (shipped / "eval.json").write_text("{}")  # a stale record from other weights must not survive an export
     export_tokenizer(checkpoint, shipped)
-    assert json.loads((shipped / "train_config.json").read_text())["steps"] == 3
-    assert not (shipped / "eval.json").exists()
+    record = json.loads((shipped / "train_config.json").read_text())
+    assert record["steps"] == 3 and not (shipped / "eval.json").exists()
+    # this run's CLIP lies outside the package: the record keeps its path; the packaged ones would read toy / auto
+    assert record["clip"] == str((clip_run / "final").resolve()) and record["face_embedder"] in ("auto", "none")
     encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
     decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
     frames = np.load(out / "frames.npz")["frames"][:2]
@@ -241,6 +243,7 @@ def test_tokenizer_training_weights_the_characters(clip_run, tmp_path):
     bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "bad"), *base, "--character-weight", "4",
                               "--data", str(tmp_path / "some-dataset")])
     assert bad.exit_code == 2 and "figure masks" in bad.output
+    assert not (tmp_path / "bad").exists()  # refused before the run folder was made
     bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "bad2"), *base, "--character-weight", "0"])
     assert bad.exit_code == 2 and "must be > 0" in bad.output
 
@@ -262,3 +265,17 @@ def test_damaged_run_caches_are_rebuilt_not_fatal(clip_run, tmp_path):
     # rebuilt from the same seeds: the same frames and embeddings as before the damage
     np.testing.assert_array_equal(np.load(out / "frames.npz")["frames"], frames)
     np.testing.assert_allclose(np.load(out / "descriptor_embeds.npy"), text, atol=1e-5)
+
+
+def test_exported_settings_name_the_packaged_models_portably(tmp_path):
+    """The packaged CLIP and face embedder are recorded as toy / auto (not this machine's paths), in the shipped
+    tokenizer's settings too; any other path is kept."""
+    from mdream.training.tokenizer import DEFAULT_FACE_EMBEDDER, TOY_CLIP, portable_train_config
+
+    record = tmp_path / "train_config.json"
+    record.write_text(json.dumps({"clip": str(TOY_CLIP.resolve()), "face_embedder": str(DEFAULT_FACE_EMBEDDER),
+                                  "data": str(tmp_path)}))
+    portable_train_config(record)
+    assert json.loads(record.read_text()) == {"clip": "toy", "face_embedder": "auto", "data": str(tmp_path)}
+    shipped = json.loads((TOY_CLIP.parent / "toy-tokenizer" / "train_config.json").read_text())
+    assert (shipped["clip"], shipped["face_embedder"]) == ("toy", "auto")

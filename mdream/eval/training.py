@@ -37,6 +37,7 @@ from mdream.eval.face_embedder import (
     save_config,
 )
 from mdream.eval.frame_analyser import ANALYSER_SIZE, FrameAnalyser, FrameAnalyserConfig
+from mdream.training.common import load_cache
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "eval"
 console = Console(stderr=True)
@@ -393,9 +394,14 @@ def train_frame_analyser(config: AnalyserTrainingConfig, out: Path, resume: str 
     rng = np.random.default_rng([config.seed, step])
 
     pool_file = out / "pool.npz"
-    if pool_file.is_file():
-        data = np.load(pool_file)
-        frames, scenes, chars = data["frames"], data["scenes"], data["chars"]
+
+    def load_pool(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with np.load(path) as data:
+            return data["frames"], data["scenes"], data["chars"]
+
+    pool = load_cache(pool_file, load_pool)
+    if pool is not None:
+        frames, scenes, chars = pool
     else:
         frames = np.empty((config.pool_size, ANALYSER_SIZE, ANALYSER_SIZE, 3), np.uint8)
         scenes = np.empty(config.pool_size, np.int64)
@@ -408,7 +414,7 @@ def train_frame_analyser(config: AnalyserTrainingConfig, out: Path, resume: str 
                 frames[start:start + n], scenes[start:start + n], chars[start:start + n] = (
                     render_analyser_samples(world, n, rng))
                 progress.update(task, completed=start + n)
-        np.savez(pool_file, frames=frames, scenes=scenes, chars=chars)
+        atomic_write(pool_file, lambda f: np.savez(f, frames=frames, scenes=scenes, chars=chars))
     empty_class = model_config.num_characters
 
     def save() -> None:

@@ -274,12 +274,35 @@ def export_tokenizer(checkpoint: str | Path, dest: str | Path, clip_reference: s
             shutil.copy(src, dest / name)
         elif (dest / name).is_file():
             (dest / name).unlink()  # never leave another run's record beside these weights
+    if (dest / "train_config.json").is_file():
+        portable_train_config(dest / "train_config.json")
+
+
+def portable_train_config(path: Path) -> None:
+    """Write the packaged CLIP and face embedder in a run's settings as "toy" / "auto", not as this machine's paths.
+
+    Exported weights travel (e.g. inside the package); their recorded settings should still resume or
+    rerun on another checkout. Other paths are kept as they were: they name what the run used.
+    """
+    def names(value: str | None, packaged: Path) -> bool:
+        return bool(value) and Path(value).exists() and Path(value).resolve() == packaged.resolve()
+
+    cfg = read_json(path, "training settings")
+    if names(cfg.get("clip"), TOY_CLIP):
+        cfg["clip"] = "toy"
+    if names(cfg.get("face_embedder"), DEFAULT_FACE_EMBEDDER):
+        cfg["face_embedder"] = "auto"
+    write_json(path, cfg)
 
 
 def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: str = "auto") -> Path:
     """Train (or resume) the keyframe tokenizer; returns the newest checkpoint (holding ``encoder/`` and ``decoder/``)."""
     if not config.character_weight > 0:
         raise InputError(f"--character-weight must be > 0, got {config.character_weight}.")
+    if config.data and config.character_weight != 1.0:
+        # before anything is written to the run folder
+        raise InputError(f"--data {config.data}: dataset folders carry no figure masks, which --character-weight needs.",
+                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     set_threads_from_env()
