@@ -175,6 +175,13 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
 
     # ground truth + one row per condition, 8 frames of 32 px each, shown 4x
     assert Image.open(tmp_path / "grid.png").size == (8 * 32 * 4, 3 * 32 * 4)
+    assert saved["scheduler"] == "ddim"  # the decoder's own
+    # another sampler by name (same seeds, other pixels); an unknown one is refused before any work
+    other = evaluate_checkpoint(out / "checkpoints" / "step-0000001", frames=8, num_inference_steps=2,
+                                conditions="tokens", probe_train_frames=0, scheduler="ddpm")
+    assert other.scheduler == "ddpm" and set(other.results) == {"ground_truth", "tokens"}
+    bad = runner.invoke(app, ["tokenizer-eval", str(out / "checkpoints" / "step-0000001"), "--scheduler", "nope"])
+    assert bad.exit_code == 2 and "Unknown scheduler" in bad.output
 
 
 def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_path):

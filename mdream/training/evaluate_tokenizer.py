@@ -48,6 +48,7 @@ class TokenizerEval:
     steps: int
     guidance_scale: float
     identity_guidance_scale: float = 0.0
+    scheduler: str = ""
     results: dict[str, dict[str, float | None]] = field(default_factory=dict)
     probe: dict[str, float] = field(default_factory=dict)
     token_identity: dict[str, float] = field(default_factory=dict)
@@ -55,7 +56,8 @@ class TokenizerEval:
 
     def to_dict(self) -> dict:
         return {"frames": self.frames, "steps": self.steps, "guidance_scale": self.guidance_scale,
-                "identity_guidance_scale": self.identity_guidance_scale, "results": self.results, "probe": self.probe, "token_identity": self.token_identity,
+                "identity_guidance_scale": self.identity_guidance_scale, "scheduler": self.scheduler,
+                "results": self.results, "probe": self.probe, "token_identity": self.token_identity,
                 "seconds": round(self.seconds, 1)}
 
 
@@ -163,10 +165,12 @@ def evaluate_tokenizer(
     batch_size: int = 64,
     grid: str | Path | None = None,
     identity_reader: tuple | None = None,
+    scheduler: str | None = None,
 ) -> TokenizerEval:
     """Reconstruct ``frames`` held-out random shots through the tokens and score them (see module doc).
 
     ``identity_reader``: (compressor, TokenIdentityHead) of a training run, to also read identities off the tokens.
+    ``scheduler``: a sampler name (``mdream.models.decoder.SCHEDULERS``) instead of the decoder's own.
     """
     from mdream.eval.frame_analyser import FrameAnalyser
     from mdream.toyworld import make_world
@@ -190,7 +194,7 @@ def evaluate_tokenizer(
     faces, face_mask = faces_for_batch(test.chars, bank, np.random.default_rng(seed))
     references = character_references(bank) if bank is not None else None
     report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale,
-                           identity_guidance_scale=identity_guidance_scale)
+                           identity_guidance_scale=identity_guidance_scale, scheduler=scheduler or decoder.scheduler_name)
 
     reading = analyser.analyse(test.frames) if analyser else None
 
@@ -219,6 +223,7 @@ def evaluate_tokenizer(
                 identity_guidance_scale=identity_guidance_scale,
                 generator=torch.Generator().manual_seed(seed + i),
                 batch_size=len(test.frames[sl]),
+                scheduler=scheduler,
             )
             images.append(out.images)
         images = np.concatenate(images)
@@ -252,6 +257,7 @@ def evaluate_checkpoint(
     probe_train_frames: int = 2048,
     grid: str | Path | None = None,
     identity_guidance_scale: float = 0.0,
+    scheduler: str | None = None,
 ) -> TokenizerEval:
     """Evaluate the ``encoder/`` + ``decoder/`` in a checkpoint (or an exported tokenizer folder)."""
     checkpoint = Path(checkpoint)
@@ -259,6 +265,8 @@ def evaluate_checkpoint(
         raise InputError(f"{checkpoint} holds no encoder/ and decoder/ folders.", hint="Pass a checkpoint folder (OUT/checkpoints/step-...).")
     encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
     decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
+    if scheduler:
+        KeyframeDecoder.make_scheduler(scheduler, decoder.scheduler.config)  # an unknown name fails before any work
     clip_source = str(clip) if clip else encoder.vision_reference
     from mdream.models.loading import resolve_reference
 
@@ -278,7 +286,8 @@ def evaluate_checkpoint(
     report = evaluate_tokenizer(encoder, decoder, text_encoder, frames=frames, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, identity_guidance_scale=identity_guidance_scale,
                                 seed=seed, conditions=wanted,
-                                probe_train_frames=probe_train_frames, grid=grid, identity_reader=identity_reader)
+                                probe_train_frames=probe_train_frames, grid=grid, identity_reader=identity_reader,
+                                scheduler=scheduler)
     if out_json:
         Path(out_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
