@@ -102,6 +102,40 @@ def test_encode_keyframes_render_round_trip(storyboard, tmp_path):
     assert not np.array_equal(before[0], np.asarray(Image.open(other / "keyframes" / "0000.png")))
 
 
+def test_script_sampling_settings_change_the_render_and_its_keys(storyboard, tmp_path):
+    """`output.sampling` overrides the bundle's steps / guidance / sampler: the renders are recomputed (their
+    keys hold the overrides) while encode and keyframes stay cached; a bad sampler is a script error."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    for verb in ("encode", "keyframes", "render"):
+        assert _invoke(verb, storyboard, "--cache-dir", cache, *(["--out", out] if verb == "render" else [])).exit_code == 0
+    before = np.asarray(Image.open(out / "keyframes" / "0000.png"))
+    data = yaml.safe_load(storyboard.read_text())
+    data["output"]["sampling"] = {"steps": 2, "guidance_scale": 1.0, "sampler": "dpmpp"}
+    storyboard.write_text(yaml.safe_dump(data))
+
+    def totals():
+        status = runner.invoke(app, ["status", str(storyboard), "--cache-dir", str(cache), "--json"])
+        return json.loads(status.output)["totals"]
+
+    assert totals()["render"] == {"stale": 6}
+    assert totals()["keyframes"] == {"done": 6}
+    assert _invoke("render", storyboard, "--cache-dir", cache, "--out", out).exit_code == 0
+    assert totals()["render"] == {"done": 6}
+    assert not np.array_equal(before, np.asarray(Image.open(out / "keyframes" / "0000.png")))
+
+    data["output"]["sampling"] = {"sampler": "plms"}
+    storyboard.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["script-validate", str(storyboard)])
+    assert result.exit_code != 0 and "sampler" in result.output
+
+
+def test_script_samplers_are_the_renderers_schedulers():
+    from mdream.models.decoder import SCHEDULERS
+    from mdream.script.models import SAMPLERS
+
+    assert set(SAMPLERS) == set(SCHEDULERS)
+
+
 def test_render_needs_its_upstream_and_says_so(storyboard, tmp_path):
     result = _invoke("render", storyboard, "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 1

@@ -123,6 +123,26 @@ class Arc(_Strict):
     shots: list[Shot] = Field(min_length=1, description="The arc's shots, in playing order.")
 
 
+SAMPLERS = ("ddim", "ddpm", "euler", "dpmpp")
+
+
+class Sampling(_Strict):
+    """How the renderer samples keyframes; a field left out keeps the model bundle's tuned setting."""
+
+    steps: int | None = Field(default=None, ge=1, le=1000, description="Denoising steps per keyframe.")
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=30, description="Classifier-free guidance scale (1 = no guidance)."
+    )
+    identity_guidance: float | None = Field(
+        default=None, ge=0, le=30, description="Extra guidance toward the cast's faces (0 = off)."
+    )
+    sampler: Literal[SAMPLERS] | None = Field(default=None, description="Sampler: ddim, ddpm, euler or dpmpp.")
+
+    def overrides(self) -> dict:
+        """The settings given in the script (for cache keys: a script that sets none keeps its keys)."""
+        return self.model_dump(exclude_none=True)
+
+
 class OutputSettings(_Strict):
     """Size and timing of the generated movie and which model bundle draws it."""
 
@@ -131,6 +151,9 @@ class OutputSettings(_Strict):
     fps: int = Field(default=8, ge=1, le=120, description="Frames per second of the movie.")
     clip_length: int = Field(default=8, ge=2, le=256, description="Frames per generated clip.")
     model_bundle: Text = Field(default="toy", description="Bundled model name (e.g. 'toy') or a folder path.")
+    sampling: Sampling = Field(
+        default_factory=Sampling, description="Keyframe sampling: steps, guidance, sampler (default: the bundle's)."
+    )
 
 
 class Script(_Strict):

@@ -151,7 +151,11 @@ class RenderStage(Stage):
 
     def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
         out = project.plan.output
-        return {"width": out.width, "height": out.height}  # everything else arrives through upstream keys
+        inputs: dict[str, Any] = {"width": out.width, "height": out.height}
+        # the bundle's own sampling defaults are part of its fingerprint; the script's overrides go in here
+        if overrides := out.sampling.overrides():
+            inputs["sampling"] = overrides
+        return inputs  # everything else arrives through upstream keys
 
     def prepare(self, project: Project) -> None:
         from mdream.models.decoder import KeyframeDecoder
@@ -161,6 +165,12 @@ class RenderStage(Stage):
         self.device = resolve_device(project.options.device)
         self.decoder.to(self.device)
         self.steps, self.guidance, self.identity_guidance = sampling_defaults(location)
+        sampling = project.plan.output.sampling
+        self.steps = sampling.steps if sampling.steps is not None else self.steps
+        self.guidance = sampling.guidance_scale if sampling.guidance_scale is not None else self.guidance
+        if sampling.identity_guidance is not None:
+            self.identity_guidance = sampling.identity_guidance
+        self.sampler = sampling.sampler  # None: the decoder's own
 
     def produce_batch(self, project, shots, upstreams, writers) -> None:
         import torch
@@ -181,6 +191,7 @@ class RenderStage(Stage):
             guidance_scale=self.guidance,
             identity_guidance_scale=self.identity_guidance,
             generator=generators,
+            scheduler=self.sampler,
         ).images  # uint8 [B, S, S, 3]
         out = project.plan.output
         for image, writer in zip(images, writers, strict=True):
