@@ -104,6 +104,19 @@ def test_keyframe_encoder_round_trip_and_input_forms(folders, tmp_path):
         torch.testing.assert_close(KeyframeEncoder.from_pretrained(tmp_path / folder).encode(frames), tokens)
 
 
+def test_vision_features_run_where_the_vision_tower_is(folders):
+    """Training moves the frozen vision tower to the GPU before accelerate moves the compressor; the CLIP
+    features must follow the tower, not the compressor (this failed on an H200: cuda and cpu tensors mixed).
+    Here the compressor sits on the meta device, which any computation on it would trip over."""
+    encoder = KeyframeEncoder.from_vision_model(str(folders / "clip"), num_tokens=2, token_dim=16, width=32, num_heads=2)
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    expected, _ = encoder.vision_features(frames)
+    encoder.compressor.to("meta")
+    patches, pooled = encoder.vision_features(frames)
+    assert patches.device.type == "cpu" and pooled.device.type == "cpu"
+    torch.testing.assert_close(patches, expected)
+
+
 def test_keyframe_encoder_uses_separate_vision_folder_and_feature_layer(folders):
     encoder = KeyframeEncoder.from_vision_model(str(folders / "vision"), vision_feature_layer=-2, num_tokens=4, token_dim=8)
     patches, pooled = encoder.vision_features(np.zeros((2, 32, 32, 3), dtype=np.uint8))

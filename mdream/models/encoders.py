@@ -163,8 +163,10 @@ class KeyframeEncoder(torch.nn.Module):
 
         The image embedding is the post-layernormed CLS state (``pooler_output``).
         """
-        pixels = self.preprocessor(images_to_float(images).to(self.device))
-        dtype = next(self.vision_model.parameters()).dtype
+        # on the vision tower's device, which training sets apart from the compressor's (accelerate moves that later)
+        vision = next(self.vision_model.parameters())
+        pixels = self.preprocessor.to(vision.device)(images_to_float(images).to(vision.device))
+        dtype = vision.dtype
         with torch.no_grad():
             out = self.vision_model(pixel_values=pixels.to(dtype), output_hidden_states=self.vision_feature_layer != -1)
         hidden = out.last_hidden_state if self.vision_feature_layer == -1 else out.hidden_states[self.vision_feature_layer]
@@ -173,7 +175,7 @@ class KeyframeEncoder(torch.nn.Module):
     def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Images -> tokens ``[B, N, d]`` with gradients through the compressor (training)."""
         patches, _ = self.vision_features(images)
-        return self.compressor(patches.to(self.compressor.dtype))
+        return self.compressor(patches.to(self.device, self.compressor.dtype))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor | np.ndarray, batch_size: int = 64) -> torch.Tensor:
