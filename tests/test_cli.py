@@ -98,3 +98,11 @@ def test_cache_dir_that_is_a_file_exit_2(small_script, tmp_path):
     not_a_dir.write_text("x")
     result = runner.invoke(app, ["status", str(small_script), "--cache-dir", str(not_a_dir)])
     assert result.exit_code == 2 and "not a folder" in result.output
+
+
+def test_python_dash_m_mdream_is_the_command():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "mdream", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "script-validate" in result.stdout

@@ -1,0 +1,26 @@
+#!/bin/bash
+# One short GPU check, for a CUDA machine with mdream's dependencies importable (run from the repo root):
+#   1. `mdream train tokenizer` on the toy world with --mixed-precision auto (bf16 on CUDA): 40 steps, then a
+#      resume to 60; prints the resolved precision, throughput, the last state and the saved weights' dtype;
+#   2. the full-size SDXL-config render benchmark (writes its section of benchmarks/RESULTS.md).
+# Usage: bash benchmarks/gpu_check.sh [RUN_FOLDER]   (about 3 minutes on an H200, most of it building the SDXL UNet)
+set -u
+export MDREAM_DEBUG=1  # a bug shows its traceback here, not the one-line internal error
+RUN=${1:-/tmp/mdream-gpu-check}
+rm -rf "$RUN"
+ARGS=(--out "$RUN" --clip toy --face-embedder none --num-frames 256 --checkpoint-every 20 --log-every 10 --max-minutes 3)
+python3 -c "import torch; from mdream.training.common import resolve_mixed_precision as r; \
+print('cuda', torch.cuda.is_available(), torch.__version__, '| --mixed-precision auto ->', r('auto'))"
+python3 -m mdream train tokenizer "${ARGS[@]}" --steps 40 2>&1 | grep -E "step |done|training|Error|error" || exit 1
+python3 -m mdream train tokenizer "${ARGS[@]}" --steps 60 --resume auto 2>&1 | grep -E "step |done|resumed|Error|error" || exit 1
+python3 - "$RUN" <<'PY'
+import json, sys
+from pathlib import Path
+from safetensors import safe_open
+run = Path(sys.argv[1])
+last = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+print("last checkpoint", json.loads((last / "state.json").read_text()))
+with safe_open(str(next((last / "decoder" / "unet").glob("*.safetensors"))), "pt") as f:
+    print("saved UNet dtypes", sorted({str(f.get_tensor(k).dtype) for k in f.keys()}))
+PY
+python3 -m benchmarks.bench_sdxl_render --device cuda --dtype fp16
