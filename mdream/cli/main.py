@@ -258,6 +258,9 @@ def _register_subapps() -> None:
         toyworld_app = None
     if toyworld_app is not None:
         app.add_typer(toyworld_app, name="toyworld", help="The procedural toy movie world: scripts and datasets.")
+    from mdream.cli.cache_cli import app as cache_app
+
+    app.add_typer(cache_app, name="cache", help="Inspect an artifact cache and prune its debris.")
     try:
         from mdream.cli.eval_cli import eval_cli
     except ImportError:  # pragma: no cover
