@@ -184,6 +184,20 @@ def test_encode_media_then_render_tokens(tiny_bundle, tmp_path):
     result = runner.invoke(app, ["render", str(tokens_file), "--bundle", str(tiny_bundle), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:04d}.png" for i in range(5)]
+    # other sampling settings for a tokens file: other pixels from the same seed; a bad sampler exits 2
+    first = np.asarray(Image.open(out / "0000.png"))
+    other = tmp_path / "other"
+    result = runner.invoke(app, ["render", str(tokens_file), "--bundle", str(tiny_bundle), "--out", str(other),
+                                 "--device", "cpu", "--steps", "2", "--guidance-scale", "1", "--sampler", "dpmpp"])
+    assert result.exit_code == 0, result.output
+    assert not np.array_equal(first, np.asarray(Image.open(other / "0000.png")))
+    bad = runner.invoke(app, ["render", str(tokens_file), "--bundle", str(tiny_bundle), "--sampler", "plms"])
+    assert bad.exit_code == 2 and "Unknown scheduler" in bad.output
+
+
+def test_sampling_flags_are_refused_for_a_script(storyboard, tmp_path):
+    result = _invoke("render", storyboard, "--cache-dir", tmp_path / "c", "--steps", 3)
+    assert result.exit_code == 2 and "output.sampling" in result.output and "Traceback" not in result.output
 
 
 def test_encode_media_bad_inputs_exit_2(tiny_bundle, tmp_path):

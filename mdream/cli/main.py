@@ -23,6 +23,7 @@ from mdream.cli._common import (
     run_cli,
     stdout,
 )
+from mdream.errors import InputError
 
 
 def _route_library_warnings() -> None:
@@ -167,6 +168,9 @@ def render_cli(
     source: Annotated[Path, typer.Argument(help="A script, or a tokens file from `mdream encode`.", show_default=False)],
     out: OutOpt = None,
     bundle: Annotated[str, typer.Option("--bundle", help="Tokens mode: model bundle name or folder.")] = "toy",
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Tokens mode: sampling steps [default: the bundle's]. Scripts set output.sampling.", show_default=False)] = None,
+    guidance_scale: Annotated[float | None, typer.Option("--guidance-scale", min=0.0, help="Tokens mode: classifier-free guidance (1 = none) [default: the bundle's].", show_default=False)] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="Tokens mode: ddim, ddpm, euler or dpmpp [default: the bundle's].", show_default=False)] = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -180,12 +184,21 @@ def render_cli(
         from mdream.stages.media import render_tokens
 
         target = out or source.with_suffix("")
-        paths = run_cli(lambda: render_tokens(source, target, bundle, device, seed or 0), as_json=json_out)
+        paths = run_cli(lambda: render_tokens(source, target, bundle, device, seed or 0, steps, guidance_scale, sampler),
+                        as_json=json_out)
         if json_out:
             print_json({"images": [str(p) for p in paths]})
         elif not quiet:
             stdout.print(f"wrote {len(paths)} images to [bold]{target}[/]")
         return
+    if steps is not None or guidance_scale is not None or sampler is not None:
+
+        def refuse() -> None:
+            raise InputError("--steps, --guidance-scale and --sampler are for a tokens file.",
+                             hint="A script sets them in output.sampling (steps, guidance_scale, sampler), so that "
+                                  "its cache keys and `mdream status` see them.")
+
+        run_cli(refuse, as_json=json_out)
     options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)
     _call_stage("run_render", source, options, json_out, quiet, out_dir=out)
 

@@ -179,8 +179,12 @@ def render_tokens(
     seed: int = 0,
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
+    sampler: str | None = None,
 ) -> list[Path]:
-    """Render every row of a tokens file to ``out_dir/NNNN.png`` (tokens only; seeded per row)."""
+    """Render every row of a tokens file to ``out_dir/NNNN.png`` (tokens only; seeded per row).
+
+    ``num_inference_steps``, ``guidance_scale`` and ``sampler`` default to the bundle's tuned settings.
+    """
     import torch
     from PIL import Image
     from safetensors import SafetensorError
@@ -196,6 +200,8 @@ def render_tokens(
 
     location = ModelBundle.load(bundle).component("keyframe_decoder").location
     decoder = KeyframeDecoder.from_pretrained(location)
+    if sampler:
+        KeyframeDecoder.make_scheduler(sampler, decoder.scheduler.config)  # an unknown name fails before any work
     default_steps, default_guidance, _ = sampling_defaults(location)  # identity guidance needs faces: none here
     dev = resolve_device(device)
     decoder.to(dev)
@@ -209,6 +215,7 @@ def render_tokens(
             num_inference_steps=num_inference_steps or default_steps,
             guidance_scale=guidance_scale if guidance_scale is not None else default_guidance,
             generator=generators,
+            scheduler=sampler,
         ).images
         for i, image in enumerate(images):
             path = out_dir / f"{start + i:04d}.png"
