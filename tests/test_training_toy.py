@@ -110,6 +110,9 @@ def test_tokenizer_training_resume_and_render(clip_run, tmp_path):
     assert record["steps"] == 3 and not (shipped / "eval.json").exists()
     # this run's CLIP lies outside the package: the record keeps its path; the packaged ones would read toy / auto
     assert record["clip"] == str((clip_run / "final").resolve()) and record["face_embedder"] in ("auto", "none")
+    # a resumed run's models remember the run folder they were loaded from; the export does not
+    assert not any("_name_or_path" in json.loads(f.read_text()) for f in shipped.rglob("config.json"))
+    assert any("_name_or_path" in json.loads(f.read_text()) for f in checkpoint.rglob("config.json"))
     encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
     decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
     frames = np.load(out / "frames.npz")["frames"][:2]

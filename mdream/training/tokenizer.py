@@ -276,6 +276,11 @@ def export_tokenizer(checkpoint: str | Path, dest: str | Path, clip_reference: s
             (dest / name).unlink()  # never leave another run's record beside these weights
     if (dest / "train_config.json").is_file():
         portable_train_config(dest / "train_config.json")
+    for config_file in dest.rglob("config.json"):
+        # diffusers records where a resumed run loaded each model from: a path on the training machine
+        cfg = read_json(config_file, "model config")
+        if cfg.pop("_name_or_path", None) is not None:
+            write_json(config_file, cfg)
 
 
 def portable_train_config(path: Path) -> None:
