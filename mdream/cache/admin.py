@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdream.cache.store import LOCKS_DIR, QUARANTINE_DIR, RUNS_DIR, ArtifactStore
+from mdream.cache.store import LOCKS_DIR, QUARANTINE_DIR, ArtifactStore
 from mdream.errors import InputError
 
 
@@ -89,10 +89,7 @@ def cache_usage(root: str | Path) -> CacheUsage:
         entry.artifacts += 1
         entry.bytes += _size(root / stage / key[:2] / key)
     usage.quarantined = _quarantined(root)
-    for stage_dir in root.iterdir() if root.is_dir() else []:
-        if stage_dir.is_dir() and not stage_dir.name.startswith(".") and stage_dir.name != RUNS_DIR:
-            usage.leftovers += sum(1 for shard in stage_dir.iterdir() if shard.is_dir()
-                                   for d in shard.iterdir() if d.name.startswith((".tmp-", ".old-")))
+    usage.leftovers = sum(1 for _ in store.iter_leftovers())
     usage.lock_files = sum(1 for _ in (root / LOCKS_DIR).rglob("*.lock"))
     return usage
 

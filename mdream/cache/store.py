@@ -648,28 +648,32 @@ class ArtifactStore:
                     if not d.name.startswith(".") and d.is_dir():
                         yield st, d.name
 
-    def clean_leftovers(self) -> int:
-        """Remove temp dirs of dead writers across the store (skipping keys being produced); returns count."""
-        removed = 0
+    def iter_leftovers(self) -> Iterator[tuple[str, str, Path]]:
+        """(stage, key, folder) of every writer's temp dir or replaced artifact (``.tmp-``/``.old-``) in the store.
+
+        While a writer runs its temp dir is listed too; only its lock tells live from dead.
+        """
         for stage_dir in self._listdir(self.root):
             if stage_dir.name.startswith(".") or stage_dir.name == RUNS_DIR or not stage_dir.is_dir():
                 continue
             for shard in self._listdir(stage_dir):
-                keys = {
-                    m.group(1)
-                    for d in self._listdir(shard)
-                    if (m := re.match(r"^\.(?:tmp|old)-([A-Za-z0-9_-]+)-\d+-[0-9a-f]+$", d.name))
-                }
-                for key in keys:
-                    lock = self._new_lock(self._ensure_lock_dir(stage_dir.name, key))
-                    try:
-                        lock.acquire(blocking=False)
-                    except filelock.Timeout:
-                        continue
-                    try:
-                        removed += self._recover_leftovers(stage_dir.name, key)
-                    finally:
-                        lock.release()
+                for d in self._listdir(shard):
+                    if m := re.match(r"^\.(?:tmp|old)-([A-Za-z0-9_-]+)-\d+-[0-9a-f]+$", d.name):
+                        yield stage_dir.name, m.group(1), d
+
+    def clean_leftovers(self) -> int:
+        """Remove temp dirs of dead writers across the store (skipping keys being produced); returns count."""
+        removed = 0
+        for stage, key in sorted({(stage, key) for stage, key, _ in self.iter_leftovers()}):
+            lock = self._new_lock(self._ensure_lock_dir(stage, key))
+            try:
+                lock.acquire(blocking=False)
+            except filelock.Timeout:
+                continue
+            try:
+                removed += self._recover_leftovers(stage, key)
+            finally:
+                lock.release()
         return removed
 
     # -- manifests
