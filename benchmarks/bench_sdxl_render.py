@@ -120,7 +120,7 @@ def measure(size: str, device: str, dtype: torch.dtype, steps: int, guidance: fl
     prompt = torch.randn(1, 77, width, generator=g).to(device, dtype)
     pooled = torch.randn(1, pooled_dim, generator=g).to(device, dtype)
 
-    def ours(faces=faces, mask=mask):
+    def ours():
         with torch.no_grad():
             decoder.generate(tokens, faces, mask, text, num_inference_steps=steps, guidance_scale=guidance,
                              generator=torch.Generator().manual_seed(1))

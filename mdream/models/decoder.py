@@ -476,8 +476,8 @@ class KeyframeDecoder(nn.Module):
             branches["no_faces"] = self.context(tokens, None, None, text_embed, batch_size=b)
         context = torch.cat([c for c, _, _ in branches.values()])
         mask = torch.cat([m for _, m, _ in branches.values()])
-        # A key mask with nothing masked changes no output but costs host time: diffusers repeats it per head in
-        # every cross-attention layer, which made full-size renders ~10-25% slower on an H200 (benchmarks/RESULTS.md).
+        # A key mask with nothing masked changes no output, only adds work: diffusers repeats it per head in every
+        # cross-attention layer. (On an H200 the wall-time effect was within run-to-run noise: benchmarks/RESULTS.md.)
         mask = None if bool(mask.all()) else mask
         pooled = torch.cat([p for _, _, p in branches.values()]) if branches["full"][2] is not None else None
         size = self.unet.config.sample_size
