@@ -212,8 +212,16 @@ class KeyframeDecoder(nn.Module):
         scheduler,
         vae: AutoencoderKL | None = None,
         scheduler_name: str = "ddim",
+        position_channels: int = 0,
     ):
         super().__init__()
+        if position_channels not in (0, 2):
+            raise InputError(f"position_channels must be 0 or 2 (x, y), got {position_channels}.")
+        if unet.config.in_channels != unet.config.out_channels + position_channels:
+            raise InputError(
+                f"The UNet takes {unet.config.in_channels} input channels; a {unet.config.out_channels}-channel sample "
+                f"plus {position_channels} position channels needs {unet.config.out_channels + position_channels}."
+            )
         if unet.config.cross_attention_dim != context.config.cross_attention_dim:
             raise InputError(
                 f"Context width {context.config.cross_attention_dim} does not match the UNet's "
@@ -229,6 +237,10 @@ class KeyframeDecoder(nn.Module):
         self.vae = vae.eval().requires_grad_(False) if vae is not None else None
         self.scheduler = scheduler
         self.scheduler_name = scheduler_name
+        # x, y coordinate maps appended to the UNet input: convolutions and cross-attention queries are otherwise
+        # blind to where a pixel is (all they have is the zero padding), so "the face in slot 0 stands on the
+        # left" has to be learned through the borders. 0 for pretrained UNets (SDXL), whose input is fixed.
+        self.position_channels = position_channels
         # sampling settings this decoder was tuned for (num_inference_steps, guidance_scale), kept on save
         self.sampling: dict = {}
 
@@ -259,7 +271,8 @@ class KeyframeDecoder(nn.Module):
         vae = load_pretrained(AutoencoderKL, str(folder / "vae"), "decoder VAE") if cfg.get("vae") else None
         name = cfg.get("scheduler", "ddim")
         scheduler_config = DDIMScheduler.load_config(str(folder / "scheduler"))
-        decoder = cls(unet, context, cls.make_scheduler(name, scheduler_config), vae, name)
+        decoder = cls(unet, context, cls.make_scheduler(name, scheduler_config), vae, name,
+                      position_channels=int(cfg.get("position_channels", 0)))
         decoder.sampling = dict(cfg.get("sampling") or {})
         return decoder
 
@@ -271,6 +284,8 @@ class KeyframeDecoder(nn.Module):
         if self.vae is not None:
             self.vae.save_pretrained(folder / "vae")
         config = {"_class_name": "KeyframeDecoder", "scheduler": self.scheduler_name, "vae": self.vae is not None}
+        if self.position_channels:
+            config["position_channels"] = self.position_channels
         if self.sampling:
             config["sampling"] = self.sampling
         write_json(folder / DECODER_CONFIG, config)
@@ -320,6 +335,8 @@ class KeyframeDecoder(nn.Module):
     ) -> torch.Tensor:
         # sample [B, C, h, w] -> model output (epsilon / v / x0 per the scheduler) [B, C, h, w]; mask None = attend all
         h, w = sample.shape[-2:]
+        if self.position_channels:
+            sample = torch.cat([sample, self.position_grid(sample)], dim=1)  # [B, C+2, h, w]
         return self.unet(
             sample,
             timesteps,
@@ -327,6 +344,15 @@ class KeyframeDecoder(nn.Module):
             encoder_attention_mask=None if mask is None else mask.to(context.dtype),
             **self.added_conditions(pooled, sample.shape[0], h * self.vae_scale, w * self.vae_scale),
         ).sample
+
+    @staticmethod
+    def position_grid(sample: torch.Tensor) -> torch.Tensor:
+        """x and y coordinates in [-1, 1] of every position of ``sample`` [B, C, h, w] -> [B, 2, h, w] (its dtype)."""
+        b, _, h, w = sample.shape
+        ys = torch.linspace(-1, 1, h, device=sample.device, dtype=sample.dtype)
+        xs = torch.linspace(-1, 1, w, device=sample.device, dtype=sample.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # [2, h, w]: x varies along w, y along h
+        return grid.unsqueeze(0).expand(b, -1, -1, -1)
 
     # ---- training -----------------------------------------------------------------------------
     def images_to_sample(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -483,7 +509,7 @@ class KeyframeDecoder(nn.Module):
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         dtype = self.unet.dtype
-        sample = randn_tensor((b, self.unet.config.in_channels, h, w), generator=generator, device=self.device, dtype=dtype)
+        sample = randn_tensor((b, self.unet.config.out_channels, h, w), generator=generator, device=self.device, dtype=dtype)
         sample = sample * sched.init_noise_sigma
         context = context.to(dtype)
         pooled = pooled.to(dtype) if pooled is not None else None

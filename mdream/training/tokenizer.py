@@ -101,6 +101,8 @@ class TokenizerTrainingConfig(RunConfig):
     """How many of the lowest UNet levels have cross-attention to the context (1: only 8x8 at 32 px)."""
     layers_per_block: int = 2
     """ResNet layers per UNet level."""
+    position_channels: int = 0
+    """x, y coordinate channels appended to the UNet input, so its cross-attention knows where each pixel is (2, or 0: none)."""
     time_scale_shift: bool = True
     """ResNets modulate their features by scale and shift from the time(+pooled context) embedding (AdaGN)."""
     cross_attention_dim: int = 64
@@ -181,7 +183,7 @@ def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: 
     attn = max(1, min(config.cross_attention_levels, levels))
     unet = UNet2DConditionModel(
         sample_size=config.image_size,
-        in_channels=3,
+        in_channels=3 + config.position_channels,
         out_channels=3,
         block_out_channels=widths,
         layers_per_block=config.layers_per_block,
@@ -200,7 +202,7 @@ def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: 
     )
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule=config.beta_schedule,
                               prediction_type=config.prediction_type, clip_sample=False)
-    return KeyframeDecoder(unet, context, scheduler, None, "ddim")
+    return KeyframeDecoder(unet, context, scheduler, None, "ddim", position_channels=config.position_channels)
 
 
 def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path, config: TokenizerTrainingConfig):
@@ -363,13 +365,14 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             id_path = start_from / "train" / "identity_head"
             identity_head = load_pretrained(TokenIdentityHead, str(id_path), "identity head") if id_path.is_dir() else None
         fresh = build_toy_decoder(config, text_encoder.embed_dim)
-        decoder = KeyframeDecoder(unet, context, fresh.scheduler, None, "ddim")
+        decoder = KeyframeDecoder(unet, context, fresh.scheduler, None, "ddim", position_channels=config.position_channels)
     else:
         decoder = build_toy_decoder(config, text_encoder.embed_dim)
         if init_unet is not None:
             with quiet_loading():
                 unet = load_pretrained(UNet2DConditionModel, str(init_unet), "UNet to start from")
-            decoder = KeyframeDecoder(unet, decoder.context, decoder.scheduler, None, "ddim")
+            decoder = KeyframeDecoder(unet, decoder.context, decoder.scheduler, None, "ddim",
+                                      position_channels=config.position_channels)
             console.print(f"UNet initialised from {config.init_unet}")
         compressor = None
         aux_head = None
