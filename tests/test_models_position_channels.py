@@ -71,3 +71,17 @@ def test_a_unet_without_room_for_the_channels_is_refused():
         _decoder(2, in_channels=3)
     with pytest.raises(InputError, match="0 or 2"):
         _decoder(1)
+
+
+def test_toy_decoder_attention_options_reach_the_unet():
+    from mdream.training.tokenizer import TokenizerTrainingConfig, build_toy_decoder
+
+    decoder = build_toy_decoder(TokenizerTrainingConfig(position_channels=2, attention_heads=2, only_cross_attention=True),
+                                text_dim=16)
+    assert decoder.unet.config.in_channels == 5 and decoder.position_channels == 2
+    blocks = {n: m for n, m in decoder.unet.named_modules() if type(m).__name__ == "BasicTransformerBlock"}
+    assert blocks and all(b.attn1.heads == 2 for b in blocks.values())
+    # diffusers' cross-attention mid block keeps its self-attention (8x8 at 32 px: cheap); the others drop it
+    assert all(b.only_cross_attention for n, b in blocks.items() if not n.startswith("mid_block"))
+    with pytest.raises(InputError, match="attention-heads"):
+        build_toy_decoder(TokenizerTrainingConfig(attention_heads=3), text_dim=16)

@@ -103,6 +103,10 @@ class TokenizerTrainingConfig(RunConfig):
     """ResNet layers per UNet level."""
     position_channels: int = 0
     """x, y coordinate channels appended to the UNet input, so its cross-attention knows where each pixel is (2, or 0: none)."""
+    attention_heads: int = 8
+    """Attention heads in each UNet transformer block (fewer, wider heads run faster on CPU)."""
+    only_cross_attention: bool = False
+    """UNet transformer blocks attend only to the context, not to other pixels (cheaper; the 8x8 mid block keeps self-attention)."""
     time_scale_shift: bool = True
     """ResNets modulate their features by scale and shift from the time(+pooled context) embedding (AdaGN)."""
     cross_attention_dim: int = 64
@@ -181,6 +185,9 @@ def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: 
     widths = parse_int_tuple(config.unet_widths, "--unet-widths")
     levels = len(widths)
     attn = max(1, min(config.cross_attention_levels, levels))
+    if config.attention_heads < 1 or any(w % config.attention_heads for w in widths[levels - attn:]):
+        raise InputError(f"--attention-heads {config.attention_heads} must divide the widths of the attention levels "
+                         f"({', '.join(map(str, widths[levels - attn:]))}).")
     unet = UNet2DConditionModel(
         sample_size=config.image_size,
         in_channels=3 + config.position_channels,
@@ -191,7 +198,9 @@ def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: 
         up_block_types=("CrossAttnUpBlock2D",) * attn + ("UpBlock2D",) * (levels - attn),
         resnet_time_scale_shift="scale_shift" if config.time_scale_shift else "default",
         cross_attention_dim=config.cross_attention_dim,
-        attention_head_dim=8,
+        # diffusers' UNet2DConditionModel reads attention_head_dim as the number of heads (a known misnomer)
+        attention_head_dim=config.attention_heads,
+        only_cross_attention=config.only_cross_attention,
         norm_num_groups=min(8, widths[0]),
         class_embed_type="projection",
         projection_class_embeddings_input_dim=config.pooled_dim,
