@@ -256,6 +256,10 @@ def test_tokenizer_training_weights_the_characters(clip_run, tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before the run folder was made
     bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "bad2"), *base, "--character-weight", "0"])
     assert bad.exit_code == 2 and "must be > 0" in bad.output
+    for flags, message in ((["--position-channels", "3"], "0 or 2"), (["--attention-heads", "3"], "must divide")):
+        bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "bad3"), *base, *flags])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
+        assert not (tmp_path / "bad3").exists()
 
 
 def test_damaged_run_caches_are_rebuilt_not_fatal(clip_run, tmp_path):

@@ -181,13 +181,21 @@ class TokenizerModel(nn.Module):
         return loss, diffusion.detach(), aux.detach(), identity.detach()
 
 
-def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: int = 512) -> KeyframeDecoder:
+def check_unet_settings(config: TokenizerTrainingConfig) -> tuple[tuple[int, ...], int]:
+    """The toy UNet's widths and number of attention levels, after checking the settings that shape it."""
     widths = parse_int_tuple(config.unet_widths, "--unet-widths")
-    levels = len(widths)
-    attn = max(1, min(config.cross_attention_levels, levels))
-    if config.attention_heads < 1 or any(w % config.attention_heads for w in widths[levels - attn:]):
+    attn = max(1, min(config.cross_attention_levels, len(widths)))
+    if config.attention_heads < 1 or any(w % config.attention_heads for w in widths[len(widths) - attn:]):
         raise InputError(f"--attention-heads {config.attention_heads} must divide the widths of the attention levels "
-                         f"({', '.join(map(str, widths[levels - attn:]))}).")
+                         f"({', '.join(map(str, widths[len(widths) - attn:]))}).")
+    if config.position_channels not in (0, 2):
+        raise InputError(f"--position-channels must be 0 or 2 (x, y), got {config.position_channels}.")
+    return widths, attn
+
+
+def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: int = 512) -> KeyframeDecoder:
+    widths, attn = check_unet_settings(config)
+    levels = len(widths)
     unet = UNet2DConditionModel(
         sample_size=config.image_size,
         in_channels=3 + config.position_channels,
@@ -319,6 +327,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         # before anything is written to the run folder
         raise InputError(f"--data {config.data}: dataset folders carry no figure masks, which --character-weight needs.",
                          hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1.")
+    check_unet_settings(config)  # before anything is written or rendered
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     set_threads_from_env()
