@@ -51,6 +51,9 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
 
 GROUP_TOKENS, GROUP_FACES, GROUP_TEXT = 0, 1, 2
 
+# ``KeyframeDecoder(position_channels=...)``: none, or x and y coordinate maps
+POSITION_CHANNEL_CHOICES = (0, 2)
+
 
 class ContextProjector(ModelMixin, ConfigMixin):
     """Project [tokens ; faces ; descriptor] to the UNet's context width, with null embeddings per group."""
@@ -215,7 +218,7 @@ class KeyframeDecoder(nn.Module):
         position_channels: int = 0,
     ):
         super().__init__()
-        if position_channels not in (0, 2):
+        if position_channels not in POSITION_CHANNEL_CHOICES:
             raise InputError(f"position_channels must be 0 or 2 (x, y), got {position_channels}.")
         if unet.config.in_channels != unet.config.out_channels + position_channels:
             raise InputError(

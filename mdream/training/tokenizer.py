@@ -33,7 +33,7 @@ from torch import nn
 from mdream.cache import atomic_write
 from mdream.errors import InputError
 from mdream.models.compressor import TokenCompressor, TokenIdentityHead, TokenReconstructionHead
-from mdream.models.decoder import ContextProjector, KeyframeDecoder
+from mdream.models.decoder import POSITION_CHANNEL_CHOICES, ContextProjector, KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
 from mdream.models.loading import load_pretrained, quiet_loading, read_json, write_json
 from mdream.training.common import (
@@ -188,7 +188,7 @@ def check_unet_settings(config: TokenizerTrainingConfig) -> tuple[tuple[int, ...
     if config.attention_heads < 1 or any(w % config.attention_heads for w in widths[len(widths) - attn:]):
         raise InputError(f"--attention-heads {config.attention_heads} must divide the widths of the attention levels "
                          f"({', '.join(map(str, widths[len(widths) - attn:]))}).")
-    if config.position_channels not in (0, 2):
+    if config.position_channels not in POSITION_CHANNEL_CHOICES:
         raise InputError(f"--position-channels must be 0 or 2 (x, y), got {config.position_channels}.")
     return widths, attn
 
