@@ -85,3 +85,18 @@ def test_toy_decoder_attention_options_reach_the_unet():
     assert all(b.only_cross_attention for n, b in blocks.items() if not n.startswith("mid_block"))
     with pytest.raises(InputError, match="attention-heads"):
         build_toy_decoder(TokenizerTrainingConfig(attention_heads=3), text_dim=16)
+
+
+@pytest.mark.parametrize(("field", "value"), [("position_channels", "two"), ("position_channels", 3),
+                                              ("position_channels", True), ("sampling", [20, 1.0])])
+def test_a_hand_edited_decoder_config_gets_an_error_that_names_the_file(tmp_path, field, value):
+    import json
+
+    from mdream.errors import CorruptArtifactError
+    from mdream.models.decoder import DECODER_CONFIG, KeyframeDecoder
+
+    _decoder(2).save_pretrained(tmp_path / "decoder")
+    path = tmp_path / "decoder" / DECODER_CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(CorruptArtifactError, match=f"{DECODER_CONFIG}.*{field}"):
+        KeyframeDecoder.from_pretrained(tmp_path / "decoder")

@@ -36,7 +36,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from mdream.errors import InputError
+from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, write_json
 
 DECODER_CONFIG = "keyframe_decoder.json"
@@ -269,14 +269,26 @@ class KeyframeDecoder(nn.Module):
     def from_pretrained(cls, folder: str | Path) -> KeyframeDecoder:
         folder = Path(folder)
         cfg = read_json(folder / DECODER_CONFIG, "keyframe decoder")
+        position_channels = cfg.get("position_channels", 0)
+        if isinstance(position_channels, bool) or position_channels not in POSITION_CHANNEL_CHOICES:
+            raise CorruptArtifactError(
+                f"keyframe decoder: {folder / DECODER_CONFIG} has position_channels {position_channels!r}; "
+                f"it must be one of {', '.join(map(str, POSITION_CHANNEL_CHOICES))}."
+            )
+        sampling = cfg.get("sampling") or {}
+        if not isinstance(sampling, dict):
+            raise CorruptArtifactError(
+                f"keyframe decoder: {folder / DECODER_CONFIG} has sampling {sampling!r}; it must be an object "
+                "such as {\"num_inference_steps\": 20, \"guidance_scale\": 1.0}."
+            )
         unet = load_pretrained(UNet2DConditionModel, str(folder / "unet"), "decoder UNet")
         context = load_pretrained(ContextProjector, str(folder / "context"), "decoder context projector")
         vae = load_pretrained(AutoencoderKL, str(folder / "vae"), "decoder VAE") if cfg.get("vae") else None
         name = cfg.get("scheduler", "ddim")
         scheduler_config = DDIMScheduler.load_config(str(folder / "scheduler"))
         decoder = cls(unet, context, cls.make_scheduler(name, scheduler_config), vae, name,
-                      position_channels=int(cfg.get("position_channels", 0)))
-        decoder.sampling = dict(cfg.get("sampling") or {})
+                      position_channels=int(position_channels))
+        decoder.sampling = dict(sampling)
         return decoder
 
     def save_pretrained(self, folder: str | Path) -> None:
