@@ -332,8 +332,8 @@ class AnalyserTrainingConfig:
     """Rendered ground-truth frames kept in memory (64x64 uint8), re-used with fresh augmentation."""
     refresh_per_step: int = 8
     """Pool frames replaced by fresh renders every step (so the pool keeps changing)."""
-    steps: int = 800
-    """Optimizer steps."""
+    steps: int = 6000
+    """Optimizer steps (800 left it undertrained: 0.89 cast on 32-px ground truth, against 0.99 at 6000)."""
     batch_size: int = 64
     """Frames per step."""
     lr: float = 2e-3

@@ -67,7 +67,7 @@ def analyse_accuracy(analyser, frames: np.ndarray, scene: np.ndarray, chars: np.
     of the original frames) also ``*_agree``: the reconstruction reads exactly as its original does.
 
     Agreement is the fidelity measure that does not charge a reconstruction for the analyser's own
-    mistakes on ground truth (its cast ceiling on random 32-64 px shots is about 0.89).
+    mistakes on ground truth (its cast ceiling on random 32 px shots is about 0.98).
     """
     pred = analyser.analyse(frames)
     per_position = pred["chars"] == chars
