@@ -185,6 +185,11 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
     assert other.scheduler == "ddpm" and set(other.results) == {"ground_truth", "tokens"}
     bad = runner.invoke(app, ["tokenizer-eval", str(out / "checkpoints" / "step-0000001"), "--scheduler", "nope"])
     assert bad.exit_code == 2 and "Unknown scheduler" in bad.output
+    # the report names the analyser that scored it; a named analyser folder must hold one
+    assert saved["analyser"]["path"].endswith("frame_analyser") and saved["analyser"]["steps"] >= 1
+    missing = runner.invoke(app, ["tokenizer-eval", str(out / "checkpoints" / "step-0000001"), "--frames", "8",
+                                  "--probe-frames", "0", "--analyser", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "No frame analyser" in missing.output
 
 
 def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_path):

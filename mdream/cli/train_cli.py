@@ -90,13 +90,14 @@ def tokenizer_eval_cli(
     grid: Annotated[Path | None, typer.Option(help="Write a PNG: ground truth, then one row of renders per context.")] = None,
     probe_frames: Annotated[int, typer.Option(help="Frames to fit the linear probe on the tokens (0: skip).")] = 2048,
     scheduler: Annotated[str | None, typer.Option(help="Sampler: ddim, ddpm, euler or dpmpp (default: the decoder's own).", show_default=False)] = None,
+    analyser: Annotated[Path | None, typer.Option(help="Frame analyser folder (config.json + model.safetensors) instead of the shipped one; scores compare only within one analyser.", show_default=False)] = None,
 ) -> None:
     """Reconstruct held-out toy frames through the tokens and score scene, cast and identity."""
     from mdream.training.evaluate_tokenizer import evaluate_checkpoint
 
     report = run_cli(evaluate_checkpoint, checkpoint, frames=frames, num_inference_steps=steps,
                      guidance_scale=guidance_scale, identity_guidance_scale=identity_guidance, seed=seed, conditions=conditions, out_json=save, grid=grid,
-                     probe_train_frames=probe_frames, scheduler=scheduler, as_json=json_out)
+                     probe_train_frames=probe_frames, scheduler=scheduler, analyser=analyser, as_json=json_out)
     if json_out:
         print_json(report.to_dict())
         return

@@ -53,12 +53,14 @@ class TokenizerEval:
     probe: dict[str, float] = field(default_factory=dict)
     token_identity: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    analyser: dict = field(default_factory=dict)
+    """Which frame analyser scored the frames (folder and training steps): scores compare only within one."""
 
     def to_dict(self) -> dict:
         return {"frames": self.frames, "steps": self.steps, "guidance_scale": self.guidance_scale,
                 "identity_guidance_scale": self.identity_guidance_scale, "scheduler": self.scheduler,
                 "results": self.results, "probe": self.probe, "token_identity": self.token_identity,
-                "seconds": round(self.seconds, 1)}
+                "analyser": self.analyser, "seconds": round(self.seconds, 1)}
 
 
 def analyse_accuracy(analyser, frames: np.ndarray, scene: np.ndarray, chars: np.ndarray,
@@ -171,14 +173,19 @@ def evaluate_tokenizer(
 
     ``identity_reader``: (compressor, TokenIdentityHead) of a training run, to also read identities off the tokens.
     ``scheduler``: a sampler name (``mdream.models.decoder.SCHEDULERS``) instead of the decoder's own.
+    ``analyser_dir``: a frame analyser folder instead of the shipped one (which may be absent: then no
+    scene and cast scores); a folder named here must hold one.
     """
     from mdream.eval.frame_analyser import FrameAnalyser
     from mdream.toyworld import make_world
 
     start = time.perf_counter()
+    explicit_analyser = analyser_dir is not None
     analyser_dir = Path(analyser_dir) if analyser_dir else EVAL_ASSETS / "frame_analyser"
     face_model = Path(face_model) if face_model else EVAL_ASSETS / "toy_face_recognition.onnx"
-    analyser = FrameAnalyser.from_pretrained(analyser_dir) if (analyser_dir / "config.json").is_file() else None
+    analyser = None
+    if explicit_analyser or (analyser_dir / "config.json").is_file():
+        analyser = FrameAnalyser.from_pretrained(analyser_dir)
     embedder = None
     bank = None
     if face_model.is_file():
@@ -195,6 +202,9 @@ def evaluate_tokenizer(
     references = character_references(bank) if bank is not None else None
     report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale,
                            identity_guidance_scale=identity_guidance_scale, scheduler=scheduler or decoder.scheduler_name)
+    if analyser is not None:
+        trained = json.loads((analyser_dir / "config.json").read_text()).get("steps")
+        report.analyser = {"path": str(analyser_dir), "steps": trained}
 
     reading = analyser.analyse(test.frames) if analyser else None
 
@@ -258,6 +268,7 @@ def evaluate_checkpoint(
     grid: str | Path | None = None,
     identity_guidance_scale: float = 0.0,
     scheduler: str | None = None,
+    analyser: str | Path | None = None,
 ) -> TokenizerEval:
     """Evaluate the ``encoder/`` + ``decoder/`` in a checkpoint (or an exported tokenizer folder)."""
     checkpoint = Path(checkpoint)
@@ -287,7 +298,7 @@ def evaluate_checkpoint(
                                 guidance_scale=guidance_scale, identity_guidance_scale=identity_guidance_scale,
                                 seed=seed, conditions=wanted,
                                 probe_train_frames=probe_train_frames, grid=grid, identity_reader=identity_reader,
-                                scheduler=scheduler)
+                                scheduler=scheduler, analyser_dir=analyser)
     if out_json:
         Path(out_json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
