@@ -60,6 +60,7 @@ class FrameAnalyser(nn.Module):
     def __init__(self, config: FrameAnalyserConfig):
         super().__init__()
         self.config = config
+        self.training_facts: dict = {}
         layers: list[nn.Module] = []
         c_in = 3
         for c_out in config.widths:
@@ -144,9 +145,12 @@ class FrameAnalyser(nn.Module):
                 hint="Train one with `python -m mdream.eval.training analyser --out DIR`.",
             )
         try:
-            config = FrameAnalyserConfig.from_dict(json.loads((folder / "config.json").read_text()))
+            saved = json.loads((folder / "config.json").read_text())
+            config = FrameAnalyserConfig.from_dict(saved)
             model = cls(config)
             model.load_state_dict(load_file(str(folder / "model.safetensors")))
         except Exception as exc:
             raise CorruptArtifactError(f"Could not load the frame analyser in {folder}: {exc}") from exc
+        # what save_pretrained's ``extra`` recorded (steps, validation accuracy): which analyser scored a report
+        model.training_facts = {k: v for k, v in saved.items() if k not in FrameAnalyserConfig.__dataclass_fields__}
         return model.eval()

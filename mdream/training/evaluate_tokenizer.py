@@ -203,8 +203,7 @@ def evaluate_tokenizer(
     report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale,
                            identity_guidance_scale=identity_guidance_scale, scheduler=scheduler or decoder.scheduler_name)
     if analyser is not None:
-        trained = json.loads((analyser_dir / "config.json").read_text()).get("steps")
-        report.analyser = {"path": str(analyser_dir), "steps": trained}
+        report.analyser = {"path": str(analyser_dir), "steps": analyser.training_facts.get("steps")}
 
     reading = analyser.analyse(test.frames) if analyser else None
 
