@@ -179,6 +179,12 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
     # ground truth + one row per condition, 8 frames of 32 px each, shown 4x
     assert Image.open(tmp_path / "grid.png").size == (8 * 32 * 4, 3 * 32 * 4)
     assert saved["scheduler"] == "ddim"  # the decoder's own
+    # every scored condition has its error breakdown, consistent with its cast accuracy
+    assert set(saved["errors"]) == set(saved["results"])
+    for name, errors in saved["errors"].items():
+        frames_right = sum(v["cast"] * v["frames"] for v in errors["by_camera"].values())
+        assert frames_right == pytest.approx(saved["results"][name]["cast"] * 8)
+        assert sum(c["count"] for c in errors["confusions"]) <= errors["misread_slots"]
     # another sampler by name (same seeds, other pixels); an unknown one is refused before any work
     other = evaluate_checkpoint(out / "checkpoints" / "step-0000001", frames=8, num_inference_steps=2,
                                 conditions="tokens", probe_train_frames=0, scheduler="ddpm")
@@ -190,6 +196,33 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
     missing = runner.invoke(app, ["tokenizer-eval", str(out / "checkpoints" / "step-0000001"), "--frames", "8",
                                   "--probe-frames", "0", "--analyser", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "No frame analyser" in missing.output
+
+
+def test_cast_errors_break_down_misread_characters():
+    """The error breakdown counts each misread slot once, names single-attribute siblings, splits by camera."""
+    from mdream.toyworld import make_world
+    from mdream.toyworld.episode import CastMember, ShotSpec
+    from mdream.training.evaluate_tokenizer import cast_errors
+
+    world = make_world(0)
+    names = [c.id for c in world.characters]
+    a, b, attribute = world.single_attribute_pairs[0]
+    other = next(n for n in names if n not in (a, b))
+    scene = world.scenes[0].id
+    shots = [ShotSpec(scene, (CastMember(a, "left", "stand", "neutral"),), "wide"),
+             ShotSpec(scene, (CastMember(a, "left", "stand", "neutral"), CastMember(other, "right", "stand", "neutral")), "close-up"),
+             ShotSpec(scene, (), "wide")]
+    chars = np.array([[names.index(a), -1, -1], [names.index(a), -1, names.index(other)], [-1, -1, -1]])
+    read = chars.copy()
+    read[0, 0] = names.index(b)  # the sibling
+    read[1, 1] = names.index(other)  # someone where nobody stands
+    errors = cast_errors(read, chars, shots, world)
+    assert errors["misread_slots"] == 2
+    assert errors["by_camera"] == {"close-up": {"cast": 0.0, "frames": 1}, "wide": {"cast": 0.5, "frames": 2}}
+    assert errors["by_cast_size"]["0"] == {"cast": 1.0, "frames": 1}
+    assert {"true": a, "read": b, "differs_in": attribute, "count": 1} in errors["confusions"]
+    assert {"true": "empty", "read": other, "differs_in": "", "count": 1} in errors["confusions"]
+    assert cast_errors(chars, chars, shots, world)["confusions"] == []
 
 
 def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_path):

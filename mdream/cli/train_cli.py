@@ -112,6 +112,12 @@ def tokenizer_eval_cli(
     for name, row in report.results.items():
         table.add_row(name, *("n/a" if row.get(c) is None else f"{row[c]:.3f}" for c in columns))
     stdout.print(table)
+    for name, errors in report.errors.items():
+        cameras = ", ".join(f"{k} {v['cast']:.2f}" for k, v in errors["by_camera"].items())
+        misread = ", ".join(f"{c['true']}->{c['read']}" + (f" ({c['differs_in']})" if c["differs_in"] else "") + f" x{c['count']}"
+                            for c in errors["confusions"][:4])
+        stdout.print(f"{name}: cast by camera {cameras}; {errors['misread_slots']} slots misread"
+                     + (f", most often {misread}" if misread else ""), highlight=False)
     if report.probe:
         stdout.print("linear probe on the tokens: " + ", ".join(f"{k} {v:.3f}" for k, v in report.probe.items()), highlight=False)
     if report.token_identity:

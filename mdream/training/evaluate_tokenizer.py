@@ -55,23 +55,25 @@ class TokenizerEval:
     seconds: float = 0.0
     analyser: dict = field(default_factory=dict)
     """Which frame analyser scored the frames (folder and training steps): scores compare only within one."""
+    errors: dict[str, dict] = field(default_factory=dict)
+    """Per condition: cast accuracy by camera and by cast size, and the most frequent misread characters."""
 
     def to_dict(self) -> dict:
         return {"frames": self.frames, "steps": self.steps, "guidance_scale": self.guidance_scale,
                 "identity_guidance_scale": self.identity_guidance_scale, "scheduler": self.scheduler,
                 "results": self.results, "probe": self.probe, "token_identity": self.token_identity,
-                "analyser": self.analyser, "seconds": round(self.seconds, 1)}
+                "analyser": self.analyser, "errors": self.errors, "seconds": round(self.seconds, 1)}
 
 
-def analyse_accuracy(analyser, frames: np.ndarray, scene: np.ndarray, chars: np.ndarray,
+def analyse_accuracy(pred: dict[str, np.ndarray], scene: np.ndarray, chars: np.ndarray,
                      reference: dict[str, np.ndarray] | None = None) -> dict[str, float]:
-    """Scene / cast accuracy of ``frames`` against the labels; with ``reference`` (the analyser's reading
-    of the original frames) also ``*_agree``: the reconstruction reads exactly as its original does.
+    """Scene / cast accuracy of the analyser's reading ``pred`` of some frames against the labels; with
+    ``reference`` (its reading of the original frames) also ``*_agree``: the reconstruction reads exactly
+    as its original does.
 
     Agreement is the fidelity measure that does not charge a reconstruction for the analyser's own
     mistakes on ground truth (its cast ceiling on random 32 px shots is about 0.98).
     """
-    pred = analyser.analyse(frames)
     per_position = pred["chars"] == chars
     occupied = chars >= 0
     row = {
@@ -86,6 +88,39 @@ def analyse_accuracy(analyser, frames: np.ndarray, scene: np.ndarray, chars: np.
         row["cast_agree"] = float(same_cast.mean())
         row["scene_and_cast_agree"] = float((same_scene & same_cast).mean())
     return row
+
+
+def cast_errors(read_chars: np.ndarray, chars: np.ndarray, shots: list, world, top: int = 10) -> dict:
+    """Where a cast is misread: whole-cast accuracy by camera and by cast size, and the ``top`` confusions.
+
+    ``read_chars``/``chars``: int ``[M, 3]`` (-1 = empty). A confusion is (true, read, the one attribute in which
+    the two differ when they are one of the world's single-attribute pairs, else "") with its count over slots.
+    Sibling pairs that differ in a body attribute (height) look the same in a face photo: only the tokens
+    can tell them apart, so this breakdown says which context group is failing.
+    """
+    right = (read_chars == chars).all(axis=1)
+    names = [c.id for c in world.characters]
+    differs = {frozenset((a, b)): attribute for a, b, attribute in world.single_attribute_pairs}
+
+    def accuracy_by(keys: list) -> dict[str, dict[str, float | int]]:
+        out = {}
+        for key in sorted(set(keys)):
+            rows = np.array([k == key for k in keys])
+            out[str(key)] = {"cast": float(right[rows].mean()), "frames": int(rows.sum())}
+        return out
+
+    counts: dict[tuple[str, str, str], int] = {}
+    for true, read in zip(chars[chars != read_chars], read_chars[chars != read_chars], strict=True):
+        pair = ("empty" if true < 0 else names[true], "empty" if read < 0 else names[read])
+        key = (*pair, differs.get(frozenset(pair), ""))
+        counts[key] = counts.get(key, 0) + 1
+    confusions = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return {
+        "by_camera": accuracy_by([shot.camera for shot in shots]),
+        "by_cast_size": accuracy_by([len(shot.cast) for shot in shots]),
+        "misread_slots": int((chars != read_chars).sum()),
+        "confusions": [{"true": t, "read": r, "differs_in": d, "count": n} for (t, r, d), n in confusions],
+    }
 
 
 def identity_similarity(embedder, frames: np.ndarray, shots: list, world, references: np.ndarray) -> float | None:
@@ -207,13 +242,17 @@ def evaluate_tokenizer(
 
     reading = analyser.analyse(test.frames) if analyser else None
 
-    def score(images: np.ndarray) -> dict[str, float | None]:
-        row: dict[str, float | None] = analyse_accuracy(analyser, images, test.scene, test.chars, reading) if analyser else {}
+    def score(images: np.ndarray, name: str) -> dict[str, float | None]:
+        row: dict[str, float | None] = {}
+        if analyser:
+            pred = reading if images is test.frames else analyser.analyse(images)
+            row.update(analyse_accuracy(pred, test.scene, test.chars, reading))
+            report.errors[name] = cast_errors(pred["chars"], test.chars, test.shots, world)
         if embedder is not None:
             row["identity"] = identity_similarity(embedder, images, test.shots, world, references)
         return row
 
-    report.results["ground_truth"] = score(test.frames)
+    report.results["ground_truth"] = score(test.frames, "ground_truth")
     rows = [test.frames[:8]]
     for name in conditions:
         groups = CONDITIONS[name]
@@ -237,7 +276,7 @@ def evaluate_tokenizer(
             images.append(out.images)
         images = np.concatenate(images)
         rows.append(images[:8])
-        report.results[name] = score(images)
+        report.results[name] = score(images, name)
         console.print(f"  {name}: {report.results[name]}", highlight=False)
     if probe_train_frames:
         probe_train = render_random_frames(world_seed, probe_train_frames, size, seed + 1, progress=False)
