@@ -238,7 +238,9 @@ def evaluate_tokenizer(
     report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale,
                            identity_guidance_scale=identity_guidance_scale, scheduler=scheduler or decoder.scheduler_name)
     if analyser is not None:
-        report.analyser = {"path": str(analyser_dir), "steps": analyser.training_facts.get("steps")}
+        # the shipped one by its place in the package, not this machine's path (reports travel with exported weights)
+        where = str(analyser_dir) if explicit_analyser else "mdream/assets/eval/frame_analyser"
+        report.analyser = {"path": where, "steps": analyser.training_facts.get("steps")}
 
     reading = analyser.analyse(test.frames) if analyser else None
 
