@@ -253,6 +253,24 @@ def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_pa
     assert all(0 <= v <= 1 for v in report.token_identity.values())
 
 
+def test_tokenizer_training_with_character_descriptions_in_the_face_slots(clip_run, tmp_path):
+    """--character-text: each slot's description embedding trains with the faces; evaluation passes it too."""
+    out = tmp_path / "tok"
+    tiny = [a for a in TINY_TOKENIZER if a not in ("--face-embedder", "none")]
+    base = ["tokenizer", "--clip", str(clip_run / "final"), *tiny, "--photos-per-character", "2", "--steps", "1"]
+    invoke([*base, "--out", str(out), "--character-text"])
+    decoder = KeyframeDecoder.from_pretrained(out / "checkpoints" / "step-0000001" / "decoder")
+    assert decoder.context.character_text_proj is not None
+    assert decoder.context.config.character_text_dim == TextEncoder.from_pretrained(clip_run / "final").embed_dim
+    from mdream.training.evaluate_tokenizer import evaluate_checkpoint
+
+    report = evaluate_checkpoint(out / "checkpoints" / "step-0000001", frames=8, num_inference_steps=1,
+                                 conditions="tokens+faces", probe_train_frames=0)
+    assert set(report.results) == {"ground_truth", "tokens+faces"}
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "nofaces"), "--character-text", "--face-embedder", "none"])
+    assert bad.exit_code == 2 and "needs the face group" in bad.output
+
+
 def test_tokenizer_training_can_start_from_another_runs_unet(clip_run, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--steps", "1"]

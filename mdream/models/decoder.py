@@ -71,6 +71,7 @@ class ContextProjector(ModelMixin, ConfigMixin):
         cross_attention_dim: int = 64,
         pooled_dim: int | None = None,
         pooled_faces: str = "mean",
+        character_text_dim: int | None = None,
     ):
         super().__init__()
         if pooled_faces not in ("mean", "slots"):
@@ -79,6 +80,10 @@ class ContextProjector(ModelMixin, ConfigMixin):
         self.token_proj = nn.Sequential(nn.Linear(token_dim, c), nn.GELU(), nn.Linear(c, c))
         self.face_proj = nn.Sequential(nn.Linear(face_dim, c), nn.GELU(), nn.Linear(c, c))
         self.text_proj = nn.Sequential(nn.Linear(text_dim, c), nn.GELU(), nn.Linear(c, c))
+        # each cast member's description, added to their face slot: what a face photo cannot show (height, outfit)
+        self.character_text_proj = (
+            nn.Sequential(nn.Linear(character_text_dim, c), nn.GELU(), nn.Linear(c, c)) if character_text_dim else None
+        )
         self.group_embed = nn.Parameter(torch.randn(3, c) * 0.02)
         self.token_pos = nn.Parameter(torch.randn(num_tokens, c) * 0.02)
         self.face_slot = nn.Parameter(torch.randn(max_faces, c) * 0.02)
@@ -105,11 +110,14 @@ class ContextProjector(ModelMixin, ConfigMixin):
         drop_faces: torch.Tensor | None = None,
         drop_text: torch.Tensor | None = None,
         batch_size: int | None = None,
+        character_text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Returns context ``[B, N+K+1, C]``, its key mask ``[B, N+K+1]`` (1 = attend) and pooled ``[B, P]`` or None.
 
         A group given as None, or flagged in its ``drop_*`` bool ``[B]`` tensor, is replaced by its
         null embedding. A shot with no faces (all of ``face_mask`` false) gets the null face.
+        ``character_text`` ``[B, K, Dt]``: each cast member's description embedding, added to their face
+        slot (projectors built with ``character_text_dim``); it belongs to the face group and drops with it.
         """
         cfg = self.config
         c = cfg.cross_attention_dim
@@ -141,6 +149,10 @@ class ContextProjector(ModelMixin, ConfigMixin):
                 raise InputError(f"The renderer takes at most {cfg.max_faces} faces per shot, got {k}.")
             mask = torch.ones(b, k, dtype=torch.bool, device=device) if face_mask is None else face_mask.to(device).bool()
             faces = self.face_proj(face_embeds.to(device, dtype))
+            if self.character_text_proj is not None and character_text is not None:
+                if tuple(character_text.shape[:2]) != (b, k):
+                    raise InputError(f"character_text must be [B, {k}, D] like the faces, got {tuple(character_text.shape)}.")
+                faces = faces + self.character_text_proj(character_text.to(device, dtype))
             faces = F.pad(faces, (0, 0, 0, cfg.max_faces - k))
             mask = F.pad(mask, (0, cfg.max_faces - k), value=False)
             drop = drop | ~mask.any(dim=1)
@@ -413,6 +425,7 @@ class KeyframeDecoder(nn.Module):
         timestep_power: float = 0.5,
         generator: torch.Generator | None = None,
         pixel_weight: torch.Tensor | None = None,
+        character_text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Weighted denoising loss for a batch of frames given their context (one scalar).
 
@@ -431,7 +444,8 @@ class KeyframeDecoder(nn.Module):
         train_scheduler = DDPMScheduler.from_config(self.scheduler.config)
         noisy = train_scheduler.add_noise(x0, noise, timesteps)
         drops = [torch.rand(b, generator=generator).to(device) < p for p in drop_probs]
-        context, mask, pooled = self.context(tokens, face_embeds, face_mask, text_embed, *drops, batch_size=b)
+        context, mask, pooled = self.context(tokens, face_embeds, face_mask, text_embed, *drops, batch_size=b,
+                                             character_text=character_text)
         pred = self.predict(noisy, timesteps, context, mask, pooled).float()
         if self.prediction_type == "epsilon":
             target = noise
@@ -488,6 +502,7 @@ class KeyframeDecoder(nn.Module):
         scheduler: str | None = None,
         batch_size: int | None = None,
         identity_guidance_scale: float = 0.0,
+        character_text: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Render keyframes with classifier-free guidance (Ho & Salimans 2022) and, optionally, identity guidance.
 
@@ -499,7 +514,8 @@ class KeyframeDecoder(nn.Module):
 
         It costs one more UNet branch per step and does nothing without face embeddings (0 = off).
         Any group left as None is replaced by its null embedding; with all three None, ``batch_size``
-        unconditional samples are drawn. The initial noise is drawn on ``generator``'s device (CPU by default) and moved, so the same
+        unconditional samples are drawn. ``character_text`` [B, K, Dt]: the cast's description embeddings, for
+        decoders trained with them (they go with the face group). The initial noise is drawn on ``generator``'s device (CPU by default) and moved, so the same
         seed gives identical pixels on the same device and dtype.
         """
         b = self.check_inputs(tokens, face_embeds, face_mask, text_embed, num_inference_steps, guidance_scale, batch_size,
@@ -512,7 +528,7 @@ class KeyframeDecoder(nn.Module):
         branches = {}
         if guidance_scale != 1.0:
             branches["null"] = self.context(None, None, None, None, batch_size=b)
-        branches["full"] = self.context(tokens, face_embeds, face_mask, text_embed, batch_size=b)
+        branches["full"] = self.context(tokens, face_embeds, face_mask, text_embed, batch_size=b, character_text=character_text)
         if identity_guidance_scale != 0.0 and face_embeds is not None:
             branches["no_faces"] = self.context(tokens, None, None, text_embed, batch_size=b)
         context = torch.cat([c for c, _, _ in branches.values()])

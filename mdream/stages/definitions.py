@@ -59,7 +59,7 @@ class EncodeStage(Stage):
     """Reference faces -> face embeddings per slot; descriptor and identifier -> text embeddings."""
 
     name = "encode"
-    version = "1"
+    version = "2"  # 2: the cast's description embeddings per face slot
     components = ("face_embedder", "text_encoder")
 
     def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
@@ -91,14 +91,18 @@ class EncodeStage(Stage):
         for i, cid in enumerate(slots):
             if cid is not None:
                 faces[i] = self.character_embedding(project, cid)
-        text = self.text.encode([shot.descriptor, shot.identifier])  # [2, D]
+        # each slot's character description: what a face photo cannot show (height, outfit), for renderers trained with it
+        described = [project.plan.characters[cid].description if cid is not None else "" for cid in slots]
+        text = self.text.encode([shot.descriptor, shot.identifier, *described])  # [2 + 3, D]
+        occupied = torch.tensor([cid is not None for cid in slots])  # [3]
         writer.save_tensors(
             "conditioning",
             {
                 "face_embeds": torch.from_numpy(faces),  # [3, 512]
-                "face_mask": torch.tensor([cid is not None for cid in slots]),  # [3]
+                "face_mask": occupied,  # [3]
                 "descriptor_embed": text[0].contiguous(),  # [D]
                 "identifier_embed": text[1].contiguous(),  # [D]
+                "character_text_embeds": (text[2:] * occupied[:, None]).contiguous(),  # [3, D], zeros where empty
             },
         )
         writer.save_json("slots", {"slots": slots})
@@ -180,6 +184,7 @@ class RenderStage(Stage):
         faces = torch.stack([c["face_embeds"] for c in cond])  # [B, 3, 512]
         mask = torch.stack([c["face_mask"] for c in cond])  # [B, 3]
         text = torch.stack([c["descriptor_embed"] for c in cond])  # [B, D]
+        described = torch.stack([c["character_text_embeds"] for c in cond])  # [B, 3, D]
         # One generator per shot: a shot's pixels depend on its own seed, not on its batch-mates.
         generators = [torch.Generator().manual_seed(project.shot_seed(self.name, s)) for s in shots]
         images = self.decoder.generate(
@@ -192,6 +197,7 @@ class RenderStage(Stage):
             identity_guidance_scale=self.identity_guidance,
             generator=generators,
             scheduler=self.sampler,
+            character_text=described.to(self.device),
         ).images  # uint8 [B, S, S, 3]
         out = project.plan.output
         for image, writer in zip(images, writers, strict=True):

@@ -181,6 +181,22 @@ def character_references(bank: np.ndarray) -> np.ndarray:
     return (references / np.linalg.norm(references, axis=1, keepdims=True)).astype(np.float32)
 
 
+def character_text_embeddings(world_seed: int, text_encoder) -> np.ndarray:
+    """float32 [C, D]: each toy character's description (the script's ``description``) through the text encoder."""
+    from mdream.toyworld import make_world
+
+    world = make_world(world_seed)
+    return text_encoder.encode([c.describe() for c in world.characters]).float().numpy()
+
+
+def character_text_for_batch(chars: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per frame, the description embedding of the character in each slot (zeros where empty): [B, 3, D]."""
+    out = np.zeros((*chars.shape, table.shape[-1]), np.float32)
+    occupied = chars >= 0
+    out[occupied] = table[chars[occupied]]
+    return out
+
+
 def faces_for_batch(chars: np.ndarray, bank: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Per frame, one random photo embedding per cast member in position order: [B, 3, 512], mask [B, 3]."""
     b = len(chars)

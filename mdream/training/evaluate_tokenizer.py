@@ -24,6 +24,8 @@ from mdream.training.common import console
 from mdream.training.data import (
     FrameSet,
     character_references,
+    character_text_embeddings,
+    character_text_for_batch,
     face_embedding_bank,
     faces_for_batch,
     render_random_frames,
@@ -235,6 +237,10 @@ def evaluate_tokenizer(
     text = text_encoder.encode(test.descriptors)
     faces, face_mask = faces_for_batch(test.chars, bank, np.random.default_rng(seed))
     references = character_references(bank) if bank is not None else None
+    described = None
+    if decoder.context.character_text_proj is not None:
+        # a decoder trained with the cast's descriptions in the face slots gets them wherever it gets faces
+        described = torch.from_numpy(character_text_for_batch(test.chars, character_text_embeddings(world_seed, text_encoder)))
     report = TokenizerEval(frames=frames, steps=num_inference_steps, guidance_scale=guidance_scale,
                            identity_guidance_scale=identity_guidance_scale, scheduler=scheduler or decoder.scheduler_name)
     if analyser is not None:
@@ -274,6 +280,7 @@ def evaluate_tokenizer(
                 generator=torch.Generator().manual_seed(seed + i),
                 batch_size=len(test.frames[sl]),
                 scheduler=scheduler,
+                character_text=described[sl] if described is not None and "faces" in groups else None,
             )
             images.append(out.images)
         images = np.concatenate(images)

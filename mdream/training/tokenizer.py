@@ -57,6 +57,8 @@ from mdream.training.common import (
 from mdream.training.data import (
     FrameSet,
     character_references,
+    character_text_embeddings,
+    character_text_for_batch,
     face_embedding_bank,
     faces_for_batch,
     frame_set,
@@ -115,6 +117,8 @@ class TokenizerTrainingConfig(RunConfig):
     """Width of the pooled context added to the UNet's time embedding."""
     pooled_faces: str = "slots"
     """Faces in the pooled context: slots (each position, so the time embedding knows who is where) or mean."""
+    character_text: bool = False
+    """Add each cast member's description embedding to their face slot (what a face cannot show: height, outfit)."""
     prediction_type: str = "sample"
     """Diffusion target: v_prediction, epsilon or sample."""
     beta_schedule: str = "linear"
@@ -157,15 +161,17 @@ class TokenizerModel(nn.Module):
         self.identity_head = identity_head
 
     def forward(self, images, patches, image_embeds, faces, face_mask, text, identity_target, config: TokenizerTrainingConfig,
-                pixel_weight=None):
+                pixel_weight=None, character_text=None):
         # images [B, 3, S, S] in [-1, 1]; patches [B, 1+P, Dv] frozen CLIP states; image_embeds [B, Dv]
         # identity_target [B, 3, 512] reference face embedding of the character in each slot (or None)
         # pixel_weight [B, 1, S, S] loss weight per pixel (or None: uniform)
+        # character_text [B, 3, Dt] description embedding of the character in each slot (or None)
         tokens = self.compressor(patches)
         diffusion = self.decoder.diffusion_loss(
             images, tokens, faces, face_mask, text,
             drop_probs=(config.drop_tokens, config.drop_faces, config.drop_text),
             snr_gamma=config.snr_gamma or None, timestep_power=config.timestep_power, pixel_weight=pixel_weight,
+            character_text=character_text,
         )
         aux = torch.zeros((), device=images.device)
         if self.aux_head is not None:
@@ -216,6 +222,8 @@ def build_toy_decoder(config: TokenizerTrainingConfig, text_dim: int, face_dim: 
     context = ContextProjector(
         num_tokens=config.num_tokens, token_dim=config.token_dim, face_dim=face_dim, max_faces=3, text_dim=text_dim,
         cross_attention_dim=config.cross_attention_dim, pooled_dim=config.pooled_dim, pooled_faces=config.pooled_faces,
+        # the character descriptions go through the same text encoder as the shot descriptor
+        character_text_dim=text_dim if config.character_text else None,
     )
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule=config.beta_schedule,
                               prediction_type=config.prediction_type, clip_sample=False)
@@ -371,6 +379,12 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             if bank is None:
                 bank = face_embedding_bank(train.world_seed, face_path, config.photos_per_character, config.seed)
                 save_array(bank_cache, bank)
+        character_text = None
+        if config.character_text:
+            if bank is None:
+                raise InputError("--character-text adds the descriptions to the face slots: it needs the face group.",
+                                 hint="Leave --face-embedder at auto (or name an ONNX file).")
+            character_text = character_text_embeddings(train.world_seed, text_encoder)  # [C, Dt]
 
     # ---- models ---------------------------------------------------------------------------------
     if start_from is not None:
@@ -485,6 +499,9 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                     slots = np.where(face_mask[..., None], references[np.maximum(train.chars[idx], 0)], 0.0)
                     identity_t = torch.from_numpy(slots.astype(np.float32)).to(device)
                 text = torch.from_numpy(text_embeds[idx]).to(device)
+                described = None
+                if character_text is not None:
+                    described = torch.from_numpy(character_text_for_batch(train.chars[idx], character_text)).to(device)
                 pixel_weight = None
                 if config.character_weight != 1.0:
                     # the characters are what the analyser (and a viewer) reads identity from, but a
@@ -493,7 +510,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                     pixel_weight = 1.0 + (config.character_weight - 1.0) * figures.float()
                 with accelerator.accumulate(model), accelerator.autocast():
                     loss, diffusion, aux, identity = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config,
-                                                           pixel_weight)
+                                                           pixel_weight, described)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(trainable, 1.0)
