@@ -76,6 +76,7 @@ class EncodeStage(Stage):
         self.text = TextEncoder.from_pretrained(bundle.component("text_encoder").location)
         self.text.to(resolve_device(project.options.device))
         self._character_embeddings: dict[str, np.ndarray] = {}
+        self._character_texts: dict[str, object] = {}
 
     def character_embedding(self, project: Project, cid: str) -> np.ndarray:
         """The mean of a character's photo embeddings, renormalised: float32 [512]."""
@@ -83,26 +84,32 @@ class EncodeStage(Stage):
             self._character_embeddings[cid] = self.faces.identity(project.plan.face_paths(cid))
         return self._character_embeddings[cid]
 
+    def character_text(self, project: Project, cid: str):
+        """A character's description through the text encoder: float32 tensor [D] (what a face cannot show)."""
+        if cid not in self._character_texts:
+            self._character_texts[cid] = self.text.encode([project.plan.characters[cid].description])[0]
+        return self._character_texts[cid]
+
     def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
         import torch
 
         slots = face_slots(shot)
+        text = self.text.encode([shot.descriptor, shot.identifier])  # [2, D]
         faces = np.zeros((len(FACE_SLOTS), 512), np.float32)  # [3, 512]
+        # each slot's character description, for renderers trained with it; zeros where the slot is empty
+        described = torch.zeros(len(FACE_SLOTS), text.shape[-1])  # [3, D]
         for i, cid in enumerate(slots):
             if cid is not None:
                 faces[i] = self.character_embedding(project, cid)
-        # each slot's character description: what a face photo cannot show (height, outfit), for renderers trained with it
-        described = [project.plan.characters[cid].description if cid is not None else "" for cid in slots]
-        text = self.text.encode([shot.descriptor, shot.identifier, *described])  # [2 + 3, D]
-        occupied = torch.tensor([cid is not None for cid in slots])  # [3]
+                described[i] = self.character_text(project, cid)
         writer.save_tensors(
             "conditioning",
             {
                 "face_embeds": torch.from_numpy(faces),  # [3, 512]
-                "face_mask": occupied,  # [3]
+                "face_mask": torch.tensor([cid is not None for cid in slots]),  # [3]
                 "descriptor_embed": text[0].contiguous(),  # [D]
                 "identifier_embed": text[1].contiguous(),  # [D]
-                "character_text_embeds": (text[2:] * occupied[:, None]).contiguous(),  # [3, D], zeros where empty
+                "character_text_embeds": described,  # [3, D]
             },
         )
         writer.save_json("slots", {"slots": slots})
