@@ -347,6 +347,10 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     clip_path = str(Path(clip_path).resolve()) if Path(clip_path).exists() else clip_path
     config.clip = clip_path
     face_path = _face_embedder_path(config.face_embedder)
+    if config.character_text and face_path is None:
+        # before any frame is rendered or embedded
+        raise InputError("--character-text adds the descriptions to the face slots: it needs the face group.",
+                         hint="Leave --face-embedder at auto (or name an ONNX file).")
     # a bad --init-unet fails before any data is rendered or embedded
     init_unet = _unet_folder(Path(config.init_unet)) if config.init_unet and start_from is None else None
     config.face_embedder = str(face_path) if face_path else "none"
@@ -379,12 +383,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
             if bank is None:
                 bank = face_embedding_bank(train.world_seed, face_path, config.photos_per_character, config.seed)
                 save_array(bank_cache, bank)
-        character_text = None
-        if config.character_text:
-            if bank is None:
-                raise InputError("--character-text adds the descriptions to the face slots: it needs the face group.",
-                                 hint="Leave --face-embedder at auto (or name an ONNX file).")
-            character_text = character_text_embeddings(train.world_seed, text_encoder)  # [C, Dt]
+        character_text = character_text_embeddings(train.world_seed, text_encoder) if config.character_text else None  # [C, Dt]
 
     # ---- models ---------------------------------------------------------------------------------
     if start_from is not None:
