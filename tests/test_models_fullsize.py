@@ -43,7 +43,8 @@ def folders(tmp_path_factory):
     return root
 
 
-def sdxl_decoder(token_dim: int = 16, num_tokens: int = 2, text_dim: int = 24) -> KeyframeDecoder:
+def sdxl_decoder(token_dim: int = 16, num_tokens: int = 2, text_dim: int = 24,
+                 character_text_dim: int | None = None) -> KeyframeDecoder:
     """The dummy SDXL pipeline's UNet/VAE configs from diffusers' tests, shrunk further."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -62,7 +63,8 @@ def sdxl_decoder(token_dim: int = 16, num_tokens: int = 2, text_dim: int = 24) -
                                        timestep_spacing="leading", steps_offset=1)
     pooled = KeyframeDecoder.pooled_dim_for(unet)
     context = ContextProjector(num_tokens=num_tokens, token_dim=token_dim, face_dim=512, max_faces=3,
-                               text_dim=text_dim, cross_attention_dim=64, pooled_dim=pooled)
+                               text_dim=text_dim, cross_attention_dim=64, pooled_dim=pooled,
+                               character_text_dim=character_text_dim)
     return KeyframeDecoder(unet, context, KeyframeDecoder.make_scheduler("euler", scheduler.config), vae, "euler")
 
 

@@ -26,17 +26,18 @@ from mdream.models.toy_clip import build_toy_clip, build_word_tokenizer, save_cl
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
+def _build_bundle(root, character_text_dim: int | None = None):
+    """A bundle of tiny random models in ``root``; ``character_text_dim``: a renderer that also takes each
+    cast member's description embedding in their face slot (``--character-text``)."""
     torch.manual_seed(0)
     export_onnx(FaceEmbedderNet(FaceEmbedderConfig(widths=(8, 8, 16, 16), head_channels=8)).eval(), root / "face.onnx")
-    tokenizer = build_word_tokenizer(TEXTS + ["Detailed description of shot"], max_length=32)
+    character_texts = [c["description"] for c in small_script_dict()["characters"]] + [DESCRIBED_ADA]
+    tokenizer = build_word_tokenizer(TEXTS + ["Detailed description of shot"] + character_texts, max_length=32)
     clip = build_toy_clip(tokenizer, image_size=32, patch_size=8, hidden_size=32, num_layers=2, num_heads=2, projection_dim=24)
     save_clip_folder(clip, tokenizer, root / "clip")
     encoder = KeyframeEncoder.from_vision_model(str(root / "clip"), num_tokens=2, token_dim=16, width=32, num_heads=2)
     encoder.save_pretrained(root / "encoder", vision_reference="../clip")
-    sdxl_decoder(token_dim=16, text_dim=24).save_pretrained(root / "decoder")
+    sdxl_decoder(token_dim=16, text_dim=24, character_text_dim=character_text_dim).save_pretrained(root / "decoder")
     # Few sampling steps: this tests the stages' plumbing, not image quality.
     config = json.loads((root / "decoder" / "keyframe_decoder.json").read_text())
     config["sampling"] = {"num_inference_steps": 3, "guidance_scale": 2.0}
@@ -57,16 +58,32 @@ def tiny_bundle(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def storyboard(tmp_path, tiny_bundle):
-    """A 6-shot script whose every shot has a given keyframe, drawing with the tiny bundle."""
-    folder = tmp_path / "movie"
+DESCRIBED_ADA = "a short woman with long red hair"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    return _build_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def described_bundle(tmp_path_factory):
+    return _build_bundle(tmp_path_factory.mktemp("described"), character_text_dim=24)
+
+
+def _storyboard(folder, bundle):
     data = small_script_dict()
-    data["output"]["model_bundle"] = str(tiny_bundle)
+    data["output"]["model_bundle"] = str(bundle)
     for i, shot in enumerate(data["arcs"][0]["shots"]):
         write_face(folder / "frames" / f"{i}.png", (40 * i, 100, 200 - 30 * i))
         shot["keyframe"] = f"frames/{i}.png"
     return write_script(folder, data)
+
+
+@pytest.fixture
+def storyboard(tmp_path, tiny_bundle):
+    """A 6-shot script whose every shot has a given keyframe, drawing with the tiny bundle."""
+    return _storyboard(tmp_path / "movie", tiny_bundle)
 
 
 def _invoke(*args):
@@ -100,6 +117,32 @@ def test_encode_keyframes_render_round_trip(storyboard, tmp_path):
         assert _invoke(verb, storyboard, "--cache-dir", cache, "--seed", 5).exit_code == 0
     assert _invoke("render", storyboard, "--cache-dir", cache, "--out", other, "--seed", 5).exit_code == 0
     assert not np.array_equal(before[0], np.asarray(Image.open(other / "keyframes" / "0000.png")))
+
+
+@pytest.mark.parametrize("described", [False, True], ids=["plain", "character-text"])
+def test_a_character_description_reaches_the_renderer_trained_with_it(described, tiny_bundle, described_bundle, tmp_path):
+    """Editing Ada's description re-encodes and re-renders her shots (0, 2, 4) only. A renderer built with
+    character_text_dim draws them differently (her description is in her face slot); one without it ignores
+    descriptions, so its pixels stay identical."""
+    storyboard = _storyboard(tmp_path / "movie", described_bundle if described else tiny_bundle)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    for verb in ("encode", "keyframes", "render"):
+        result = _invoke(verb, storyboard, "--cache-dir", cache, *(["--out", out] if verb == "render" else []))
+        assert result.exit_code == 0, result.output
+    before = [np.asarray(Image.open(out / "keyframes" / f"{i:04d}.png")) for i in range(6)]
+
+    data = yaml.safe_load(storyboard.read_text())
+    assert data["characters"][0]["id"] == "ada"
+    data["characters"][0]["description"] = DESCRIBED_ADA
+    storyboard.write_text(yaml.safe_dump(data))
+    status = runner.invoke(app, ["status", str(storyboard), "--cache-dir", str(cache), "--json"])
+    assert json.loads(status.output)["totals"]["encode"] == {"done": 3, "stale": 3}
+    for verb in ("encode", "keyframes", "render"):
+        result = _invoke(verb, storyboard, "--cache-dir", cache, *(["--out", out] if verb == "render" else []))
+        assert result.exit_code == 0, result.output
+    after = [np.asarray(Image.open(out / "keyframes" / f"{i:04d}.png")) for i in range(6)]
+    changed = [i for i in range(6) if not np.array_equal(before[i], after[i])]
+    assert changed == ([0, 2, 4] if described else [])
 
 
 def test_script_sampling_settings_change_the_render_and_its_keys(storyboard, tmp_path):
