@@ -318,6 +318,37 @@ def test_tokenizer_training_weights_the_characters(clip_run, tmp_path):
         assert not (tmp_path / "bad3").exists()
 
 
+def test_tokenizer_training_weights_the_heads(clip_run, tmp_path):
+    """--head-weight renders head masks (the figure pixels on the heads) and re-renders a cache without them."""
+    from mdream.training.data import FrameSet
+
+    run = tmp_path / "faces"
+    base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--out", str(run)]
+    invoke(["tokenizer", *base, "--steps", "1", "--head-weight", "12"])
+    frames = FrameSet.load(run / "frames.npz")
+    occupied = (frames.chars >= 0).any(axis=1)
+    assert frames.heads.shape == frames.figures.shape == (48, 32, 32)
+    assert not (frames.heads & ~frames.figures).any()  # only figure pixels
+    assert frames.heads[occupied].any(axis=(1, 2)).all() and not frames.heads[~occupied].any()
+    assert frames.heads.sum() < 0.4 * frames.figures.sum()
+    # heads are the top of the figures: head pixels sit above the figure's mean row
+    rows = np.arange(32)[None, :, None]
+    head_rows = (frames.heads * rows).sum(axis=(1, 2))[occupied] / frames.heads.sum(axis=(1, 2))[occupied]
+    figure_rows = (frames.figures * rows).sum(axis=(1, 2))[occupied] / frames.figures.sum(axis=(1, 2))[occupied]
+    assert (head_rows < figure_rows).all()
+    assert json.loads((run / "train_config.json").read_text())["head_weight"] == 12.0
+    # a frame cache written before head masks existed (figures only) is rendered again, to the same frames
+    FrameSet(frames.frames, frames.descriptors, frames.scene, frames.chars, frames.world_seed,
+             figures=frames.figures).save(run / "frames.npz")
+    invoke(["tokenizer", *base, "--steps", "2"])
+    again = FrameSet.load(run / "frames.npz")
+    np.testing.assert_array_equal(again.frames, frames.frames)
+    np.testing.assert_array_equal(again.heads, frames.heads)
+    assert np.isfinite(json.loads((run / "checkpoints" / "step-0000002" / "state.json").read_text())["loss"])
+    bad = runner.invoke(app, ["tokenizer", *base[:-2], "--out", str(tmp_path / "bad"), "--head-weight", "-1"])
+    assert bad.exit_code == 2 and "must be >= 0" in bad.output and not (tmp_path / "bad").exists()
+
+
 def test_damaged_run_caches_are_rebuilt_not_fatal(clip_run, tmp_path):
     """A truncated frames.npz or embedding cache (e.g. copied half-way) is rebuilt with a warning; the resume goes on."""
     out = tmp_path / "tok"

@@ -741,6 +741,27 @@ def face_boxes(shot: ShotSpec, size: int, world: World | None = None,
     return boxes
 
 
+def head_mask(shot: ShotSpec, size: int, world: World | None = None, margin: float = 1.15) -> np.ndarray:
+    """bool [size, size]: the cast's heads in the keyframe, discs of ``margin`` head radii.
+
+    The head (skin, eyes, brows, mouth, hair cap) is where look-alikes that differ in eye colour or
+    skin differ; a face box (``face_boxes``) also takes in the hair style and the collar, three
+    times the area. Render jitter moves heads by at most about 2% of the frame, hence the margin.
+    """
+    if world is None:
+        world = _default_world()
+    centres = (np.arange(size) + 0.5) / size
+    ys, xs = centres[:, None], centres[None, :]
+    mask = np.zeros((size, size), bool)
+    for m in shot.cast:
+        x, feet, H = _figure_placement(world, shot, m)
+        pose = _pose(m.action, 0.0, _walk_direction(m.position))
+        hx, hy = _head_center(x + pose.dx, feet, H, pose.dy)
+        r = max(margin * 0.17 * H, 0.75 / size)  # a far head still covers the pixels next to its centre
+        mask |= (xs - hx) ** 2 + (ys - hy) ** 2 <= r * r
+    return mask
+
+
 @functools.lru_cache(maxsize=1)
 def _default_world() -> World:
     return make_world(0)

@@ -36,6 +36,8 @@ class FrameSet:
     """The ShotSpec of each frame when rendered here (not saved; evaluation uses it for face boxes)."""
     figures: np.ndarray | None = None
     """bool [M, S, S]: the pixels the cast's figures cover (rendered here with ``figures=True``; saved)."""
+    heads: np.ndarray | None = None
+    """bool [M, S, S]: the figure pixels on the cast's heads (skin, eyes, hair cap; rendered with ``figures``; saved)."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -43,14 +45,17 @@ class FrameSet:
     def subset(self, index: np.ndarray) -> FrameSet:
         shots = [self.shots[i] for i in index] if self.shots is not None else None
         figures = self.figures[index] if self.figures is not None else None
+        heads = self.heads[index] if self.heads is not None else None
         return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index],
-                        self.world_seed, shots, figures)
+                        self.world_seed, shots, figures, heads)
 
     def save(self, path: Path) -> None:
         """Written through a temporary file: an interrupted run never leaves a truncated frame cache."""
         from mdream.cache import atomic_write
 
         extra = {"figures": np.packbits(self.figures, axis=-1)} if self.figures is not None else {}
+        if self.heads is not None:
+            extra["heads"] = np.packbits(self.heads, axis=-1)
         atomic_write(path, lambda f: np.savez(f, frames=self.frames, scene=self.scene, chars=self.chars,
                                               world_seed=self.world_seed,
                                               descriptors=np.array(json.dumps(self.descriptors)), **extra))
@@ -60,8 +65,9 @@ class FrameSet:
         with np.load(path) as z:
             size = z["frames"].shape[2]
             figures = np.unpackbits(z["figures"], axis=-1, count=size).astype(bool) if "figures" in z else None
+            heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
             return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
-                       figures=figures)
+                       figures=figures, heads=heads)
 
 
 def load_toy_dataset(data_dir: str | Path, size: int | None = None, limit: int | None = None) -> FrameSet:
@@ -101,11 +107,12 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
                          figures: bool = False) -> FrameSet:
     """``n`` keyframes of uniformly random shots (any scene, 0-3 random characters).
 
-    With ``figures`` each frame's figure mask is rendered too (about twice the time); the frames
-    are the same pixels either way.
+    With ``figures`` each frame's figure mask is rendered too (about twice the time), and its head
+    mask: the figure pixels on the cast's heads. The frames are the same pixels either way.
     """
     from mdream.eval.training import random_shot
     from mdream.toyworld import (
+        head_mask,
         make_world,
         render_keyframe,
         render_keyframe_with_figures,
@@ -119,6 +126,7 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     scene = np.empty(n, np.int64)
     chars = np.empty((n, 3), np.int64)
     masks = np.zeros((n, size, size), bool) if figures else None
+    head_masks = np.zeros((n, size, size), bool) if figures else None
     texts, shots = [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"rendering {n} toy frames", total=n)
@@ -126,6 +134,7 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
             shot = random_shot(world, rng)
             if figures:
                 frames[i], masks[i] = render_keyframe_with_figures(world, shot, size, rng)
+                head_masks[i] = masks[i] & head_mask(shot, size, world)
             else:
                 frames[i] = render_keyframe(world, shot, size, rng)
             labels = shot_labels(world, shot)
@@ -134,23 +143,24 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
             shots.append(shot)
             if i % 256 == 0:
                 bar.update(task, completed=i)
-    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks)
+    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks)
 
 
 def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None,
-              figures: bool = False) -> FrameSet:
+              figures: bool = False, heads: bool = False) -> FrameSet:
     """A dataset folder when given, else random renders (cached in ``cache`` so a resume sees the same frames).
 
-    ``figures``: the renders must carry figure masks; a cache written without them is rendered
-    again (the same seeds give the same frames) and replaced.
+    ``figures`` / ``heads``: the renders must carry figure / head masks; a cache written without
+    them is rendered again (the same seeds give the same frames) and replaced.
     """
+    figures = figures or heads
     if data:
         if figures:
             raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight needs.",
                              hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1.")
         return load_toy_dataset(data, size=size, limit=n or None)
     cached = load_cache(cache, FrameSet.load) if cache is not None else None
-    if cached is not None and (cached.figures is not None or not figures):
+    if cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads):
         return cached
     frames = render_random_frames(world_seed, n, size, seed, figures=figures)
     if cache is not None:

@@ -139,6 +139,8 @@ class TokenizerTrainingConfig(RunConfig):
     """Weight of the identity auxiliary loss (predict each slot's face embedding from the tokens; needs the face group)."""
     character_weight: float = 1.0
     """Diffusion-loss weight of the pixels the characters' figures cover (1: plain; >1 needs rendered frames, not --data)."""
+    head_weight: float = 0.0
+    """Diffusion-loss weight of the figure pixels on the cast's heads, where eye colour and skin show (0: --character-weight's)."""
     init_unet: str = ""
     """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
@@ -331,10 +333,14 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     """Train (or resume) the keyframe tokenizer; returns the newest checkpoint (holding ``encoder/`` and ``decoder/``)."""
     if not config.character_weight > 0:
         raise InputError(f"--character-weight must be > 0, got {config.character_weight}.")
-    if config.data and config.character_weight != 1.0:
+    if not config.head_weight >= 0:
+        raise InputError(f"--head-weight must be >= 0 (0: the same as --character-weight), got {config.head_weight}.")
+    if config.data and (config.character_weight != 1.0 or config.head_weight > 0):
         # before anything is written to the run folder
-        raise InputError(f"--data {config.data}: dataset folders carry no figure masks, which --character-weight needs.",
-                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1.")
+        raise InputError(f"--data {config.data}: dataset folders carry no figure masks, which --character-weight and "
+                         "--head-weight need.",
+                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
+                              "and --head-weight 0.")
     check_unet_settings(config)  # before anything is written or rendered
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,7 +374,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     # others then read them, instead of every process writing the same files at once.
     with accelerator.main_process_first():
         train: FrameSet = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed,
-                                    out / "frames.npz", figures=config.character_weight != 1.0)
+                                    out / "frames.npz", figures=config.character_weight != 1.0,
+                                    heads=config.head_weight > 0)
         text_encoder = TextEncoder.from_pretrained(clip_path)
         text_cache = out / "descriptor_embeds.npy"
         text_embeds = load_cache(text_cache, np.load)
@@ -502,11 +509,15 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                 if character_text is not None:
                     described = torch.from_numpy(character_text_for_batch(train.chars[idx], character_text)).to(device)
                 pixel_weight = None
-                if config.character_weight != 1.0:
+                if config.character_weight != 1.0 or config.head_weight > 0:
                     # the characters are what the analyser (and a viewer) reads identity from, but a
                     # small share of the pixels: the plain loss spends the UNet on the background
                     figures = torch.from_numpy(train.figures[idx]).to(device)[:, None]  # [B, 1, S, S]
                     pixel_weight = 1.0 + (config.character_weight - 1.0) * figures.float()
+                    if config.head_weight > 0:
+                        # look-alikes differ in eye colour or skin: a few pixels of a head at 32 px
+                        heads = torch.from_numpy(train.heads[idx]).to(device)[:, None]  # [B, 1, S, S]
+                        pixel_weight = torch.where(heads, config.head_weight, pixel_weight)
                 with accelerator.accumulate(model), accelerator.autocast():
                     loss, diffusion, aux, identity = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config,
                                                            pixel_weight, described)
