@@ -720,14 +720,8 @@ def face_boxes(shot: ShotSpec, size: int, world: World | None = None,
     every member's full square is returned (it may reach past the frame). Render jitter moves
     faces by at most about 2% of the frame. Exclusive ends: the crop is frame[y0:y1, x0:x1].
     """
-    if world is None:
-        world = _default_world()
     boxes = []
-    for m in shot.cast:
-        x, feet, H = _figure_placement(world, shot, m)
-        pose = _pose(m.action, 0.0, _walk_direction(m.position))
-        hx, hy = _head_center(x + pose.dx, feet, H, pose.dy)
-        r = 0.17 * H
+    for character_id, hx, hy, r in _heads(shot, world):
         cy = hy + _FACE_CROP_CY * r
         half = _FACE_CROP_HALF * r
         side = max(int(round(2 * half * size)), 1)
@@ -737,7 +731,7 @@ def face_boxes(shot: ShotSpec, size: int, world: World | None = None,
             x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
             if x1 - x0 < 1 or y1 - y0 < 1:
                 continue
-        boxes.append((m.character_id, (x0, y0, x1, y1)))
+        boxes.append((character_id, (x0, y0, x1, y1)))
     return boxes
 
 
@@ -748,18 +742,26 @@ def head_mask(shot: ShotSpec, size: int, world: World | None = None, margin: flo
     skin differ; a face box (``face_boxes``) also takes in the hair style and the collar, three
     times the area. Render jitter moves heads by at most about 2% of the frame, hence the margin.
     """
-    if world is None:
-        world = _default_world()
     centres = (np.arange(size) + 0.5) / size
     ys, xs = centres[:, None], centres[None, :]
     mask = np.zeros((size, size), bool)
+    for _, hx, hy, r in _heads(shot, world):
+        r = max(margin * r, 0.75 / size)  # a far head still covers the pixels next to its centre
+        mask |= (xs - hx) ** 2 + (ys - hy) ** 2 <= r * r
+    return mask
+
+
+def _heads(shot: ShotSpec, world: World | None) -> list[tuple[str, float, float, float]]:
+    """Per cast member: (character id, head centre x, y, head radius), in frame units, without render jitter."""
+    if world is None:
+        world = _default_world()
+    heads = []
     for m in shot.cast:
         x, feet, H = _figure_placement(world, shot, m)
         pose = _pose(m.action, 0.0, _walk_direction(m.position))
         hx, hy = _head_center(x + pose.dx, feet, H, pose.dy)
-        r = max(margin * 0.17 * H, 0.75 / size)  # a far head still covers the pixels next to its centre
-        mask |= (xs - hx) ** 2 + (ys - hy) ** 2 <= r * r
-    return mask
+        heads.append((m.character_id, hx, hy, 0.17 * H))
+    return heads
 
 
 @functools.lru_cache(maxsize=1)
