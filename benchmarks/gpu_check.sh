@@ -2,16 +2,24 @@
 # One short GPU check, for a CUDA machine with mdream's dependencies importable (run from the repo root):
 #   1. `mdream train tokenizer` on the toy world with --mixed-precision auto (bf16 on CUDA): 40 steps, then a
 #      resume to 60; prints the resolved precision, throughput, the last state and the saved weights' dtype;
-#   2. the full-size SDXL-config render benchmark (writes its section of benchmarks/RESULTS.md).
+#   2. the full-size SDXL-config render benchmark (writes its section of benchmarks/RESULTS.md);
+#   3. the main job, `make demo`'s commands with --device cuda: the bundled storyboard through every built stage with
+#      the shipped toy models, timed, then `mdream eval`; its keyframes are packed into $OUT/gpu-demo.tgz when $OUT
+#      is set, to compare with a CPU run's pixels.
 # Usage: bash benchmarks/gpu_check.sh [RUN_FOLDER]   (about 3 minutes on an H200, most of it building the SDXL UNet;
-#        MDREAM_GPU_CHECK_SDXL=0 skips step 2, about 1 minute)
+#        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 skip steps 1 / 2 / 3; step 1 takes about a minute)
+# insightface, diffusers and pydantic, where missing, are installed from the wheels in .gpuwheels/.
 set -u
 export MDREAM_DEBUG=1  # a bug shows its traceback here, not the one-line internal error
 RUN=${1:-/tmp/mdream-gpu-check}
 rm -rf "$RUN"
 ARGS=(--out "$RUN" --clip toy --face-embedder none --num-frames 256 --checkpoint-every 20 --log-every 10 --max-minutes 3)
+if ! python3 -c "import diffusers, pydantic, insightface" 2>/dev/null; then
+  python3 -m pip install -q --no-deps --no-index .gpuwheels/*.whl || exit 1
+fi
 python3 -c "import torch; from mdream.training.common import resolve_mixed_precision as r; \
 print('cuda', torch.cuda.is_available(), torch.__version__, '| --mixed-precision auto ->', r('auto'))"
+if [ "${MDREAM_GPU_CHECK_TRAIN:-1}" != 0 ]; then
 python3 -m mdream train tokenizer "${ARGS[@]}" --steps 40 2>&1 | grep -E "step |done|training|Error|error" || exit 1
 python3 -m mdream train tokenizer "${ARGS[@]}" --steps 60 --resume auto 2>&1 | grep -E "step |done|resumed|Error|error" || exit 1
 python3 - "$RUN" <<'PY'
@@ -24,6 +32,17 @@ print("last checkpoint", json.loads((last / "state.json").read_text()))
 with safe_open(str(next((last / "decoder" / "unet").glob("*.safetensors"))), "pt") as f:
     print("saved UNet dtypes", sorted({str(f.get_tensor(k).dtype) for k in f.keys()}))
 PY
+fi
 if [ "${MDREAM_GPU_CHECK_SDXL:-1}" != 0 ]; then
   python3 -m benchmarks.bench_sdxl_render --device cuda --dtype fp16
+fi
+if [ "${MDREAM_GPU_CHECK_DEMO:-1}" != 0 ]; then
+  DEMO="$RUN/demo"
+  mkdir -p "$DEMO"
+  python3 -m mdream script-validate examples/scripts/storyboard.yaml || exit 1
+  TIMEFORMAT="generate: %R s wall"
+  time python3 -m mdream generate examples/scripts/storyboard.yaml \
+      -o "$DEMO/storyboard.mp4" --until render --device cuda || exit 1
+  python3 -m mdream eval "$DEMO/storyboard" --script examples/scripts/storyboard.yaml || exit 1
+  [ -n "${OUT:-}" ] && tar czf "$OUT/gpu-demo.tgz" -C "$DEMO" storyboard
 fi
