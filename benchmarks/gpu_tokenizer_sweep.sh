@@ -10,13 +10,13 @@
 #   --head-weight); the others start once its caches are written, from copies.
 #   SEED_CACHE: a folder of caches from a CPU run of the same world, seed and frame count (descriptor_embeds.npy,
 #   face_bank.npy: about a minute of the machine's time saved), copied into the first run.
-#   Where diffusers or pydantic is missing, the wheels in .gpuwheels/ are installed first. NUM_FRAMES: 30,000 unless set.
+#   Where diffusers, pydantic or insightface (the evaluation's face embedder) is missing, the wheels in .gpuwheels/ are installed first. NUM_FRAMES: 30,000 unless set.
 #   OUT gets one NAME.tgz per run: its last checkpoint's encoder/, decoder/ and state.json, its train_config.json, its
 #   training log and its evaluation (NAME-eval.json, from `mdream train tokenizer-eval`, which runs on the CPU cores).
 set -u
 WORK=$1; OUT=$2; MINUTES=$3; BATCH=$4; EVAL_FRAMES=$5
 mkdir -p "$OUT"
-if ! python3 -c "import diffusers, pydantic" 2>/dev/null; then
+if ! python3 -c "import diffusers, pydantic, insightface" 2>/dev/null; then
   python3 -m pip install -q --no-deps --no-index .gpuwheels/*.whl || exit 1
 fi
 ARGS=(--clip toy --num-frames "${NUM_FRAMES:-30000}" --steps 100000 --max-minutes "$MINUTES" --batch-size "$BATCH"
