@@ -156,8 +156,10 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
     figures = figures or heads
     if data:
         if figures:
-            raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight needs.",
-                             hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1.")
+            raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight and "
+                             "--head-weight need.",
+                             hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
+                                  "and --head-weight 0.")
         return load_toy_dataset(data, size=size, limit=n or None)
     cached = load_cache(cache, FrameSet.load) if cache is not None else None
     if cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads):
