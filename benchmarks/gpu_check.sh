@@ -8,7 +8,12 @@
 #      is set, to compare with a CPU run's pixels.
 # Usage: bash benchmarks/gpu_check.sh [RUN_FOLDER]   (about 3 minutes on an H200, most of it building the SDXL UNet;
 #        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 skip steps 1 / 2 / 3; step 1 takes about a minute)
-# insightface, diffusers and pydantic, where missing, are installed from the wheels in .gpuwheels/.
+# insightface, diffusers and pydantic, where missing, are installed from the wheels in .gpuwheels/ (the device image
+# lacks them and reaches no index). Made here, for the device's Python 3.12, then carried (git-ignored via
+# .git/info/exclude, named in the device call's `carry`):
+#   pip download -d .gpuwheels --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 diffusers==0.42.1 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types \
+#     typing-inspection insightface==2.1
 set -u
 export MDREAM_DEBUG=1  # a bug shows its traceback here, not the one-line internal error
 RUN=${1:-/tmp/mdream-gpu-check}

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Several toy-tokenizer recipes trained side by side on one CUDA GPU at equal training time, then each evaluated on
-# held-out frames, all in one device call: a recipe comparison at about the 2-core CPU budget's frame count (a 2 h
-# CPU run sees about 12,000 x 32 = 384,000 frames; a GPU run at batch 256 sees that in about 4 minutes).
-# The runs share the GPU at little cost to each other: at this size a step is launch-bound, one CPU core per run.
+# held-out frames, all in one device call. On an H200, four runs at batch 256 made 890-1,440 frames/s each: 3.5
+# minutes gave each about 256,000 frames in about 1,000 steps, where a 2 h CPU run sees 384,000 in 12,000 steps of
+# 32. So such a sweep ranks recipes early in training, not at the CPU recipe's end point (RESULTS.md, session 15).
 #
 # Usage: RUNS="GM GO" EXTRA_GM="--character-weight 4" EXTRA_GO="--head-weight 8" \
 #          bash benchmarks/gpu_tokenizer_sweep.sh WORK OUT MINUTES BATCH EVAL_FRAMES
@@ -10,7 +10,8 @@
 #   --head-weight); the others start once its caches are written, from copies.
 #   SEED_CACHE: a folder of caches from a CPU run of the same world, seed and frame count (descriptor_embeds.npy,
 #   face_bank.npy: about a minute of the machine's time saved), copied into the first run.
-#   Where diffusers, pydantic or insightface (the evaluation's face embedder) is missing, the wheels in .gpuwheels/ are installed first. NUM_FRAMES: 30,000 unless set.
+#   Where diffusers, pydantic or insightface (the evaluation's face embedder) is missing, the wheels in .gpuwheels/
+#   are installed first (benchmarks/gpu_check.sh says how to make that folder). NUM_FRAMES: 30,000 unless set.
 #   OUT gets one NAME.tgz per run: its last checkpoint's encoder/, decoder/ and state.json, its train_config.json, its
 #   training log and its evaluation (NAME-eval.json, from `mdream train tokenizer-eval`, which runs on the CPU cores).
 set -u
