@@ -146,6 +146,15 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks)
 
 
+def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
+    """Refuse a dataset folder (--data) where the loss weights need figure or head masks: only renders carry them."""
+    if data and needs_masks:
+        raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight and "
+                         "--head-weight need.",
+                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
+                              "and --head-weight 0.")
+
+
 def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None,
               figures: bool = False, heads: bool = False) -> FrameSet:
     """A dataset folder when given, else random renders (cached in ``cache`` so a resume sees the same frames).
@@ -155,11 +164,7 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
     """
     figures = figures or heads
     if data:
-        if figures:
-            raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight and "
-                             "--head-weight need.",
-                             hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
-                                  "and --head-weight 0.")
+        check_dataset_masks(data, figures)
         return load_toy_dataset(data, size=size, limit=n or None)
     cached = load_cache(cache, FrameSet.load) if cache is not None else None
     if cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads):

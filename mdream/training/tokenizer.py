@@ -59,6 +59,7 @@ from mdream.training.data import (
     character_references,
     character_text_embeddings,
     character_text_for_batch,
+    check_dataset_masks,
     face_embedding_bank,
     faces_for_batch,
     frame_set,
@@ -335,12 +336,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         raise InputError(f"--character-weight must be > 0, got {config.character_weight}.")
     if not config.head_weight >= 0:
         raise InputError(f"--head-weight must be >= 0 (0: the same as --character-weight), got {config.head_weight}.")
-    if config.data and (config.character_weight != 1.0 or config.head_weight > 0):
-        # before anything is written to the run folder
-        raise InputError(f"--data {config.data}: dataset folders carry no figure masks, which --character-weight and "
-                         "--head-weight need.",
-                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
-                              "and --head-weight 0.")
+    # before anything is written to the run folder
+    check_dataset_masks(config.data, config.character_weight != 1.0 or config.head_weight > 0)
     check_unet_settings(config)  # before anything is written or rendered
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
