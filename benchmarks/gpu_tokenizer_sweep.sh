@@ -8,8 +8,9 @@
 #          bash benchmarks/gpu_tokenizer_sweep.sh WORK OUT MINUTES BATCH EVAL_FRAMES
 #   The first run in RUNS renders the 30,000 frames and embeds them: give it every mask the others need (a run with
 #   --head-weight); the others start once its caches are written, from copies.
-#   SEED_CACHE: a folder of caches from a CPU run of the same world, seed and frame count (descriptor_embeds.npy,
-#   face_bank.npy: about a minute of the machine's time saved), copied into the first run.
+#   SEED_CACHE: a folder of caches from a CPU run of the same world, seed and frame count (descriptor_embeds.npz,
+#   face_bank.npz: about a minute of the machine's time saved), copied into the first run; a cache made from other
+#   inputs is rebuilt (each is keyed by what it was made from), so a run with another --image-size renders its own.
 #   Where diffusers, pydantic or insightface (the evaluation's face embedder) is missing, the wheels in .gpuwheels/
 #   are installed first (benchmarks/gpu_check.sh says how to make that folder). NUM_FRAMES: 30,000 unless set.
 #   OUT gets one NAME.tgz per run: its last checkpoint's encoder/, decoder/ and state.json, its train_config.json, its
@@ -31,7 +32,7 @@ for r in "${names[@]}"; do
   if [ "$r" = "$first" ] && [ -n "${SEED_CACHE:-}" ]; then cp "$SEED_CACHE"/*.np[yz] "$WORK/$r/"; fi
   if [ "$r" != "$first" ]; then
     while [ ! -f "$WORK/$first/vision_features_layer-1.npz" ] && kill -0 "${pids[0]}" 2>/dev/null; do sleep 2; done
-    for f in frames.npz descriptor_embeds.npy face_bank.npy vision_features_layer-1.npz; do
+    for f in frames.npz descriptor_embeds.npz face_bank.npz vision_features_layer-1.npz; do
       [ -f "$WORK/$first/$f" ] && cp "$WORK/$first/$f" "$WORK/$r/"
     done
   fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -235,7 +236,6 @@ def test_tokenizer_training_with_faces_trains_the_identity_head(clip_run, tmp_pa
     assert (first / "identity_head" / "config.json").is_file()
     cache = np.load(out / "vision_features_layer-1.npz")
     assert cache["patches"].shape[0] == 48 and cache["pooled"].shape[0] == 48
-    assert str(cache["clip"]) == str((clip_run / "final").resolve())  # a resume with another CLIP recomputes them
     from mdream.models.compressor import TokenIdentityHead
 
     before = TokenIdentityHead.from_pretrained(first / "identity_head").embed_head.weight.detach().clone()
@@ -339,7 +339,7 @@ def test_tokenizer_training_weights_the_heads(clip_run, tmp_path):
     assert json.loads((run / "train_config.json").read_text())["head_weight"] == 12.0
     # a frame cache written before head masks existed (figures only) is rendered again, to the same frames
     FrameSet(frames.frames, frames.descriptors, frames.scene, frames.chars, frames.world_seed,
-             figures=frames.figures).save(run / "frames.npz")
+             figures=frames.figures, cache_key=frames.cache_key).save(run / "frames.npz")
     invoke(["tokenizer", *base, "--steps", "2"])
     again = FrameSet.load(run / "frames.npz")
     np.testing.assert_array_equal(again.frames, frames.frames)
@@ -356,8 +356,8 @@ def test_damaged_run_caches_are_rebuilt_not_fatal(clip_run, tmp_path):
     args = ["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *tiny, "--photos-per-character", "2"]
     invoke([*args, "--steps", "1"])
     frames = np.load(out / "frames.npz")["frames"].copy()
-    text = np.load(out / "descriptor_embeds.npy").copy()
-    for name in ("frames.npz", "descriptor_embeds.npy", "face_bank.npy", "vision_features_layer-1.npz"):
+    text = np.load(out / "descriptor_embeds.npz")["embeds"].copy()
+    for name in ("frames.npz", "descriptor_embeds.npz", "face_bank.npz", "vision_features_layer-1.npz"):
         data = (out / name).read_bytes()
         (out / name).write_bytes(data[: len(data) // 2])
     result = invoke([*args, "--steps", "2"])
@@ -365,7 +365,34 @@ def test_damaged_run_caches_are_rebuilt_not_fatal(clip_run, tmp_path):
     assert (out / "checkpoints" / "step-0000002" / "state.json").is_file()
     # rebuilt from the same seeds: the same frames and embeddings as before the damage
     np.testing.assert_array_equal(np.load(out / "frames.npz")["frames"], frames)
-    np.testing.assert_allclose(np.load(out / "descriptor_embeds.npy"), text, atol=1e-5)
+    np.testing.assert_allclose(np.load(out / "descriptor_embeds.npz")["embeds"], text, atol=1e-5)
+
+
+def test_caches_copied_from_another_run_are_rebuilt_not_reused(clip_run, tmp_path):
+    """Each run-folder cache is keyed by what it was made from: caches copied from a run with another seed (other
+    frames, descriptors and face photos) are rebuilt, and what the run trains on is its own frames' data."""
+    from mdream.training.common import content_key
+    from mdream.training.data import FrameSet
+
+    tiny = [a for a in TINY_TOKENIZER if a not in ("--face-embedder", "none")]
+    base = ["tokenizer", "--clip", str(clip_run / "final"), *tiny, "--photos-per-character", "2", "--steps", "1"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    invoke([*base, "--out", str(first)])
+    second.mkdir()
+    names = ("frames.npz", "descriptor_embeds.npz", "face_bank.npz", "vision_features_layer-1.npz")
+    for name in names:
+        shutil.copy(first / name, second / name)
+    result = invoke([*base, "--out", str(second), "--seed", "1"])
+    assert "not rendered with these settings" in result.output and result.output.count("made from other inputs") == 3
+    theirs, ours = FrameSet.load(first / "frames.npz"), FrameSet.load(second / "frames.npz")
+    assert not np.array_equal(theirs.frames, ours.frames)
+    with np.load(second / "vision_features_layer-1.npz") as z:
+        assert str(z["key"]) == content_key("vision features", ours.frames, str((clip_run / "final").resolve()), -1)
+    with np.load(second / "descriptor_embeds.npz") as z:
+        assert str(z["key"]) != str(np.load(first / "descriptor_embeds.npz")["key"])
+    # the same seed again: every cache is reused as it is
+    again = invoke([*base, "--out", str(second), "--seed", "1", "--steps", "2"])
+    assert "rendering" not in again.output and "made from other inputs" not in again.output
 
 
 def test_exported_settings_name_the_packaged_models_portably(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -141,9 +142,44 @@ def load_cache(path: Path, load: Callable[[Path], T]) -> T | None:
         return None
 
 
-def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save, atomically: an interrupted run never leaves a truncated cache behind."""
-    atomic_write(path, lambda f: np.save(f, array))
+def content_key(*parts: Any) -> str:
+    """A sha256 over what a cache is made from: arrays by dtype, shape and bytes, anything else by its repr."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(repr((part.dtype.str, part.shape)).encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def file_key(path: str | Path) -> str:
+    """The content key of a file (a model the cache was computed with)."""
+    return content_key(Path(path).read_bytes())
+
+
+def load_keyed_cache(path: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays of an npz cache written by ``save_keyed_cache`` with this key; None when it is missing, unreadable
+    or made from other inputs (a cache copied from another run, a resume with other frames), so the caller rebuilds it.
+    """
+    def read(path: Path) -> dict[str, np.ndarray]:
+        with np.load(path) as z:
+            return {name: z[name] for name in z.files}
+
+    arrays = load_cache(path, read)
+    if arrays is None:
+        return None
+    if str(arrays.pop("key", "")) != key:
+        console.print(f"[yellow]{path} was made from other inputs; rebuilding it[/]", highlight=False)
+        return None
+    return arrays
+
+
+def save_keyed_cache(path: Path, key: str, **arrays: np.ndarray) -> None:
+    """np.savez of ``arrays`` with the key of their inputs, atomically."""
+    atomic_write(path, lambda f: np.savez(f, key=np.array(key), **arrays))
 
 
 def parse_int_tuple(text: str, what: str) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ import numpy as np
 from rich.progress import Progress
 
 from mdream.errors import InputError
-from mdream.training.common import load_cache
+from mdream.training.common import console, content_key, load_cache
 
 
 @dataclass
@@ -38,6 +38,8 @@ class FrameSet:
     """bool [M, S, S]: the pixels the cast's figures cover (rendered here with ``figures=True``; saved)."""
     heads: np.ndarray | None = None
     """bool [M, S, S]: the figure pixels on the cast's heads (skin, eyes, hair cap; rendered with ``figures``; saved)."""
+    cache_key: str = ""
+    """What a cached frame set was rendered from (``frame_set``'s key; saved), so a cache of other frames is not reused."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -56,6 +58,8 @@ class FrameSet:
         extra = {"figures": np.packbits(self.figures, axis=-1)} if self.figures is not None else {}
         if self.heads is not None:
             extra["heads"] = np.packbits(self.heads, axis=-1)
+        if self.cache_key:
+            extra["cache_key"] = np.array(self.cache_key)
         atomic_write(path, lambda f: np.savez(f, frames=self.frames, scene=self.scene, chars=self.chars,
                                               world_seed=self.world_seed,
                                               descriptors=np.array(json.dumps(self.descriptors)), **extra))
@@ -67,7 +71,7 @@ class FrameSet:
             figures = np.unpackbits(z["figures"], axis=-1, count=size).astype(bool) if "figures" in z else None
             heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
             return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
-                       figures=figures, heads=heads)
+                       figures=figures, heads=heads, cache_key=str(z["cache_key"]) if "cache_key" in z else "")
 
 
 def load_toy_dataset(data_dir: str | Path, size: int | None = None, limit: int | None = None) -> FrameSet:
@@ -166,10 +170,17 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
     if data:
         check_dataset_masks(data, figures)
         return load_toy_dataset(data, size=size, limit=n or None)
+    key = content_key("random frames", world_seed, n, size, seed)
     cached = load_cache(cache, FrameSet.load) if cache is not None else None
+    # frames of another world, seed, size or count (a cache copied from another run) are rendered again, never reused
+    if cached is not None and cached.cache_key != key:
+        console.print(f"[yellow]{cache} was not rendered with these settings (world, seed, size, count); rendering the frames again[/]",
+                      highlight=False)
+        cached = None
     if cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads):
         return cached
     frames = render_random_frames(world_seed, n, size, seed, figures=figures)
+    frames.cache_key = key
     if cache is not None:
         frames.save(cache)
     return frames

@@ -30,7 +30,6 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from mdream.cache import atomic_write
 from mdream.errors import InputError
 from mdream.models.compressor import TokenCompressor, TokenIdentityHead, TokenReconstructionHead
 from mdream.models.decoder import POSITION_CHANNEL_CHOICES, ContextProjector, KeyframeDecoder
@@ -42,15 +41,17 @@ from mdream.training.common import (
     TimeBudget,
     checkpoint_dir,
     console,
+    content_key,
+    file_key,
     finish_checkpoint,
-    load_cache,
+    load_keyed_cache,
     lr_at,
     make_accelerator,
     parse_int_tuple,
     resolve_resume,
     resumed_config,
-    save_array,
     save_config,
+    save_keyed_cache,
     set_threads_from_env,
     training_progress,
 )
@@ -240,15 +241,12 @@ def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path
     them once saves a forward pass per step. The cache file is named by the layer it holds.
     """
     path = out / f"vision_features_layer{config.vision_feature_layer}.npz"
-
-    def read(path: Path):
-        with np.load(path) as z:
-            return z["patches"], z["pooled"], str(z.get("clip", ""))
-
-    cached = load_cache(path, read)
-    # a resume with another --clip must not reuse the old CLIP's features
-    if cached is not None and len(cached[0]) == len(train) and cached[2] == config.clip:
-        return cached[0], cached[1]
+    # keyed by the frames themselves and the CLIP: a resume with another --clip, or a cache copied from a run with
+    # other frames, recomputes them
+    key = content_key("vision features", train.frames, config.clip, config.vision_feature_layer)
+    cached = load_keyed_cache(path, key)
+    if cached is not None and len(cached.get("patches", ())) == len(train):
+        return cached["patches"], cached["pooled"]
     patches, pooled = [], []
     with training_progress("CLIP features") as bar:
         task = bar.add_task("frames", total=len(train), status="")
@@ -258,7 +256,7 @@ def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path
             pooled.append(e.half().cpu().numpy())
             bar.update(task, completed=min(i + 256, len(train)))
     patches, pooled = np.concatenate(patches), np.concatenate(pooled)
-    atomic_write(path, lambda f: np.savez(f, patches=patches, pooled=pooled, clip=np.array(config.clip)))
+    save_keyed_cache(path, key, patches=patches, pooled=pooled)
     return patches, pooled
 
 
@@ -374,19 +372,23 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                                     out / "frames.npz", figures=config.character_weight != 1.0,
                                     heads=config.head_weight > 0)
         text_encoder = TextEncoder.from_pretrained(clip_path)
-        text_cache = out / "descriptor_embeds.npy"
-        text_embeds = load_cache(text_cache, np.load)
-        if text_embeds is None or len(text_embeds) != len(train):
+        # each cache is keyed by what it was made from, so one copied from another run is rebuilt, not reused
+        text_cache = out / "descriptor_embeds.npz"
+        text_key = content_key("descriptor embeddings", train.descriptors, clip_path)
+        text_embeds = (load_keyed_cache(text_cache, text_key) or {}).get("embeds")
+        if text_embeds is None:
             console.print(f"embedding {len(train)} descriptors")
             text_embeds = text_encoder.encode(train.descriptors, batch_size=256).numpy()
-            save_array(text_cache, text_embeds)
+            save_keyed_cache(text_cache, text_key, embeds=text_embeds)
         bank = None
         if face_path is not None:
-            bank_cache = out / "face_bank.npy"
-            bank = load_cache(bank_cache, np.load)
+            bank_cache = out / "face_bank.npz"
+            bank_key = content_key("face bank", train.world_seed, file_key(face_path), config.photos_per_character,
+                                   config.seed)
+            bank = (load_keyed_cache(bank_cache, bank_key) or {}).get("bank")
             if bank is None:
                 bank = face_embedding_bank(train.world_seed, face_path, config.photos_per_character, config.seed)
-                save_array(bank_cache, bank)
+                save_keyed_cache(bank_cache, bank_key, bank=bank)
         character_text = character_text_embeddings(train.world_seed, text_encoder) if config.character_text else None  # [C, Dt]
 
     # ---- models ---------------------------------------------------------------------------------
@@ -431,8 +433,10 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     references = character_references(bank) if bank is not None else None
     model = TokenizerModel(encoder.compressor, decoder, aux_head, identity_head)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
+    # foreach: one fused update over all tensors, not a Python loop over ~400 of them; the same
+    # arithmetic, but the loop cost about 0.07 s of a 0.55 s CPU step (cProfile, batch 16)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3, foreach=True)
     step = 0
     if start_from is not None:
         state = torch.load(start_from / "train" / "state.pt", map_location="cpu", weights_only=False)
