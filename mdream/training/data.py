@@ -174,8 +174,8 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
     cached = load_cache(cache, FrameSet.load) if cache is not None else None
     # frames of another world, seed, size or count (a cache copied from another run) are rendered again, never reused
     if cached is not None and cached.cache_key != key:
-        console.print(f"[yellow]{cache} was not rendered with these settings (world, seed, size, count); rendering the frames again[/]",
-                      highlight=False)
+        console.print(f"[yellow]{cache} was not rendered with these settings (world, seed, size, count); "
+                      "rendering the frames again[/]", highlight=False)
         cached = None
     if cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads):
         return cached
