@@ -338,8 +338,9 @@ def test_tokenizer_training_weights_the_heads(clip_run, tmp_path):
     assert (head_rows < figure_rows).all()
     assert json.loads((run / "train_config.json").read_text())["head_weight"] == 12.0
     # a frame cache written before head masks existed (figures only) is rendered again, to the same frames
+    key = str(np.load(run / "frames.npz")["key"])
     FrameSet(frames.frames, frames.descriptors, frames.scene, frames.chars, frames.world_seed,
-             figures=frames.figures, cache_key=frames.cache_key).save(run / "frames.npz")
+             figures=frames.figures).save(run / "frames.npz", key)
     invoke(["tokenizer", *base, "--steps", "2"])
     again = FrameSet.load(run / "frames.npz")
     np.testing.assert_array_equal(again.frames, frames.frames)
@@ -383,7 +384,7 @@ def test_caches_copied_from_another_run_are_rebuilt_not_reused(clip_run, tmp_pat
     for name in names:
         shutil.copy(first / name, second / name)
     result = invoke([*base, "--out", str(second), "--seed", "1"])
-    assert "not rendered with these settings" in result.output and result.output.count("made from other inputs") == 3
+    assert result.output.count("made from other inputs") == 4
     theirs, ours = FrameSet.load(first / "frames.npz"), FrameSet.load(second / "frames.npz")
     assert not np.array_equal(theirs.frames, ours.frames)
     with np.load(second / "vision_features_layer-1.npz") as z:

@@ -8,6 +8,7 @@ At 32x32 a frame is 3 KB, so tens of thousands fit in memory on any machine.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from rich.progress import Progress
 
 from mdream.errors import InputError
-from mdream.training.common import console, content_key, load_cache
+from mdream.training.common import content_key, load_keyed_cache, save_keyed_cache
 
 
 @dataclass
@@ -38,9 +39,6 @@ class FrameSet:
     """bool [M, S, S]: the pixels the cast's figures cover (rendered here with ``figures=True``; saved)."""
     heads: np.ndarray | None = None
     """bool [M, S, S]: the figure pixels on the cast's heads (skin, eyes, hair cap; rendered with ``figures``; saved)."""
-    cache_key: str = ""
-    """What a cached frame set was rendered from (``frame_set``'s key; saved), so a cache of other frames is not reused."""
-
     def __len__(self) -> int:
         return len(self.frames)
 
@@ -51,27 +49,28 @@ class FrameSet:
         return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index],
                         self.world_seed, shots, figures, heads)
 
-    def save(self, path: Path) -> None:
-        """Written through a temporary file: an interrupted run never leaves a truncated frame cache."""
-        from mdream.cache import atomic_write
-
+    def save(self, path: Path, key: str) -> None:
+        """Written through a temporary file (an interrupted run never leaves a truncated frame cache), with the key
+        of what the frames were rendered from (``frame_set``'s)."""
         extra = {"figures": np.packbits(self.figures, axis=-1)} if self.figures is not None else {}
         if self.heads is not None:
             extra["heads"] = np.packbits(self.heads, axis=-1)
-        if self.cache_key:
-            extra["cache_key"] = np.array(self.cache_key)
-        atomic_write(path, lambda f: np.savez(f, frames=self.frames, scene=self.scene, chars=self.chars,
-                                              world_seed=self.world_seed,
-                                              descriptors=np.array(json.dumps(self.descriptors)), **extra))
+        save_keyed_cache(path, key, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
+                         descriptors=np.array(json.dumps(self.descriptors)), **extra)
+
+    @classmethod
+    def from_arrays(cls, z: Mapping[str, np.ndarray]) -> FrameSet:
+        """The frame set of a saved cache's arrays."""
+        size = z["frames"].shape[2]
+        figures = np.unpackbits(z["figures"], axis=-1, count=size).astype(bool) if "figures" in z else None
+        heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
+        return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
+                   figures=figures, heads=heads)
 
     @classmethod
     def load(cls, path: Path) -> FrameSet:
         with np.load(path) as z:
-            size = z["frames"].shape[2]
-            figures = np.unpackbits(z["figures"], axis=-1, count=size).astype(bool) if "figures" in z else None
-            heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
-            return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
-                       figures=figures, heads=heads, cache_key=str(z["cache_key"]) if "cache_key" in z else "")
+            return cls.from_arrays(z)
 
 
 def load_toy_dataset(data_dir: str | Path, size: int | None = None, limit: int | None = None) -> FrameSet:
@@ -170,19 +169,15 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
     if data:
         check_dataset_masks(data, figures)
         return load_toy_dataset(data, size=size, limit=n or None)
-    key = content_key("random frames", world_seed, n, size, seed)
-    cached = load_cache(cache, FrameSet.load) if cache is not None else None
     # frames of another world, seed, size or count (a cache copied from another run) are rendered again, never reused
-    if cached is not None and cached.cache_key != key:
-        console.print(f"[yellow]{cache} was not rendered with these settings (world, seed, size, count); "
-                      "rendering the frames again[/]", highlight=False)
-        cached = None
+    key = content_key("random frames", world_seed, n, size, seed)
+    arrays = load_keyed_cache(cache, key) if cache is not None else None
+    cached = FrameSet.from_arrays(arrays) if arrays is not None else None
     if cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads):
         return cached
     frames = render_random_frames(world_seed, n, size, seed, figures=figures)
-    frames.cache_key = key
     if cache is not None:
-        frames.save(cache)
+        frames.save(cache, key)
     return frames
 
 
