@@ -8,20 +8,14 @@
 #      is set, to compare with a CPU run's pixels.
 # Usage: bash benchmarks/gpu_check.sh [RUN_FOLDER]   (about 3 minutes on an H200, most of it building the SDXL UNet;
 #        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 skip steps 1 / 2 / 3; step 1 takes about a minute)
-# insightface, diffusers and pydantic, where missing, are installed from the wheels in .gpuwheels/ (the device image
-# lacks them and reaches no index). Made here, for the device's Python 3.12, then carried (git-ignored via
-# .git/info/exclude, named in the device call's `carry`):
-#   pip download -d .gpuwheels --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux2014_x86_64 diffusers==0.42.1 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types \
-#     typing-inspection insightface==2.1
+# insightface, diffusers and pydantic, where missing, are installed from the wheels in .gpuwheels/ (gpu_wheels.sh
+# says how to make that folder).
 set -u
 export MDREAM_DEBUG=1  # a bug shows its traceback here, not the one-line internal error
 RUN=${1:-/tmp/mdream-gpu-check}
 rm -rf "$RUN"
 ARGS=(--out "$RUN" --clip toy --face-embedder none --num-frames 256 --checkpoint-every 20 --log-every 10 --max-minutes 3)
-if ! python3 -c "import diffusers, pydantic, insightface" 2>/dev/null; then
-  python3 -m pip install -q --no-deps --no-index .gpuwheels/*.whl || exit 1
-fi
+source benchmarks/gpu_wheels.sh
 python3 -c "import torch; from mdream.training.common import resolve_mixed_precision as r; \
 print('cuda', torch.cuda.is_available(), torch.__version__, '| --mixed-precision auto ->', r('auto'))"
 if [ "${MDREAM_GPU_CHECK_TRAIN:-1}" != 0 ]; then

@@ -13,15 +13,13 @@
 #   face_bank.npz: about a minute of the machine's time saved), copied into the first run; a cache made from other
 #   inputs is rebuilt (each is keyed by what it was made from), so a run with another --image-size renders its own.
 #   Where diffusers, pydantic or insightface (the evaluation's face embedder) is missing, the wheels in .gpuwheels/
-#   are installed first (benchmarks/gpu_check.sh says how to make that folder). NUM_FRAMES: 30,000 unless set.
+#   are installed first (benchmarks/gpu_wheels.sh says how to make that folder). NUM_FRAMES: 30,000 unless set.
 #   OUT gets one NAME.tgz per run: its last checkpoint's encoder/, decoder/ and state.json, its train_config.json, its
 #   training log and its evaluation (NAME-eval.json, from `mdream train tokenizer-eval`, which runs on the CPU cores).
 set -u
 WORK=$1; OUT=$2; MINUTES=$3; BATCH=$4; EVAL_FRAMES=$5
 mkdir -p "$OUT"
-if ! python3 -c "import diffusers, pydantic, insightface" 2>/dev/null; then
-  python3 -m pip install -q --no-deps --no-index .gpuwheels/*.whl || exit 1
-fi
+source benchmarks/gpu_wheels.sh
 ARGS=(--clip toy --num-frames "${NUM_FRAMES:-30000}" --steps 100000 --max-minutes "$MINUTES" --batch-size "$BATCH"
       --checkpoint-every 500 --keep-checkpoints 1 --log-every 250)
 export OMP_NUM_THREADS=4 MDREAM_DEBUG=1
