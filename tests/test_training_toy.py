@@ -372,7 +372,7 @@ def test_damaged_run_caches_are_rebuilt_not_fatal(clip_run, tmp_path):
 def test_caches_copied_from_another_run_are_rebuilt_not_reused(clip_run, tmp_path):
     """Each run-folder cache is keyed by what it was made from: caches copied from a run with another seed (other
     frames, descriptors and face photos) are rebuilt, and what the run trains on is its own frames' data."""
-    from mdream.training.common import content_key
+    from mdream.training.common import content_key, model_key
     from mdream.training.data import FrameSet
 
     tiny = [a for a in TINY_TOKENIZER if a not in ("--face-embedder", "none")]
@@ -388,12 +388,33 @@ def test_caches_copied_from_another_run_are_rebuilt_not_reused(clip_run, tmp_pat
     theirs, ours = FrameSet.load(first / "frames.npz"), FrameSet.load(second / "frames.npz")
     assert not np.array_equal(theirs.frames, ours.frames)
     with np.load(second / "vision_features_layer-1.npz") as z:
-        assert str(z["key"]) == content_key("vision features", ours.frames, str((clip_run / "final").resolve()), -1)
+        assert str(z["key"]) == content_key("vision features", ours.frames, model_key(clip_run / "final"), -1)
     with np.load(second / "descriptor_embeds.npz") as z:
         assert str(z["key"]) != str(np.load(first / "descriptor_embeds.npz")["key"])
     # the same seed again: every cache is reused as it is
     again = invoke([*base, "--out", str(second), "--seed", "1", "--steps", "2"])
     assert "rendering" not in again.output and "made from other inputs" not in again.output
+
+
+def test_a_clip_retrained_in_place_recomputes_the_caches_made_with_it(clip_run, tmp_path):
+    """The CLIP features and descriptor embeddings are keyed by the CLIP's weights, not its path: new weights in the
+    same folder rebuild both; the frames (made without the CLIP) are kept."""
+    from safetensors.torch import load_file, save_file
+
+    clip = tmp_path / "clip"
+    shutil.copytree(clip_run / "final", clip)
+    args = ["tokenizer", "--clip", str(clip), *TINY_TOKENIZER, "--out", str(tmp_path / "run")]
+    invoke([*args, "--steps", "1"])
+    before = np.load(tmp_path / "run" / "descriptor_embeds.npz")["embeds"].copy()
+    weights = load_file(clip / "model.safetensors")
+    for name in weights:
+        weights[name] = weights[name] * 1.5
+    save_file(weights, clip / "model.safetensors", metadata={"format": "pt"})
+    result = invoke([*args, "--steps", "2"])
+    assert "resumed from" in result.output
+    assert result.output.count("made from other inputs") == 2 and "rendering" not in result.output
+    after = np.load(tmp_path / "run" / "descriptor_embeds.npz")["embeds"]
+    assert not np.allclose(before, after)
 
 
 def test_exported_settings_name_the_packaged_models_portably(tmp_path):

@@ -38,6 +38,7 @@ from rich.progress import (
 
 from mdream.cache import atomic_write, atomic_write_bytes
 from mdream.errors import InputError
+from mdream.models.bundle import hash_file, hash_tree
 
 T = TypeVar("T")
 
@@ -157,7 +158,14 @@ def content_key(*parts: Any) -> str:
 
 def file_key(path: str | Path) -> str:
     """The content key of a file (a model the cache was computed with)."""
-    return content_key(Path(path).read_bytes())
+    return hash_file(Path(path))
+
+
+def model_key(source: str | Path) -> str:
+    """What identifies a model a cache was computed with: a local folder or file by its contents (so a CLIP
+    retrained in place gives another key), a hub id by its name (hub snapshots are immutable per revision)."""
+    path = Path(source)
+    return f"files:{hash_tree(path)}" if path.exists() else f"hub:{source}"
 
 
 def load_keyed_cache(path: Path, key: str) -> dict[str, np.ndarray] | None:

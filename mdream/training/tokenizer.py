@@ -47,6 +47,7 @@ from mdream.training.common import (
     load_keyed_cache,
     lr_at,
     make_accelerator,
+    model_key,
     parse_int_tuple,
     resolve_resume,
     resumed_config,
@@ -241,9 +242,9 @@ def _cached_vision_features(encoder: KeyframeEncoder, train: FrameSet, out: Path
     them once saves a forward pass per step. The cache file is named by the layer it holds.
     """
     path = out / f"vision_features_layer{config.vision_feature_layer}.npz"
-    # keyed by the frames themselves and the CLIP: a resume with another --clip, or a cache copied from a run with
-    # other frames, recomputes them
-    key = content_key("vision features", train.frames, config.clip, config.vision_feature_layer)
+    # keyed by the frames themselves and the CLIP's weights: a resume with another (or a retrained) --clip, or a
+    # cache copied from a run with other frames, recomputes them
+    key = content_key("vision features", train.frames, model_key(config.clip), config.vision_feature_layer)
     cached = load_keyed_cache(path, key)
     if cached is not None and len(cached.get("patches", ())) == len(train):
         return cached["patches"], cached["pooled"]
@@ -374,7 +375,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         text_encoder = TextEncoder.from_pretrained(clip_path)
         # each cache is keyed by what it was made from, so one copied from another run is rebuilt, not reused
         text_cache = out / "descriptor_embeds.npz"
-        text_key = content_key("descriptor embeddings", train.descriptors, clip_path)
+        text_key = content_key("descriptor embeddings", train.descriptors, model_key(clip_path))
         text_embeds = (load_keyed_cache(text_cache, text_key) or {}).get("embeds")
         if text_embeds is None:
             console.print(f"embedding {len(train)} descriptors")
