@@ -163,7 +163,8 @@ def file_key(path: str | Path) -> str:
 
 def model_key(source: str | Path) -> str:
     """What identifies a model a cache was computed with: a local folder or file by its contents (so a CLIP
-    retrained in place gives another key), a hub id by its name (hub snapshots are immutable per revision)."""
+    retrained in place gives another key); a hub id only by its name, so new weights pushed under the same id are
+    not noticed (use a local folder where that matters)."""
     path = Path(source)
     return f"files:{hash_tree(path)}" if path.exists() else f"hub:{source}"
 
