@@ -38,7 +38,7 @@ from rich.progress import (
 
 from mdream.cache import atomic_write, atomic_write_bytes
 from mdream.errors import InputError
-from mdream.models.bundle import hash_file, hash_tree
+from mdream.models.bundle import hash_tree
 
 T = TypeVar("T")
 
@@ -154,11 +154,6 @@ def content_key(*parts: Any) -> str:
             digest.update(repr(part).encode())
         digest.update(b"\0")
     return digest.hexdigest()
-
-
-def file_key(path: str | Path) -> str:
-    """The content key of a file (a model the cache was computed with)."""
-    return hash_file(Path(path))
 
 
 def model_key(source: str | Path) -> str:

@@ -42,7 +42,6 @@ from mdream.training.common import (
     checkpoint_dir,
     console,
     content_key,
-    file_key,
     finish_checkpoint,
     load_keyed_cache,
     lr_at,
@@ -384,7 +383,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         bank = None
         if face_path is not None:
             bank_cache = out / "face_bank.npz"
-            bank_key = content_key("face bank", train.world_seed, file_key(face_path), config.photos_per_character,
+            bank_key = content_key("face bank", train.world_seed, model_key(face_path), config.photos_per_character,
                                    config.seed)
             bank = (load_keyed_cache(bank_cache, bank_key) or {}).get("bank")
             if bank is None:
