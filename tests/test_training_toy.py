@@ -396,6 +396,18 @@ def test_caches_copied_from_another_run_are_rebuilt_not_reused(clip_run, tmp_pat
     assert "rendering" not in again.output and "made from other inputs" not in again.output
 
 
+def test_an_option_typed_at_its_default_overrides_the_resumed_setting(clip_run, tmp_path):
+    """On resume the saved settings hold, except the options typed now: --max-minutes 0 (the default) lifts a saved
+    budget; an option left out keeps its saved value."""
+    out = tmp_path / "run"
+    base = ["tokenizer", "--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--out", str(out)]
+    invoke([*base, "--steps", "1", "--max-minutes", "30", "--drop-faces", "0.25"])
+    invoke([*base, "--steps", "2", "--max-minutes", "0"])
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["steps"], saved["max_minutes"], saved["drop_faces"]) == (2, 0.0, 0.25)
+    assert (out / "checkpoints" / "step-0000002").is_dir()
+
+
 def test_a_clip_retrained_in_place_recomputes_the_caches_made_with_it(clip_run, tmp_path):
     """The CLIP features and descriptor embeddings are keyed by the CLIP's weights, not its path: new weights in the
     same folder rebuild both; the frames (made without the CLIP) are kept."""

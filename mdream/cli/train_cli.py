@@ -32,6 +32,7 @@ def config_command(name: str, config_cls: type, run: typing.Callable[..., object
     docs = field_docs(config_cls)
     hints = typing.get_type_hints(config_cls)
     params = [
+        inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
         inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
                           default=typer.Option(..., "--out", "-o", help=OUT_HELP, show_default=False)),
         inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=str,
@@ -44,11 +45,14 @@ def config_command(name: str, config_cls: type, run: typing.Callable[..., object
             default=typer.Option(f.default, "--" + f.name.replace("_", "-"), help=docs.get(f.name, "")),
         ))
 
-    def command(**kwargs: object) -> None:
+    def command(ctx: typer.Context, **kwargs: object) -> None:
         out, resume = kwargs.pop("out"), kwargs.pop("resume")
         extra_values = {p.name: kwargs.pop(p.name) for p in extra or []}
         config = config_cls(**kwargs)
-        result = run_cli(run, config, out, resume=resume, **extra_values)
+        # the options typed on the command line override a resumed run's saved settings, even at their defaults;
+        # compared by name: typer vendors its own copy of click, whose ParameterSource enum is private
+        given = [name for name in kwargs if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+        result = run_cli(run, config, out, resume=resume, given=given, **extra_values)
         stdout.print(f"done: {result}", highlight=False)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +78,19 @@ def retrieval_accuracy(model, tokenizer, frames: FrameSet, preprocess, device, m
     return hits / max(total, 1)
 
 
-def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto", export: str | Path | None = None) -> Path:
-    """Train (or resume) a toy CLIP; returns the exported CLIP folder (``OUT/final`` and ``export``)."""
+def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto", export: str | Path | None = None,
+               given: Collection[str] | None = None) -> Path:
+    """Train (or resume) a toy CLIP; returns the exported CLIP folder (``OUT/final`` and ``export``).
+
+    On resume the saved settings hold, except the fields named in ``given`` (by default: those not at their defaults).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     set_threads_from_env()
     start_from = resolve_resume(resume, out)
     if start_from is not None:
-        # resume with the saved settings; options given explicitly (not at their defaults) override them
-        config = resumed_config(ClipTrainingConfig, out / "train_config.json", config)
+        # resume with the saved settings; the options given now override them
+        config = resumed_config(ClipTrainingConfig, out / "train_config.json", config, given)
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
     if accelerator.is_main_process:
         save_config(config, out / "train_config.json")

@@ -20,7 +20,7 @@ import os
 import shutil
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,14 +114,18 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def resumed_config(cls: type, saved_path: Path, config: Any) -> Any:
-    """A resumed run's settings: the saved ones, overridden by the options given now (those not at their defaults)."""
+def resumed_config(cls: type, saved_path: Path, config: Any, given: Collection[str] | None = None) -> Any:
+    """A resumed run's settings: the saved ones, overridden by the options given now. ``given`` names them (the CLI
+    passes the options typed on its command line, so one set back to its default, ``--max-minutes 0``, still
+    overrides); without it (a Python caller), the fields of ``config`` not at their defaults override."""
     if not saved_path.is_file():
         return config
     saved = json.loads(saved_path.read_text())
-    defaults = cls()
-    given = {k: v for k, v in dataclasses.asdict(config).items() if v != getattr(defaults, k)}
-    return config_from_dict(cls, saved | given)
+    current = dataclasses.asdict(config)
+    if given is None:
+        defaults = cls()
+        given = [k for k, v in current.items() if v != getattr(defaults, k)]
+    return config_from_dict(cls, saved | {k: current[k] for k in given})
 
 
 def save_config(config: Any, path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,8 +329,12 @@ def portable_train_config(path: Path) -> None:
     write_json(path, cfg)
 
 
-def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: str = "auto") -> Path:
-    """Train (or resume) the keyframe tokenizer; returns the newest checkpoint (holding ``encoder/`` and ``decoder/``)."""
+def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: str = "auto",
+                    given: Collection[str] | None = None) -> Path:
+    """Train (or resume) the keyframe tokenizer; returns the newest checkpoint (holding ``encoder/`` and ``decoder/``).
+
+    On resume the saved settings hold, except the fields named in ``given`` (by default: those not at their defaults).
+    """
     if not config.character_weight > 0:
         raise InputError(f"--character-weight must be > 0, got {config.character_weight}.")
     if not config.head_weight >= 0:
@@ -342,8 +347,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     set_threads_from_env()
     start_from = resolve_resume(resume, out)
     if start_from is not None:
-        # resume with the saved settings; options given explicitly (not at their defaults) override them
-        config = resumed_config(TokenizerTrainingConfig, out / "train_config.json", config)
+        # resume with the saved settings; the options given now override them
+        config = resumed_config(TokenizerTrainingConfig, out / "train_config.json", config, given)
     clip_path = str(TOY_CLIP) if config.clip == "toy" else config.clip
     clip_path = str(Path(clip_path).resolve()) if Path(clip_path).exists() else clip_path
     config.clip = clip_path
