@@ -15,6 +15,8 @@ from mdream.toyworld import (
     CastMember,
     ShotSpec,
     face_boxes,
+    head_mask,
+    lookalike_mask,
     make_episode,
     make_world,
     render_clip,
@@ -196,3 +198,55 @@ def test_figure_mask_marks_the_cast_and_keeps_the_keyframe_pixels(camera):
     empty = dataclasses.replace(shot, cast=())
     _, none = render_keyframe_with_figures(world, empty, 32, np.random.default_rng(5))
     assert not none.any()
+
+
+def test_lookalike_mask_marks_what_tells_siblings_apart():
+    """An eye-colour pair differs in a few head pixels, a height pair in most of the figure; no sibling, no pixels."""
+    pairs = {attribute: (a, b) for a, b, attribute in WORLD.single_attribute_pairs}
+    index = {c.id: i for i, c in enumerate(WORLD.characters)}
+    for a, b in pairs.values():
+        assert b in WORLD.lookalikes(a) and a in WORLD.lookalikes(b)
+    loners = [i for i, c in enumerate(WORLD.characters) if not WORLD.lookalikes(c.id)]
+    # the one of the eye-colour pair that has no other sibling (the other may differ from a third in hair)
+    only_eyes = next(c for c in pairs["eye_colour"] if len(WORLD.lookalikes(c)) == 1)
+    eyes = _shot(camera="close-up", who=index[only_eyes])
+    tall = _shot(camera="medium", who=index[pairs["height"][0]])
+    alone = _shot(camera="close-up", who=loners[0])
+    sizes = {}
+    for name, shot in (("eyes", eyes), ("height", tall), ("alone", alone)):
+        rng = np.random.default_rng(3)
+        state = rng.bit_generator.state
+        frame, figure = render_keyframe_with_figures(WORLD, shot, 32, np.random.default_rng(3))
+        mask = lookalike_mask(WORLD, shot, 32, rng)
+        assert rng.bit_generator.state == state  # rng not advanced
+        np.testing.assert_array_equal(mask, lookalike_mask(WORLD, shot, 32, np.random.default_rng(3), frame))
+        sizes[name] = int(mask.sum())
+        if name == "eyes":  # the irises: inside the head, a small part of it
+            heads = head_mask(shot, 32, WORLD)
+            assert not (mask & ~heads).any() and 0 < mask.sum() < 0.25 * heads.sum()
+        if name == "height":
+            assert mask.sum() > 0.5 * figure.sum()
+    assert sizes["alone"] == 0
+
+
+def test_lookalike_pixels_hold_a_set_share_of_the_loss_weight():
+    """--lookalike-share moves that share of each frame's weight onto its look-alike pixels, never lowering one."""
+    import torch
+
+    from mdream.training.data import FrameSet
+    from mdream.training.tokenizer import TokenizerTrainingConfig, loss_pixel_weight
+
+    figures = np.zeros((3, 8, 8), bool)
+    figures[:, 2:6, 2:6] = True  # 16 figure pixels per frame
+    look = np.zeros_like(figures)
+    look[0, 3, 3] = True  # one iris pixel
+    look[1, 2:6, 2:6] = True  # a whole outfit: already over the share at the figure weight
+    frames = FrameSet(np.zeros((3, 8, 8, 3), np.uint8), ["", "", ""], np.zeros(3, np.int64), np.zeros((3, 3), np.int64),
+                      0, figures=figures, lookalikes=look)
+    plain = loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig(character_weight=4))
+    weight = loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig(character_weight=4, lookalike_share=0.2))
+    assert weight.shape == (3, 1, 8, 8) and (weight >= plain).all()
+    share = (weight[:, 0] * torch.from_numpy(look)).sum(dim=(1, 2)) / weight.sum(dim=(1, 2, 3))
+    assert share[0].item() == pytest.approx(0.2)
+    assert torch.equal(weight[1], plain[1]) and torch.equal(weight[2], plain[2])  # nothing to add
+    assert loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig()) is None

@@ -350,6 +350,25 @@ def test_tokenizer_training_weights_the_heads(clip_run, tmp_path):
     assert bad.exit_code == 2 and "must be >= 0" in bad.output and not (tmp_path / "bad").exists()
 
 
+def test_tokenizer_training_weights_the_lookalike_pixels(clip_run, tmp_path):
+    """--lookalike-share renders look-alike masks with the frames and trains; bad values and --data fail first."""
+    from mdream.training.data import FrameSet
+
+    run = tmp_path / "look"
+    base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--out", str(run)]
+    invoke(["tokenizer", *base, "--steps", "1", "--character-weight", "4", "--lookalike-share", "0.2"])
+    frames = FrameSet.load(run / "frames.npz")
+    assert frames.lookalikes.shape == frames.figures.shape == (48, 32, 32)
+    assert frames.lookalikes.any() and not frames.lookalikes[~(frames.chars >= 0).any(axis=1)].any()
+    assert json.loads((run / "train_config.json").read_text())["lookalike_share"] == 0.2
+    assert np.isfinite(json.loads((run / "checkpoints" / "step-0000001" / "state.json").read_text())["loss"])
+    for flags, message in ((["--lookalike-share", "1"], "must be in [0, 1)"),
+                           (["--lookalike-share", "0.2", "--data", str(tmp_path)], "--lookalike-share need")):
+        bad = runner.invoke(app, ["tokenizer", *base[:-2], "--out", str(tmp_path / "bad"), *flags])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
+        assert not (tmp_path / "bad").exists()
+
+
 def test_damaged_run_caches_are_rebuilt_not_fatal(clip_run, tmp_path):
     """A truncated frames.npz or embedding cache (e.g. copied half-way) is rebuilt with a warning; the resume goes on."""
     out = tmp_path / "tok"

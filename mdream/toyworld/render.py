@@ -683,6 +683,29 @@ def render_keyframe_with_figures(world: World, shot: ShotSpec, size: int,
     return frame, mask
 
 
+def lookalike_mask(world: World, shot: ShotSpec, size: int, rng: np.random.Generator,
+                   frame: np.ndarray | None = None) -> np.ndarray:
+    """bool [size, size]: the pixels that tell the shot's cast from their look-alikes.
+
+    Each cast member with single-attribute siblings in the world (``World.lookalikes``) is swapped
+    for each of them in turn and the shot rendered again from ``rng``'s state, which must be the
+    state ``frame`` (the keyframe, ``render_keyframe``'s pixels; rendered here when None) was
+    rendered from; ``rng`` is not advanced. The pixels that change are what a viewer reads the
+    difference from: an iris for an eye-colour pair, the skin for a skin pair, most of the figure
+    (and where the taller one's head would be) for a height pair. Members without look-alikes add nothing.
+    """
+    mask = np.zeros((size, size), bool)
+    for i, member in enumerate(shot.cast):
+        for twin_id in world.lookalikes(member.character_id):
+            if frame is None:
+                frame = render_keyframe(world, shot, size, copy.deepcopy(rng)).astype(np.int16)
+            cast = (*shot.cast[:i], dataclasses.replace(member, character_id=twin_id), *shot.cast[i + 1:])
+            twin = render_keyframe(world, dataclasses.replace(shot, cast=cast), size, copy.deepcopy(rng))
+            # the same 8/255 threshold as the figure mask
+            mask |= np.abs(np.asarray(frame, np.int16) - twin.astype(np.int16)).max(axis=-1) > 8
+    return mask
+
+
 # Camera motion over a clip: (zoom at the end, horizontal pan at the end), from zoom 1, pan 0.
 _CAMERA_MOTION = {"wide": (1.0, 0.05), "medium": (1.04, 0.0), "close-up": (1.1, 0.0)}
 

@@ -222,6 +222,10 @@ class World:
         """The character with this id (KeyError if none)."""
         return self.characters[self.character_index[character_id]]
 
+    def lookalikes(self, character_id: str) -> tuple[str, ...]:
+        """The characters that differ from this one in a single attribute (its siblings; often none)."""
+        return tuple(b if character_id == a else a for a, b, _ in self.single_attribute_pairs if character_id in (a, b))
+
     def scene(self, scene_id: str) -> SceneSpec:
         """The scene with this id (KeyError if none)."""
         return self.scenes[self.scene_index[scene_id]]

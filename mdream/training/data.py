@@ -7,6 +7,7 @@ At 32x32 a frame is 3 KB, so tens of thousands fit in memory on any machine.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ class FrameSet:
     """bool [M, S, S]: the pixels the cast's figures cover (rendered here with ``figures=True``; saved)."""
     heads: np.ndarray | None = None
     """bool [M, S, S]: the figure pixels on the cast's heads (skin, eyes, hair cap; rendered with ``figures``; saved)."""
+    lookalikes: np.ndarray | None = None
+    """bool [M, S, S]: the pixels that tell the cast from their look-alikes (``toyworld.lookalike_mask``; saved)."""
+
     def __len__(self) -> int:
         return len(self.frames)
 
@@ -46,8 +50,9 @@ class FrameSet:
         shots = [self.shots[i] for i in index] if self.shots is not None else None
         figures = self.figures[index] if self.figures is not None else None
         heads = self.heads[index] if self.heads is not None else None
+        lookalikes = self.lookalikes[index] if self.lookalikes is not None else None
         return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index],
-                        self.world_seed, shots, figures, heads)
+                        self.world_seed, shots, figures, heads, lookalikes)
 
     def save(self, path: Path, key: str) -> None:
         """Written through a temporary file (an interrupted run never leaves a truncated frame cache), with the key
@@ -55,6 +60,8 @@ class FrameSet:
         extra = {"figures": np.packbits(self.figures, axis=-1)} if self.figures is not None else {}
         if self.heads is not None:
             extra["heads"] = np.packbits(self.heads, axis=-1)
+        if self.lookalikes is not None:
+            extra["lookalikes"] = np.packbits(self.lookalikes, axis=-1)
         save_keyed_cache(path, key, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
                          descriptors=np.array(json.dumps(self.descriptors)), **extra)
 
@@ -64,8 +71,9 @@ class FrameSet:
         size = z["frames"].shape[2]
         figures = np.unpackbits(z["figures"], axis=-1, count=size).astype(bool) if "figures" in z else None
         heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
+        lookalikes = np.unpackbits(z["lookalikes"], axis=-1, count=size).astype(bool) if "lookalikes" in z else None
         return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
-                   figures=figures, heads=heads)
+                   figures=figures, heads=heads, lookalikes=lookalikes)
 
     @classmethod
     def load(cls, path: Path) -> FrameSet:
@@ -107,15 +115,17 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress: bool = True,
-                         figures: bool = False) -> FrameSet:
+                         figures: bool = False, lookalikes: bool = False) -> FrameSet:
     """``n`` keyframes of uniformly random shots (any scene, 0-3 random characters).
 
     With ``figures`` each frame's figure mask is rendered too (about twice the time), and its head
-    mask: the figure pixels on the cast's heads. The frames are the same pixels either way.
+    mask: the figure pixels on the cast's heads. With ``lookalikes`` each frame's look-alike mask too
+    (one more render per cast member with a look-alike). The frames are the same pixels either way.
     """
     from mdream.eval.training import random_shot
     from mdream.toyworld import (
         head_mask,
+        lookalike_mask,
         make_world,
         render_keyframe,
         render_keyframe_with_figures,
@@ -130,52 +140,57 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     chars = np.empty((n, 3), np.int64)
     masks = np.zeros((n, size, size), bool) if figures else None
     head_masks = np.zeros((n, size, size), bool) if figures else None
+    lookalike_masks = np.zeros((n, size, size), bool) if lookalikes else None
     texts, shots = [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"rendering {n} toy frames", total=n)
         for i in range(n):
             shot = random_shot(world, rng)
+            before = copy.deepcopy(rng) if lookalikes else None  # the state the frame is rendered from
             if figures:
                 frames[i], masks[i] = render_keyframe_with_figures(world, shot, size, rng)
                 head_masks[i] = masks[i] & head_mask(shot, size, world)
             else:
                 frames[i] = render_keyframe(world, shot, size, rng)
+            if lookalikes:
+                lookalike_masks[i] = lookalike_mask(world, shot, size, before, frames[i])
             labels = shot_labels(world, shot)
             scene[i], chars[i] = labels["scene"], labels["chars"]
             texts.append(shot_text(world, shot)[1])
             shots.append(shot)
             if i % 256 == 0:
                 bar.update(task, completed=i)
-    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks)
+    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks, lookalike_masks)
 
 
 def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
-    """Refuse a dataset folder (--data) where the loss weights need figure or head masks: only renders carry them."""
+    """Refuse a dataset folder (--data) where the loss weights need figure, head or look-alike masks: only renders carry them."""
     if data and needs_masks:
-        raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight and "
-                         "--head-weight need.",
-                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
-                              "and --head-weight 0.")
+        raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight, "
+                         "--head-weight and --lookalike-share need.",
+                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1, "
+                              "--head-weight 0 and --lookalike-share 0.")
 
 
 def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None,
-              figures: bool = False, heads: bool = False) -> FrameSet:
+              figures: bool = False, heads: bool = False, lookalikes: bool = False) -> FrameSet:
     """A dataset folder when given, else random renders (cached in ``cache`` so a resume sees the same frames).
 
-    ``figures`` / ``heads``: the renders must carry figure / head masks; a cache written without
+    ``figures`` / ``heads`` / ``lookalikes``: the renders must carry those masks; a cache written without
     them is rendered again (the same seeds give the same frames) and replaced.
     """
     figures = figures or heads
     if data:
-        check_dataset_masks(data, figures)
+        check_dataset_masks(data, figures or lookalikes)
         return load_toy_dataset(data, size=size, limit=n or None)
     # frames of another world, seed, size or count (a cache copied from another run) are rendered again, never reused
     key = content_key("random frames", world_seed, n, size, seed)
     arrays = load_keyed_cache(cache, key) if cache is not None else None
     cached = FrameSet.from_arrays(arrays) if arrays is not None else None
-    if cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads):
+    if (cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads)
+            and (cached.lookalikes is not None or not lookalikes)):
         return cached
-    frames = render_random_frames(world_seed, n, size, seed, figures=figures)
+    frames = render_random_frames(world_seed, n, size, seed, figures=figures, lookalikes=lookalikes)
     if cache is not None:
         frames.save(cache, key)
     return frames

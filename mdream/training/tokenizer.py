@@ -144,6 +144,8 @@ class TokenizerTrainingConfig(RunConfig):
     """Diffusion-loss weight of the pixels the characters' figures cover (1: plain; >1 needs rendered frames, not --data)."""
     head_weight: float = 0.0
     """Diffusion-loss weight of the figure pixels on the cast's heads, where eye colour and skin show (0: --character-weight's)."""
+    lookalike_share: float = 0.0
+    """Share of each frame's diffusion-loss weight moved onto the pixels that tell its cast from their look-alikes (an iris, the skin; 0: off)."""
     init_unet: str = ""
     """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
@@ -329,6 +331,38 @@ def portable_train_config(path: Path) -> None:
     write_json(path, cfg)
 
 
+def loss_pixel_weight(train: FrameSet, idx: np.ndarray, config: TokenizerTrainingConfig,
+                      device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """float32 [B, 1, S, S]: the diffusion loss's weight of each pixel of the frames ``idx`` (None: all ones).
+
+    The characters are what the analyser (and a viewer) reads identity from, but a small share of
+    the pixels: the plain loss spends the UNet on the background, hence ``character_weight`` on the
+    figures and ``head_weight`` on their heads. Look-alikes differ in a few pixels (an iris is one or
+    two pixels at 32 px), which a per-pixel weight either misses or, on a pair that differs in a
+    whole outfit, turns into most of the frame's loss; ``lookalike_share`` instead moves a fixed share
+    of each frame's weight onto its look-alike pixels (never lowering a pixel's weight), so the cost
+    to the background is bounded and the weight per pixel grows as the difference shrinks.
+    """
+    if config.character_weight == 1.0 and config.head_weight == 0 and config.lookalike_share == 0:
+        return None
+    batch, size = len(idx), train.frames.shape[1]
+    weight = torch.ones(batch, 1, size, size)
+    if train.figures is not None:
+        figures = torch.from_numpy(train.figures[idx])[:, None]  # [B, 1, S, S]
+        weight = 1.0 + (config.character_weight - 1.0) * figures.float()
+    if config.head_weight > 0:
+        heads = torch.from_numpy(train.heads[idx])[:, None]  # [B, 1, S, S]
+        weight = torch.where(heads, config.head_weight, weight)
+    if config.lookalike_share > 0:
+        look = torch.from_numpy(train.lookalikes[idx])[:, None]  # [B, 1, S, S]
+        rest = (weight * ~look).sum(dim=(1, 2, 3), keepdim=True)  # [B, 1, 1, 1]
+        pixels = look.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
+        # the look-alike pixels together hold share / (1 - share) of the rest's weight: share of the frame's
+        per_pixel = config.lookalike_share / (1.0 - config.lookalike_share) * rest / pixels  # [B, 1, 1, 1]
+        weight = torch.where(look, torch.maximum(weight, per_pixel), weight)
+    return weight.to(device)
+
+
 def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: str = "auto",
                     given: Collection[str] | None = None) -> Path:
     """Train (or resume) the keyframe tokenizer; returns the newest checkpoint (holding ``encoder/`` and ``decoder/``).
@@ -339,8 +373,10 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         raise InputError(f"--character-weight must be > 0, got {config.character_weight}.")
     if not config.head_weight >= 0:
         raise InputError(f"--head-weight must be >= 0 (0: the same as --character-weight), got {config.head_weight}.")
+    if not 0 <= config.lookalike_share < 1:
+        raise InputError(f"--lookalike-share must be in [0, 1) (0: off), got {config.lookalike_share}.")
     # before anything is written to the run folder
-    check_dataset_masks(config.data, config.character_weight != 1.0 or config.head_weight > 0)
+    check_dataset_masks(config.data, config.character_weight != 1.0 or config.head_weight > 0 or config.lookalike_share > 0)
     check_unet_settings(config)  # before anything is written or rendered
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,7 +411,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     with accelerator.main_process_first():
         train: FrameSet = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed,
                                     out / "frames.npz", figures=config.character_weight != 1.0,
-                                    heads=config.head_weight > 0)
+                                    heads=config.head_weight > 0, lookalikes=config.lookalike_share > 0)
         text_encoder = TextEncoder.from_pretrained(clip_path)
         # each cache is keyed by what it was made from, so one copied from another run is rebuilt, not reused
         text_cache = out / "descriptor_embeds.npz"
@@ -514,16 +550,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                 described = None
                 if character_text is not None:
                     described = torch.from_numpy(character_text_for_batch(train.chars[idx], character_text)).to(device)
-                pixel_weight = None
-                if config.character_weight != 1.0 or config.head_weight > 0:
-                    # the characters are what the analyser (and a viewer) reads identity from, but a
-                    # small share of the pixels: the plain loss spends the UNet on the background
-                    figures = torch.from_numpy(train.figures[idx]).to(device)[:, None]  # [B, 1, S, S]
-                    pixel_weight = 1.0 + (config.character_weight - 1.0) * figures.float()
-                    if config.head_weight > 0:
-                        # look-alikes differ in eye colour or skin: a few pixels of a head at 32 px
-                        heads = torch.from_numpy(train.heads[idx]).to(device)[:, None]  # [B, 1, S, S]
-                        pixel_weight = torch.where(heads, config.head_weight, pixel_weight)
+                pixel_weight = loss_pixel_weight(train, idx, config, device)
                 with accelerator.accumulate(model), accelerator.autocast():
                     loss, diffusion, aux, identity = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config,
                                                            pixel_weight, described)
