@@ -678,9 +678,12 @@ def render_keyframe_with_figures(world: World, shot: ShotSpec, size: int,
     if not shot.cast:
         return frame, np.zeros((size, size), bool)
     background = render_keyframe(world, dataclasses.replace(shot, cast=()), size, background_rng)
-    # 8/255 ignores only the faintest anti-aliased fringe
-    mask = np.abs(frame.astype(np.int16) - background.astype(np.int16)).max(axis=-1) > 8
-    return frame, mask
+    return frame, _changed_pixels(frame, background)
+
+
+def _changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """bool [S, S]: where two renders of one rng state differ; 8/255 ignores only the faintest anti-aliased fringe."""
+    return np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=-1) > 8
 
 
 def lookalike_mask(world: World, shot: ShotSpec, size: int, rng: np.random.Generator,
@@ -695,14 +698,12 @@ def lookalike_mask(world: World, shot: ShotSpec, size: int, rng: np.random.Gener
     (and where the taller one's head would be) for a height pair. Members without look-alikes add nothing.
     """
     mask = np.zeros((size, size), bool)
-    for i, member in enumerate(shot.cast):
-        for twin_id in world.lookalikes(member.character_id):
-            if frame is None:
-                frame = render_keyframe(world, shot, size, copy.deepcopy(rng)).astype(np.int16)
-            cast = (*shot.cast[:i], dataclasses.replace(member, character_id=twin_id), *shot.cast[i + 1:])
-            twin = render_keyframe(world, dataclasses.replace(shot, cast=cast), size, copy.deepcopy(rng))
-            # the same 8/255 threshold as the figure mask
-            mask |= np.abs(np.asarray(frame, np.int16) - twin.astype(np.int16)).max(axis=-1) > 8
+    swaps = [(i, twin_id) for i, member in enumerate(shot.cast) for twin_id in world.lookalikes(member.character_id)]
+    if swaps and frame is None:
+        frame = render_keyframe(world, shot, size, copy.deepcopy(rng))
+    for i, twin_id in swaps:
+        cast = (*shot.cast[:i], dataclasses.replace(shot.cast[i], character_id=twin_id), *shot.cast[i + 1:])
+        mask |= _changed_pixels(frame, render_keyframe(world, dataclasses.replace(shot, cast=cast), size, copy.deepcopy(rng)))
     return mask
 
 

@@ -331,6 +331,11 @@ def portable_train_config(path: Path) -> None:
     write_json(path, cfg)
 
 
+def weights_pixels(config: TokenizerTrainingConfig) -> bool:
+    """Whether the diffusion loss weights pixels unevenly, which needs the rendered frames' masks."""
+    return config.character_weight != 1.0 or config.head_weight > 0 or config.lookalike_share > 0
+
+
 def loss_pixel_weight(train: FrameSet, idx: np.ndarray, config: TokenizerTrainingConfig,
                       device: torch.device | str = "cpu") -> torch.Tensor | None:
     """float32 [B, 1, S, S]: the diffusion loss's weight of each pixel of the frames ``idx`` (None: all ones).
@@ -343,7 +348,7 @@ def loss_pixel_weight(train: FrameSet, idx: np.ndarray, config: TokenizerTrainin
     of each frame's weight onto its look-alike pixels (never lowering a pixel's weight), so the cost
     to the background is bounded and the weight per pixel grows as the difference shrinks.
     """
-    if config.character_weight == 1.0 and config.head_weight == 0 and config.lookalike_share == 0:
+    if not weights_pixels(config):
         return None
     batch, size = len(idx), train.frames.shape[1]
     weight = torch.ones(batch, 1, size, size)
@@ -376,7 +381,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     if not 0 <= config.lookalike_share < 1:
         raise InputError(f"--lookalike-share must be in [0, 1) (0: off), got {config.lookalike_share}.")
     # before anything is written to the run folder
-    check_dataset_masks(config.data, config.character_weight != 1.0 or config.head_weight > 0 or config.lookalike_share > 0)
+    check_dataset_masks(config.data, weights_pixels(config))
     check_unet_settings(config)  # before anything is written or rendered
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
