@@ -17,6 +17,7 @@ from mdream.toyworld import (
     face_boxes,
     head_mask,
     lookalike_mask,
+    lookalike_shares,
     make_episode,
     make_world,
     render_clip,
@@ -229,6 +230,25 @@ def test_lookalike_mask_marks_what_tells_siblings_apart():
     assert sizes["alone"] == 0
 
 
+def test_lookalike_shares_give_each_pair_an_equal_part():
+    """An eye-colour pair beside a height pair: the iris holds half of the map, not its pixel count's sliver."""
+    pairs = {attribute: (a, b) for a, b, attribute in WORLD.single_attribute_pairs}
+    index = {c.id: i for i, c in enumerate(WORLD.characters)}
+    only_eyes = next(c for c in pairs["eye_colour"] if len(WORLD.lookalikes(c)) == 1)
+    tall = next(c for c in pairs["height"] if len(WORLD.lookalikes(c)) == 1)
+    base = _shot(camera="medium", who=index[only_eyes])
+    shot = dataclasses.replace(base, cast=(base.cast[0], dataclasses.replace(
+        base.cast[0], character_id=tall, position="right" if base.cast[0].position != "right" else "left")))
+    shares = lookalike_shares(WORLD, shot, 32, np.random.default_rng(4))
+    assert shares.dtype == np.float32 and shares.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_array_equal(shares > 0, lookalike_mask(WORLD, shot, 32, np.random.default_rng(4)))
+    alone = [lookalike_mask(WORLD, dataclasses.replace(shot, cast=(m,)), 32, np.random.default_rng(4)) for m in shot.cast]
+    iris, figure = alone  # each member's own swap, rendered alone
+    assert 0 < iris.sum() < 0.2 * figure.sum()
+    assert shares[iris & ~figure].sum() == pytest.approx(0.5, abs=0.05)  # half, though a few pixels
+    assert not lookalike_shares(WORLD, dataclasses.replace(shot, cast=()), 32, np.random.default_rng(4)).any()
+
+
 def test_lookalike_pixels_hold_a_set_share_of_the_loss_weight():
     """--lookalike-share moves that share of each frame's weight onto its look-alike pixels, never lowering one."""
     import torch
@@ -241,8 +261,9 @@ def test_lookalike_pixels_hold_a_set_share_of_the_loss_weight():
     look = np.zeros_like(figures)
     look[0, 3, 3] = True  # one iris pixel
     look[1, 2:6, 2:6] = True  # a whole outfit: already over the share at the figure weight
+    parts = (look / look.sum(axis=(1, 2), keepdims=True).clip(1)).astype(np.float32)
     frames = FrameSet(np.zeros((3, 8, 8, 3), np.uint8), ["", "", ""], np.zeros(3, np.int64), np.zeros((3, 3), np.int64),
-                      0, figures=figures, lookalikes=look)
+                      0, figures=figures, lookalike_shares=parts)
     plain = loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig(character_weight=4))
     weight = loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig(character_weight=4, lookalike_share=0.2))
     assert weight.shape == (3, 1, 8, 8) and (weight >= plain).all()
@@ -250,3 +271,17 @@ def test_lookalike_pixels_hold_a_set_share_of_the_loss_weight():
     assert share[0].item() == pytest.approx(0.2)
     assert torch.equal(weight[1], plain[1]) and torch.equal(weight[2], plain[2])  # nothing to add
     assert loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig()) is None
+    # two pairs in one frame: an iris (1 pixel) and a whole outfit (15 more); 'pixel' spreads the share evenly,
+    # 'pair' gives each pair half of it
+    two = np.zeros((1, 8, 8), np.float32)
+    two[0, 3, 3] = 0.5
+    two[0, 2:6, 2:6] += np.where(two[0, 2:6, 2:6] > 0, 0.0, 0.5 / 15)
+    frames = FrameSet(np.zeros((1, 8, 8, 3), np.uint8), [""], np.zeros(1, np.int64), np.zeros((1, 3), np.int64), 0,
+                      figures=figures[:1] | (two > 0), lookalike_shares=two)
+    iris = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    iris[0, 0, 3, 3] = True
+    by = {split: loss_pixel_weight(frames, np.arange(1), TokenizerTrainingConfig(
+        character_weight=1.5, lookalike_share=0.5, lookalike_split=split)) for split in ("pixel", "pair")}
+    assert by["pixel"][iris].item() == pytest.approx(by["pixel"][0, 0, 2, 2].item())  # even
+    assert by["pair"][iris].item() > 10 * by["pair"][0, 0, 2, 2].item()  # the iris pair's half on one pixel
+    assert (by["pair"][iris] / by["pair"].sum()).item() == pytest.approx(0.25, abs=0.01)  # half of 0.5

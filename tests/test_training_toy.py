@@ -356,13 +356,19 @@ def test_tokenizer_training_weights_the_lookalike_pixels(clip_run, tmp_path):
 
     run = tmp_path / "look"
     base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--out", str(run)]
-    invoke(["tokenizer", *base, "--steps", "1", "--character-weight", "4", "--lookalike-share", "0.2"])
+    invoke(["tokenizer", *base, "--steps", "1", "--character-weight", "4", "--lookalike-share", "0.2",
+            "--lookalike-split", "pair"])
     frames = FrameSet.load(run / "frames.npz")
-    assert frames.lookalikes.shape == frames.figures.shape == (48, 32, 32)
-    assert frames.lookalikes.any() and not frames.lookalikes[~(frames.chars >= 0).any(axis=1)].any()
-    assert json.loads((run / "train_config.json").read_text())["lookalike_share"] == 0.2
+    shares = frames.lookalike_shares
+    assert shares.shape == frames.figures.shape == (48, 32, 32) and shares.dtype == np.float32
+    assert shares.any() and not shares[~(frames.chars >= 0).any(axis=1)].any()
+    sums = shares.sum(axis=(1, 2))
+    np.testing.assert_allclose(sums[sums > 0], 1.0, atol=5e-3)  # each frame's parts, saved as float16
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["lookalike_share"] == 0.2 and saved["lookalike_split"] == "pair"
     assert np.isfinite(json.loads((run / "checkpoints" / "step-0000001" / "state.json").read_text())["loss"])
     for flags, message in ((["--lookalike-share", "1"], "must be in [0, 1)"),
+                           (["--lookalike-share", "0.2", "--lookalike-split", "figure"], "'pixel' or 'pair'"),
                            (["--lookalike-share", "0.2", "--data", str(tmp_path)], "--lookalike-share need")):
         bad = runner.invoke(app, ["tokenizer", *base[:-2], "--out", str(tmp_path / "bad"), *flags])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output

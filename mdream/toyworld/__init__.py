@@ -2,7 +2,7 @@
 
 - `make_world(seed)`: the catalogue of characters and scenes.
 - `make_episode(world, seed, n_shots)`: shots with story structure (arcs, entrances, long gaps).
-- `render_keyframe`, `render_keyframe_with_figures`, `render_clip`, `render_face_photo`, `face_boxes`, `head_mask`, `lookalike_mask`: numpy
+- `render_keyframe`, `render_keyframe_with_figures`, `render_clip`, `render_face_photo`, `face_boxes`, `head_mask`, `lookalike_mask`, `lookalike_shares`: numpy
   rendering.
 - `shot_text`, `shot_labels`: the texts and integer labels of a shot.
 - `write_script`: a real mdream script + face photos + the ground-truth movie folder.
@@ -26,6 +26,7 @@ from mdream.toyworld.render import (
     face_boxes,
     head_mask,
     lookalike_mask,
+    lookalike_shares,
     render_clip,
     render_face_photo,
     render_keyframe,
@@ -70,7 +71,7 @@ __all__ = [
     "ACTIONS", "ATTRIBUTES", "CAMERAS", "EXPRESSIONS", "EYE_COLOURS", "FACE_SIZE", "HAIR_COLOURS",
     "HAIR_STYLES", "HEIGHTS", "OUTFIT_COLOURS", "OUTFIT_PATTERNS", "POSITIONS", "SIZES", "SKIN_TONES",
     "TIMES_OF_DAY", "CastMember", "CharacterSpec", "Episode", "SceneSpec", "ShotSpec", "World",
-    "episode_seed", "face_boxes", "head_mask", "lookalike_mask", "make_episode", "make_world", "render_clip", "render_face_photo", "render_keyframe",
+    "episode_seed", "face_boxes", "head_mask", "lookalike_mask", "lookalike_shares", "make_episode", "make_world", "render_clip", "render_face_photo", "render_keyframe",
     "render_keyframe_with_figures",
     "shot_labels", "shot_text",
 ]

@@ -686,25 +686,39 @@ def _changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=-1) > 8
 
 
-def lookalike_mask(world: World, shot: ShotSpec, size: int, rng: np.random.Generator,
-                   frame: np.ndarray | None = None) -> np.ndarray:
-    """bool [size, size]: the pixels that tell the shot's cast from their look-alikes.
+def lookalike_shares(world: World, shot: ShotSpec, size: int, rng: np.random.Generator,
+                     frame: np.ndarray | None = None) -> np.ndarray:
+    """float32 [size, size]: the pixels that tell the shot's cast from their look-alikes, each pair an equal part of 1.
 
     Each cast member with single-attribute siblings in the world (``World.lookalikes``) is swapped
     for each of them in turn and the shot rendered again from ``rng``'s state, which must be the
     state ``frame`` (the keyframe, ``render_keyframe``'s pixels; rendered here when None) was
     rendered from; ``rng`` is not advanced. The pixels that change are what a viewer reads the
     difference from: an iris for an eye-colour pair, the skin for a skin pair, most of the figure
-    (and where the taller one's head would be) for a height pair. Members without look-alikes add nothing.
+    (and where the taller one's head would be) for a height pair. Each swap that changes any pixel
+    spreads an equal part of 1 evenly over its pixels (a pixel two swaps change gets both parts), so
+    an iris keeps its pair's part beside a height pair's whole figure. All zeros when no member has
+    a look-alike in view; otherwise the map sums to 1.
     """
-    mask = np.zeros((size, size), bool)
+    shares = np.zeros((size, size), np.float32)
     swaps = [(i, twin_id) for i, member in enumerate(shot.cast) for twin_id in world.lookalikes(member.character_id)]
     if swaps and frame is None:
         frame = render_keyframe(world, shot, size, copy.deepcopy(rng))
+    changed = []
     for i, twin_id in swaps:
         cast = (*shot.cast[:i], dataclasses.replace(shot.cast[i], character_id=twin_id), *shot.cast[i + 1:])
-        mask |= _changed_pixels(frame, render_keyframe(world, dataclasses.replace(shot, cast=cast), size, copy.deepcopy(rng)))
-    return mask
+        mask = _changed_pixels(frame, render_keyframe(world, dataclasses.replace(shot, cast=cast), size, copy.deepcopy(rng)))
+        if mask.any():
+            changed.append(mask)
+    for mask in changed:
+        shares += mask / (len(changed) * mask.sum(dtype=np.float32))
+    return shares
+
+
+def lookalike_mask(world: World, shot: ShotSpec, size: int, rng: np.random.Generator,
+                   frame: np.ndarray | None = None) -> np.ndarray:
+    """bool [size, size]: the pixels that tell the shot's cast from their look-alikes (``lookalike_shares``'s support)."""
+    return lookalike_shares(world, shot, size, rng, frame) > 0
 
 
 # Camera motion over a clip: (zoom at the end, horizontal pan at the end), from zoom 1, pan 0.

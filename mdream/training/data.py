@@ -40,8 +40,9 @@ class FrameSet:
     """bool [M, S, S]: the pixels the cast's figures cover (rendered here with ``figures=True``; saved)."""
     heads: np.ndarray | None = None
     """bool [M, S, S]: the figure pixels on the cast's heads (skin, eyes, hair cap; rendered with ``figures``; saved)."""
-    lookalikes: np.ndarray | None = None
-    """bool [M, S, S]: the pixels that tell the cast from their look-alikes (``toyworld.lookalike_mask``; saved)."""
+    lookalike_shares: np.ndarray | None = None
+    """float32 [M, S, S]: the pixels that tell the cast from their look-alikes, each pair an equal part of 1
+    (``toyworld.lookalike_shares``; saved)."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -50,9 +51,9 @@ class FrameSet:
         shots = [self.shots[i] for i in index] if self.shots is not None else None
         figures = self.figures[index] if self.figures is not None else None
         heads = self.heads[index] if self.heads is not None else None
-        lookalikes = self.lookalikes[index] if self.lookalikes is not None else None
+        shares = self.lookalike_shares[index] if self.lookalike_shares is not None else None
         return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index],
-                        self.world_seed, shots, figures, heads, lookalikes)
+                        self.world_seed, shots, figures, heads, shares)
 
     def save(self, path: Path, key: str) -> None:
         """Written through a temporary file (an interrupted run never leaves a truncated frame cache), with the key
@@ -60,8 +61,9 @@ class FrameSet:
         extra = {"figures": np.packbits(self.figures, axis=-1)} if self.figures is not None else {}
         if self.heads is not None:
             extra["heads"] = np.packbits(self.heads, axis=-1)
-        if self.lookalikes is not None:
-            extra["lookalikes"] = np.packbits(self.lookalikes, axis=-1)
+        if self.lookalike_shares is not None:
+            # float16 keeps a part as small as one of 5 pairs over 600 pixels (3e-4) to 3 digits, at half the size
+            extra["lookalike_shares"] = self.lookalike_shares.astype(np.float16)
         save_keyed_cache(path, key, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
                          descriptors=np.array(json.dumps(self.descriptors)), **extra)
 
@@ -71,9 +73,10 @@ class FrameSet:
         size = z["frames"].shape[2]
         figures = np.unpackbits(z["figures"], axis=-1, count=size).astype(bool) if "figures" in z else None
         heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
-        lookalikes = np.unpackbits(z["lookalikes"], axis=-1, count=size).astype(bool) if "lookalikes" in z else None
+        # (session 18's caches held a bool "lookalikes" mask without the parts: not read, so rendered again)
+        shares = z["lookalike_shares"].astype(np.float32) if "lookalike_shares" in z else None
         return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
-                   figures=figures, heads=heads, lookalikes=lookalikes)
+                   figures=figures, heads=heads, lookalike_shares=shares)
 
     @classmethod
     def load(cls, path: Path) -> FrameSet:
@@ -119,13 +122,14 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     """``n`` keyframes of uniformly random shots (any scene, 0-3 random characters).
 
     With ``figures`` each frame's figure mask is rendered too (about twice the time), and its head
-    mask: the figure pixels on the cast's heads. With ``lookalikes`` each frame's look-alike mask too
-    (one more render per cast member with a look-alike). The frames are the same pixels either way.
+    mask: the figure pixels on the cast's heads. With ``lookalikes`` each frame's look-alike share map
+    too (``toyworld.lookalike_shares``: one more render per look-alike of each cast member). The frames
+    are the same pixels either way.
     """
     from mdream.eval.training import random_shot
     from mdream.toyworld import (
         head_mask,
-        lookalike_mask,
+        lookalike_shares,
         make_world,
         render_keyframe,
         render_keyframe_with_figures,
@@ -140,7 +144,7 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     chars = np.empty((n, 3), np.int64)
     masks = np.zeros((n, size, size), bool) if figures else None
     head_masks = np.zeros((n, size, size), bool) if figures else None
-    lookalike_masks = np.zeros((n, size, size), bool) if lookalikes else None
+    lookalike_maps = np.zeros((n, size, size), np.float32) if lookalikes else None
     texts, shots = [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"rendering {n} toy frames", total=n)
@@ -153,14 +157,14 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
             else:
                 frames[i] = render_keyframe(world, shot, size, rng)
             if lookalikes:
-                lookalike_masks[i] = lookalike_mask(world, shot, size, before, frames[i])
+                lookalike_maps[i] = lookalike_shares(world, shot, size, before, frames[i])
             labels = shot_labels(world, shot)
             scene[i], chars[i] = labels["scene"], labels["chars"]
             texts.append(shot_text(world, shot)[1])
             shots.append(shot)
             if i % 256 == 0:
                 bar.update(task, completed=i)
-    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks, lookalike_masks)
+    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks, lookalike_maps)
 
 
 def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
@@ -188,7 +192,7 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
     arrays = load_keyed_cache(cache, key) if cache is not None else None
     cached = FrameSet.from_arrays(arrays) if arrays is not None else None
     if (cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads)
-            and (cached.lookalikes is not None or not lookalikes)):
+            and (cached.lookalike_shares is not None or not lookalikes)):
         return cached
     frames = render_random_frames(world_seed, n, size, seed, figures=figures, lookalikes=lookalikes)
     if cache is not None:

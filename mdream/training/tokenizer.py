@@ -146,6 +146,8 @@ class TokenizerTrainingConfig(RunConfig):
     """Diffusion-loss weight of the figure pixels on the cast's heads, where eye colour and skin show (0: --character-weight's)."""
     lookalike_share: float = 0.0
     """Share of each frame's diffusion-loss weight moved onto the pixels that tell its cast from their look-alikes (an iris, the skin; 0: off)."""
+    lookalike_split: str = "pixel"
+    """How --lookalike-share is spread: 'pixel' (evenly over all look-alike pixels) or 'pair' (an equal part per look-alike pair in view, so an iris keeps its part beside a whole-figure pair)."""
     init_unet: str = ""
     """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
@@ -347,6 +349,8 @@ def loss_pixel_weight(train: FrameSet, idx: np.ndarray, config: TokenizerTrainin
     whole outfit, turns into most of the frame's loss; ``lookalike_share`` instead moves a fixed share
     of each frame's weight onto its look-alike pixels (never lowering a pixel's weight), so the cost
     to the background is bounded and the weight per pixel grows as the difference shrinks.
+    ``lookalike_split`` 'pair' gives each look-alike pair in view an equal part of that share, so a
+    two-pixel iris beside a height pair's whole figure is not left with a hundredth of it.
     """
     if not weights_pixels(config):
         return None
@@ -359,12 +363,14 @@ def loss_pixel_weight(train: FrameSet, idx: np.ndarray, config: TokenizerTrainin
         heads = torch.from_numpy(train.heads[idx])[:, None]  # [B, 1, S, S]
         weight = torch.where(heads, config.head_weight, weight)
     if config.lookalike_share > 0:
-        look = torch.from_numpy(train.lookalikes[idx])[:, None]  # [B, 1, S, S]
+        parts = torch.from_numpy(train.lookalike_shares[idx])[:, None]  # [B, 1, S, S], each frame's sums to 1 (or 0)
+        look = parts > 0
+        if config.lookalike_split == "pixel":  # every look-alike pixel the same part
+            parts = look / look.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
         rest = (weight * ~look).sum(dim=(1, 2, 3), keepdim=True)  # [B, 1, 1, 1]
-        pixels = look.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
         # the look-alike pixels together hold share / (1 - share) of the rest's weight: share of the frame's
-        per_pixel = config.lookalike_share / (1.0 - config.lookalike_share) * rest / pixels  # [B, 1, 1, 1]
-        weight = torch.where(look, torch.maximum(weight, per_pixel), weight)
+        target = config.lookalike_share / (1.0 - config.lookalike_share) * rest * parts  # [B, 1, S, S]
+        weight = torch.where(look, torch.maximum(weight, target), weight)
     return weight.to(device)
 
 
@@ -380,6 +386,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         raise InputError(f"--head-weight must be >= 0 (0: the same as --character-weight), got {config.head_weight}.")
     if not 0 <= config.lookalike_share < 1:
         raise InputError(f"--lookalike-share must be in [0, 1) (0: off), got {config.lookalike_share}.")
+    if config.lookalike_split not in ("pixel", "pair"):
+        raise InputError(f"--lookalike-split must be 'pixel' or 'pair', got '{config.lookalike_split}'.")
     # before anything is written to the run folder
     check_dataset_masks(config.data, weights_pixels(config))
     check_unet_settings(config)  # before anything is written or rendered
