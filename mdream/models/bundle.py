@@ -72,15 +72,11 @@ class ModelBundle:
     @classmethod
     def load(cls, name_or_path: str, base_dir: Path | None = None) -> ModelBundle:
         """Find a bundle by bundled name (``toy``) or by folder path (relative to ``base_dir``)."""
-        candidates = []
-        if base_dir is not None:
-            candidates.append((base_dir / name_or_path).resolve())
-        candidates.append(Path(name_or_path).expanduser().resolve())
-        candidates.append(BUNDLES_DIR / name_or_path)
+        candidates = bundle_candidates(name_or_path, base_dir)
         for folder in candidates:
             if (folder / "bundle.yaml").is_file():
                 return cls._from_folder(folder)
-        known = sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "bundle.yaml").is_file()) if BUNDLES_DIR.is_dir() else []
+        known = bundled_names()
         raise InputError(
             f"Model bundle {name_or_path!r} was not found (looked for bundle.yaml in: "
             + ", ".join(str(c) for c in candidates) + ").",
@@ -145,6 +141,24 @@ class ModelBundle:
                     ident += f"+{linked.name}:" + hash_tree(linked)
             self._identities[name] = ident
         return self._identities[name]
+
+
+def bundle_candidates(name_or_path: str, base_dir: Path | None = None) -> list[Path]:
+    """The folders where a bundle named ``name_or_path`` is looked for, in order."""
+    def resolved(path: Path) -> Path:
+        try:
+            return path.expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):  # "~nobody", a symlink loop, a NUL character
+            return path
+    candidates = [resolved(base_dir / name_or_path)] if base_dir is not None else []
+    return candidates + [resolved(Path(name_or_path)), BUNDLES_DIR / name_or_path]
+
+
+def bundled_names() -> list[str]:
+    """Names of the bundles shipped with mdream (``toy``, ...)."""
+    if not BUNDLES_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "bundle.yaml").is_file())
 
 
 def linked_folders(component: Path) -> list[Path]:
