@@ -8,6 +8,7 @@ user is a bug.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mdream.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MdreamError, ScriptError
 
@@ -39,6 +41,17 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 ScriptArg = Annotated[Path, typer.Argument(help="The movie script (YAML or JSON).", show_default=False)]
 
 
+# Control characters (C0 but newline, DEL, C1) and the bidirectional overrides: shown as escapes, so
+# that no text from a script or a file name can move the cursor, recolour or reorder the terminal.
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: object) -> str:
+    """``text`` ready to print through rich: control characters escaped, rich markup neutralised."""
+    shown = _UNSAFE.sub(lambda m: repr(m.group())[1:-1], str(text))
+    return escape(shown)
+
+
 def error_to_dict(err: MdreamError) -> dict[str, Any]:
     out: dict[str, Any] = {"error": type(err).__name__, "message": err.message, "hint": err.hint, "exit_code": err.exit_code}
     if isinstance(err, ScriptError):
@@ -55,16 +68,16 @@ def print_error(err: MdreamError, as_json: bool = False) -> None:
         print(json.dumps(error_to_dict(err), indent=2))
         return
     if isinstance(err, ScriptError):
-        stderr.print(f"[bold red]error:[/] {err.message.splitlines()[0]}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {safe(err.message.splitlines()[0])}", highlight=False)
         for p in err.problems:
-            line = f"  [bold]{p.location()}[/]: [cyan]{p.field or '<root>'}[/]: {p.message}"
+            line = f"  [bold]{safe(p.location())}[/]: [cyan]{safe(p.field or '<root>')}[/]: {safe(p.message)}"
             if p.hint:
-                line += f" [dim](hint: {p.hint})[/]"
+                line += f" [dim](hint: {safe(p.hint)})[/]"
             stderr.print(line, highlight=False, markup=True)
         return
-    stderr.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True)
+    stderr.print(f"[bold red]error:[/] {safe(err.message)}", highlight=False, markup=True)
     if err.hint:
-        stderr.print(f"[dim]hint: {err.hint}[/]", highlight=False)
+        stderr.print(f"[dim]hint: {safe(err.hint)}[/]", highlight=False)
 
 
 def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: Any) -> T:
@@ -81,14 +94,14 @@ def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: A
         raise
     except OSError as exc:  # disk full, permission denied, ...: the machine's fault, not a bug
         where = f": {exc.filename}" if exc.filename else ""
-        stderr.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {safe(exc.strerror or exc)}{safe(where)}", highlight=False)
         stderr.print("[dim]hint: check free space and permissions; finished artifacts are kept, rerun to resume.[/]")
         raise typer.Exit(EXIT_FAILURE) from None
     except Exception as exc:  # pragma: no cover - a bug; still no bare traceback for users
         if "--debug" in sys.argv or __import__("os").environ.get("MDREAM_DEBUG"):
             raise
         stderr.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            f"[bold red]internal error:[/] {type(exc).__name__}: {safe(exc)}\n"
             "[dim]This is a bug in mdream; rerun with MDREAM_DEBUG=1 for the traceback and report it.[/]",
             highlight=False,
         )

@@ -119,7 +119,8 @@ def check_image_file(relative: str, root: Path, noun: str) -> tuple[str, str] | 
             image.load()  # verify() does not decode pixels: catch truncated files too
     except InputError as error:
         if "pixels" in error.message:  # too large: say so, from the header alone
-            return f"{noun} file '{relative}' {error.message.split(': ', 1)[1].rstrip('.')}", error.hint
+            size = error.message.rsplit(": it is ", 1)[-1].rstrip(".")
+            return f"{noun} file '{relative}' is {size}", error.hint
         return f"{noun} file '{relative}' is not an image", "use a PNG or JPEG photo"
     except Exception as error:  # PIL raises many types for bad data; any means "not a usable image"
         return f"{noun} file '{relative}' is damaged ({type(error).__name__})", "use a PNG or JPEG photo"

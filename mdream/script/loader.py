@@ -265,7 +265,8 @@ def validate_script_text(text: str, *, file: str, root: Path, is_json: bool = Fa
     if parsed.syntax_error is not None:
         message, location, hint = parsed.syntax_error
         line, column = location if location else (None, None)
-        raise ScriptError(problems=[Problem(file, line, column, "", message, hint)])
+        field_name = format_field_path(parsed.syntax_field)
+        raise ScriptError(problems=[Problem(file, line, column, field_name, message, hint)])
     data = parsed.data
     if data is None:
         raise ScriptError(

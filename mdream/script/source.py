@@ -30,9 +30,10 @@ _MAX_NODES = MAX_VALUES  # stop locating after this many nodes
 class ScriptTooLarge(yaml.MarkedYAMLError):
     """A document refused by :class:`BoundedSafeLoader` (not a syntax error); ``hint`` says what to do."""
 
-    def __init__(self, problem: str, mark: yaml.Mark, hint: str) -> None:
+    def __init__(self, problem: str, mark: yaml.Mark, hint: str, path: FieldPath = ()) -> None:
         super().__init__(problem=problem, problem_mark=mark)
         self.hint = hint
+        self.path = path
 
 
 class BoundedSafeLoader(yaml.SafeLoader):
@@ -50,9 +51,21 @@ class BoundedSafeLoader(yaml.SafeLoader):
         self._depth = 0
         self._values = 0
         self._sizes: dict[int, int] = {}  # id(node) -> expanded size, once composed
+        self._path: list[str | int | None] = []  # field path of the node being composed (None: a key)
+
+    def _field_path(self) -> FieldPath:
+        return tuple(part for part in self._path if part is not None)
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
         event = self.peek_event()
+        part = index.value if isinstance(index, yaml.ScalarNode) else index if isinstance(index, int) else None
+        self._path.append(part)
+        try:
+            return self._compose_counted(parent, index, event)
+        finally:
+            self._path.pop()
+
+    def _compose_counted(self, parent: yaml.Node | None, index: object, event: yaml.Event) -> yaml.Node:
         if isinstance(event, yaml.AliasEvent):
             target = self.anchors.get(event.anchor)
             if target is not None:
@@ -62,6 +75,7 @@ class BoundedSafeLoader(yaml.SafeLoader):
                         f"the alias '*{event.anchor}' is used inside its own anchor (a recursive alias)",
                         event.start_mark,
                         f"a script is a tree of values; remove '*{event.anchor}' here",
+                        self._field_path(),
                     )
                 self._count(size, event.start_mark, f"the alias '*{event.anchor}'")
             return super().compose_node(parent, index)  # reports an undefined alias
@@ -71,6 +85,7 @@ class BoundedSafeLoader(yaml.SafeLoader):
                 f"the script is nested more than {MAX_DEPTH} levels deep",
                 event.start_mark,
                 "a script needs 6 levels (arcs > shots > characters); check the brackets and indentation",
+                self._field_path(),
             )
         before = self._values
         node = super().compose_node(parent, index)
@@ -86,6 +101,7 @@ class BoundedSafeLoader(yaml.SafeLoader):
                 f"{what} takes the script past {MAX_VALUES:,} values once YAML aliases are expanded",
                 mark,
                 "aliases nested in aliases multiply; write the values out, or alias a smaller part",
+                self._field_path(),
             )
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
@@ -128,6 +144,8 @@ class ParsedDocument:
     source_map: SourceMap
     syntax_error: tuple[str, Location | None, str | None] | None = None
     """(message, location, hint) of a syntax error; `data` is None then."""
+    syntax_field: FieldPath = ()
+    """Field path of the value a syntax error is about, where known (an alias bomb under `title`)."""
 
 
 def _mark(node: yaml.Node) -> Location:
@@ -310,6 +328,7 @@ def parse_document(text: str, *, is_json: bool = False) -> ParsedDocument:
         finally:
             loader.dispose()
     except yaml.YAMLError as error:
-        return ParsedDocument(None, SourceMap(), _yaml_syntax_error(error, text))
+        field_path = error.path if isinstance(error, ScriptTooLarge) else ()
+        return ParsedDocument(None, SourceMap(), _yaml_syntax_error(error, text), field_path)
     _record_locations(node, source_map)
     return ParsedDocument(data, source_map)
