@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +29,15 @@ stderr = Console(stderr=True, soft_wrap=True)
 # Shared options (spaCy-style: declared once, reused by every verb).
 CacheDirOpt = Annotated[
     Path | None,
-    typer.Option("--cache-dir", help="Artifact cache folder [default: .mdream/ beside the script, or $MDREAM_CACHE]."),
+    typer.Option("--cache-dir", help="Artifact cache folder \\[default: .mdream/ beside the script, or $MDREAM_CACHE]."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the script's seed.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the script's seed \\[default: the script's `seed`].", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when a valid cached artifact exists.")]
 FromStageOpt = Annotated[
-    str | None, typer.Option("--from-stage", help="Recompute from this stage on: encode, keyframes, render or video.")
+    str | None,
+    typer.Option("--from-stage", show_default=False,
+                 help="Recompute from this stage on: encode, keyframes, render or video \\[default: reuse every valid artifact]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
@@ -81,13 +84,25 @@ def print_error(err: MdreamError, as_json: bool = False) -> None:
 
 
 def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: Any) -> T:
-    """Call a stage function; turn known errors into a message and an exit code."""
+    """Call a stage function; turn known errors into a message and an exit code.
+
+    Under :func:`mdream.cli.main` Ctrl-C exits at once (one line, 130) everywhere but here: while
+    ``fn`` runs it raises KeyboardInterrupt, so that writers remove their temp files and release
+    their locks before the same exit.
+    """
+    from mdream.cli import exit_on_interrupt
+
+    orderly = signal.getsignal(signal.SIGINT) is exit_on_interrupt
+    if orderly:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return fn(*args, **kwargs)
     except MdreamError as err:
         print_error(err, as_json=as_json)
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
+        if orderly:  # a second Ctrl-C while we say goodbye still exits 130
+            signal.signal(signal.SIGINT, exit_on_interrupt)
         stderr.print("[yellow]interrupted[/]: finished artifacts are kept in the cache; rerun to resume.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
@@ -106,6 +121,9 @@ def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: A
             highlight=False,
         )
         raise typer.Exit(EXIT_FAILURE) from None
+    finally:
+        if orderly:
+            signal.signal(signal.SIGINT, exit_on_interrupt)
 
 
 def print_json(data: Any) -> None:

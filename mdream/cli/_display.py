@@ -56,3 +56,8 @@ def show_status(report) -> None:
     stdout.print(
         "  ".join(f"{stage}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) for stage, counts in totals.items())
     )
+    if not report.verified:
+        stdout.print(
+            "[dim]checked: file sizes, and the checksums of files under 1 MiB; "
+            "`mdream status --verify` checks every file's checksum.[/]", highlight=False
+        )

@@ -51,7 +51,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import mdream
+
+        print(f"mdream {mdream.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print mdream's version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video."""
 
 
 def _options(cache_dir, device, seed, force, from_stage, quiet):
@@ -89,8 +107,14 @@ def script_schema_cli() -> None:
 
 
 OutOpt = Annotated[
-    Path | None, typer.Option("--out", help="Movie folder for the keyframes [default: SCRIPT_NAME.movie/ beside the script].")
+    Path | None,
+    typer.Option(
+        "--output", "-o", show_default=False,
+        help="Movie folder for the keyframes (a tokens file: folder for the PNGs) "
+        "\\[default: SCRIPT_NAME.movie/ beside the script; TOKENS_NAME/ beside a tokens file].",
+    ),
 ]
+OutAliasOpt = Annotated[Path | None, typer.Option("--out", hidden=True, help="Same as --output.")]
 
 def _stage_cli(fn_name: str):
     def command(
@@ -167,10 +191,11 @@ def encode_cli(
 def render_cli(
     source: Annotated[Path, typer.Argument(help="A script, or a tokens file from `mdream encode`.", show_default=False)],
     out: OutOpt = None,
+    out_alias: OutAliasOpt = None,
     bundle: Annotated[str, typer.Option("--bundle", help="Tokens mode: model bundle name or folder.")] = "toy",
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Tokens mode: sampling steps [default: the bundle's]. Scripts set output.sampling.", show_default=False)] = None,
-    guidance_scale: Annotated[float | None, typer.Option("--guidance-scale", min=0.0, help="Tokens mode: classifier-free guidance (1 = none) [default: the bundle's].", show_default=False)] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help="Tokens mode: ddim, ddpm, euler or dpmpp [default: the bundle's].", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Tokens mode: sampling steps \\[default: the bundle's]. Scripts set output.sampling.", show_default=False)] = None,
+    guidance_scale: Annotated[float | None, typer.Option("--guidance-scale", min=0.0, help="Tokens mode: classifier-free guidance (1 = none) \\[default: the bundle's].", show_default=False)] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="Tokens mode: ddim, ddpm, euler or dpmpp \\[default: the bundle's].", show_default=False)] = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -180,6 +205,7 @@ def render_cli(
     quiet: QuietOpt = False,
 ) -> None:
     """Render keyframes from tokens, faces and descriptors into the movie folder (or a tokens file to PNGs)."""
+    out = out or out_alias
     if source.suffix == ".safetensors":
         from mdream.stages.media import render_tokens
 
@@ -229,7 +255,10 @@ def generate_cli(
     if json_out:
         from mdream.stages.run import movie_dir_for
 
-        print_json({"output": str(output), "movie_dir": str(movie_dir_for(output)), "stages": [r.to_dict() for r in reports]})
+        ran = {r.stage for r in reports}  # report only what was written
+        print_json({"output": str(output) if until == "video" else None,
+                    "movie_dir": str(movie_dir_for(output)) if "render" in ran else None,
+                    "stages": [r.to_dict() for r in reports]})
     elif not quiet:
         from mdream.stages.run import movie_dir_for
 
@@ -286,6 +315,9 @@ _register_subapps()
 
 
 def main() -> None:
+    from mdream.cli import install_interrupt_handler
+
+    install_interrupt_handler()
     app()
 
 

@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Train mdream's models (toy CLIP, keyframe tokenizer).")
 
 OUT_HELP = "Run folder: train_config.json and checkpoints/ (checkpoints/latest names the newest) are written here."
-RESUME_HELP = "auto (newest checkpoint under --out, else start fresh), never, or a checkpoint folder."
+RESUME_HELP = "auto (newest checkpoint under --output, else start fresh), never, or a checkpoint folder."
 
 
 def config_command(name: str, config_cls: type, run: typing.Callable[..., object], help_text: str,
@@ -34,7 +34,7 @@ def config_command(name: str, config_cls: type, run: typing.Callable[..., object
     params = [
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
         inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                          default=typer.Option(..., "--out", "-o", help=OUT_HELP, show_default=False)),
+                          default=typer.Option(..., "--output", "-o", "--out", help=OUT_HELP, show_default=False)),
         inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=str,
                           default=typer.Option("auto", "--resume", help=RESUME_HELP)),
         *(extra or []),

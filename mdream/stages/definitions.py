@@ -140,7 +140,7 @@ class KeyframesStage(Stage):
             raise NotBuiltError(
                 f"The autoregressive keyframe model is not built yet, and {len(to_predict)} shot(s) have no "
                 f"given keyframe to encode instead ({shown}).",
-                hint="give every shot a `keyframe:` image (e.g. `mdream toyworld script --given-keyframes`) to render from them",
+                hint="give every shot a `keyframe:` image (e.g. `mdream toyworld script -o DIR --given-keyframes`) to render from them",
             )
         self.encoder = KeyframeEncoder.from_pretrained(project.bundle.component("keyframe_encoder").location)
         self.encoder.to(resolve_device(project.options.device))
@@ -224,7 +224,7 @@ class VideoStage(Stage):
     def prepare(self, project: Project) -> None:
         raise NotBuiltError(
             "The video stage is not built yet (the image-to-video model is a later issue).",
-            hint="`mdream render SCRIPT --out DIR` writes the keyframes; `mdream status SCRIPT` shows what is cached",
+            hint="`mdream render SCRIPT -o DIR` writes the keyframes; `mdream status SCRIPT` shows what is cached",
         )
 
 

@@ -129,7 +129,7 @@ def encode_media(
 ) -> MediaEncodeReport:
     """Encode images / folders / videos into ``output`` (safetensors ``tokens [M, N, d]`` + ``.json``)."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if output.suffix != ".safetensors":
         raise InputError(f"The tokens file must end in .safetensors, got {output.name}.")
@@ -163,9 +163,8 @@ def encode_media(
             rows.append(art.load_tensors("tokens")["tokens"])
     tokens = torch.stack(rows) if rows else torch.zeros(0)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + f".tmp-{os.getpid()}")
-    save_file({"tokens": tokens}, str(tmp), metadata={"bundle": model_bundle.name})
-    os.replace(tmp, output)
+    # atomic_write: one temp name that a rerun recognises, and the same file mode as every output
+    atomic_write_bytes(output, save({"tokens": tokens.contiguous()}, metadata={"bundle": model_bundle.name}))
     sidecar = {"bundle": model_bundle.name, "items": [asdict(i) for i in items]}
     atomic_write_bytes(output.with_suffix(".json"), (json.dumps(sidecar, indent=1) + "\n").encode())
     return MediaEncodeReport(output, len(items), encoded, len(items) - encoded, tuple(tokens.shape))

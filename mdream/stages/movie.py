@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mdream.cache import atomic_write_bytes
+from mdream.cache import atomic_write_bytes, remove_stale_temp_files
 from mdream.errors import MdreamError
 from mdream.stages.pipeline import Project
 
@@ -18,10 +18,15 @@ def default_movie_dir(script_path: Path) -> Path:
 def export_keyframes(project: Project, render_keys: list[str], out_dir: Path) -> Path:
     """Copy every shot's rendered keyframe to ``out_dir/keyframes/NNNN.png`` and write ``shots.json``.
 
-    Files are replaced atomically one by one, so an interrupted export leaves valid PNGs only.
+    Files are replaced atomically one by one, so an interrupted export leaves valid PNGs only (and
+    its temp files, which the next export removes).
     """
     frames = out_dir / "keyframes"
     frames.mkdir(parents=True, exist_ok=True)
+    # An export killed mid-write leaves its temp file (.0003.png.tmp-<pid>-<hex>): remove those of
+    # dead processes, and only ours (a live export to the same folder keeps its own).
+    remove_stale_temp_files(frames, lambda name: name.endswith(".png") and name[:-4].isdigit())
+    remove_stale_temp_files(out_dir, lambda name: name == "shots.json")
     for shot, key in zip(project.plan.shots, render_keys, strict=True):
         art = project.store.open("render", key)
         if art is None:

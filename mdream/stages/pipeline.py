@@ -153,7 +153,7 @@ def _upstream_artifacts(project: Project, stage: Stage, shot: PlannedShot, keys:
         if art is None:
             raise MdreamError(
                 f"Stage {stage.name!r} needs the {up!r} artifact of shot {shot.id!r}, which is missing or corrupt.",
-                hint=f"run `mdream {up}` first (or `mdream generate`, which runs every stage)",
+                hint=f"run `mdream {up} {project.script_path}` first (or `mdream generate`, which runs every stage)",
             )
         found[up] = art
     if stage.chained and shot.index > 0:

@@ -2,7 +2,8 @@
 
 * done: a complete artifact exists under the shot's *current* key;
 * running: another live process holds that artifact's lock right now;
-* corrupt: an artifact is there but fails its sizes (or checksums with ``verify``);
+* corrupt: an artifact is there but fails its sizes or, for files under QUICK_HASH_BYTES, its
+  checksums (``verify``: the checksums of every file);
 * stale: no artifact under the current key, but one made for this shot from older inputs
   (an edited shot, a retrained model, a changed upstream) is in the cache;
 * missing: nothing yet.
@@ -22,6 +23,10 @@ from mdream.cache import ArtifactStatus
 from mdream.stages.definitions import pipeline_stages
 from mdream.stages.options import RunOptions
 from mdream.stages.pipeline import Project, Stage, plan_keys
+
+QUICK_HASH_BYTES = 1 << 20
+"""Without ``verify``, files smaller than this (1 MiB: tokens, conditioning, a keyframe PNG) are
+hashed too; larger ones (clips) are checked by size only."""
 
 _STATE = {
     ArtifactStatus.DONE: "done",
@@ -48,6 +53,8 @@ class ScriptStatus:
     cache_dir: Path
     stages: list[str]
     rows: list[ShotStatus] = field(default_factory=list)
+    verified: bool = False
+    """Every file's checksum was checked (``--verify``); else sizes, and checksums of small files."""
 
     def totals(self) -> dict[str, dict[str, int]]:
         return {s: dict(Counter(r.states[s] for r in self.rows)) for s in self.stages}
@@ -58,6 +65,7 @@ class ScriptStatus:
             "script": str(self.script),
             "cache_dir": str(self.cache_dir),
             "stages": self.stages,
+            "verified": self.verified,
             "totals": self.totals(),
             "shots": [
                 {"index": r.index, "id": r.shot_id, "states": r.states, "keys": r.keys} for r in self.rows
@@ -95,13 +103,14 @@ def script_status(
         script=project.script_path,
         cache_dir=project.store.root,
         stages=[s.name for s in stages],
+        verified=verify,
     )
     older = {s.name: _shots_with_artifacts(project, s.name) for s in stages}
     for shot in project.plan.shots:
         states, shot_keys = {}, {}
         for stage in stages:
             key = keys[stage.name][shot.index]
-            state = _STATE[project.store.status(stage.name, key, checksums=verify)]
+            state = _STATE[project.store.status(stage.name, key, checksums=verify, hash_below=QUICK_HASH_BYTES)]
             if state == "missing" and shot.id in older[stage.name]:
                 state = "stale"
             states[stage.name], shot_keys[stage.name] = state, key
