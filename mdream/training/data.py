@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -195,12 +195,12 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
 
 
 def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
-    """Refuse a dataset folder (--data) where the loss weights need figure, head or look-alike masks: only renders carry them."""
+    """Refuse a frames folder (--data) where the loss weights need figure or look-alike masks: only renders carry them."""
     if data and needs_masks:
-        raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight, "
-                         "--head-weight and --lookalike-share need.",
-                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1, "
-                              "--head-weight 0 and --lookalike-share 0.")
+        raise InputError(f"--data {data}: frame folders carry no figure masks, which --character-weight "
+                         "and --lookalike-share need.",
+                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
+                              "and --lookalike-share 0.")
 
 
 def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None,
@@ -299,21 +299,17 @@ class FrameSource(ABC):
         """A few words for log lines and error messages."""
 
     @abstractmethod
-    def load(self, n: int, size: int, cache: Path | None = None, *, masks: bool = False) -> FrameSet:
+    def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
         """``n`` training frames (0: all) at ``size`` x ``size`` px; ``cache``: a run-folder file a source may keep
-        them in, so a resume sees the same frames."""
+        them in, so a resume sees the same frames; ``masks``: the masks to render with them ("figures", "lookalikes")."""
 
     @abstractmethod
     def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
         """``n`` frames never in ``load``'s, for held-out measurements."""
 
     def check(self, *, masks: bool = False) -> None:
-        """Refuse up front what ``load`` would refuse."""
-        if masks and not self.toy:
-            raise InputError(f"--data {self.describe()}: only rendered toy-world frames carry the figure and look-alike "
-                             "masks that --character-weight and --lookalike-share need.",
-                             hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
-                                  "and --lookalike-share 0.")
+        """Refuse up front what ``load`` would refuse (``masks``: whether masks will be asked for)."""
+        check_dataset_masks(self.describe(), masks)
 
 
 class ToyWorldFrames(FrameSource):
@@ -327,8 +323,12 @@ class ToyWorldFrames(FrameSource):
     def describe(self) -> str:
         return f"renders of toy world {self.world_seed}"
 
-    def load(self, n: int, size: int, cache: Path | None = None, *, masks: bool = False) -> FrameSet:
-        return frame_set("", self.world_seed, n, size, self.seed, cache, figures=masks, lookalikes=masks)
+    def check(self, *, masks: bool = False) -> None:
+        """Renders carry every mask."""
+
+    def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
+        return frame_set("", self.world_seed, n, size, self.seed, cache, figures="figures" in masks,
+                         lookalikes="lookalikes" in masks)
 
     def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
         return frame_set("", self.world_seed, n, size, self.seed + 1_000_003, cache)
@@ -345,12 +345,8 @@ class ToyDatasetFrames(FrameSource):
     def describe(self) -> str:
         return str(self.folder)
 
-    def check(self, *, masks: bool = False) -> None:
-        if masks:
-            check_dataset_masks(str(self.folder), True)
-
-    def load(self, n: int, size: int, cache: Path | None = None, *, masks: bool = False) -> FrameSet:
-        self.check(masks=masks)
+    def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
+        self.check(masks=bool(masks))
         return load_toy_dataset(self.folder, size=size, limit=n or None)
 
     def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
@@ -396,8 +392,8 @@ class ImageFolderFrames(FrameSource):
         unknown = np.full(len(files), -1, np.int64)
         return FrameSet(frames, texts, unknown, np.full((len(files), 3), -1, np.int64), -1)
 
-    def load(self, n: int, size: int, cache: Path | None = None, *, masks: bool = False) -> FrameSet:
-        self.check(masks=masks)
+    def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
+        self.check(masks=bool(masks))
         files = self.files[: len(self.files) - self.holdout]
         return self._read(files[:n] if n else files, size)
 
