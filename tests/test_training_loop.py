@@ -219,3 +219,15 @@ def test_a_folder_of_images_is_a_frame_source(tmp_path):
     assert isinstance(open_frame_source("", 0, 0), ToyWorldFrames)
     with pytest.raises(InputError, match="no such folder"):
         open_frame_source(str(tmp_path / "nope"), 0, 0)
+
+
+def test_the_analyser_trains_through_the_cli_and_resumes(tmp_path):
+    tiny = ["analyser", "--out", str(tmp_path), "--pool-size", "16", "--batch-size", "8", "--refresh-per-step", "2",
+            "--val-frames", "8"]
+    result = runner.invoke(app, [*tiny, "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*tiny, "--steps", "2"])
+    assert result.exit_code == 0 and "resumed from" in result.output, result.output
+    assert json.loads((tmp_path / "frame_analyser" / "config.json").read_text())["steps"] == 2
+    bad = runner.invoke(app, [*tiny, "--clean-fraction", "2"])
+    assert bad.exit_code == 2 and "--clean-fraction must be in [0, 1]" in bad.output

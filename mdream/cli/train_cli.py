@@ -27,12 +27,13 @@ CONFIG_HELP = ("A recipe: a YAML file of these settings, or the name of a packag
 
 
 def config_command(name: str, config_cls: type, run: typing.Callable[..., object], help_text: str,
-                   extra: list[inspect.Parameter] | None = None,
+                   extra: list[inspect.Parameter] | None = None, after_options: list[inspect.Parameter] | None = None,
                    after: typing.Callable[[object, dict[str, object]], None] | None = None) -> None:
-    """Register ``name`` with one option per setting of ``config_cls`` (+ --config, --out, --resume and ``extra``).
+    """Register ``name`` with one option per setting of ``config_cls`` (+ --config, --out, --resume, ``extra``, which
+    ``run`` takes, and ``after_options``).
 
     Options are grouped in ``--help`` by the config class that declares them (``help_panel``); a section's settings
-    (``toy_loss.character_weight``) are plain options (``--character-weight``). ``after(result, extra_values)``
+    (``toy_loss.character_weight``) are plain options (``--character-weight``). ``after(result, after_values)``
     runs once training is done (e.g. ``--install``).
     """
     from mdream.training.config import settings_docs, settings_fields, settings_panels
@@ -48,6 +49,7 @@ def config_command(name: str, config_cls: type, run: typing.Callable[..., object
         inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=str,
                           default=typer.Option("auto", "--resume", help=RESUME_HELP)),
         *(extra or []),
+        *(after_options or []),
     ]
     names = {}
     for path, tp, f in leaves:
@@ -64,9 +66,10 @@ def config_command(name: str, config_cls: type, run: typing.Callable[..., object
     def command(ctx: typer.Context, **kwargs: object) -> None:
         out, resume, recipe = kwargs.pop("out"), kwargs.pop("resume"), kwargs.pop("recipe")
         extra_values = {p.name: kwargs.pop(p.name) for p in extra or []}
+        after_values = {p.name: kwargs.pop(p.name) for p in after_options or []}
         result = run_cli(_run_with_settings, ctx, config_cls, name, names, kwargs, recipe, run, out, resume, extra_values)
         if after is not None:
-            run_cli(after, result, extra_values)
+            run_cli(after, result, after_values)
         stdout.print(f"done: {result}", highlight=False)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -120,12 +123,12 @@ def _register() -> None:
     config_command(
         "analyser", AnalyserTrainingConfig, train_frame_analyser,
         "Train the evaluator's toy frame analyser (scene + who is where) on fresh toy renders.",
-        extra=[install], after=lambda folder, extra: install_frame_analyser(folder) if extra["install"] else None,
+        after_options=[install], after=lambda folder, opts: install_frame_analyser(folder) if opts["install"] else None,
     )
     config_command(
         "face-embedder", FaceTrainingConfig, train_face_embedder,
         "Train the evaluator's toy face-identity embedder (ArcFace loss) and export it to ONNX.",
-        extra=[install], after=lambda onnx, extra: install_face_embedder(onnx) if extra["install"] else None,
+        after_options=[install], after=lambda onnx, opts: install_face_embedder(onnx) if opts["install"] else None,
     )
 
 
