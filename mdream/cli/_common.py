@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from mdream.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MdreamError, ScriptError
+from mdream.stages.registry import names_text
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cu
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the script's seed.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when a valid cached artifact exists.")]
 FromStageOpt = Annotated[
-    str | None, typer.Option("--from-stage", help="Recompute from this stage on: encode, keyframes, render or video.")
+    str | None, typer.Option("--from-stage", help=f"Recompute from this stage on: {names_text()}.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
