@@ -56,3 +56,5 @@ def show_status(report) -> None:
     stdout.print(
         "  ".join(f"{stage}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) for stage, counts in totals.items())
     )
+    for step in getattr(report, "steps", []):  # per-movie steps, one line per target folder
+        stdout.print(f"{step.step} -> {step.target}: [{_STYLE.get(step.state, '')}]{step.state}[/]")
