@@ -169,6 +169,13 @@ def _counting_open(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def remember_small_files(monkeypatch):
+    from mdream.cache import hashes
+
+    monkeypatch.setattr(hashes, "MIN_REMEMBERED_SIZE", 0)
+
+
 def _fresh_process_state():
     from mdream.cache.hashes import forget_loaded_memos
     from mdream.models import bundle as bundle_module
@@ -177,7 +184,7 @@ def _fresh_process_state():
     forget_loaded_memos()
 
 
-def test_file_hashes_are_remembered_between_runs(tmp_path, monkeypatch):
+def test_file_hashes_are_remembered_between_runs(tmp_path, monkeypatch, remember_small_files):
     import hashlib
     import os
 
@@ -200,7 +207,7 @@ def test_file_hashes_are_remembered_between_runs(tmp_path, monkeypatch):
     assert hash_file(weights) == hashlib.sha256(b"v" * 5000).hexdigest() and len(calls) == 3
 
 
-def test_a_corrupt_hash_memo_is_ignored_and_rebuilt(tmp_path, monkeypatch):
+def test_a_corrupt_hash_memo_is_ignored_and_rebuilt(tmp_path, monkeypatch, remember_small_files):
     from mdream.models.bundle import hash_file
 
     monkeypatch.setenv("MDREAM_HOME", str(tmp_path / "home"))
@@ -224,9 +231,21 @@ def test_processes_sharing_the_hash_memo_lose_no_entry(tmp_path):
         folder.mkdir()
         for j in range(15):
             (folder / f"{j}.bin").write_bytes(bytes([i, j]) * 100)
-    code = "import sys; from pathlib import Path; from mdream.models.bundle import hash_tree; hash_tree(Path(sys.argv[1]))"
+    code = ("import sys; from pathlib import Path; import mdream.cache.hashes as h; h.MIN_REMEMBERED_SIZE = 0; "
+            "from mdream.models.bundle import hash_tree; hash_tree(Path(sys.argv[1]))")
     env = {**os.environ, "MDREAM_HOME": str(tmp_path / "home")}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"p{i}")], env=env) for i in range(2)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     files = json.loads((tmp_path / "home" / "file-hashes.json").read_text())["files"]
     assert len(files) == 30
+
+
+def test_small_files_are_not_remembered(tmp_path, monkeypatch):
+    from mdream.models.bundle import hash_file
+
+    monkeypatch.setenv("MDREAM_HOME", str(tmp_path / "home"))
+    photo = tmp_path / "face.png"
+    photo.write_bytes(b"p" * 1000)
+    _fresh_process_state()
+    hash_file(photo)
+    assert not (tmp_path / "home" / "file-hashes.json").exists()

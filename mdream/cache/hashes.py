@@ -2,7 +2,7 @@
 
 A JSON file maps each hashed file's absolute path to its sha256 and the ``(size, mtime_ns, inode)``
 the file had when it was hashed; a hit needs all three to match, so a rewritten, replaced or touched
-file is hashed again. The memo lives in ``$MDREAM_HOME/file-hashes.json`` (default
+file is hashed again. Only files of at least :data:`MIN_REMEMBERED_SIZE` are remembered. The memo lives in ``$MDREAM_HOME/file-hashes.json`` (default
 ``$XDG_CACHE_HOME/mdream`` or ``~/.cache/mdream``).
 
 Several processes may share it: an update takes a :class:`filelock.FileLock`, rereads the file,
@@ -29,6 +29,8 @@ MEMO_NAME = "file-hashes.json"
 MEMO_VERSION = 1
 #: Entries kept at most; the least recently hashed are dropped first.
 MAX_ENTRIES = 50_000
+#: Smaller files are cheaper to hash again than to remember (face photos, configs): not memoised.
+MIN_REMEMBERED_SIZE = 1 << 20
 
 
 def mdream_home() -> Path:
@@ -70,6 +72,8 @@ class HashMemo:
 
     def get(self, path: Path, st: os.stat_result) -> str | None:
         """The remembered sha256 of ``path`` if its size, mtime and inode still match ``st``."""
+        if st.st_size < MIN_REMEMBERED_SIZE:
+            return None
         entry = self.entries.get(os.path.abspath(path))
         if entry and entry.get("stat") == _signature(st) and isinstance(entry.get("sha256"), str):
             return entry["sha256"]
@@ -77,6 +81,8 @@ class HashMemo:
 
     def put(self, path: Path, st: os.stat_result, digest: str) -> None:
         """Remember ``digest`` for ``path`` as it was at ``st`` (best effort: errors only cost a rehash)."""
+        if st.st_size < MIN_REMEMBERED_SIZE:
+            return
         key = os.path.abspath(path)
         entry = {"stat": _signature(st), "sha256": digest}
         self.entries[key] = entry
