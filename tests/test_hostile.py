@@ -459,5 +459,5 @@ def test_export_removes_temp_files_a_killed_export_left(tmp_path):
     leftovers = [out / "keyframes" / ".0000.png.tmp-999999999-0123abcd", out / ".shots.json.tmp-999999999-0123abcd"]
     for path in leftovers:
         path.write_bytes(b"partial")
-    export_keyframes(project, ["r" * 64], out)
+    export_keyframes(project, [store.open("render", "r" * 64)], out)
     assert sorted(p.name for p in out.rglob("*")) == ["0000.png", "keyframes", "shots.json"]

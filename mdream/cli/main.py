@@ -24,6 +24,7 @@ from mdream.cli._common import (
     stdout,
 )
 from mdream.errors import InputError
+from mdream.stages.registry import names_text
 
 
 def _route_library_warnings() -> None:
@@ -116,7 +117,9 @@ OutOpt = Annotated[
 ]
 OutAliasOpt = Annotated[Path | None, typer.Option("--out", hidden=True, help="Same as --output.")]
 
-def _stage_cli(fn_name: str):
+def _stage_cli(stage: str):
+    """The generated ``mdream STAGE SCRIPT`` command of a per-shot stage of the pipeline."""
+
     def command(
         script: ScriptArg,
         cache_dir: CacheDirOpt = None,
@@ -127,29 +130,23 @@ def _stage_cli(fn_name: str):
         json_out: JsonOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
-        _call_stage(fn_name, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        _call_stage(stage, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
 
     return command
 
 
-def _call_stage(fn_name: str, script: Path, options_factory, json_out: bool, quiet: bool, **kwargs) -> None:
+def _call_stage(stage: str, script: Path, options_factory, json_out: bool, quiet: bool, movie_dir: Path | None = None) -> None:
+    """Run one stage of a script (and the per-movie steps that follow it), then show the reports."""
     from mdream.cli._display import show_reports
-    from mdream.stages import run
+    from mdream.stages.run import run_stages
 
-    reports = run_cli(lambda: getattr(run, fn_name)(script, options_factory(), **kwargs), as_json=json_out)
+    reports = run_cli(lambda: run_stages(script, stage, options_factory(), movie_dir=movie_dir)[1], as_json=json_out)
     if json_out:
         print_json([r.to_dict() for r in reports])
     elif not quiet:
         show_reports(reports)
 
 
-app.command("keyframes", help="Every shot's keyframe tokens: given keyframes encoded, the rest predicted in order.")(
-    _stage_cli("run_keyframes")
-)
-app.command("video", help="Turn keyframes into clips anchored on their first frame.")(_stage_cli("run_video"))
-
-
-@app.command("encode")
 def encode_cli(
     inputs: Annotated[
         list[Path], typer.Argument(help="A script, or images / folders / video files.", show_default=False)
@@ -173,7 +170,7 @@ def encode_cli(
     from mdream.stages.media import encode_media, is_script
 
     if len(inputs) == 1 and is_script(inputs[0]):
-        _call_stage("run_encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        _call_stage("encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
         return
     report = run_cli(
         lambda: encode_media(inputs, output, bundle, cache_dir, device, keyframes_per_shot, force), as_json=json_out
@@ -187,7 +184,6 @@ def encode_cli(
         )
 
 
-@app.command("render")
 def render_cli(
     source: Annotated[Path, typer.Argument(help="A script, or a tokens file from `mdream encode`.", show_default=False)],
     out: OutOpt = None,
@@ -226,7 +222,27 @@ def render_cli(
 
         run_cli(refuse, as_json=json_out)
     options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)
-    _call_stage("run_render", source, options, json_out, quiet, out_dir=out)
+    _call_stage("render", source, options, json_out, quiet, movie_dir=out)
+
+
+#: Stages whose command also takes media files besides a script (written by hand above).
+MEDIA_COMMANDS = {"encode": encode_cli, "render": render_cli}
+
+
+def _register_stage_commands() -> None:
+    """One command per per-shot stage of the pipeline, in pipeline order (mdream/stages/registry.py)."""
+    from mdream.stages.registry import pipeline
+
+    for stage in pipeline():
+        if stage.per_movie:
+            continue  # per-movie steps run after their upstream stages
+        if stage.name in MEDIA_COMMANDS:
+            app.command(stage.name)(MEDIA_COMMANDS[stage.name])
+        else:
+            app.command(stage.name, help=stage.help or None)(_stage_cli(stage.name))
+
+
+_register_stage_commands()
 
 
 @app.command("generate")
@@ -234,7 +250,7 @@ def generate_cli(
     script: ScriptArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="The movie file to write (mp4).")] = Path("movie.mp4"),
     until: Annotated[
-        str, typer.Option("--until", help="Stop after this stage (render: keyframes only, in the movie folder).")
+        str, typer.Option("--until", help=f"Stop after this stage: {names_text()} (render: keyframes only, in the movie folder).")
     ] = "video",
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
