@@ -340,10 +340,17 @@ class DiffusionHead(TokenHead):
         return HeadLoss(mse, {"mse": mse.detach()})
 
     def sampling_timesteps(self, num_steps: int | None = None) -> torch.Tensor:
-        """Evenly spaced decreasing timesteps from T-1 down to 0 (int64 [steps])."""
+        """DDIM's uniform skip, (S-1)k, ..., k, 0 with k = T // S (int64 [S], decreasing).
+
+        As in the DDIM paper's code (and "leading" spacing in diffusers): it leaves out the last
+        timesteps, whose alpha-bar is ~0 under the cosine schedule, so that x0 = (x_t - sqrt(1 - a_t)
+        eps) / sqrt(a_t) does not blow the noise prediction's error up by 1 / sqrt(a_t).
+        """
         steps = num_steps or self.config["num_sampling_steps"]
-        total = self.config["num_train_timesteps"]
-        return torch.linspace(total - 1, 0, steps).round().long()
+        if not 1 <= steps <= self.config["num_train_timesteps"]:
+            raise InputError(f"The diffusion head samples with 1..{self.config['num_train_timesteps']} steps, got {steps}.")
+        skip = self.config["num_train_timesteps"] // steps
+        return torch.arange(steps - 1, -1, -1) * skip
 
     @torch.no_grad()
     def sample(self, hidden: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
