@@ -198,7 +198,8 @@ class KeyframeAR(nn.Module):
     def __init__(self, backbone: nn.Module, tokenizer, config: KeyframeARConfig | None = None,
                  backbone_reference: str | None = None):
         super().__init__()
-        config = dataclasses.replace(config or KeyframeARConfig(), head_config=dict((config or KeyframeARConfig()).head_config))
+        config = config or KeyframeARConfig()
+        config = dataclasses.replace(config, head_config=dict(config.head_config))  # the caller's stays as it was
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.backbone_reference = backbone_reference
