@@ -221,7 +221,8 @@ class KeyframeAR(nn.Module):
         kwargs = {"dtype": dtype} if dtype is not None else {}
         backbone = load_pretrained(AutoModelForCausalLM, source, "keyframe AR backbone", **kwargs)
         tok = load_pretrained(AutoTokenizer, tokenizer or source, "keyframe AR tokenizer")
-        return cls(backbone, tok, config, backbone_reference=source)
+        local = Path(source)
+        return cls(backbone, tok, config, backbone_reference=str(local.resolve()) if local.exists() else source)
 
     @classmethod
     def build_toy(cls, tokenizer_source: str, config: KeyframeARConfig | None = None, hidden_size: int = 64,
