@@ -30,6 +30,7 @@ KNOWN_MODULES: dict[str, str] = {
     "TextEncoder": "mdream.models.encoders",
     "KeyframeDecoder": "mdream.models.decoder",
     "FaceIdentityEmbedder": "mdream.models.face_embedder",
+    "KeyframeAR": "mdream.models.keyframe_ar",
 }
 
 _REGISTRY: dict[str, type] = {}
