@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 from conftest import small_script_dict
+from PIL import Image
 from pipeline_fakes import FakeChained, FakeEncode, FakeRender, FakeVideo
 
 from mdream.errors import InputError, NotBuiltError
@@ -15,6 +16,7 @@ from mdream.stages import registry
 from mdream.stages.definitions import ExportStep
 from mdream.stages.options import RunOptions
 from mdream.stages.pipeline import Project, plan_keys
+from mdream.stages.preview import read_video_info
 from mdream.stages.run import generate, movie_dir_for, run_pipeline, run_stages
 from mdream.stages.status import script_status
 
@@ -52,15 +54,26 @@ def test_registering_checks_the_order():
 def test_runner_follows_the_registry_and_exports_after_render(fake_pipeline, small_script, tmp_path):
     assert fake_pipeline == ("encode", "keyframes", "render", "export", "video")
     movie = tmp_path / "out" / "movie.mp4"
-    reports = generate(small_script, movie, _opts(), until="render")
-    assert [r.stage for r in reports] == ["encode", "keyframes", "render", "export"]
+    result = generate(small_script, movie, _opts(), until="render")
+    assert [r.stage for r in result.reports] == ["encode", "keyframes", "render", "export"]
+    assert (result.movie_dir, result.output) == (movie_dir_for(movie), None) and not movie.exists()
     folder = movie_dir_for(movie)
     assert sorted(p.name for p in (folder / "keyframes").iterdir()) == [f"{i:04d}.png" for i in range(6)]
     assert [s["id"] for s in json.loads((folder / "shots.json").read_text())["shots"]][:2] == ["act1-001", "act1-002"]
-    # --until video: the video model is not built -> a clear error, keyframes still exported
-    with pytest.raises(NotBuiltError):
-        generate(small_script, tmp_path / "other" / "movie.mp4", _opts(), until="video")
+    # the whole pipeline with a bundle that has no video model: the movie is the animatic
+    other = tmp_path / "other" / "movie.mp4"
+    result = generate(small_script, other, _opts(), until="video")
+    assert (result.output, result.movie_kind) == (other, "animatic")
+    assert [r.stage for r in result.reports] == ["encode", "keyframes", "render", "export"]
     assert len(list((tmp_path / "other" / "movie" / "keyframes").glob("*.png"))) == 6
+    plan = Project.open(small_script, _opts()).plan
+    info = read_video_info(other)
+    assert info.frames == round(plan.total_duration * plan.output.fps) and info.fps == plan.output.fps
+    assert other.read_bytes() == (tmp_path / "other" / "movie" / "animatic.mp4").read_bytes()
+    with Image.open(tmp_path / "other" / "movie" / "storyboard.png") as sheet:
+        assert sheet.width > 6 * 64
+    with pytest.raises(InputError, match=r"\.mp4"):
+        generate(small_script, tmp_path / "movie.avi", _opts())
     # one stage alone: only the per-movie steps right after it run
     _, reports = run_stages(small_script, "keyframes", _opts())
     assert [r.stage for r in reports] == ["keyframes"]
@@ -118,3 +131,24 @@ def test_video_keys_follow_the_output_settings_render_keys_do_not(small_script):
     longer = keys()
     # shot 3 changes, and through the keyframe chain every shot after it; the ones before stay
     assert [a != b for a, b in zip(longer["video"], before["video"], strict=True)] == [False, False] + [True] * 4
+
+
+def test_a_bundle_with_a_video_model_goes_through_the_video_stage(fake_pipeline, tmp_path):
+    from conftest import write_script
+
+    from mdream.models.bundle import BUNDLES_DIR
+
+    toy = yaml.safe_load((BUNDLES_DIR / "toy" / "bundle.yaml").read_text())
+    components = {name: {"path": str((BUNDLES_DIR / "toy" / spec["path"]).resolve())}
+                  for name, spec in toy["components"].items()}
+    (tmp_path / "video-model").mkdir()
+    components["video"] = {"path": str(tmp_path / "video-model")}
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "bundle.yaml").write_text(yaml.safe_dump({"name": "with-video", "components": components}))
+    data = small_script_dict()
+    data["output"]["model_bundle"] = str(tmp_path / "bundle")
+    script = write_script(tmp_path / "movie", data)
+    with pytest.raises(NotBuiltError, match="fake video"):
+        generate(script, tmp_path / "out" / "movie.mp4", _opts())
+    assert not (tmp_path / "out" / "movie.mp4").exists()  # no animatic passed off as the movie
+    assert (tmp_path / "out" / "movie" / "animatic.mp4").is_file()  # the previews were written first

@@ -267,20 +267,16 @@ def generate_cli(
     def call():
         return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out)(), until)
 
-    reports = run_cli(call, as_json=json_out)
+    result = run_cli(call, as_json=json_out)
     if json_out:
-        from mdream.stages.run import movie_dir_for
-
-        ran = {r.stage for r in reports}  # report only what was written
-        print_json({"output": str(output) if until == "video" else None,
-                    "movie_dir": str(movie_dir_for(output)) if "render" in ran else None,
-                    "stages": [r.to_dict() for r in reports]})
+        print_json(result.to_dict())  # only what was written: null otherwise
     elif not quiet:
-        from mdream.stages.run import movie_dir_for
-
-        show_reports(reports)
-        if until in ("render", "video"):
-            stdout.print(f"[green]wrote[/] {output if until == 'video' else movie_dir_for(output)}")
+        show_reports(result.reports)
+        if result.movie_dir is not None:
+            stdout.print(f"[green]wrote[/] {result.movie_dir}/ (keyframes, storyboard.png, animatic.mp4)")
+        if result.movie_kind == "animatic":
+            stdout.print(f"[green]wrote[/] {result.output}: the animatic (each keyframe held for its shot; "
+                         "the model bundle has no video model yet)")
 
 
 @app.command("status")

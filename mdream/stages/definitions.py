@@ -229,7 +229,8 @@ class RenderStage(Stage):
 
 @register_stage
 class ExportStep(MovieStep):
-    """The movie folder (``docs/architecture.md``): every rendered keyframe and ``shots.json``.
+    """The movie folder (``docs/architecture.md``): every rendered keyframe, ``shots.json``, and the previews
+    (``storyboard.png``, ``animatic.mp4``).
 
     A per-movie step: it runs after ``render`` (so a later failure still leaves the keyframes), and
     again only when a render key, the output settings or the target folder changed, or when a file it
@@ -237,13 +238,13 @@ class ExportStep(MovieStep):
     """
 
     name = "export"
-    version = "1"
+    version = "2"  # 2: the storyboard and the animatic
     upstream_stages = ("render",)
 
     def produce_movie(self, project: Project, upstream: dict[str, ArtifactSequence], target: Path) -> list[Path]:
-        from mdream.stages.movie import export_keyframes
+        from mdream.stages.movie import export_keyframes, write_previews
 
-        return export_keyframes(project, upstream["render"], target)
+        return export_keyframes(project, upstream["render"], target) + write_previews(project, upstream["render"], target)
 
 
 @register_stage
@@ -263,7 +264,7 @@ class VideoStage(Stage):
 
     def prepare(self, project: Project) -> None:
         raise NotBuiltError(
-            "The video stage is not built yet (the image-to-video model is a later issue).",
+            "The video stage is not built yet: mdream has no image-to-video model so far.",
             hint="`mdream render SCRIPT -o DIR` writes the keyframes; `mdream status SCRIPT` shows what is cached",
         )
 

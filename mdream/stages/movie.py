@@ -49,3 +49,48 @@ def export_keyframes(project: Project, renders: Sequence[Artifact], out_dir: Pat
     atomic_write_bytes(out_dir / "shots.json", (json.dumps(shots, indent=2) + "\n").encode())
     written.append(out_dir / "shots.json")
     return written
+
+
+def write_previews(project: Project, renders: Sequence[Artifact], out_dir: Path) -> list[Path]:
+    """The previews a user checks before spending GPU hours on video: ``storyboard.png`` (every keyframe with
+    its shot id and identifier) and ``animatic.mp4`` (each keyframe held for its shot's duration at the
+    script's fps, upscaled for viewing; frames streamed to the encoder). Returns the files written."""
+    from PIL import Image
+
+    from mdream.stages.preview import shot_frame_counts, viewing_size, write_animatic, write_storyboard
+
+    def keyframe(art: Artifact) -> Image.Image:
+        with Image.open(art.path("keyframe.png")) as image:
+            return image.convert("RGB")
+
+    shots, out = project.plan.shots, project.plan.output
+    storyboard = write_storyboard(
+        [keyframe(art) for art in renders], [(s.id, s.identifier) for s in shots], out_dir / "storyboard.png",
+        title=project.plan.title,
+    )
+    counts = shot_frame_counts([s.duration for s in shots], out.fps)
+    animatic = write_animatic(
+        ((keyframe(renders[i]), counts[i]) for i in range(len(shots))),  # one keyframe in memory at a time
+        out_dir / "animatic.mp4", fps=out.fps, size=viewing_size(out.width, out.height),
+    )
+    return [storyboard, animatic.path]
+
+
+def publish_copy(source: Path, target: Path) -> Path:
+    """Copy ``source`` to ``target`` through a temporary file beside it (never a half-written ``target``)."""
+    import contextlib
+    import os
+    import shutil
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return target

@@ -6,9 +6,12 @@ definition (:mod:`mdream.stages.registry`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mdream.errors import NotBuiltError
+from mdream.errors import InputError, NotBuiltError
+from mdream.stages.movie import publish_copy
 from mdream.stages.options import RunOptions
 from mdream.stages.pipeline import Project, StageReport, run_stage
 from mdream.stages.registry import check_name, new_stages, stage_names
@@ -75,19 +78,53 @@ def run_video(script_path: str | Path, options: RunOptions | None = None) -> lis
     return run_stages(script_path, "video", options)[1]
 
 
+@dataclass
+class GenerateResult:
+    """What :func:`generate` did and wrote."""
+
+    reports: list[StageReport]
+    """One report per stage and step that ran, in pipeline order."""
+    movie_dir: Path | None = None
+    """The movie folder (keyframes, shots.json, storyboard.png, animatic.mp4), when it was written."""
+    output: Path | None = None
+    """The movie file, when it was written."""
+    movie_kind: str | None = None
+    """``animatic`` (keyframes held for each shot's duration: the bundle has no video model) or ``video``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.output) if self.output else None,
+                "movie_dir": str(self.movie_dir) if self.movie_dir else None,
+                "movie_kind": self.movie_kind, "stages": [r.to_dict() for r in self.reports]}
+
+
 def generate(
     script_path: str | Path, output: Path, options: RunOptions | None = None, until: str = "video"
-) -> list[StageReport]:
-    """Run every stage (up to ``until``), then mux the clips into ``output`` (mp4).
+) -> GenerateResult:
+    """Run every stage (up to ``until``) and write the movie ``output`` (mp4).
 
-    The keyframes are written to the movie folder beside ``output`` (``movie.mp4`` -> ``movie/``)
-    by the export step right after they are rendered, so a failure in a later stage still leaves them.
+    The keyframes and the previews (storyboard, animatic) are written to the movie folder beside
+    ``output`` (``movie.mp4`` -> ``movie/``) by the export step right after they are rendered, so a
+    failure in a later stage still leaves them. While the model bundle has no video model, the movie
+    is the animatic: each keyframe held for its shot's duration.
     """
     check_name(until, "--until")
-    _, reports = run_pipeline(script_path, until, options, movie_dir=movie_dir_for(output))
-    if until == stage_names()[-1]:
-        raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
-    return reports
+    output = Path(output)
+    if output.suffix.lower() != ".mp4":
+        raise InputError(f"The movie file {output} must end in .mp4.", hint="e.g. -o movie.mp4 (its folder movie/ "
+                         "gets the keyframes and previews)")
+    movie_dir = movie_dir_for(output)
+    if until != stage_names()[-1]:
+        _, reports = run_pipeline(script_path, until, options, movie_dir=movie_dir)
+        exported = any(r.stage == "export" for r in reports)
+        return GenerateResult(reports, movie_dir if exported else None)
+    project = Project.open(script_path, options, movie_dir=movie_dir)
+    video = project.bundle.components.get("video")
+    if video is None or not video.exists:
+        _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir)
+        publish_copy(movie_dir / "animatic.mp4", output)
+        return GenerateResult(reports, movie_dir, output, "animatic")
+    run_pipeline(script_path, until, options, movie_dir=movie_dir)
+    raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
 
 
 def movie_dir_for(output: Path) -> Path:
