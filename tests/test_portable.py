@@ -151,7 +151,7 @@ def export(*args: str, code: int = 0):
 def runs(tmp_path_factory):
     """A tiny toy-CLIP run and a one-step tokenizer run on it."""
     root = tmp_path_factory.mktemp("runs")
-    for args in (["clip", "--out", root / "clip", "--steps", "2", *TINY_CLIP],
+    for args in (["clip", "--out", root / "clip", "--steps", "2", *TINY_CLIP, "--export", root / "clip-export"],
                  ["tokenizer", "--out", root / "tok", "--clip", root / "clip" / "final", *TINY_TOKENIZER, "--steps", "1"]):
         result = runner.invoke(app, list(map(str, args)))
         assert result.exit_code == 0, result.output + repr(result.exception)
@@ -268,6 +268,9 @@ def test_export_of_the_clip(runs, tmp_path):
     assert TextEncoder.from_pretrained(tmp_path / "moved-clip").encode(["Wide shot of the harbor."]).shape == (1, 16)
     export(runs / "clip" / "final", tmp_path / "final-copy")  # a CLIP folder exports as it is
     assert machine_paths_in(tmp_path / "final-copy") == []
+    # `mdream train clip --export` writes through the same export
+    assert machine_paths_in(runs / "clip-export") == []
+    assert {"training_summary.json", "train_config.json", "model.safetensors"} <= {p.name for p in (runs / "clip-export").iterdir()}
     assert "apply to tokenizer" in export(runs / "clip", tmp_path / "y", "--guidance-scale", "1", code=2).output
 
 

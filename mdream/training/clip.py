@@ -181,7 +181,8 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
         save_clip_folder(unwrapped, tokenizer, final)
         (final / "training_summary.json").write_text(json.dumps({"steps": step, "retrieval_top1_of_256": last_acc}, indent=2) + "\n")
         if export:
-            save_clip_folder(unwrapped, tokenizer, Path(export))
-            (Path(export) / "training_summary.json").write_text((final / "training_summary.json").read_text())
+            from mdream.training.export import export_model
+
+            export_model(final, export)
     accelerator.wait_for_everyone()
     return Path(export) if export else final
