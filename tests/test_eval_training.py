@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from mdream.eval.face_embedder import FaceIdentityEmbedder
 from mdream.eval.frame_analyser import FrameAnalyser
 from mdream.eval.training import (
     AnalyserTrainingConfig,
@@ -14,6 +13,7 @@ from mdream.eval.training import (
     train_face_embedder,
     train_frame_analyser,
 )
+from mdream.models.face_embedder import FaceIdentityEmbedder
 
 pytestmark = pytest.mark.slow
 

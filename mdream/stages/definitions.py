@@ -68,8 +68,8 @@ class EncodeStage(Stage):
         return {"shot": shot.inputs_for_cache(), "faces": faces}
 
     def prepare(self, project: Project) -> None:
-        from mdream.eval.face_embedder import FaceIdentityEmbedder
         from mdream.models.encoders import TextEncoder
+        from mdream.models.face_embedder import FaceIdentityEmbedder
 
         bundle = project.bundle
         self.faces = FaceIdentityEmbedder(bundle.component("face_embedder").location)
