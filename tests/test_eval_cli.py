@@ -14,12 +14,7 @@ from mdream.toyworld.commands import toy_script
 def app():
     from mdream.cli.main import app as main_app
 
-    names = {c.name for c in main_app.registered_commands}
-    if "eval" in names:
-        return main_app
-    from mdream.cli.eval_cli import app as eval_app  # not registered yet: the command's own app
-
-    return eval_app
+    return main_app
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +25,7 @@ def movie(tmp_path_factory):
 
 
 def _args(app, *args: str) -> list[str]:
-    from mdream.cli.main import app as main_app
-
-    return ["eval", *args] if app is main_app else list(args)
+    return ["eval", *args]
 
 
 def test_eval_json(app, movie):

@@ -23,7 +23,23 @@ from mdream.cli._common import (
     run_cli,
     stdout,
 )
+from mdream.cli._lazy import LazySubcommand, lazy_group
 from mdream.errors import InputError
+
+#: Sub-commands that live beside their packages, imported only when run (``mdream --help`` imports none).
+SUBCOMMANDS = {
+    "train": LazySubcommand("mdream.training.cli:app", "Train mdream's models (toy CLIP, keyframe tokenizer)."),
+    "toyworld": LazySubcommand(
+        "mdream.toyworld.cli:app", "The procedural toy movie world: ground-truth scripts, training sets and a preview."
+    ),
+    "cache": LazySubcommand(
+        "mdream.cli.cache_cli:app",
+        "Inspect an artifact cache and prune its debris (quarantined artifacts, dead writers' temp folders).",
+    ),
+    "eval": LazySubcommand(
+        "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, toy-FID, diversity."
+    ),
+}
 
 
 def _route_library_warnings() -> None:
@@ -46,6 +62,7 @@ _route_library_warnings()
 
 app = typer.Typer(
     name="mdream",
+    cls=lazy_group(SUBCOMMANDS),
     help="Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
     no_args_is_help=True,
     add_completion=False,
@@ -257,32 +274,6 @@ def status_cli(
         show_status(report)
 
 
-def _register_subapps() -> None:
-    """Sub-apps that live beside their packages (train, toyworld, eval)."""
-    try:
-        from mdream.cli.train_cli import app as train_app
-    except ImportError:  # pragma: no cover
-        train_app = None
-    if train_app is not None:
-        app.add_typer(train_app, name="train", help="Train mdream's models (toy CLIP, keyframe tokenizer, ...).")
-    try:
-        from mdream.cli.toyworld_cli import app as toyworld_app
-    except ImportError:  # pragma: no cover - during development only
-        toyworld_app = None
-    if toyworld_app is not None:
-        app.add_typer(toyworld_app, name="toyworld", help="The procedural toy movie world: scripts and datasets.")
-    from mdream.cli.cache_cli import app as cache_app
-
-    app.add_typer(cache_app, name="cache", help="Inspect an artifact cache and prune its debris.")
-    try:
-        from mdream.cli.eval_cli import eval_cli
-    except ImportError:  # pragma: no cover
-        eval_cli = None
-    if eval_cli is not None:
-        app.command("eval")(eval_cli)
-
-
-_register_subapps()
 
 
 def main() -> None:
