@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mdream.cli._lazy import load_command
+from mdream.cli._apps import load_command
 from mdream.cli.main import SUBCOMMANDS, app
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "scripts" / "short.yaml"

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from mdream.cli._apps import LazySubcommand, lazy_group, mdream_app
 from mdream.cli._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -23,7 +24,6 @@ from mdream.cli._common import (
     run_cli,
     stdout,
 )
-from mdream.cli._lazy import LazySubcommand, lazy_group
 from mdream.errors import InputError
 
 #: Sub-commands that live beside their packages, imported only when run (``mdream --help`` imports none).
@@ -60,14 +60,10 @@ def _route_library_warnings() -> None:
 
 _route_library_warnings()
 
-app = typer.Typer(
-    name="mdream",
+app = mdream_app(
+    "mdream",
+    "Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
     cls=lazy_group(SUBCOMMANDS),
-    help="Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
 )
 
 

@@ -1,4 +1,5 @@
-"""Sub-commands loaded by module name on first use (click's "lazy loading of subcommands" pattern).
+"""How mdream's Typer apps are built: one set of app settings, and sub-commands loaded by module
+name on first use (click's "lazy loading of subcommands" pattern, through Typer's ``cls=``).
 
 ``mdream train``, ``toyworld``, ``eval`` and ``cache`` live beside their packages; the top-level group
 names them by ``"module:attribute"`` strings, so ``import mdream.cli.main`` imports none of those
@@ -14,6 +15,14 @@ from typing import Any, ClassVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
+
+
+def mdream_app(name: str | None = None, help: str | None = None, **settings: Any) -> typer.Typer:
+    """A Typer app with mdream's settings: errors shown by ``run_cli`` (no pretty tracebacks), no shell
+    completion options, rich markup, and the help when run without arguments; ``settings`` override."""
+    options: dict[str, Any] = dict(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                                   rich_markup_mode="rich")
+    return typer.Typer(name=name, help=help, **{**options, **settings})
 
 
 @dataclass(frozen=True)
