@@ -6,6 +6,7 @@ the commands that need them; tests/test_cli_startup.py checks which modules get 
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -39,11 +40,14 @@ def wall_times(command: list[str], runs: int) -> list[float]:
 
 def main(runs: int = 7) -> None:
     rows = []
+    load_before = os.getloadavg()[0]
     for label, command in COMMANDS.items():
         times = wall_times(command, runs)
         rows.append(f"| {label} | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} |")
+    load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     body = (
-        f"Wall seconds per command, {runs} runs each in a fresh interpreter (one warm-up run first).\n\n"
+        f"Wall seconds per command, {runs} runs each in a fresh interpreter (one warm-up run first); "
+        f"1-minute load average {load} (other processes on the cores slow every row alike).\n\n"
         "| command | median | min | max |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     update_section("CLI startup", body, "python -m benchmarks.bench_cli_startup")
