@@ -14,7 +14,7 @@ set -u
 export MDREAM_DEBUG=1  # a bug shows its traceback here, not the one-line internal error
 RUN=${1:-/tmp/mdream-gpu-check}
 rm -rf "$RUN"
-ARGS=(--out "$RUN" --clip toy --face-embedder none --num-frames 256 --checkpoint-every 20 --log-every 10 --max-minutes 3)
+ARGS=(--out "$RUN" --clip toy --face-embedder none --no-character-text --num-frames 256 --checkpoint-every 20 --log-every 10 --max-minutes 3)
 source benchmarks/gpu_wheels.sh
 python3 -c "import torch; from mdream.training.common import resolve_mixed_precision as r; \
 print('cuda', torch.cuda.is_available(), torch.__version__, '| --mixed-precision auto ->', r('auto'))"

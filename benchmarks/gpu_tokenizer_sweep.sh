@@ -5,10 +5,10 @@
 # 32. So such a sweep ranks recipes early in training, not at the CPU recipe's end point (RESULTS.md, session 15).
 # At batch 32, five runs side by side made 1,200-2,000 steps each in 3.5 minutes (session 16).
 #
-# Usage: RUNS="GM GO" EXTRA_GM="--character-weight 4" EXTRA_GO="--head-weight 8" \
+# Usage: RUNS="GM GO" EXTRA_GM="--lookalike-share 0.2" EXTRA_GO="--lookalike-share 0.3" \
 #          bash benchmarks/gpu_tokenizer_sweep.sh WORK OUT MINUTES BATCH EVAL_FRAMES
 #   The first run in RUNS renders the 30,000 frames and embeds them: give it every mask the others need (a run with
-#   --head-weight); the others start once its caches are written, from copies.
+#   --character-weight other than 1 and --lookalike-share above 0); the others start once its caches are written, from copies.
 #   SEED_CACHE: a folder of caches from a CPU run of the same world, seed and frame count (descriptor_embeds.npz,
 #   face_bank.npz: about a minute of the machine's time saved), copied into the first run; a cache made from other
 #   inputs is rebuilt (each is keyed by what it was made from), so a run with another --image-size renders its own.

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from script_helpers import BASE_SCRIPT, edit, line_of, problems_of, the_problem, write_png, write_script_text
 
-from mdream.script import checks, load_script
+from mdream import files
+from mdream.script import load_script
 
 BO_FACES_LINE = "faces: [faces/bo_1.png, faces/bo_2.png]"
 
@@ -72,14 +73,14 @@ def test_unreadable_face_photo(tmp_path, monkeypatch):
     face = tmp_path / "movie" / "faces" / "bo_2.png"
     face.chmod(0)
     if os.geteuid() == 0:  # root reads any file: make opening this one fail as it would for a user
-        real_open = checks.Image.open
+        real_open = os.open
 
         def open_as_user(path, *args, **kwargs):
             if Path(path).name == face.name:
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(checks.Image, "open", open_as_user)
+        monkeypatch.setattr(files.os, "open", open_as_user)
     try:
         problem = _face_problem(tmp_path)
     finally:

@@ -254,7 +254,7 @@ def test_lookalike_pixels_hold_a_set_share_of_the_loss_weight():
     import torch
 
     from mdream.training.data import FrameSet
-    from mdream.training.tokenizer import TokenizerTrainingConfig, loss_pixel_weight
+    from mdream.training.tokenizer import ToyLossWeights, loss_pixel_weight
 
     figures = np.zeros((3, 8, 8), bool)
     figures[:, 2:6, 2:6] = True  # 16 figure pixels per frame
@@ -264,15 +264,14 @@ def test_lookalike_pixels_hold_a_set_share_of_the_loss_weight():
     parts = (look / look.sum(axis=(1, 2), keepdims=True).clip(1)).astype(np.float32)
     frames = FrameSet(np.zeros((3, 8, 8, 3), np.uint8), ["", "", ""], np.zeros(3, np.int64), np.zeros((3, 3), np.int64),
                       0, figures=figures, lookalike_shares=parts)
-    plain = loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig(character_weight=4))
-    weight = loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig(character_weight=4, lookalike_share=0.2))
+    plain = loss_pixel_weight(frames, np.arange(3), ToyLossWeights(character_weight=4, lookalike_share=0))
+    weight = loss_pixel_weight(frames, np.arange(3), ToyLossWeights(character_weight=4, lookalike_share=0.2))
     assert weight.shape == (3, 1, 8, 8) and (weight >= plain).all()
     share = (weight[:, 0] * torch.from_numpy(look)).sum(dim=(1, 2)) / weight.sum(dim=(1, 2, 3))
     assert share[0].item() == pytest.approx(0.2)
     assert torch.equal(weight[1], plain[1]) and torch.equal(weight[2], plain[2])  # nothing to add
-    assert loss_pixel_weight(frames, np.arange(3), TokenizerTrainingConfig()) is None
-    # two pairs in one frame: an iris (1 pixel) and a whole outfit (15 more); 'pixel' spreads the share evenly,
-    # 'pair' gives each pair half of it
+    assert loss_pixel_weight(frames, np.arange(3), ToyLossWeights(character_weight=1, lookalike_share=0)) is None
+    # two pairs in one frame: an iris (1 pixel) and a whole outfit (15 more): each pair holds half of the share
     two = np.zeros((1, 8, 8), np.float32)
     two[0, 3, 3] = 0.5
     two[0, 2:6, 2:6] += np.where(two[0, 2:6, 2:6] > 0, 0.0, 0.5 / 15)
@@ -280,8 +279,6 @@ def test_lookalike_pixels_hold_a_set_share_of_the_loss_weight():
                       figures=figures[:1] | (two > 0), lookalike_shares=two)
     iris = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
     iris[0, 0, 3, 3] = True
-    by = {split: loss_pixel_weight(frames, np.arange(1), TokenizerTrainingConfig(
-        character_weight=1.5, lookalike_share=0.5, lookalike_split=split)) for split in ("pixel", "pair")}
-    assert by["pixel"][iris].item() == pytest.approx(by["pixel"][0, 0, 2, 2].item())  # even
-    assert by["pair"][iris].item() > 10 * by["pair"][0, 0, 2, 2].item()  # the iris pair's half on one pixel
-    assert (by["pair"][iris] / by["pair"].sum()).item() == pytest.approx(0.25, abs=0.01)  # half of 0.5
+    pair = loss_pixel_weight(frames, np.arange(1), ToyLossWeights(character_weight=1.5, lookalike_share=0.5))
+    assert pair[iris].item() > 10 * pair[0, 0, 2, 2].item()  # the iris pair's half on one pixel
+    assert (pair[iris] / pair.sum()).item() == pytest.approx(0.25, abs=0.01)  # half of 0.5

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from mdream.models.decoder import KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder
 from mdream.training.cli import app
-from mdream.training.common import field_docs, lr_at, resolve_resume
+from mdream.training.common import lr_at, resolve_resume
+from mdream.training.config import settings_docs, settings_fields
 from mdream.training.tokenizer import TokenizerTrainingConfig
 
 runner = CliRunner()
@@ -23,7 +24,9 @@ TINY_CLIP = ["--hidden-size", "16", "--num-layers", "1", "--num-heads", "2", "--
              "--checkpoint-every", "1", "--eval-every", "2"]
 TINY_TOKENIZER = ["--face-embedder", "none", "--num-frames", "48", "--batch-size", "4", "--unet-widths", "8,16",
                   "--layers-per-block", "1", "--token-dim", "16", "--compressor-width", "16", "--compressor-layers", "1",
-                  "--cross-attention-dim", "16", "--pooled-dim", "16", "--checkpoint-every", "1", "--log-every", "1"]
+                  "--cross-attention-dim", "16", "--pooled-dim", "16", "--checkpoint-every", "1", "--log-every", "1",
+                  # a plain loss without the face group: the toy loss weights and descriptions are tested on their own
+                  "--no-character-text", "--character-weight", "1", "--lookalike-share", "0"]
 
 
 def invoke(args: list[str]):
@@ -40,19 +43,23 @@ def clip_run(tmp_path_factory):
 
 
 def test_every_config_field_has_help():
-    import dataclasses
-
+    from mdream.training.analyser import AnalyserTrainingConfig, FaceTrainingConfig
     from mdream.training.clip import ClipTrainingConfig
 
-    for config_cls in (TokenizerTrainingConfig, ClipTrainingConfig):
-        # fields inherited from RunConfig keep its docstrings, also where the subclass changes the default
-        docs = field_docs(config_cls)
-        assert set(docs) == {f.name for f in dataclasses.fields(config_cls)}
-    assert field_docs(ClipTrainingConfig)["steps"] == "Optimizer steps."
+    for config_cls in (TokenizerTrainingConfig, ClipTrainingConfig, AnalyserTrainingConfig, FaceTrainingConfig):
+        # fields inherited from LoopConfig keep its docstrings, also where the subclass changes the default;
+        # a section's settings (toy_loss.character_weight) have theirs
+        docs = settings_docs(config_cls)
+        assert set(docs) == {path for path, _, _ in settings_fields(config_cls)}
+        assert all(docs.values()), [k for k, v in docs.items() if not v]
+    assert settings_docs(ClipTrainingConfig)["steps"] == "Optimizer steps."
+    assert "toy_loss.character_weight" in settings_docs(TokenizerTrainingConfig)
     assert ClipTrainingConfig().batch_size == 256 and TokenizerTrainingConfig().batch_size == 32
     text = runner.invoke(app, ["tokenizer", "--help"], terminal_width=200).output
-    for option in ("--num-tokens", "--drop-faces", "--snr-gamma", "--resume", "--grad-accum"):
+    for option in ("--num-tokens", "--drop-faces", "--snr-gamma", "--resume", "--grad-accum", "--config",
+                   "--character-weight", "--lookalike-share", "--no-character-text"):
         assert option in text
+    assert "--head-weight" not in text and "--lookalike-split" not in text  # measured and not adopted: removed
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -103,6 +110,11 @@ def test_tokenizer_training_resume_and_render(clip_run, tmp_path):
     assert json.loads((checkpoint / "train_config.json").read_text())["steps"] == 3
     from mdream.training.tokenizer import export_tokenizer
 
+    # a resumed run builds its models and loads the training state into them: no model records a run-folder path
+    assert not any("_name_or_path" in json.loads(f.read_text()) for f in checkpoint.rglob("config.json"))
+    # a model loaded from a folder records where it came from (diffusers' _name_or_path); the export drops it
+    unet_config = checkpoint / "decoder" / "unet" / "config.json"
+    unet_config.write_text(json.dumps({**json.loads(unet_config.read_text()), "_name_or_path": str(out)}))
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     (shipped / "eval.json").write_text("{}")  # a stale record from other weights must not survive an export
@@ -111,9 +123,7 @@ def test_tokenizer_training_resume_and_render(clip_run, tmp_path):
     assert record["steps"] == 3 and not (shipped / "eval.json").exists()
     # this run's CLIP lies outside the package: the record keeps its path; the packaged ones would read toy / auto
     assert record["clip"] == str((clip_run / "final").resolve()) and record["face_embedder"] in ("auto", "none")
-    # a resumed run's models remember the run folder they were loaded from; the export does not
     assert not any("_name_or_path" in json.loads(f.read_text()) for f in shipped.rglob("config.json"))
-    assert any("_name_or_path" in json.loads(f.read_text()) for f in checkpoint.rglob("config.json"))
     encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
     decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
     frames = np.load(out / "frames.npz")["frames"][:2]
@@ -305,7 +315,7 @@ def test_tokenizer_training_weights_the_characters(clip_run, tmp_path):
     assert not after.figures[(after.chars < 0).all(axis=1)].any()
     state = json.loads((weighted / "checkpoints" / "step-0000001" / "state.json").read_text())
     assert np.isfinite(state["loss"])
-    assert json.loads((weighted / "train_config.json").read_text())["character_weight"] == 4.0
+    assert json.loads((weighted / "train_config.json").read_text())["toy_loss"]["character_weight"] == 4.0
     bad = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "bad"), *base, "--character-weight", "4",
                               "--data", str(tmp_path / "some-dataset")])
     assert bad.exit_code == 2 and "figure masks" in bad.output
@@ -318,46 +328,13 @@ def test_tokenizer_training_weights_the_characters(clip_run, tmp_path):
         assert not (tmp_path / "bad3").exists()
 
 
-def test_tokenizer_training_weights_the_heads(clip_run, tmp_path):
-    """--head-weight renders head masks (the figure pixels on the heads) and re-renders a cache without them."""
-    from mdream.training.data import FrameSet
-
-    run = tmp_path / "faces"
-    base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--out", str(run)]
-    invoke(["tokenizer", *base, "--steps", "1", "--head-weight", "12"])
-    frames = FrameSet.load(run / "frames.npz")
-    occupied = (frames.chars >= 0).any(axis=1)
-    assert frames.heads.shape == frames.figures.shape == (48, 32, 32)
-    assert not (frames.heads & ~frames.figures).any()  # only figure pixels
-    assert frames.heads[occupied].any(axis=(1, 2)).all() and not frames.heads[~occupied].any()
-    assert frames.heads.sum() < 0.4 * frames.figures.sum()
-    # heads are the top of the figures: head pixels sit above the figure's mean row
-    rows = np.arange(32)[None, :, None]
-    head_rows = (frames.heads * rows).sum(axis=(1, 2))[occupied] / frames.heads.sum(axis=(1, 2))[occupied]
-    figure_rows = (frames.figures * rows).sum(axis=(1, 2))[occupied] / frames.figures.sum(axis=(1, 2))[occupied]
-    assert (head_rows < figure_rows).all()
-    assert json.loads((run / "train_config.json").read_text())["head_weight"] == 12.0
-    # a frame cache written before head masks existed (figures only) is rendered again, to the same frames
-    key = str(np.load(run / "frames.npz")["key"])
-    FrameSet(frames.frames, frames.descriptors, frames.scene, frames.chars, frames.world_seed,
-             figures=frames.figures).save(run / "frames.npz", key)
-    invoke(["tokenizer", *base, "--steps", "2"])
-    again = FrameSet.load(run / "frames.npz")
-    np.testing.assert_array_equal(again.frames, frames.frames)
-    np.testing.assert_array_equal(again.heads, frames.heads)
-    assert np.isfinite(json.loads((run / "checkpoints" / "step-0000002" / "state.json").read_text())["loss"])
-    bad = runner.invoke(app, ["tokenizer", *base[:-2], "--out", str(tmp_path / "bad"), "--head-weight", "-1"])
-    assert bad.exit_code == 2 and "must be >= 0" in bad.output and not (tmp_path / "bad").exists()
-
-
 def test_tokenizer_training_weights_the_lookalike_pixels(clip_run, tmp_path):
     """--lookalike-share renders look-alike masks with the frames and trains; bad values and --data fail first."""
     from mdream.training.data import FrameSet
 
     run = tmp_path / "look"
     base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--out", str(run)]
-    invoke(["tokenizer", *base, "--steps", "1", "--character-weight", "4", "--lookalike-share", "0.2",
-            "--lookalike-split", "pair"])
+    invoke(["tokenizer", *base, "--steps", "1", "--character-weight", "4", "--lookalike-share", "0.2"])
     frames = FrameSet.load(run / "frames.npz")
     shares = frames.lookalike_shares
     assert shares.shape == frames.figures.shape == (48, 32, 32) and shares.dtype == np.float32
@@ -365,10 +342,9 @@ def test_tokenizer_training_weights_the_lookalike_pixels(clip_run, tmp_path):
     sums = shares.sum(axis=(1, 2))
     np.testing.assert_allclose(sums[sums > 0], 1.0, atol=5e-3)  # each frame's parts, saved as float16
     saved = json.loads((run / "train_config.json").read_text())
-    assert saved["lookalike_share"] == 0.2 and saved["lookalike_split"] == "pair"
+    assert saved["toy_loss"] == {"character_weight": 4.0, "lookalike_share": 0.2}
     assert np.isfinite(json.loads((run / "checkpoints" / "step-0000001" / "state.json").read_text())["loss"])
     for flags, message in ((["--lookalike-share", "1"], "must be in [0, 1)"),
-                           (["--lookalike-share", "0.2", "--lookalike-split", "figure"], "'pixel' or 'pair'"),
                            (["--lookalike-share", "0.2", "--data", str(tmp_path)], "--lookalike-share need")):
         bad = runner.invoke(app, ["tokenizer", *base[:-2], "--out", str(tmp_path / "bad"), *flags])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output

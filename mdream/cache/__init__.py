@@ -9,8 +9,10 @@ from mdream.cache.store import (
     ArtifactStore,
     ArtifactWriter,
     StatusReport,
+    apply_default_mode,
     atomic_write,
     atomic_write_bytes,
+    remove_stale_temp_files,
 )
 
 __all__ = [
@@ -19,8 +21,10 @@ __all__ = [
     "ArtifactStore",
     "ArtifactWriter",
     "StatusReport",
+    "apply_default_mode",
     "artifact_key",
     "atomic_write",
     "atomic_write_bytes",
     "canonical_json",
+    "remove_stale_temp_files",
 ]

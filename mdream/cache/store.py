@@ -49,6 +49,9 @@ Checksums
     artifact is reported (a ``logging`` warning naming the path and the reason), moved aside to
     ``.quarantine/`` (never silently deleted, never used) and ``None`` is returned so the caller
     recomputes it.
+Permissions
+    One policy for every file and folder of an artifact: 0666 / 0777 less the umask (0644 / 0755
+    with the usual umask), whatever library wrote them (safetensors creates its files 0600).
 Manifests
     ``write_manifest`` writes JSON to a temp file, fsyncs it and ``os.replace``-s it into place;
     ``read_manifest`` reports a corrupt manifest and treats it as absent.
@@ -158,6 +161,70 @@ def _sha256_file(path: Path, fsync: bool = False) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it races with threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode every file (0666) or folder (0777) of the cache gets, less the umask: one policy,
+    whatever library wrote the file (safetensors writes 0600, ``open`` 0666 less the umask)."""
+    return (0o777 if directory else 0o666) & ~_current_umask()
+
+
+def apply_default_mode(path: Path, directory: bool = False) -> None:
+    """chmod ``path`` to :func:`default_mode` (files one library created with a private mode)."""
+    os.chmod(path, default_mode(directory))
+
+
+TEMP_FILE_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+"""Names of ``atomic_write``'s temp files: ``.<final name>.tmp-<pid>-<8 hex>``."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError):  # not a pid at all
+        return False
+    return True
+
+
+def remove_stale_temp_files(folder: Path, names: Callable[[str], bool] = lambda name: True) -> int:
+    """Remove ``atomic_write`` temp files in ``folder`` left by processes that are gone.
+
+    Only files named like ours (:data:`TEMP_FILE_RE`) whose final name passes ``names``; a temp file
+    of a live process (another export to the same folder) is kept. Returns how many were removed.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = TEMP_FILE_RE.match(entry.name)
+        if match is None or not names(match["name"]) or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file)`` on a temp file in ``path``'s folder, fsync it and ``os.replace`` it onto ``path``.
 
@@ -252,8 +319,9 @@ def _read_meta(art_dir: Path, stage: str, key: str) -> dict[str, Any]:
     return meta
 
 
-def _verify(art_dir: Path, stage: str, key: str, checksums: bool) -> dict[str, Any]:
-    """Return the artifact's meta if every file has its recorded size (and sha256); else raise."""
+def _verify(art_dir: Path, stage: str, key: str, checksums: bool, hash_below: int = 0) -> dict[str, Any]:
+    """Return the artifact's meta if every file has its recorded size (and sha256: of every file
+    with ``checksums``, else of the files smaller than ``hash_below`` bytes); else raise."""
     meta = _read_meta(art_dir, stage, key)
     for name, entry in meta["files"].items():
         path = art_dir / name
@@ -267,7 +335,7 @@ def _verify(art_dir: Path, stage: str, key: str, checksums: bool) -> dict[str, A
             raise CorruptArtifactError(
                 f"file {name!r} has {st.st_size} bytes, expected {entry['size']} (truncated or overwritten)"
             )
-        if checksums:
+        if checksums or st.st_size < hash_below:
             digest, _ = _sha256_file(path)
             if digest != entry["sha256"]:
                 raise CorruptArtifactError(f"file {name!r} fails its sha256 checksum (content changed)")
@@ -406,6 +474,7 @@ class ArtifactWriter:
                 if rel == META_FILE:
                     raise ValueError(f"{META_FILE!r} is reserved for the store's own metadata")
                 _check_file_name(rel)
+                apply_default_mode(p)  # before hashing: a chmod is metadata, but keep the order obvious
                 digest, size = _sha256_file(p, fsync=True)
                 files[rel] = {"sha256": digest, "size": size}
             meta = {
@@ -421,7 +490,9 @@ class ArtifactWriter:
                 f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            apply_default_mode(self.tmp_dir / META_FILE)
             for d in dirs:
+                apply_default_mode(d, directory=True)
                 _fsync_dir(d)
             final = self.store.artifact_dir(self.stage, self.key)
             self.store._publish(self.stage, self.key, self.tmp_dir, final)
@@ -501,17 +572,17 @@ class ArtifactStore:
         return self.root / RUNS_DIR / f"{name}.json"
 
     # -- status
-    def check(self, stage: str, key: str, checksums: bool = False) -> StatusReport:
+    def check(self, stage: str, key: str, checksums: bool = False, hash_below: int = 0) -> StatusReport:
         """Status of one artifact with the reason when it is CORRUPT.
 
-        ``checksums=False`` checks meta.json and file sizes only (cheap: no file is read);
-        ``checksums=True`` also hashes every file.
+        ``checksums=False`` checks meta.json and file sizes only (cheap: no file is read), and
+        hashes the files smaller than ``hash_below`` bytes; ``checksums=True`` hashes every file.
         """
         final = self.artifact_dir(stage, key)
         reason: str | None = None
         if final.exists():
             try:
-                _verify(final, stage, key, checksums)
+                _verify(final, stage, key, checksums, hash_below)
                 return StatusReport(ArtifactStatus.DONE, final)
             except CorruptArtifactError as e:
                 reason = e.message if final.exists() else None  # None: moved aside while we looked
@@ -521,9 +592,9 @@ class ArtifactStore:
             return StatusReport(ArtifactStatus.CORRUPT, final, reason)
         return StatusReport(ArtifactStatus.MISSING, final)
 
-    def status(self, stage: str, key: str, checksums: bool = False) -> ArtifactStatus:
+    def status(self, stage: str, key: str, checksums: bool = False, hash_below: int = 0) -> ArtifactStatus:
         """DONE, MISSING, CORRUPT or IN_PROGRESS (see :meth:`check`)."""
-        return self.check(stage, key, checksums).status
+        return self.check(stage, key, checksums, hash_below).status
 
     def _lock_is_held(self, stage: str, key: str) -> bool:
         lock_path = self.lock_path(stage, key)

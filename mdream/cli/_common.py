@@ -8,6 +8,8 @@ user is a bug.
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +17,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mdream.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MdreamError, ScriptError
+from mdream.stages.registry import names_text
 
 T = TypeVar("T")
 
@@ -26,17 +30,30 @@ stderr = Console(stderr=True, soft_wrap=True)
 # Shared options (spaCy-style: declared once, reused by every verb).
 CacheDirOpt = Annotated[
     Path | None,
-    typer.Option("--cache-dir", help="Artifact cache folder [default: .mdream/ beside the script, or $MDREAM_CACHE]."),
+    typer.Option("--cache-dir", help="Artifact cache folder \\[default: .mdream/ beside the script, or $MDREAM_CACHE]."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the script's seed.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the script's seed \\[default: the script's `seed`].", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when a valid cached artifact exists.")]
 FromStageOpt = Annotated[
-    str | None, typer.Option("--from-stage", help="Recompute from this stage on: encode, keyframes, render or video.")
+    str | None,
+    typer.Option("--from-stage", show_default=False,
+                 help=f"Recompute from this stage on: {names_text()} \\[default: reuse every valid artifact]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
 ScriptArg = Annotated[Path, typer.Argument(help="The movie script (YAML or JSON).", show_default=False)]
+
+
+# Control characters (C0 but newline, DEL, C1) and the bidirectional overrides: shown as escapes, so
+# that no text from a script or a file name can move the cursor, recolour or reorder the terminal.
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: object) -> str:
+    """``text`` ready to print through rich: control characters escaped, rich markup neutralised."""
+    shown = _UNSAFE.sub(lambda m: repr(m.group())[1:-1], str(text))
+    return escape(shown)
 
 
 def error_to_dict(err: MdreamError) -> dict[str, Any]:
@@ -55,44 +72,59 @@ def print_error(err: MdreamError, as_json: bool = False) -> None:
         print(json.dumps(error_to_dict(err), indent=2))
         return
     if isinstance(err, ScriptError):
-        stderr.print(f"[bold red]error:[/] {err.message.splitlines()[0]}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {safe(err.message.splitlines()[0])}", highlight=False)
         for p in err.problems:
-            line = f"  [bold]{p.location()}[/]: [cyan]{p.field or '<root>'}[/]: {p.message}"
+            line = f"  [bold]{safe(p.location())}[/]: [cyan]{safe(p.field or '<root>')}[/]: {safe(p.message)}"
             if p.hint:
-                line += f" [dim](hint: {p.hint})[/]"
+                line += f" [dim](hint: {safe(p.hint)})[/]"
             stderr.print(line, highlight=False, markup=True)
         return
-    stderr.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True)
+    stderr.print(f"[bold red]error:[/] {safe(err.message)}", highlight=False, markup=True)
     if err.hint:
-        stderr.print(f"[dim]hint: {err.hint}[/]", highlight=False)
+        stderr.print(f"[dim]hint: {safe(err.hint)}[/]", highlight=False)
 
 
 def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: Any) -> T:
-    """Call a stage function; turn known errors into a message and an exit code."""
+    """Call a stage function; turn known errors into a message and an exit code.
+
+    Under :func:`mdream.cli.main` Ctrl-C exits at once (one line, 130) everywhere but here: while
+    ``fn`` runs it raises KeyboardInterrupt, so that writers remove their temp files and release
+    their locks before the same exit.
+    """
+    from mdream.cli import exit_on_interrupt
+
+    orderly = signal.getsignal(signal.SIGINT) is exit_on_interrupt
+    if orderly:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return fn(*args, **kwargs)
     except MdreamError as err:
         print_error(err, as_json=as_json)
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
+        if orderly:  # a second Ctrl-C while we say goodbye still exits 130
+            signal.signal(signal.SIGINT, exit_on_interrupt)
         stderr.print("[yellow]interrupted[/]: finished artifacts are kept in the cache; rerun to resume.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
         raise
     except OSError as exc:  # disk full, permission denied, ...: the machine's fault, not a bug
         where = f": {exc.filename}" if exc.filename else ""
-        stderr.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {safe(exc.strerror or exc)}{safe(where)}", highlight=False)
         stderr.print("[dim]hint: check free space and permissions; finished artifacts are kept, rerun to resume.[/]")
         raise typer.Exit(EXIT_FAILURE) from None
     except Exception as exc:  # pragma: no cover - a bug; still no bare traceback for users
         if "--debug" in sys.argv or __import__("os").environ.get("MDREAM_DEBUG"):
             raise
         stderr.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            f"[bold red]internal error:[/] {type(exc).__name__}: {safe(exc)}\n"
             "[dim]This is a bug in mdream; rerun with MDREAM_DEBUG=1 for the traceback and report it.[/]",
             highlight=False,
         )
         raise typer.Exit(EXIT_FAILURE) from None
+    finally:
+        if orderly:
+            signal.signal(signal.SIGINT, exit_on_interrupt)
 
 
 def print_json(data: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from mdream.cli._common import print_error, stdout
+from mdream.cli._common import print_error, safe, stdout
 
 
 def _duration(seconds: float) -> str:
@@ -15,15 +15,15 @@ def _duration(seconds: float) -> str:
 def show_validation(results, quiet: bool = False) -> None:
     for r in results:
         if not r.ok:
-            stdout.print(f"[bold red]✗[/] {r.path}")
+            stdout.print(f"[bold red]✗[/] {safe(r.path)}", highlight=False)
             print_error(r.error)
             continue
         if quiet:
             continue
-        stdout.print(f"[bold green]✓[/] {r.path}: [bold]{r.title}[/]")
+        stdout.print(f"[bold green]✓[/] {safe(r.path)}: [bold]{safe(r.title)}[/]", highlight=False)
         table = Table(show_header=False, box=None, padding=(0, 2))
-        table.add_row("cast", ", ".join(r.characters) or "-")
-        table.add_row("scenes", ", ".join(r.scenes))
+        table.add_row("cast", safe(", ".join(r.characters) or "-"))
+        table.add_row("scenes", safe(", ".join(r.scenes)))
         table.add_row("shots", f"{r.shots} in {r.arcs} arc{'s' if r.arcs != 1 else ''}")
         table.add_row("running time", _duration(r.total_seconds))
         stdout.print(table)
@@ -42,7 +42,7 @@ _STYLE = {"done": "green", "stale": "yellow", "missing": "dim", "running": "cyan
 
 
 def show_status(report) -> None:
-    stdout.print(f"[bold]{report.title}[/]  cache: {report.cache_dir}")
+    stdout.print(f"[bold]{safe(report.title)}[/]  cache: {safe(report.cache_dir)}", highlight=False)
     table = Table()
     table.add_column("#", justify="right")
     table.add_column("shot")
@@ -56,3 +56,10 @@ def show_status(report) -> None:
     stdout.print(
         "  ".join(f"{stage}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) for stage, counts in totals.items())
     )
+    if not report.verified:
+        stdout.print(
+            "[dim]checked: file sizes, and the checksums of files under 1 MiB; "
+            "`mdream status --verify` checks every file's checksum.[/]", highlight=False
+        )
+    for step in getattr(report, "steps", []):  # per-movie steps, one line per target folder
+        stdout.print(f"{step.step} -> {step.target}: [{_STYLE.get(step.state, '')}]{step.state}[/]")

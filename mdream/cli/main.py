@@ -25,10 +25,14 @@ from mdream.cli._common import (
     stdout,
 )
 from mdream.errors import InputError
+from mdream.stages.registry import names_text
 
 #: Sub-commands that live beside their packages, imported only when run (``mdream --help`` imports none).
 SUBCOMMANDS = {
-    "train": LazySubcommand("mdream.training.cli:app", "Train mdream's models (toy CLIP, keyframe tokenizer)."),
+    "train": LazySubcommand(
+        "mdream.training.cli:app",
+        "Train mdream's models (toy CLIP, keyframe tokenizer, the evaluator's analyser and face embedder).",
+    ),
     "toyworld": LazySubcommand(
         "mdream.toyworld.cli:app", "The procedural toy movie world: ground-truth scripts, training sets and a preview."
     ),
@@ -64,7 +68,25 @@ app = mdream_app(
     "mdream",
     "Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
     cls=lazy_group(SUBCOMMANDS),
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import mdream
+
+        print(f"mdream {mdream.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print mdream's version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video."""
 
 
 def _options(cache_dir, device, seed, force, from_stage, quiet):
@@ -102,10 +124,18 @@ def script_schema_cli() -> None:
 
 
 OutOpt = Annotated[
-    Path | None, typer.Option("--out", help="Movie folder for the keyframes [default: SCRIPT_NAME.movie/ beside the script].")
+    Path | None,
+    typer.Option(
+        "--output", "-o", show_default=False,
+        help="Movie folder for the keyframes (a tokens file: folder for the PNGs) "
+        "\\[default: SCRIPT_NAME.movie/ beside the script; TOKENS_NAME/ beside a tokens file].",
+    ),
 ]
+OutAliasOpt = Annotated[Path | None, typer.Option("--out", hidden=True, help="Same as --output.")]
 
-def _stage_cli(fn_name: str):
+def _stage_cli(stage: str):
+    """The generated ``mdream STAGE SCRIPT`` command of a per-shot stage of the pipeline."""
+
     def command(
         script: ScriptArg,
         cache_dir: CacheDirOpt = None,
@@ -116,29 +146,23 @@ def _stage_cli(fn_name: str):
         json_out: JsonOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
-        _call_stage(fn_name, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        _call_stage(stage, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
 
     return command
 
 
-def _call_stage(fn_name: str, script: Path, options_factory, json_out: bool, quiet: bool, **kwargs) -> None:
+def _call_stage(stage: str, script: Path, options_factory, json_out: bool, quiet: bool, movie_dir: Path | None = None) -> None:
+    """Run one stage of a script (and the per-movie steps that follow it), then show the reports."""
     from mdream.cli._display import show_reports
-    from mdream.stages import run
+    from mdream.stages.run import run_stages
 
-    reports = run_cli(lambda: getattr(run, fn_name)(script, options_factory(), **kwargs), as_json=json_out)
+    reports = run_cli(lambda: run_stages(script, stage, options_factory(), movie_dir=movie_dir)[1], as_json=json_out)
     if json_out:
         print_json([r.to_dict() for r in reports])
     elif not quiet:
         show_reports(reports)
 
 
-app.command("keyframes", help="Every shot's keyframe tokens: given keyframes encoded, the rest predicted in order.")(
-    _stage_cli("run_keyframes")
-)
-app.command("video", help="Turn keyframes into clips anchored on their first frame.")(_stage_cli("run_video"))
-
-
-@app.command("encode")
 def encode_cli(
     inputs: Annotated[
         list[Path], typer.Argument(help="A script, or images / folders / video files.", show_default=False)
@@ -162,7 +186,7 @@ def encode_cli(
     from mdream.stages.media import encode_media, is_script
 
     if len(inputs) == 1 and is_script(inputs[0]):
-        _call_stage("run_encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        _call_stage("encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
         return
     report = run_cli(
         lambda: encode_media(inputs, output, bundle, cache_dir, device, keyframes_per_shot, force), as_json=json_out
@@ -176,14 +200,14 @@ def encode_cli(
         )
 
 
-@app.command("render")
 def render_cli(
     source: Annotated[Path, typer.Argument(help="A script, or a tokens file from `mdream encode`.", show_default=False)],
     out: OutOpt = None,
+    out_alias: OutAliasOpt = None,
     bundle: Annotated[str, typer.Option("--bundle", help="Tokens mode: model bundle name or folder.")] = "toy",
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Tokens mode: sampling steps [default: the bundle's]. Scripts set output.sampling.", show_default=False)] = None,
-    guidance_scale: Annotated[float | None, typer.Option("--guidance-scale", min=0.0, help="Tokens mode: classifier-free guidance (1 = none) [default: the bundle's].", show_default=False)] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help="Tokens mode: ddim, ddpm, euler or dpmpp [default: the bundle's].", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Tokens mode: sampling steps \\[default: the bundle's]. Scripts set output.sampling.", show_default=False)] = None,
+    guidance_scale: Annotated[float | None, typer.Option("--guidance-scale", min=0.0, help="Tokens mode: classifier-free guidance (1 = none) \\[default: the bundle's].", show_default=False)] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="Tokens mode: ddim, ddpm, euler or dpmpp \\[default: the bundle's].", show_default=False)] = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -193,6 +217,7 @@ def render_cli(
     quiet: QuietOpt = False,
 ) -> None:
     """Render keyframes from tokens, faces and descriptors into the movie folder (or a tokens file to PNGs)."""
+    out = out or out_alias
     if source.suffix == ".safetensors":
         from mdream.stages.media import render_tokens
 
@@ -213,7 +238,27 @@ def render_cli(
 
         run_cli(refuse, as_json=json_out)
     options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)
-    _call_stage("run_render", source, options, json_out, quiet, out_dir=out)
+    _call_stage("render", source, options, json_out, quiet, movie_dir=out)
+
+
+#: Stages whose command also takes media files besides a script (written by hand above).
+MEDIA_COMMANDS = {"encode": encode_cli, "render": render_cli}
+
+
+def _register_stage_commands() -> None:
+    """One command per per-shot stage of the pipeline, in pipeline order (mdream/stages/registry.py)."""
+    from mdream.stages.registry import pipeline
+
+    for stage in pipeline():
+        if stage.per_movie:
+            continue  # per-movie steps run after their upstream stages
+        if stage.name in MEDIA_COMMANDS:
+            app.command(stage.name)(MEDIA_COMMANDS[stage.name])
+        else:
+            app.command(stage.name, help=stage.help or None)(_stage_cli(stage.name))
+
+
+_register_stage_commands()
 
 
 @app.command("generate")
@@ -221,7 +266,7 @@ def generate_cli(
     script: ScriptArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="The movie file to write (mp4).")] = Path("movie.mp4"),
     until: Annotated[
-        str, typer.Option("--until", help="Stop after this stage (render: keyframes only, in the movie folder).")
+        str, typer.Option("--until", help=f"Stop after this stage: {names_text()} (render: keyframes only, in the movie folder).")
     ] = "video",
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
@@ -242,7 +287,10 @@ def generate_cli(
     if json_out:
         from mdream.stages.run import movie_dir_for
 
-        print_json({"output": str(output), "movie_dir": str(movie_dir_for(output)), "stages": [r.to_dict() for r in reports]})
+        ran = {r.stage for r in reports}  # report only what was written
+        print_json({"output": str(output) if until == "video" else None,
+                    "movie_dir": str(movie_dir_for(output)) if "render" in ran else None,
+                    "stages": [r.to_dict() for r in reports]})
     elif not quiet:
         from mdream.stages.run import movie_dir_for
 
@@ -270,9 +318,10 @@ def status_cli(
         show_status(report)
 
 
-
-
 def main() -> None:
+    from mdream.cli import install_interrupt_handler
+
+    install_interrupt_handler()
     app()
 
 

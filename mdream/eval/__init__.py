@@ -11,7 +11,8 @@
 - :mod:`mdream.eval.frame_analyser`: scene + who-is-where classifier, and the toy-FID features.
 - :mod:`mdream.eval.metrics`: the metrics as pure functions.
 - :mod:`mdream.eval.evaluate`: :func:`evaluate_movie` and :class:`EvalReport`.
-- :mod:`mdream.eval.training`: reproduce the shipped weights (``python -m mdream.eval.training``).
+- :mod:`mdream.eval.toy_samples`: random toy shots and square face crops (the trainers of the evaluator's
+  models, ``mdream train analyser`` and ``mdream train face-embedder``, live in :mod:`mdream.training.analyser`).
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def _reference_embeddings(embedder: FaceIdentityEmbedder, plan) -> dict[str, np.
 
 
 def _crop(frame: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    from mdream.eval.training import crop_resized
+    from mdream.eval.toy_samples import crop_resized
 
     return crop_resized(frame, box, FACE_SIZE)
 
@@ -248,7 +248,7 @@ class ToyView:
 
     def face_boxes(self, shot, height: int, width: int) -> list[tuple[str, tuple[float, float, float, float]]]:
         """Where the toy world draws the faces of this shot's cast, in frame pixel coordinates."""
-        from mdream.eval.training import square_box
+        from mdream.eval.toy_samples import square_box
         from mdream.toyworld import face_boxes
 
         spec = self.shot_spec(shot)

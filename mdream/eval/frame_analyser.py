@@ -142,7 +142,7 @@ class FrameAnalyser(nn.Module):
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
             raise InputError(
                 f"No frame analyser in {folder} (need config.json and model.safetensors).",
-                hint="Train one with `python -m mdream.eval.training analyser --out DIR`.",
+                hint="Train one with `mdream train analyser --out DIR`.",
             )
         try:
             saved = json.loads((folder / "config.json").read_text())

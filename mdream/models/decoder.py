@@ -38,6 +38,7 @@ from torch import nn
 
 from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, write_json
+from mdream.models.registry import register_model
 
 DECODER_CONFIG = "keyframe_decoder.json"
 
@@ -213,6 +214,7 @@ def sample_timesteps(batch: int, num_train_timesteps: int, power: float, generat
     return ((num_train_timesteps - 1) * u**power).round().long()
 
 
+@register_model()
 class KeyframeDecoder(nn.Module):
     """Tokens + cast face embeddings + descriptor embedding -> keyframe image.
 

@@ -8,11 +8,14 @@ accessor below tolerates values of the wrong type (pydantic reports those) and s
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from PIL import Image
-
+from mdream.errors import InputError
+from mdream.files import regular_file_problem, resolve_safely
+from mdream.images import open_image
+from mdream.models.bundle import bundle_candidates, bundled_names
 from mdream.script.models import POSITIONS, default_shot_id
 from mdream.script.source import FieldPath, SourceMap
 
@@ -84,7 +87,11 @@ def check_image_file(relative: str, root: Path, noun: str) -> tuple[str, str] | 
         )
     root = root.resolve()
     target = root / path
-    resolved = target.resolve()
+    resolved = resolve_safely(target)
+    if resolved is None:
+        problem = regular_file_problem(target)
+        what = "is a symlink loop" if problem in (None, "a symlink loop") else f"is {problem}"
+        return f"{noun} path '{relative}' {what}", "name one image file here"
     if not resolved.is_relative_to(root):
         # Without '..' the only way out is a symlink (of the file or of a folder on the way).
         how = "points" if ".." in path.parts else "is a symlink that points"
@@ -92,7 +99,8 @@ def check_image_file(relative: str, root: Path, noun: str) -> tuple[str, str] | 
             f"{noun} path '{relative}' {how} outside the script's folder",
             f"copy the file into {root} (or a folder below it) and refer to it from there",
         )
-    if not target.exists():
+    problem = regular_file_problem(target)
+    if problem == "not found":
         hint = f"paths are relative to the script's folder ({root})"
         if target.parent.is_dir():
             siblings = sorted(p.name for p in target.parent.iterdir() if p.is_file())
@@ -100,21 +108,22 @@ def check_image_file(relative: str, root: Path, noun: str) -> tuple[str, str] | 
             if match:
                 hint = f"did you mean '{(path.parent / match[0]).as_posix()}'?"
         return f"{noun} file '{relative}' not found", hint
-    if target.is_dir():
-        return f"{noun} path '{relative}' is a folder, not an image file", "name one image file here"
-    try:
-        with Image.open(resolved) as image:
-            image.verify()  # structure and checksums
-        with Image.open(resolved) as image:
-            image.load()  # verify() does not decode pixels: catch truncated files too
-    except PermissionError:
+    if problem == "permission denied":
         return f"{noun} file '{relative}' cannot be read (permission denied)", "check the file's permissions"
+    if problem is not None:
+        return f"{noun} path '{relative}' is {problem}, not an image file", "name one image file here"
+    try:
+        with open_image(resolved, noun) as image:
+            image.verify()  # structure and checksums
+        with open_image(resolved, noun) as image:
+            image.load()  # verify() does not decode pixels: catch truncated files too
+    except InputError as error:
+        if "pixels" in error.message:  # too large: say so, from the header alone
+            size = error.message.rsplit(": it is ", 1)[-1].rstrip(".")
+            return f"{noun} file '{relative}' is {size}", error.hint
+        return f"{noun} file '{relative}' is not an image", "use a PNG or JPEG photo"
     except Exception as error:  # PIL raises many types for bad data; any means "not a usable image"
-        kind = "is not an image" if isinstance(error, Image.UnidentifiedImageError) else "is damaged"
-        return (
-            f"{noun} file '{relative}' {kind} ({type(error).__name__})",
-            "use a PNG or JPEG photo",
-        )
+        return f"{noun} file '{relative}' is damaged ({type(error).__name__})", "use a PNG or JPEG photo"
     return None
 
 
@@ -144,6 +153,69 @@ def _check_files(data: dict, root: Path, report: Report) -> None:
     if isinstance(style, dict) and isinstance(style.get("reference_frames"), list):
         for frame_index, frame in enumerate(style["reference_frames"]):
             check(("style", "reference_frames", frame_index), frame, "reference frame")
+
+
+def _check_bundle(data: dict, root: Path, report: Report) -> None:
+    """output.model_bundle names a bundled bundle or a folder holding bundle.yaml."""
+    output = data.get("output")
+    value = output.get("model_bundle") if isinstance(output, dict) else None
+    if not isinstance(value, str) or not value.strip() or _control_character(value):
+        return  # pydantic reports the type / emptiness; the text check reports control characters
+    value = value.strip()
+    candidates = bundle_candidates(value, root.resolve())
+    if any((folder / "bundle.yaml").is_file() for folder in candidates):
+        return
+    known = bundled_names()
+    if any(folder.is_dir() for folder in candidates[:-1]):
+        message = f"model bundle folder '{value}' holds no bundle.yaml"
+    else:
+        message = f"model bundle '{value}' not found"
+    suggestion = did_you_mean(value, known)
+    report(
+        ("output", "model_bundle"),
+        message,
+        suggestion
+        or f"use a bundled name ({', '.join(known) or 'none installed'}) or a folder holding bundle.yaml "
+        "(relative to the script's folder)",
+    )
+
+
+# Control characters other than tab, newline and carriage return (C0, DEL, C1): never part of
+# a script's text, and an escape sequence (ESC, CSI) in a title would drive the user's terminal.
+_CONTROL_RE = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]")
+
+
+def _control_character(text: str) -> str | None:
+    found = _CONTROL_RE.search(text)
+    return found.group() if found else None
+
+
+def _check_text(data: object, report: Report) -> None:
+    """Report every key or text value that holds a control character (walks the parsed data)."""
+    stack: list[tuple[object, FieldPath]] = [(data, ())]
+    seen: set[int] = set()
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            ch = _control_character(value)
+            if ch is not None:
+                report(
+                    path,
+                    f"text contains the control character U+{ord(ch):04X}",
+                    "remove it; script text may hold tabs and line breaks, no other control characters",
+                )
+        elif isinstance(value, (dict, list)) and id(value) not in seen:
+            seen.add(id(value))  # shared by YAML aliases: checked once
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if isinstance(key, str) and _control_character(key) is not None:
+                        ch = _control_character(key)
+                        report(path + (key,), f"key contains the control character U+{ord(ch):04X}",
+                               "remove it", key=True)
+                        continue
+                    stack.append((item, path + (key,)))
+            else:
+                stack.extend((item, path + (index,)) for index, item in enumerate(value))
 
 
 def _unknown_ref_hint(value: str, known: dict[str, int], noun: str, section: str) -> str:
@@ -244,3 +316,5 @@ def cross_check(data: dict, root: Path, source_map: SourceMap, report: Report) -
     have_scenes = isinstance(data.get("scenes"), list)  # scenes are required: missing is reported
     _check_shots(data, characters, scenes, have_characters, have_scenes, source_map, report)
     _check_files(data, root, report)
+    _check_bundle(data, root, report)
+    _check_text(data, report)

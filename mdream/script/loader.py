@@ -8,6 +8,7 @@ offending node (of its key for an unknown key, of the enclosing mapping for a mi
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -15,9 +16,13 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from mdream.errors import InputError, Problem, ScriptError
+from mdream.files import NotARegularFile, open_regular_file
 from mdream.script.checks import cross_check, did_you_mean
 from mdream.script.models import CAMERAS, MAX_DURATION_S, POSITIONS, SCHEMA_VERSION, Script
 from mdream.script.source import FieldPath, SourceMap, parse_document
+
+MAX_SCRIPT_BYTES = 8 * 2**20
+"""Largest script file read (8 MiB: about 10,000 shots of long descriptions)."""
 
 # Messages for constrained numbers, whatever the pydantic error (type, range, multiple).
 _NUMBER_RULES = {
@@ -84,9 +89,25 @@ def model_at(path: FieldPath) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
 def _short(value: object) -> str:
-    text = repr(value)
+    """A short repr of an input value (bounded however large the value: it may be an alias bomb)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _as_number(text: str) -> int | float | None:
+    """The number a quoted text spells ('64', '1e3'), or None."""
+    try:
+        number = float(text.strip())
+    except ValueError:
+        return None
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
+    return int(number) if number.is_integer() and abs(number) < 2**63 else number
 
 
 def _choice_hint(value: object, choices: tuple[str, ...]) -> str:
@@ -156,7 +177,13 @@ def _problems_from_validation(error: ValidationError, file: str, source_map: Sou
             hint = _choice_hint(value, _CHOICES[name])
         elif name in _NUMBER_RULES and loc[0] in ("arcs", "output", "seed"):
             message = f"{name} {_NUMBER_RULES[name]}, got {_short(value)}"
-            if name == "duration" and isinstance(value, str):
+            if isinstance(value, bool):
+                hint = f"YAML reads yes/no/on/off/true/false as booleans, never numbers; write {name}: <number>"
+            elif isinstance(value, str) and _as_number(value) is not None:
+                hint = f"write the number without quotes, e.g. {name}: {_as_number(value)}"
+                if "e" in value.lower():
+                    hint += " (YAML reads 1e3 as text; 1.0e+3 is a number)"
+            elif name == "duration" and isinstance(value, str):
                 hint = "write seconds as a plain number, e.g. duration: 4.0"
             elif name in ("width", "height") and isinstance(value, int) and not isinstance(value, bool):
                 nearest = min(4096, max(32, round(value / 8) * 8))
@@ -238,7 +265,8 @@ def validate_script_text(text: str, *, file: str, root: Path, is_json: bool = Fa
     if parsed.syntax_error is not None:
         message, location, hint = parsed.syntax_error
         line, column = location if location else (None, None)
-        raise ScriptError(problems=[Problem(file, line, column, "", message, hint)])
+        field_name = format_field_path(parsed.syntax_field)
+        raise ScriptError(problems=[Problem(file, line, column, field_name, message, hint)])
     data = parsed.data
     if data is None:
         raise ScriptError(
@@ -303,17 +331,35 @@ def load_script(path: str | Path) -> Script:
     returned Script knows that folder (`script.root`, `script.resolve(path)`).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(
-            f"script file not found: {path}",
-            hint="check the path; example scripts are in examples/scripts/",
-        )
-    if path.is_dir():
-        raise InputError(f"{path} is a folder, not a script file", hint="pass a .yaml or .json file")
     try:
-        raw = path.read_bytes()
+        with open_regular_file(path) as file:
+            raw = file.read(MAX_SCRIPT_BYTES + 1)
+    except NotARegularFile as error:
+        if error.reason == "not found":
+            raise InputError(
+                f"script file not found: {path}",
+                hint="check the path; example scripts are in examples/scripts/",
+            ) from None
+        if error.reason == "a folder":
+            raise InputError(f"{path} is a folder, not a script file", hint="pass a .yaml or .json file") from None
+        raise InputError(
+            f"cannot read script {path}: it is {error.reason}", hint="pass a .yaml or .json file"
+        ) from None
     except OSError as error:
         raise InputError(f"cannot read script {path}: {error.strerror or error}") from error
+    if len(raw) > MAX_SCRIPT_BYTES:
+        raise ScriptError(
+            problems=[
+                Problem(
+                    str(path),
+                    1,
+                    1,
+                    "",
+                    f"the script is larger than {MAX_SCRIPT_BYTES // 2**20} MiB",
+                    "a script holds text and file paths only; is this the right file?",
+                )
+            ]
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

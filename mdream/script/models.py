@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 """The only script schema version this mdream reads."""
@@ -33,8 +34,20 @@ Text = Annotated[str, Field(min_length=1)]
 RelativePath = Annotated[str, Field(min_length=1)]
 
 
+def _exact_int(value: object) -> object:
+    """Refuse what ``Literal[1]`` would take for 1: ``true`` and ``1.0``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("int_type", "must be the whole number 1")
+    return value
+
+
 class _Strict(BaseModel):
-    """Shared config: unknown keys are errors, numbers in text fields (e.g. `title: 1984`) are text."""
+    """Shared config: unknown keys are errors, numbers in text fields (e.g. `title: 1984`) are text.
+
+    Numbers are strict (each number field says ``strict=True``): a bool or a text is never a
+    number (``duration: true`` or ``height: '64'`` are errors); an int is fine where a float is
+    expected.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
@@ -108,7 +121,7 @@ class Shot(_Strict):
     identifier: Text = Field(description="Short structural line, e.g. 'Mira arrives at the harbor'.")
     descriptor: Text = Field(description="Detailed description of what the shot shows.")
     camera: Literal["wide", "medium", "close-up"] = Field(description="Framing: wide, medium or close-up.")
-    duration: float = Field(gt=0, le=MAX_DURATION_S, description="Length in seconds, 0 < duration <= 600.")
+    duration: float = Field(strict=True, gt=0, le=MAX_DURATION_S, description="Length in seconds, 0 < duration <= 600.")
     keyframe: RelativePath | None = Field(
         default=None,
         description="Optional given keyframe image (a storyboard frame): encoded instead of predicted.",
@@ -129,12 +142,12 @@ SAMPLERS = ("ddim", "ddpm", "euler", "dpmpp")
 class Sampling(_Strict):
     """How the renderer samples keyframes; a field left out keeps the model bundle's tuned setting."""
 
-    steps: int | None = Field(default=None, ge=1, le=1000, description="Denoising steps per keyframe.")
+    steps: int | None = Field(default=None, strict=True, ge=1, le=1000, description="Denoising steps per keyframe.")
     guidance_scale: float | None = Field(
-        default=None, ge=0, le=30, description="Classifier-free guidance scale (1 = no guidance)."
+        default=None, strict=True, ge=0, le=30, description="Classifier-free guidance scale (1 = no guidance)."
     )
     identity_guidance: float | None = Field(
-        default=None, ge=0, le=30, description="Extra guidance toward the cast's faces (0 = off)."
+        default=None, strict=True, ge=0, le=30, description="Extra guidance toward the cast's faces (0 = off)."
     )
     sampler: Literal[SAMPLERS] | None = Field(default=None, description="Sampler: ddim, ddpm, euler or dpmpp.")
 
@@ -146,10 +159,10 @@ class Sampling(_Strict):
 class OutputSettings(_Strict):
     """Size and timing of the generated movie and which model bundle draws it."""
 
-    width: int = Field(default=64, ge=32, le=4096, multiple_of=8, description="Frame width in pixels.")
-    height: int = Field(default=64, ge=32, le=4096, multiple_of=8, description="Frame height in pixels.")
-    fps: int = Field(default=8, ge=1, le=120, description="Frames per second of the movie.")
-    clip_length: int = Field(default=8, ge=2, le=256, description="Frames per generated clip.")
+    width: int = Field(default=64, strict=True, ge=32, le=4096, multiple_of=8, description="Frame width in pixels.")
+    height: int = Field(default=64, strict=True, ge=32, le=4096, multiple_of=8, description="Frame height in pixels.")
+    fps: int = Field(default=8, strict=True, ge=1, le=120, description="Frames per second of the movie.")
+    clip_length: int = Field(default=8, strict=True, ge=2, le=256, description="Frames per generated clip.")
     model_bundle: Text = Field(default="toy", description="Bundled model name (e.g. 'toy') or a folder path.")
     sampling: Sampling = Field(
         default_factory=Sampling, description="Keyframe sampling: steps, guidance, sampler (default: the bundle's)."
@@ -159,10 +172,10 @@ class OutputSettings(_Strict):
 class Script(_Strict):
     """A multimodal movie script: cast with face photos, scenes, and arcs of shots."""
 
-    schema_version: Literal[1] = Field(description="Version of this format; must be 1.")
+    schema_version: Annotated[Literal[1], BeforeValidator(_exact_int)] = Field(description="Version of this format; must be 1.")
     title: Text = Field(description="Title of the movie.")
     seed: int = Field(
-        default=0, ge=0, lt=2**63, description="Random seed; the same script and seed give the same movie."
+        default=0, strict=True, ge=0, lt=2**63, description="Random seed; the same script and seed give the same movie."
     )
     style: Style | None = Field(default=None, description="Optional style text and reference frames.")
     characters: list[Character] = Field(

@@ -26,7 +26,7 @@ def script_cli(
     shots: Annotated[int, typer.Option("--shots", help="Number of shots.")] = 60,
     size: Annotated[int, typer.Option("--size", help=SizeHelp)] = 64,
     faces: Annotated[int, typer.Option("--faces", help="Face photos per character.")] = 2,
-    title: Annotated[str | None, typer.Option("--title", help="Movie title [default: 'Toy episode SEED'].")] = None,
+    title: Annotated[str | None, typer.Option("--title", help="Movie title \\[default: 'Toy episode SEED'].")] = None,
     clips: Annotated[bool, typer.Option("--clips", help="Also write ground-truth clips/*.mp4 and movie.mp4.")] = False,
     given_keyframes: Annotated[
         bool, typer.Option("--given-keyframes", help="Give every shot its ground-truth keyframe (a storyboard to render from).")
@@ -59,7 +59,7 @@ def dataset_cli(
     clip_frames: Annotated[int, typer.Option("--clip-frames", help="Frames per clip (with --clips).")] = 8,
     faces_per_shot: Annotated[int, typer.Option("--faces-per-shot", help="Face photos stored per row.")] = 0,
     shard_size: Annotated[int, typer.Option("--shard-size", help="Rows per shard file.")] = 1000,
-    workers: Annotated[int | None, typer.Option("--workers", help="Processes [default: up to 2].")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Processes \\[default: up to 2].")] = None,
     world_seed: WorldSeedOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -1,8 +1,8 @@
-"""``mdream train ...``: train the toy CLIP and the keyframe tokenizer, and measure a tokenizer.
+"""``mdream train ...``: train the toy CLIP, the keyframe tokenizer and the evaluator's models; measure a tokenizer.
 
-Each command's options are generated from its training-config dataclass (one option per field,
+Each command's options are generated from its training-config dataclass (one option per setting,
 its help the field's one-line docstring, litgpt style), so ``--help`` always matches the settings
-that are saved beside the checkpoints.
+that are saved beside the checkpoints. ``--config`` loads a YAML recipe of those settings first.
 """
 
 from __future__ import annotations
@@ -18,41 +18,58 @@ import typer
 from mdream.cli._apps import mdream_app
 from mdream.cli._common import print_json, run_cli, stdout
 
-app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer).")
+app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, the evaluator's analyser and face embedder).")
 
 OUT_HELP = "Run folder: train_config.json and checkpoints/ (checkpoints/latest names the newest) are written here."
-RESUME_HELP = "auto (newest checkpoint under --out, else start fresh), never, or a checkpoint folder."
+RESUME_HELP = "auto (newest checkpoint under --output, else start fresh), never, or a checkpoint folder."
+CONFIG_HELP = ("A recipe: a YAML file of these settings, or the name of a packaged one (tokenizer-toy-cpu, clip-toy, "
+               "analyser-toy); options typed here override it.")
 
 
 def config_command(name: str, config_cls: type, run: typing.Callable[..., object], help_text: str,
-                   extra: list[inspect.Parameter] | None = None) -> None:
-    """Register ``name`` with one option per field of ``config_cls`` (+ --out, --resume and ``extra``)."""
-    from mdream.training.common import field_docs
+                   extra: list[inspect.Parameter] | None = None, after_options: list[inspect.Parameter] | None = None,
+                   after: typing.Callable[[object, dict[str, object]], None] | None = None) -> None:
+    """Register ``name`` with one option per setting of ``config_cls`` (+ --config, --out, --resume, ``extra``, which
+    ``run`` takes, and ``after_options``).
 
-    docs = field_docs(config_cls)
-    hints = typing.get_type_hints(config_cls)
+    Options are grouped in ``--help`` by the config class that declares them (``help_panel``); a section's settings
+    (``toy_loss.character_weight``) are plain options (``--character-weight``). ``after(result, after_values)``
+    runs once training is done (e.g. ``--install``).
+    """
+    from mdream.training.config import settings_docs, settings_fields, settings_panels
+
+    docs, panels = settings_docs(config_cls), settings_panels(config_cls)
+    leaves = settings_fields(config_cls)
     params = [
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
         inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                          default=typer.Option(..., "--out", "-o", help=OUT_HELP, show_default=False)),
+                          default=typer.Option(..., "--output", "-o", "--out", help=OUT_HELP, show_default=False)),
+        inspect.Parameter("recipe", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[str],  # noqa: UP045
+                          default=typer.Option(None, "--config", help=CONFIG_HELP, show_default=False)),
         inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=str,
                           default=typer.Option("auto", "--resume", help=RESUME_HELP)),
         *(extra or []),
+        *(after_options or []),
     ]
-    for f in dataclasses.fields(config_cls):
+    names = {}
+    for path, tp, f in leaves:
+        leaf = path.rsplit(".", 1)[-1]
+        names[leaf] = path
+        flag = "--" + leaf.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         params.append(inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
-            default=typer.Option(f.default, "--" + f.name.replace("_", "-"), help=docs.get(f.name, "")),
+            leaf, inspect.Parameter.KEYWORD_ONLY, annotation=tp,
+            default=typer.Option(default, *decls, help=docs.get(path, ""), rich_help_panel=panels.get(path)),
         ))
 
     def command(ctx: typer.Context, **kwargs: object) -> None:
-        out, resume = kwargs.pop("out"), kwargs.pop("resume")
+        out, resume, recipe = kwargs.pop("out"), kwargs.pop("resume"), kwargs.pop("recipe")
         extra_values = {p.name: kwargs.pop(p.name) for p in extra or []}
-        config = config_cls(**kwargs)
-        # the options typed on the command line override a resumed run's saved settings, even at their defaults;
-        # compared by name: typer vendors its own copy of click, whose ParameterSource enum is private
-        given = [name for name in kwargs if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
-        result = run_cli(run, config, out, resume=resume, given=given, **extra_values)
+        after_values = {p.name: kwargs.pop(p.name) for p in after_options or []}
+        result = run_cli(_run_with_settings, ctx, config_cls, name, names, kwargs, recipe, run, out, resume, extra_values)
+        if after is not None:
+            run_cli(after, result, after_values)
         stdout.print(f"done: {result}", highlight=False)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -61,7 +78,33 @@ def config_command(name: str, config_cls: type, run: typing.Callable[..., object
     app.command(name, help=help_text)(command)
 
 
+def _run_with_settings(ctx: typer.Context, config_cls: type, name: str, names: dict[str, str], options: dict[str, object],
+                       recipe: str | None, run: typing.Callable[..., object], out: Path, resume: str,
+                       extra_values: dict[str, object]) -> object:
+    """The settings: defaults, then the recipe, then the options typed on the command line; then ``run``."""
+    from mdream.training.config import load_recipe, with_values
+
+    values: dict[str, object] = {}
+    if recipe:
+        _, values = load_recipe(config_cls, recipe, name)
+    # the options typed on the command line override the recipe and a resumed run's saved settings, even at their
+    # defaults; compared by name: typer vendors its own copy of click, whose ParameterSource enum is private
+    typed = {names[k]: v for k, v in options.items()
+             if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    values |= typed
+    config = with_values(config_cls(), values)
+    return run(config, out, resume=resume, given=list(values), **extra_values)
+
+
 def _register() -> None:
+    from mdream.training.analyser import (
+        AnalyserTrainingConfig,
+        FaceTrainingConfig,
+        install_face_embedder,
+        install_frame_analyser,
+        train_face_embedder,
+        train_frame_analyser,
+    )
     from mdream.training.clip import ClipTrainingConfig, train_clip
     from mdream.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
 
@@ -74,6 +117,18 @@ def _register() -> None:
     config_command(
         "tokenizer", TokenizerTrainingConfig, train_tokenizer,
         "Train the keyframe tokenizer (token compressor + ID-preserving renderer) with CLIP frozen.",
+    )
+    install = inspect.Parameter("install", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                default=typer.Option(False, "--install", help="Copy the result into mdream/assets/eval/."))
+    config_command(
+        "analyser", AnalyserTrainingConfig, train_frame_analyser,
+        "Train the evaluator's toy frame analyser (scene + who is where) on fresh toy renders.",
+        after_options=[install], after=lambda folder, opts: install_frame_analyser(folder) if opts["install"] else None,
+    )
+    config_command(
+        "face-embedder", FaceTrainingConfig, train_face_embedder,
+        "Train the evaluator's toy face-identity embedder (ArcFace loss) and export it to ONNX.",
+        after_options=[install], after=lambda onnx, opts: install_face_embedder(onnx) if opts["install"] else None,
     )
 
 

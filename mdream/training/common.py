@@ -1,11 +1,6 @@
-"""Shared training machinery: config dataclasses -> CLI help, resume, checkpoints, EMA, progress.
+"""Shared training helpers: field docstrings, run-folder caches, checkpoint folders, schedule, budget, progress.
 
-Checkpoint layout of a training run folder ``OUT/``::
-
-    OUT/train_config.json              the resolved training settings
-    OUT/checkpoints/step-000500/        model folders (config.json + safetensors), state.pt, state.json
-    OUT/checkpoints/latest              the name of the newest complete checkpoint
-    OUT/final/                          the exported (EMA) models once training ends
+The loop itself is :mod:`mdream.training.loop`; settings and recipes are :mod:`mdream.training.config`.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ import os
 import shutil
 import textwrap
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,70 +61,6 @@ def field_docs(cls: type) -> dict[str, str]:
             ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """Settings every training run shares: data, optimisation schedule, checkpoints, budget.
-
-    Each trainer's config subclasses it, redeclaring a field only to change its default.
-    """
-
-    data: str = ""
-    """A `mdream toyworld dataset` folder; empty: render random shots of the world instead."""
-    world_seed: int = 0
-    """Seed of the toy world to render frames from (when no --data)."""
-    num_frames: int = 20000
-    """Training frames (rendered once and cached in the run folder, or the first N of --data)."""
-    steps: int = 500
-    """Optimizer steps."""
-    batch_size: int = 32
-    """Training examples (frames, or frame-text pairs) per optimizer step, per process."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; each holds batch_size / grad_accum examples."""
-    lr: float = 1e-3
-    """Peak learning rate (AdamW), cosine-decayed after warmup."""
-    warmup: int = 50
-    """Linear warmup steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    seed: int = 0
-    """Seed for initialisation, data order and held-out frames."""
-    mixed_precision: str = "auto"
-    """accelerate mixed precision: auto (bf16 on CUDA, none on CPU), no, bf16, fp16."""
-    checkpoint_every: int = 100
-    """Steps between checkpoints."""
-    keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
-    max_minutes: float = 0.0
-    """Training-time budget in minutes (0 = none): stop at --steps or when it is spent, whichever comes first; the learning rate decays over whichever runs out first."""
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def resumed_config(cls: type, saved_path: Path, config: Any, given: Collection[str] | None = None) -> Any:
-    """A resumed run's settings: the saved ones, overridden by the options given now. ``given`` names them (the CLI
-    passes the options typed on its command line, so one set back to its default, ``--max-minutes 0``, still
-    overrides); without it (a Python caller), the fields of ``config`` not at their defaults override."""
-    if not saved_path.is_file():
-        return config
-    saved = json.loads(saved_path.read_text())
-    current = dataclasses.asdict(config)
-    if given is None:
-        defaults = cls()
-        given = [k for k, v in current.items() if v != getattr(defaults, k)]
-    return config_from_dict(cls, saved | {k: current[k] for k in given})
-
-
-def save_config(config: Any, path: Path) -> None:
-    atomic_write_bytes(path, (json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_cache(path: Path, load: Callable[[Path], T]) -> T | None:
@@ -282,10 +213,10 @@ def make_accelerator(mixed_precision: str, grad_accum: int, **kwargs: Any):
 class TimeBudget:
     """A run's training-time budget (``--max-minutes``), counting the time spent before a resume too."""
 
-    def __init__(self, minutes: float, checkpoint: Path | None):
+    def __init__(self, minutes: float, before: float = 0.0):
         self.seconds = minutes * 60.0
-        # the spent time travels in each checkpoint's state.json, so a resumed run keeps counting
-        self.before = json.loads((checkpoint / "state.json").read_text()).get("elapsed_s", 0.0) if checkpoint else 0.0
+        # the spent time travels in each checkpoint, so a resumed run keeps counting
+        self.before = before
         self.start = time.monotonic()
 
     def elapsed(self) -> float:

@@ -1,23 +1,50 @@
-"""Toy-world training data held in memory: frames, texts, labels, face-embedding banks.
+"""Training data held in memory: frames, texts, labels, face-embedding banks, and where frames come from.
 
-Frames come from a ``mdream toyworld dataset`` folder (``ToyDataset`` shards) or are rendered on
-the spot from random shots of a world (every scene x cast combination, not only story episodes).
-At 32x32 a frame is 3 KB, so tens of thousands fit in memory on any machine.
+A run's frames come from a :class:`FrameSource` (``--data``): random renders of the toy world (every
+scene x cast combination, not only story episodes; the default), a ``mdream toyworld dataset`` folder
+(``ToyDataset`` shards), or a folder of images such as frames of a film, each with an optional caption.
+Every source yields a :class:`FrameSet`; only toy-world frames carry the ground truth (scene, cast, masks)
+that toy-only settings need. At 32x32 a frame is 3 KB, so tens of thousands fit in memory on any machine.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from rich.progress import Progress
 
 from mdream.errors import InputError
 from mdream.training.common import content_key, load_keyed_cache, save_keyed_cache
+from mdream.training.config import ConfigValueError
+from mdream.training.loop import LoopConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class RunConfig(LoopConfig):
+    """The training loop's settings plus where the training frames come from (trainers that read frames)."""
+
+    help_panel: ClassVar[str] = "Data"
+
+    data: str = ""
+    """Training frames: empty: random renders of the toy world; a `mdream toyworld dataset` folder; or a folder of images (PNG/JPEG, e.g. frames of a film), each captioned by a same-named .txt file."""
+    world_seed: int = 0
+    """Seed of the toy world to render frames from (when no --data)."""
+    num_frames: int = 20000
+    """Training frames (rendered once and cached in the run folder, or the first N of --data; 0: all of --data)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.num_frames < 0:
+            raise ConfigValueError("num_frames", f"--num-frames must be >= 0, got {self.num_frames}.")
 
 
 @dataclass
@@ -126,7 +153,7 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     too (``toyworld.lookalike_shares``: one more render per look-alike of each cast member). The frames
     are the same pixels either way.
     """
-    from mdream.eval.training import random_shot
+    from mdream.eval.toy_samples import random_shot
     from mdream.toyworld import (
         head_mask,
         lookalike_shares,
@@ -168,12 +195,12 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
 
 
 def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
-    """Refuse a dataset folder (--data) where the loss weights need figure, head or look-alike masks: only renders carry them."""
+    """Refuse a frames folder (--data) where the loss weights need figure or look-alike masks: only renders carry them."""
     if data and needs_masks:
-        raise InputError(f"--data {data}: dataset folders carry no figure masks, which --character-weight, "
-                         "--head-weight and --lookalike-share need.",
-                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1, "
-                              "--head-weight 0 and --lookalike-share 0.")
+        raise InputError(f"--data {data}: frame folders carry no figure masks, which --character-weight "
+                         "and --lookalike-share need.",
+                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
+                              "and --lookalike-share 0.")
 
 
 def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None,
@@ -252,3 +279,140 @@ def faces_for_batch(chars: np.ndarray, bank: np.ndarray | None, rng: np.random.G
     else:
         mask = np.zeros_like(mask)
     return faces, mask
+
+
+# ---- frame sources -----------------------------------------------------------------------------
+
+
+class FrameSource(ABC):
+    """Where a run's training frames come from: ``load`` gives the training frames, ``held_out`` others.
+
+    A trainer asks for what it needs (``masks``: figure and look-alike masks for the toy loss weights) and a
+    source that cannot give it refuses with an ``InputError`` before anything is written.
+    """
+
+    toy: ClassVar[bool] = False
+    """Whether the frames carry toy-world ground truth (scene and cast labels, ``world_seed``)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A few words for log lines and error messages."""
+
+    @abstractmethod
+    def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
+        """``n`` training frames (0: all) at ``size`` x ``size`` px; ``cache``: a run-folder file a source may keep
+        them in, so a resume sees the same frames; ``masks``: the masks to render with them ("figures", "lookalikes")."""
+
+    @abstractmethod
+    def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
+        """``n`` frames never in ``load``'s, for held-out measurements."""
+
+    def check(self, *, masks: bool = False) -> None:
+        """Refuse up front what ``load`` would refuse (``masks``: whether masks will be asked for)."""
+        check_dataset_masks(self.describe(), masks)
+
+
+class ToyWorldFrames(FrameSource):
+    """Random shots of a toy world, rendered on the spot (with masks when asked) and cached in the run folder."""
+
+    toy = True
+
+    def __init__(self, world_seed: int, seed: int):
+        self.world_seed, self.seed = world_seed, seed
+
+    def describe(self) -> str:
+        return f"renders of toy world {self.world_seed}"
+
+    def check(self, *, masks: bool = False) -> None:
+        """Renders carry every mask."""
+
+    def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
+        return frame_set("", self.world_seed, n, size, self.seed, cache, figures="figures" in masks,
+                         lookalikes="lookalikes" in masks)
+
+    def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
+        return frame_set("", self.world_seed, n, size, self.seed + 1_000_003, cache)
+
+
+class ToyDatasetFrames(FrameSource):
+    """A ``mdream toyworld dataset`` folder: story episodes with their labels, no masks."""
+
+    toy = True
+
+    def __init__(self, folder: Path, seed: int):
+        self.folder, self.seed = folder, seed
+
+    def describe(self) -> str:
+        return str(self.folder)
+
+    def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
+        self.check(masks=bool(masks))
+        return load_toy_dataset(self.folder, size=size, limit=n or None)
+
+    def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
+        # random shots of the dataset's world: its episodes are all training frames
+        from mdream.toyworld.dataset import ToyDataset
+
+        world_seed = ToyDataset(self.folder, cache_shards=1).info.world_seed
+        return ToyWorldFrames(world_seed, self.seed).held_out(n, size, cache)
+
+
+class ImageFolderFrames(FrameSource):
+    """A folder of images (sorted by name; PNG, JPEG or WebP), each captioned by a same-named ``.txt`` file (empty
+    when there is none). Frames are centre-cropped to a square and resized. The last ``holdout`` images are kept
+    out of training for ``held_out``. No labels: scene and cast read -1."""
+
+    def __init__(self, folder: Path, holdout: int = 0):
+        self.folder, self.holdout = folder, holdout
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(self.files) <= holdout:
+            raise InputError(f"--data {folder}: {len(self.files)} images, and {holdout} are to be held out: "
+                             "nothing left to train on.", hint="Add images, or hold out fewer.")
+
+    def describe(self) -> str:
+        return str(self.folder)
+
+    def _read(self, files: list[Path], size: int) -> FrameSet:
+        from PIL import Image
+
+        frames = np.empty((len(files), size, size, 3), np.uint8)
+        texts = []
+        for i, path in enumerate(files):
+            try:
+                with Image.open(path) as image:
+                    image = image.convert("RGB")
+                    side = min(image.size)
+                    left, top = (image.width - side) // 2, (image.height - side) // 2
+                    image = image.crop((left, top, left + side, top + side))
+                    frames[i] = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
+            except OSError as exc:
+                raise InputError(f"--data {self.folder}: {path.name} is not a readable image ({exc}).") from exc
+            caption = path.with_suffix(".txt")
+            texts.append(caption.read_text().strip() if caption.is_file() else "")
+        unknown = np.full(len(files), -1, np.int64)
+        return FrameSet(frames, texts, unknown, np.full((len(files), 3), -1, np.int64), -1)
+
+    def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
+        self.check(masks=bool(masks))
+        files = self.files[: len(self.files) - self.holdout]
+        return self._read(files[:n] if n else files, size)
+
+    def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
+        return self._read(self.files[len(self.files) - min(n, self.holdout):], size)
+
+
+def open_frame_source(data: str, world_seed: int, seed: int, holdout: int = 0) -> FrameSource:
+    """The frame source ``--data`` names: empty: toy-world renders; a folder with dataset.json: a toy dataset; a
+    folder of images: those (``holdout``: how many of them to keep out for ``held_out``)."""
+    if not data:
+        return ToyWorldFrames(world_seed, seed)
+    folder = Path(data)
+    if not folder.is_dir():
+        raise InputError(f"--data {data}: no such folder.",
+                         hint="Name a `mdream toyworld dataset` folder or a folder of images, or leave --data out.")
+    if (folder / "dataset.json").is_file():
+        return ToyDatasetFrames(folder, seed)
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+        return ImageFolderFrames(folder, holdout)
+    raise InputError(f"--data {data}: neither a toy dataset (no dataset.json) nor a folder of images.",
+                     hint="Write a toy dataset with `mdream toyworld dataset`, or put PNG/JPEG frames there.")

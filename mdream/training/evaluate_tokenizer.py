@@ -127,7 +127,7 @@ def cast_errors(read_chars: np.ndarray, chars: np.ndarray, shots: list, world, t
 
 def identity_similarity(embedder, frames: np.ndarray, shots: list, world, references: np.ndarray) -> float | None:
     """Mean cosine similarity of each drawn face to its character's mean reference embedding."""
-    from mdream.eval.training import crop_resized, square_box
+    from mdream.eval.toy_samples import crop_resized, square_box
     from mdream.toyworld import face_boxes
 
     crops, owners = [], []

@@ -17,18 +17,17 @@ image embedding, the other each cast slot's face embedding (``TokenIdentityHead`
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import DistributedDataParallelKwargs
 from diffusers import DDIMScheduler, UNet2DConditionModel
-from diffusers.training_utils import EMAModel
 from torch import nn
 
 from mdream.errors import InputError
@@ -37,35 +36,37 @@ from mdream.models.decoder import POSITION_CHANNEL_CHOICES, ContextProjector, Ke
 from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
 from mdream.models.loading import load_pretrained, quiet_loading, read_json, write_json
 from mdream.training.common import (
-    RunConfig,
-    Throughput,
-    TimeBudget,
-    checkpoint_dir,
     console,
     content_key,
-    finish_checkpoint,
     load_keyed_cache,
-    lr_at,
     make_accelerator,
     model_key,
     parse_int_tuple,
     resolve_resume,
-    resumed_config,
-    save_config,
     save_keyed_cache,
     set_threads_from_env,
     training_progress,
 )
+from mdream.training.config import (
+    ConfigValueError,
+    Removed,
+    Settings,
+    check_config,
+    resumed_config,
+    save_config,
+)
 from mdream.training.data import (
     FrameSet,
+    RunConfig,
     character_references,
     character_text_embeddings,
     character_text_for_batch,
     check_dataset_masks,
     face_embedding_bank,
     faces_for_batch,
-    frame_set,
+    open_frame_source,
 )
+from mdream.training.loop import fit
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_FACE_EMBEDDER = ASSETS / "eval" / "toy_face_recognition.onnx"
@@ -73,14 +74,53 @@ TOY_CLIP = ASSETS / "models" / "toy-clip"
 
 
 @dataclass
+class ToyLossWeights(Settings):
+    """Where the diffusion loss weighs pixels unevenly; needs the toy world's figure and look-alike masks, so
+    rendered frames, not --data (1 and 0: a plain loss)."""
+
+    help_panel: ClassVar[str] = "Toy-world loss weights (need rendered frames)"
+    removed: ClassVar[dict[str, Removed]] = {
+        "head_weight": Removed(0.0, "weighting the heads did not reduce look-alike swaps and scored below the "
+                                    "shipped recipe, benchmarks/RESULTS.md session 15"),
+        "lookalike_split": Removed("pair", "an equal part per look-alike pair beat spreading the share evenly over "
+                                           "the pixels, benchmarks/RESULTS.md session 19"),
+    }
+
+    character_weight: float = 4.0
+    """Diffusion-loss weight of the pixels the characters' figures cover (1: plain)."""
+    lookalike_share: float = 0.2
+    """Share of each frame's diffusion-loss weight moved onto the pixels that tell its cast from their look-alikes (an iris, the skin), an equal part per look-alike pair in view (0: off)."""
+
+    def check(self) -> None:
+        if not self.character_weight > 0:
+            raise ConfigValueError("toy_loss.character_weight", f"--character-weight must be > 0, got {self.character_weight}.")
+        if not 0 <= self.lookalike_share < 1:
+            raise ConfigValueError("toy_loss.lookalike_share",
+                                   f"--lookalike-share must be in [0, 1) (0: off), got {self.lookalike_share}.")
+
+    def masks(self) -> tuple[str, ...]:
+        """The masks these weights need rendered with the frames."""
+        return (("figures",) if self.character_weight != 1.0 else ()) + (("lookalikes",) if self.lookalike_share > 0 else ())
+
+
+@dataclass
 class TokenizerTrainingConfig(RunConfig):
-    """Settings of a keyframe-tokenizer run (saved as train_config.json beside its checkpoints)."""
+    """Settings of a keyframe-tokenizer run (saved as train_config.json beside its checkpoints).
+
+    The defaults are the shipped toy tokenizer's recipe (``recipes/tokenizer-toy-cpu.yaml`` adds its 2-hour
+    budget); its loss weights that need toy-world masks are the ``toy_loss`` section.
+    """
+
+    help_panel: ClassVar[str] = "Tokenizer"
 
     # RunConfig's fields, with this run's defaults (their docstrings are RunConfig's)
     num_frames: int = 30000
-    steps: int = 6000
+    steps: int = 20000
     warmup: int = 200
     checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
 
     clip: str = "toy"
     """Frozen CLIP folder (or hub id): vision tower reads frames, text tower embeds descriptors; toy: the shipped toy CLIP."""
@@ -104,13 +144,13 @@ class TokenizerTrainingConfig(RunConfig):
     """UNet channels per level."""
     cross_attention_levels: int = 2
     """How many of the lowest UNet levels have cross-attention to the context (1: only 8x8 at 32 px)."""
-    layers_per_block: int = 2
+    layers_per_block: int = 1
     """ResNet layers per UNet level."""
-    position_channels: int = 0
+    position_channels: int = 2
     """x, y coordinate channels appended to the UNet input, so its cross-attention knows where each pixel is (2, or 0: none)."""
-    attention_heads: int = 8
+    attention_heads: int = 2
     """Attention heads in each UNet transformer block (fewer, wider heads run faster on CPU)."""
-    only_cross_attention: bool = False
+    only_cross_attention: bool = True
     """UNet transformer blocks attend only to the context, not to other pixels (cheaper; the 8x8 mid block keeps self-attention)."""
     time_scale_shift: bool = True
     """ResNets modulate their features by scale and shift from the time(+pooled context) embedding (AdaGN)."""
@@ -120,7 +160,7 @@ class TokenizerTrainingConfig(RunConfig):
     """Width of the pooled context added to the UNet's time embedding."""
     pooled_faces: str = "slots"
     """Faces in the pooled context: slots (each position, so the time embedding knows who is where) or mean."""
-    character_text: bool = False
+    character_text: bool = True
     """Add each cast member's description embedding to their face slot (what a face cannot show: height, outfit)."""
     prediction_type: str = "sample"
     """Diffusion target: v_prediction, epsilon or sample."""
@@ -132,7 +172,7 @@ class TokenizerTrainingConfig(RunConfig):
     """t = 999 * u**power: below 1 favours mid/high noise (conditioning decides content) but starves the low-noise end (grain)."""
     drop_tokens: float = 0.15
     """Probability of replacing a frame's tokens by the null tokens."""
-    drop_faces: float = 0.5
+    drop_faces: float = 0.25
     """Probability of replacing a frame's face group by the null face."""
     drop_text: float = 0.5
     """Probability of replacing a frame's descriptor by the null descriptor."""
@@ -140,22 +180,19 @@ class TokenizerTrainingConfig(RunConfig):
     """Weight of the auxiliary loss (predict CLIP's patch tokens and image embedding from the tokens)."""
     identity_weight: float = 1.0
     """Weight of the identity auxiliary loss (predict each slot's face embedding from the tokens; needs the face group)."""
-    character_weight: float = 1.0
-    """Diffusion-loss weight of the pixels the characters' figures cover (1: plain; >1 needs rendered frames, not --data)."""
-    head_weight: float = 0.0
-    """Diffusion-loss weight of the figure pixels on the cast's heads, where eye colour and skin show (0: --character-weight's)."""
-    lookalike_share: float = 0.0
-    """Share of each frame's diffusion-loss weight moved onto the pixels that tell its cast from their look-alikes (an iris, the skin; 0: off)."""
-    lookalike_split: str = "pixel"
-    """How --lookalike-share is spread: 'pixel' (evenly over all look-alike pixels) or 'pair' (an equal part per look-alike pair in view, so an iris keeps its part beside a whole-figure pair)."""
     init_unet: str = ""
     """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
     """Run the frozen CLIP once over the training frames and keep its features (no image augmentation is used)."""
-    ema_decay: float = 0.999
-    """EMA decay of the exported weights (with EMA warm-up)."""
-    log_every: int = 25
-    """Steps between log lines (loss, throughput)."""
+    toy_loss: ToyLossWeights = field(default_factory=lambda: ToyLossWeights())
+    """Diffusion-loss weights that need toy-world masks."""
+
+    def check(self) -> None:
+        super().check()
+        check_unet_settings(self)
+        for name in ("drop_tokens", "drop_faces", "drop_text"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}.")
 
 
 class TokenizerModel(nn.Module):
@@ -201,10 +238,10 @@ def check_unet_settings(config: TokenizerTrainingConfig) -> tuple[tuple[int, ...
     widths = parse_int_tuple(config.unet_widths, "--unet-widths")
     attn = max(1, min(config.cross_attention_levels, len(widths)))
     if config.attention_heads < 1 or any(w % config.attention_heads for w in widths[len(widths) - attn:]):
-        raise InputError(f"--attention-heads {config.attention_heads} must divide the widths of the attention levels "
+        raise ConfigValueError("attention_heads", f"--attention-heads {config.attention_heads} must divide the widths of the attention levels "
                          f"({', '.join(map(str, widths[len(widths) - attn:]))}).")
     if config.position_channels not in POSITION_CHANNEL_CHOICES:
-        raise InputError(f"--position-channels must be 0 or 2 (x, y), got {config.position_channels}.")
+        raise ConfigValueError("position_channels", f"--position-channels must be 0 or 2 (x, y), got {config.position_channels}.")
     return widths, attn
 
 
@@ -333,45 +370,96 @@ def portable_train_config(path: Path) -> None:
     write_json(path, cfg)
 
 
-def weights_pixels(config: TokenizerTrainingConfig) -> bool:
-    """Whether the diffusion loss weights pixels unevenly, which needs the rendered frames' masks."""
-    return config.character_weight != 1.0 or config.head_weight > 0 or config.lookalike_share > 0
-
-
-def loss_pixel_weight(train: FrameSet, idx: np.ndarray, config: TokenizerTrainingConfig,
+def loss_pixel_weight(train: FrameSet, idx: np.ndarray, weights: ToyLossWeights,
                       device: torch.device | str = "cpu") -> torch.Tensor | None:
     """float32 [B, 1, S, S]: the diffusion loss's weight of each pixel of the frames ``idx`` (None: all ones).
 
     The characters are what the analyser (and a viewer) reads identity from, but a small share of
     the pixels: the plain loss spends the UNet on the background, hence ``character_weight`` on the
-    figures and ``head_weight`` on their heads. Look-alikes differ in a few pixels (an iris is one or
-    two pixels at 32 px), which a per-pixel weight either misses or, on a pair that differs in a
-    whole outfit, turns into most of the frame's loss; ``lookalike_share`` instead moves a fixed share
-    of each frame's weight onto its look-alike pixels (never lowering a pixel's weight), so the cost
-    to the background is bounded and the weight per pixel grows as the difference shrinks.
-    ``lookalike_split`` 'pair' gives each look-alike pair in view an equal part of that share, so a
-    two-pixel iris beside a height pair's whole figure is not left with a hundredth of it.
+    figures. Look-alikes differ in a few pixels (an iris is one or two pixels at 32 px), which a
+    per-pixel weight either misses or, on a pair that differs in a whole outfit, turns into most of
+    the frame's loss; ``lookalike_share`` instead moves a fixed share of each frame's weight onto its
+    look-alike pixels (never lowering a pixel's weight), so the cost to the background is bounded and
+    the weight per pixel grows as the difference shrinks. Each look-alike pair in view holds an equal
+    part of that share, so a two-pixel iris beside a height pair's whole figure is not left with a
+    hundredth of it.
     """
-    if not weights_pixels(config):
+    if not weights.masks():
         return None
     batch, size = len(idx), train.frames.shape[1]
     weight = torch.ones(batch, 1, size, size)
     if train.figures is not None:
         figures = torch.from_numpy(train.figures[idx])[:, None]  # [B, 1, S, S]
-        weight = 1.0 + (config.character_weight - 1.0) * figures.float()
-    if config.head_weight > 0:
-        heads = torch.from_numpy(train.heads[idx])[:, None]  # [B, 1, S, S]
-        weight = torch.where(heads, config.head_weight, weight)
-    if config.lookalike_share > 0:
+        weight = 1.0 + (weights.character_weight - 1.0) * figures.float()
+    if weights.lookalike_share > 0:
         parts = torch.from_numpy(train.lookalike_shares[idx])[:, None]  # [B, 1, S, S], each frame's sums to 1 (or 0)
         look = parts > 0
-        if config.lookalike_split == "pixel":  # every look-alike pixel the same part
-            parts = look / look.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
         rest = (weight * ~look).sum(dim=(1, 2, 3), keepdim=True)  # [B, 1, 1, 1]
         # the look-alike pixels together hold share / (1 - share) of the rest's weight: share of the frame's
-        target = config.lookalike_share / (1.0 - config.lookalike_share) * rest * parts  # [B, 1, S, S]
+        target = weights.lookalike_share / (1.0 - weights.lookalike_share) * rest * parts  # [B, 1, S, S]
         weight = torch.where(look, torch.maximum(weight, target), weight)
     return weight.to(device)
+
+
+class TokenizerTask:
+    """One step: frames (their frozen-CLIP features), a random photo embedding per cast member, the descriptor."""
+
+    unit = "frames"
+
+    def __init__(self, model: TokenizerModel, encoder: KeyframeEncoder, train: FrameSet, features, text_embeds: np.ndarray,
+                 bank: np.ndarray | None, character_text: np.ndarray | None, config: TokenizerTrainingConfig,
+                 device: torch.device):
+        self.model, self.encoder, self.train, self.features = model, encoder, train, features
+        self.text_embeds, self.bank, self.character_text = text_embeds, bank, character_text
+        # the identity target of each character: its mean reference-photo embedding, L2-normalised
+        self.references = character_references(bank) if bank is not None else None
+        self.config, self.device = config, device
+
+    def sample(self, rng: np.random.Generator, size: int) -> dict:
+        train, device = self.train, self.device
+        idx = rng.integers(len(train), size=size)
+        images = images_to_float(train.frames[idx]).to(device)
+        if self.features is not None:
+            patches = torch.from_numpy(self.features[0][idx]).to(device, torch.float32)
+            pooled = torch.from_numpy(self.features[1][idx]).to(device, torch.float32)
+        else:
+            patches, pooled = self.encoder.vision_features(images)
+        faces, face_mask = faces_for_batch(train.chars[idx], self.bank, rng)
+        with_faces = self.bank is not None
+        identity = None
+        if self.references is not None:
+            slots = np.where(face_mask[..., None], self.references[np.maximum(train.chars[idx], 0)], 0.0)
+            identity = torch.from_numpy(slots.astype(np.float32)).to(device)
+        described = None
+        if self.character_text is not None:
+            described = torch.from_numpy(character_text_for_batch(train.chars[idx], self.character_text)).to(device)
+        return {"images": images, "patches": patches, "pooled": pooled,
+                "faces": torch.from_numpy(faces).to(device) if with_faces else None,
+                "face_mask": torch.from_numpy(face_mask).to(device) if with_faces else None,
+                "text": torch.from_numpy(self.text_embeds[idx]).to(device), "identity": identity,
+                "pixel_weight": loss_pixel_weight(train, idx, self.config.toy_loss, device), "described": described}
+
+    def loss(self, model: nn.Module, b: dict) -> dict[str, torch.Tensor]:
+        loss, diffusion, aux, identity = model(b["images"], b["patches"], b["pooled"], b["faces"], b["face_mask"], b["text"],
+                                               b["identity"], self.config, b["pixel_weight"], b["described"])
+        return {"loss": loss, "diffusion": diffusion, "aux": aux, "identity": identity}
+
+    def save(self, folder: Path, model: TokenizerModel) -> None:
+        """The training-only heads and the compressor they read, raw (``tokenizer-eval`` reads identities with them)."""
+        with quiet_loading():
+            model.compressor.save_pretrained(folder / "train" / "compressor")
+            if model.aux_head is not None:
+                model.aux_head.save_pretrained(folder / "train" / "aux_head")
+            if model.identity_head is not None:
+                model.identity_head.save_pretrained(folder / "train" / "identity_head")
+
+    def export(self, folder: Path, model: TokenizerModel) -> None:
+        """The exportable encoder and decoder (with the EMA weights)."""
+        encoder = self.encoder
+        with quiet_loading():
+            KeyframeEncoder(encoder.vision_model, model.compressor, encoder.preprocessor, encoder.vision_feature_layer,
+                            self.config.clip).save_pretrained(folder / "encoder")
+            model.decoder.save_pretrained(folder / "decoder")
 
 
 def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: str = "auto",
@@ -380,35 +468,33 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
 
     On resume the saved settings hold, except the fields named in ``given`` (by default: those not at their defaults).
     """
-    if not config.character_weight > 0:
-        raise InputError(f"--character-weight must be > 0, got {config.character_weight}.")
-    if not config.head_weight >= 0:
-        raise InputError(f"--head-weight must be >= 0 (0: the same as --character-weight), got {config.head_weight}.")
-    if not 0 <= config.lookalike_share < 1:
-        raise InputError(f"--lookalike-share must be in [0, 1) (0: off), got {config.lookalike_share}.")
-    if config.lookalike_split not in ("pixel", "pair"):
-        raise InputError(f"--lookalike-split must be 'pixel' or 'pair', got '{config.lookalike_split}'.")
-    # before anything is written to the run folder
-    check_dataset_masks(config.data, weights_pixels(config))
-    check_unet_settings(config)  # before anything is written or rendered
+    # before anything is written to the run folder or rendered
+    check_config(config)
+    check_dataset_masks(config.data, bool(config.toy_loss.masks()))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads_from_env()
     start_from = resolve_resume(resume, out)
     if start_from is not None:
         # resume with the saved settings; the options given now override them
         config = resumed_config(TokenizerTrainingConfig, out / "train_config.json", config, given)
+        check_config(config)
+        check_dataset_masks(config.data, bool(config.toy_loss.masks()))
+    source = open_frame_source(config.data, config.world_seed, config.seed)
+    source.check(masks=bool(config.toy_loss.masks()))
     clip_path = str(TOY_CLIP) if config.clip == "toy" else config.clip
     clip_path = str(Path(clip_path).resolve()) if Path(clip_path).exists() else clip_path
-    config.clip = clip_path
     face_path = _face_embedder_path(config.face_embedder)
     if config.character_text and face_path is None:
-        # before any frame is rendered or embedded
         raise InputError("--character-text adds the descriptions to the face slots: it needs the face group.",
-                         hint="Leave --face-embedder at auto (or name an ONNX file).")
+                         hint="Leave --face-embedder at auto (or name an ONNX file), or add --no-character-text.")
+    if face_path is not None and not source.toy:
+        raise InputError(f"--data {config.data}: the face group needs each frame's cast (toy-world labels), which "
+                         "these frames do not carry.", hint="Add --face-embedder none --no-character-text.")
     # a bad --init-unet fails before any data is rendered or embedded
     init_unet = _unet_folder(Path(config.init_unet)) if config.init_unet and start_from is None else None
+    config.clip = clip_path
     config.face_embedder = str(face_path) if face_path else "none"
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads_from_env()
 
     # Without a face embedder the face projection gets no gradient: let DDP (accelerate launch) allow that.
     accelerator = make_accelerator(config.mixed_precision, config.grad_accum,
@@ -422,9 +508,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     # Under `accelerate launch` the main process renders and embeds once and writes the caches; the
     # others then read them, instead of every process writing the same files at once.
     with accelerator.main_process_first():
-        train: FrameSet = frame_set(config.data, config.world_seed, config.num_frames, config.image_size, config.seed,
-                                    out / "frames.npz", figures=config.character_weight != 1.0,
-                                    heads=config.head_weight > 0, lookalikes=config.lookalike_share > 0)
+        train = source.load(config.num_frames, config.image_size, out / "frames.npz", masks=config.toy_loss.masks())
         text_encoder = TextEncoder.from_pretrained(clip_path)
         # each cache is keyed by what it was made from, so one copied from another run is rebuilt, not reused
         text_cache = out / "descriptor_embeds.npz"
@@ -445,152 +529,37 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                 save_keyed_cache(bank_cache, bank_key, bank=bank)
         character_text = character_text_embeddings(train.world_seed, text_encoder) if config.character_text else None  # [C, Dt]
 
-    # ---- models ---------------------------------------------------------------------------------
-    if start_from is not None:
+    # ---- models (a resumed run's weights are loaded by fit) -------------------------------------
+    decoder = build_toy_decoder(config, text_encoder.embed_dim)
+    if init_unet is not None:
         with quiet_loading():
-            compressor = load_pretrained(TokenCompressor, str(start_from / "train" / "compressor"), "compressor")
-            unet = load_pretrained(UNet2DConditionModel, str(start_from / "train" / "unet"), "UNet")
-            context = load_pretrained(ContextProjector, str(start_from / "train" / "context"), "context projector")
-            aux_path = start_from / "train" / "aux_head"
-            aux_head = load_pretrained(TokenReconstructionHead, str(aux_path), "aux head") if aux_path.is_dir() else None
-            id_path = start_from / "train" / "identity_head"
-            identity_head = load_pretrained(TokenIdentityHead, str(id_path), "identity head") if id_path.is_dir() else None
-        fresh = build_toy_decoder(config, text_encoder.embed_dim)
-        decoder = KeyframeDecoder(unet, context, fresh.scheduler, None, "ddim", position_channels=config.position_channels)
-    else:
-        decoder = build_toy_decoder(config, text_encoder.embed_dim)
-        if init_unet is not None:
-            with quiet_loading():
-                unet = load_pretrained(UNet2DConditionModel, str(init_unet), "UNet to start from")
-            decoder = KeyframeDecoder(unet, decoder.context, decoder.scheduler, None, "ddim",
-                                      position_channels=config.position_channels)
-            console.print(f"UNet initialised from {config.init_unet}")
-        compressor = None
-        aux_head = None
-        identity_head = None
+            unet = load_pretrained(UNet2DConditionModel, str(init_unet), "UNet to start from")
+        decoder = KeyframeDecoder(unet, decoder.context, decoder.scheduler, None, "ddim",
+                                  position_channels=config.position_channels)
+        console.print(f"UNet initialised from {config.init_unet}")
     encoder = KeyframeEncoder.from_vision_model(
-        clip_path, compressor, vision_feature_layer=config.vision_feature_layer,
+        clip_path, None, vision_feature_layer=config.vision_feature_layer,
         num_tokens=config.num_tokens, token_dim=config.token_dim,
         width=config.compressor_width, num_layers=config.compressor_layers,
     )
     vision_cfg = encoder.vision_model.config
-    if aux_head is None and config.aux_weight > 0:
+    aux_head = None
+    if config.aux_weight > 0:
         aux_head = TokenReconstructionHead(
             num_tokens=config.num_tokens, token_dim=config.token_dim,
             num_patches=(vision_cfg.image_size // vision_cfg.patch_size) ** 2, vision_dim=vision_cfg.hidden_size,
             image_embed_dim=vision_cfg.hidden_size,
         )
-    if identity_head is None and bank is not None and config.identity_weight > 0:
+    identity_head = None
+    if bank is not None and config.identity_weight > 0:
         identity_head = TokenIdentityHead(num_tokens=config.num_tokens, token_dim=config.token_dim, max_faces=3,
                                           face_dim=bank.shape[-1])
-    # the identity target of each character: its mean reference-photo embedding, L2-normalised
-    references = character_references(bank) if bank is not None else None
     model = TokenizerModel(encoder.compressor, decoder, aux_head, identity_head)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    # foreach: one fused update over all tensors, not a Python loop over ~400 of them; the same
-    # arithmetic, but the loop cost about 0.07 s of a 0.55 s CPU step (cProfile, batch 16)
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
-    ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3, foreach=True)
-    step = 0
-    if start_from is not None:
-        state = torch.load(start_from / "train" / "state.pt", map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        step = json.loads((start_from / "state.json").read_text())["step"]
-        console.print(f"resumed from {start_from} at step {step}")
-    n_params = sum(p.numel() for p in trainable)
-    console.print(f"training {n_params / 1e6:.2f} M parameters on {len(train)} frames ({device}); faces: {bank is not None}")
+    console.print(f"training on {len(train)} frames ({source.describe()}); faces: {bank is not None}", highlight=False)
     encoder.vision_model.to(device)
     encoder.preprocessor.to(device)
     with accelerator.main_process_first():
         features = _cached_vision_features(encoder, train, out, config) if config.cache_features else None
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(device)
-    rng = np.random.default_rng([config.seed, step, accelerator.process_index])
-    micro = config.batch_size // config.grad_accum
-    meter = Throughput()
-
-    def save(step: int, losses: dict) -> None:
-        if not accelerator.is_main_process:
-            return
-        folder = checkpoint_dir(out, step)
-        unwrapped = accelerator.unwrap_model(model)
-        with quiet_loading():
-            unwrapped.compressor.save_pretrained(folder / "train" / "compressor")
-            unwrapped.decoder.unet.save_pretrained(folder / "train" / "unet")
-            unwrapped.decoder.context.save_pretrained(folder / "train" / "context")
-            if unwrapped.aux_head is not None:
-                unwrapped.aux_head.save_pretrained(folder / "train" / "aux_head")
-            if unwrapped.identity_head is not None:
-                unwrapped.identity_head.save_pretrained(folder / "train" / "identity_head")
-            torch.save({"optimizer": optimizer.state_dict(), "ema": ema.state_dict()}, folder / "train" / "state.pt")
-            # the exportable models carry the EMA weights
-            ema.store(trainable)
-            ema.copy_to(trainable)
-            KeyframeEncoder(encoder.vision_model, unwrapped.compressor, encoder.preprocessor,
-                            encoder.vision_feature_layer, clip_path).save_pretrained(folder / "encoder")
-            unwrapped.decoder.save_pretrained(folder / "decoder")
-            ema.restore(trainable)
-            # the settings travel with the checkpoint, so a copied-out checkpoint still says how it was made
-            shutil.copy(out / "train_config.json", folder / "train_config.json")
-        finish_checkpoint(out, folder, {"step": step, **losses}, config.keep_checkpoints)
-
-    running = {"loss": 0.0, "diffusion": 0.0, "aux": 0.0, "identity": 0.0}
-    count = 0
-    budget = TimeBudget(config.max_minutes, start_from)
-    with training_progress("train tokenizer", disable=not accelerator.is_main_process) as bar:
-        task = bar.add_task("tokenizer", total=config.steps, completed=step, status="")
-        spent_already = budget.spent_before_start(step)
-        while step < config.steps and not spent_already:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config.steps, config.lr, config.warmup, time_fraction=budget.fraction())
-            for _ in range(config.grad_accum):
-                idx = rng.integers(len(train), size=micro)
-                images = images_to_float(train.frames[idx]).to(device)
-                if features is not None:
-                    patches = torch.from_numpy(features[0][idx]).to(device, torch.float32)
-                    pooled = torch.from_numpy(features[1][idx]).to(device, torch.float32)
-                else:
-                    patches, pooled = encoder.vision_features(images)
-                faces, face_mask = faces_for_batch(train.chars[idx], bank, rng)
-                faces_t = torch.from_numpy(faces).to(device) if bank is not None else None
-                mask_t = torch.from_numpy(face_mask).to(device) if bank is not None else None
-                identity_t = None
-                if references is not None:
-                    slots = np.where(face_mask[..., None], references[np.maximum(train.chars[idx], 0)], 0.0)
-                    identity_t = torch.from_numpy(slots.astype(np.float32)).to(device)
-                text = torch.from_numpy(text_embeds[idx]).to(device)
-                described = None
-                if character_text is not None:
-                    described = torch.from_numpy(character_text_for_batch(train.chars[idx], character_text)).to(device)
-                pixel_weight = loss_pixel_weight(train, idx, config, device)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    loss, diffusion, aux, identity = model(images, patches, pooled, faces_t, mask_t, text, identity_t, config,
-                                                           pixel_weight, described)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(trainable, 1.0)
-                    optimizer.step()
-                    optimizer.zero_grad()
-            ema.step(trainable)
-            step += 1
-            running["loss"] += loss.item()
-            running["diffusion"] += diffusion.item()
-            running["aux"] += aux.item()
-            running["identity"] += identity.item()
-            count += 1
-            rate = meter.update(step * config.batch_size * accelerator.num_processes)
-            bar.update(task, completed=step, status=f"loss {loss.item():.4f} | {rate:.1f} frames/s")
-            if step % config.log_every == 0 and accelerator.is_main_process:
-                means = {k: round(v / count, 5) for k, v in running.items()}
-                console.print(f"step {step}: loss {means['loss']:.4f} (diffusion {means['diffusion']:.4f}, aux {means['aux']:.4f}, identity {means['identity']:.4f}), {rate:.1f} frames/s", highlight=False)
-                running = dict.fromkeys(running, 0.0)
-                count = 0
-            out_of_time = budget.spent()
-            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                save(step, {"loss": round(loss.item(), 5), "elapsed_s": round(budget.elapsed(), 3)})
-            if out_of_time:
-                console.print(f"training-time budget of {config.max_minutes:g} min spent at step {step}")
-                break
-    accelerator.wait_for_everyone()
-    return checkpoint_dir(out, step)
+    task = TokenizerTask(model, encoder, train, features, text_embeds, bank, character_text, config, device)
+    result = fit(task, config, out, accelerator, resume_from=start_from, name="train tokenizer")
+    return result.checkpoint
