@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mdream.cli.train_cli import app
 from mdream.models.decoder import KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder
+from mdream.training.cli import app
 from mdream.training.common import lr_at, resolve_resume
 from mdream.training.config import settings_docs, settings_fields
 from mdream.training.tokenizer import TokenizerTrainingConfig

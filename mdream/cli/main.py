@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from mdream.cli._apps import LazySubcommand, lazy_group, mdream_app
 from mdream.cli._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -25,6 +26,24 @@ from mdream.cli._common import (
 )
 from mdream.errors import InputError
 from mdream.stages.registry import names_text
+
+#: Sub-commands that live beside their packages, imported only when run (``mdream --help`` imports none).
+SUBCOMMANDS = {
+    "train": LazySubcommand(
+        "mdream.training.cli:app",
+        "Train mdream's models (toy CLIP, keyframe tokenizer, the evaluator's analyser and face embedder).",
+    ),
+    "toyworld": LazySubcommand(
+        "mdream.toyworld.cli:app", "The procedural toy movie world: ground-truth scripts, training sets and a preview."
+    ),
+    "cache": LazySubcommand(
+        "mdream.cli.cache_cli:app",
+        "Inspect an artifact cache and prune its debris (quarantined artifacts, dead writers' temp folders).",
+    ),
+    "eval": LazySubcommand(
+        "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, toy-FID, diversity."
+    ),
+}
 
 
 def _route_library_warnings() -> None:
@@ -45,13 +64,10 @@ def _route_library_warnings() -> None:
 
 _route_library_warnings()
 
-app = typer.Typer(
-    name="mdream",
-    help="Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+app = mdream_app(
+    "mdream",
+    "Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
+    cls=lazy_group(SUBCOMMANDS),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -296,34 +312,6 @@ def status_cli(
         print_json(report.to_dict())
     else:
         show_status(report)
-
-
-def _register_subapps() -> None:
-    """Sub-apps that live beside their packages (train, toyworld, eval)."""
-    try:
-        from mdream.cli.train_cli import app as train_app
-    except ImportError:  # pragma: no cover
-        train_app = None
-    if train_app is not None:
-        app.add_typer(train_app, name="train", help="Train mdream's models (toy CLIP, keyframe tokenizer, ...).")
-    try:
-        from mdream.cli.toyworld_cli import app as toyworld_app
-    except ImportError:  # pragma: no cover - during development only
-        toyworld_app = None
-    if toyworld_app is not None:
-        app.add_typer(toyworld_app, name="toyworld", help="The procedural toy movie world: scripts and datasets.")
-    from mdream.cli.cache_cli import app as cache_app
-
-    app.add_typer(cache_app, name="cache", help="Inspect an artifact cache and prune its debris.")
-    try:
-        from mdream.cli.eval_cli import eval_cli
-    except ImportError:  # pragma: no cover
-        eval_cli = None
-    if eval_cli is not None:
-        app.command("eval")(eval_cli)
-
-
-_register_subapps()
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ from typing import Annotated
 
 import typer
 
+from mdream.cli._apps import mdream_app
 from mdream.cli._common import print_json, run_cli, stdout
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Train mdream's models (toy CLIP, keyframe tokenizer, the evaluator's analyser and face embedder).")
+app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, the evaluator's analyser and face embedder).")
 
 OUT_HELP = "Run folder: train_config.json and checkpoints/ (checkpoints/latest names the newest) are written here."
 RESUME_HELP = "auto (newest checkpoint under --output, else start fresh), never, or a checkpoint folder."
