@@ -22,12 +22,12 @@ from test_training_toy import TINY_CLIP, TINY_TOKENIZER
 from typer.testing import CliRunner
 
 import mdream
-from mdream.cli.train_cli import app
 from mdream.errors import CorruptArtifactError
 from mdream.models.bundle import ModelBundle, linked_folders
 from mdream.models.decoder import KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder
 from mdream.models.loading import resolve_reference
+from mdream.training.cli import app
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 ASSETS = Path(mdream.__file__).resolve().parent / "assets"
@@ -99,7 +99,7 @@ def test_shipped_decoders_carry_their_measured_sampling_settings():
 
 
 def test_toy_bundle_loads_from_a_copy_of_the_assets(tmp_path):
-    from mdream.eval.face_embedder import FaceIdentityEmbedder
+    from mdream.models.face_embedder import FaceIdentityEmbedder
 
     copy = tmp_path / "assets"
     shutil.copytree(ASSETS, copy, ignore=shutil.ignore_patterns("__pycache__"))
