@@ -29,7 +29,7 @@ bench:
 # The main job on the bundled examples: the furthest stages that are built (see README "Status").
 demo:
 	$(MDREAM) script-validate examples/scripts/short.yaml examples/scripts/long.yaml examples/scripts/storyboard.yaml
-	$(MDREAM) generate examples/scripts/storyboard.yaml -o demo/storyboard.mp4 --until render --device cpu
+	$(MDREAM) generate examples/scripts/storyboard.yaml -o demo/storyboard.mp4 --device cpu
 	$(MDREAM) eval demo/storyboard --script examples/scripts/storyboard.yaml
 
 lint:
