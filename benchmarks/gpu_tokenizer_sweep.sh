@@ -2,8 +2,8 @@
 # Several toy-tokenizer recipes trained side by side on one CUDA GPU at equal training time, then each evaluated on
 # held-out frames, all in one device call. On an H200, four runs at batch 256 made 890-1,440 frames/s each: 3.5
 # minutes gave each about 256,000 frames in about 1,000 steps, where a 2 h CPU run sees 384,000 in 12,000 steps of
-# 32. So such a sweep ranks recipes early in training, not at the CPU recipe's end point (RESULTS.md, session 15).
-# At batch 32, five runs side by side made 1,200-2,000 steps each in 3.5 minutes (session 16).
+# 32. So such a sweep ranks recipes early in training, not at the CPU recipe's end point (docs/experiments/compute.md).
+# At batch 32, five runs side by side made 1,200-2,000 steps each in 3.5 minutes.
 #
 # Usage: RUNS="GM GO" EXTRA_GM="--lookalike-share 0.2" EXTRA_GO="--lookalike-share 0.3" \
 #          bash benchmarks/gpu_tokenizer_sweep.sh WORK OUT MINUTES BATCH EVAL_FRAMES

@@ -30,7 +30,7 @@ def cache_root(target: Path) -> Path:
     if target.is_file():
         root = resolve_cache_dir(target, None)
         if not root.is_dir():
-            raise InputError(f"{target}: its cache {root} does not exist yet.", hint="Run a stage first, e.g. `mdream encode SCRIPT`.")
+            raise InputError(f"{target}: its cache {root} does not exist yet.", hint="Run one stage first, e.g. `mdream encode SCRIPT`.")
         return root
     raise InputError(f"{target}: no such script or cache folder.")
 

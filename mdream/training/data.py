@@ -100,7 +100,7 @@ class FrameSet:
         size = z["frames"].shape[2]
         figures = np.unpackbits(z["figures"], axis=-1, count=size).astype(bool) if "figures" in z else None
         heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
-        # (session 18's caches held a bool "lookalikes" mask without the parts: not read, so rendered again)
+        # (a cache holding a bool "lookalikes" mask without the parts is not read, so it is rendered again)
         shares = z["lookalike_shares"].astype(np.float32) if "lookalike_shares" in z else None
         return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
                    figures=figures, heads=heads, lookalike_shares=shares)

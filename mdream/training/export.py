@@ -113,7 +113,7 @@ def _is_clip_folder(folder: Path) -> bool:
 
 
 def _run_folder(source: Path) -> Path | None:
-    """The training run a checkpoint (``OUT/checkpoints/step-N``) or a CLIP run's ``final/`` belongs to."""
+    """The training run that a checkpoint (``OUT/checkpoints/step-N``) or a CLIP run's ``final/`` belongs to."""
     if source.parent.name == "checkpoints" and (source.parent.parent / "train_config.json").is_file():
         return source.parent.parent
     if source.name == "final" and (source.parent / "checkpoints").is_dir():

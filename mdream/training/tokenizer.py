@@ -80,9 +80,9 @@ class ToyLossWeights(Settings):
     help_panel: ClassVar[str] = "Toy-world loss weights (need rendered frames)"
     removed: ClassVar[dict[str, Removed]] = {
         "head_weight": Removed(0.0, "weighting the heads did not reduce look-alike swaps and scored below the "
-                                    "shipped recipe, benchmarks/RESULTS.md session 15"),
+                                    "shipped recipe, docs/experiments/tokenizer.md#head-weight"),
         "lookalike_split": Removed("pair", "an equal part per look-alike pair beat spreading the share evenly over "
-                                           "the pixels, benchmarks/RESULTS.md session 19"),
+                                           "the pixels, docs/experiments/tokenizer.md#look-alike-share"),
     }
 
     character_weight: float = 4.0
