@@ -15,7 +15,7 @@ import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 from transformers import AutoTokenizer
 
-from mdream.errors import InputError
+from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.keyframe_ar import (
     KEYFRAME_AR_CONFIG,
     KeyframeAR,
@@ -134,6 +134,12 @@ def test_bad_inputs_are_input_errors(backbone_folder, tmp_path):
         KeyframeAR.from_pretrained(tmp_path / "nothing")
     with pytest.raises(InputError, match="window"):
         model.generate_movie(shots, window=4)
+    # a config that does not fit the saved weights
+    model.save_pretrained(tmp_path / "ar", backbone_reference=str(backbone_folder))
+    path = tmp_path / "ar" / KEYFRAME_AR_CONFIG
+    path.write_text(path.read_text().replace('"num_components": 8', '"num_components": 3'))
+    with pytest.raises(CorruptArtifactError, match="do not fit"):
+        KeyframeAR.from_pretrained(tmp_path / "ar")
 
 
 # ---- GMM head ----------------------------------------------------------------------------------

@@ -198,7 +198,8 @@ class KeyframeAR(nn.Module):
     def __init__(self, backbone: nn.Module, tokenizer, config: KeyframeARConfig | None = None,
                  backbone_reference: str | None = None):
         super().__init__()
-        config = dataclasses.replace(config or KeyframeARConfig(), head_config=dict((config or KeyframeARConfig()).head_config))
+        config = config or KeyframeARConfig()
+        config = dataclasses.replace(config, head_config=dict(config.head_config))  # the caller's stays as it was
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.backbone_reference = backbone_reference
@@ -220,7 +221,8 @@ class KeyframeAR(nn.Module):
         kwargs = {"dtype": dtype} if dtype is not None else {}
         backbone = load_pretrained(AutoModelForCausalLM, source, "keyframe AR backbone", **kwargs)
         tok = load_pretrained(AutoTokenizer, tokenizer or source, "keyframe AR tokenizer")
-        return cls(backbone, tok, config, backbone_reference=source)
+        local = Path(source)
+        return cls(backbone, tok, config, backbone_reference=str(local.resolve()) if local.exists() else source)
 
     @classmethod
     def build_toy(cls, tokenizer_source: str, config: KeyframeARConfig | None = None, hidden_size: int = 64,

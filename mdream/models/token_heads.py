@@ -323,7 +323,8 @@ class DiffusionHead(TokenHead):
         self.config = {"width": width, "depth": depth, "num_train_timesteps": num_train_timesteps,
                        "num_sampling_steps": num_sampling_steps, "eta": eta, "batch_mul": batch_mul}
         self.denoiser = AdaLNDenoiser(token_dim, hidden_dim, width, depth)
-        self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(num_train_timesteps).float(), persistent=False)
+        # float64 on CPU, outside the module's state: ``.to(dtype)`` must not round the schedule
+        self.alphas_cumprod = cosine_alphas_cumprod(num_train_timesteps)
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None) -> HeadLoss:
         self._check(hidden, target)
@@ -334,7 +335,7 @@ class DiffusionHead(TokenHead):
         where = generator.device if generator is not None else torch.device("cpu")
         t = torch.randint(0, self.config["num_train_timesteps"], (x0.shape[0],), generator=generator, device=where).to(device)
         noise = randn(tuple(x0.shape), generator, device)
-        a = self.alphas_cumprod.to(device)[t].unsqueeze(-1)  # [mB, 1]
+        a = self.alphas_cumprod.to(device)[t].float().unsqueeze(-1)  # [mB, 1]
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         mse = (self.denoiser(x_t, t, cond).float() - noise).pow(2).mean()
         return HeadLoss(mse, {"mse": mse.detach()})
