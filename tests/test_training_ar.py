@@ -127,6 +127,10 @@ def test_training_forward_is_the_models_loss_without_masking(encoded):
     # masking changes the inputs of later shots and leaves the masked shots' later tokens out of the loss
     masked = [sample_window(train, np.random.default_rng(i), 4, token_mask_prob=1.0) for i in range(2)]
     out = model(masked)
+    # the default generation window is the longest training sequence
+    longest = max(model.model.sequence(sample_window(train, np.random.default_rng(i), 4).sample)[0].shape[0]
+                  for i in range(20))
+    assert longest <= model.model.config.context_window <= longest + 4 * 8
     assert out["targets"].shape[0] == 2 * (3 * 1 + 2)  # per window: tok_0 of 3 masked shots, both of the last
     assert not torch.allclose(out["loss"], ours)
 

@@ -318,8 +318,24 @@ class ARTask:
             model.model.save_pretrained(folder / "keyframe_ar")
 
 
+def training_context(model: KeyframeAR, data: EncodedEpisodes, window: int) -> int:
+    """Positions of the longest training sequence: the prefix plus the ``window`` longest shots of ``data``.
+
+    Saved as the model's ``context_window``, so generation keeps its context within the lengths (and rotary
+    positions) the model was trained on.
+    """
+    c = model.config
+    ids = model.tokenizer(sorted(set(data.identifiers)), add_special_tokens=False)["input_ids"]
+    words = max(min(len(i), c.max_identifier_tokens) for i in ids)
+    faces = int((data.chars >= 0).sum(1).max())
+    per_shot = int(c.shot_marker) + words + 1 + faces + 1 + c.num_tokens  # [SHOT] identifier descriptor faces [FRAME] tokens
+    prefix = model.prefix_embeds().shape[0]
+    return prefix + window * per_shot
+
+
 def build_model(config: ARTrainingConfig, train: EncodedEpisodes, text_encoder: Path | str) -> KeyframeAR:
-    """A fresh keyframe AR model sized to the encoded data (tokens, text and face widths)."""
+    """A fresh keyframe AR model sized to the encoded data (tokens, text and face widths); its default generation
+    window (``context_window``) is the longest training sequence."""
     _, n, d = train.tokens.shape
     ar_config = KeyframeARConfig(num_tokens=n, token_dim=d, text_dim=train.descriptor_embeds.shape[1],
                                  face_dim=train.face_bank.shape[-1], max_faces=train.chars.shape[1],
@@ -327,10 +343,13 @@ def build_model(config: ARTrainingConfig, train: EncodedEpisodes, text_encoder: 
                                  head_config=config.head_config())
     with quiet_loading():
         if config.backbone == "toy":
-            return KeyframeAR.build_toy(str(text_encoder), ar_config, hidden_size=config.hidden_size,
-                                        num_layers=config.num_layers, num_heads=config.num_heads,
-                                        attention_dropout=config.dropout)
-        return KeyframeAR.from_backbone(config.backbone, config=ar_config)
+            model = KeyframeAR.build_toy(str(text_encoder), ar_config, hidden_size=config.hidden_size,
+                                         num_layers=config.num_layers, num_heads=config.num_heads,
+                                         attention_dropout=config.dropout)
+        else:
+            model = KeyframeAR.from_backbone(config.backbone, config=ar_config)
+    model.config.context_window = training_context(model, train, config.window)
+    return model
 
 
 def load_data(config: ARTrainingConfig, out: Path, progress: bool = True) -> tuple[EncodedEpisodes, EncodedEpisodes]:
