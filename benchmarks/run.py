@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 BENCHMARKS = [
+    "benchmarks.bench_cli_startup",
     "benchmarks.bench_cache",
     "benchmarks.bench_toyworld",
     "benchmarks.eval_baselines",

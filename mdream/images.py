@@ -11,12 +11,15 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
 from mdream.errors import InputError
 from mdream.files import MAX_IMAGE_PIXELS, NotARegularFile, image_size_problem, open_regular_file
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["MAX_IMAGE_PIXELS", "open_image", "read_rgb"]
 
@@ -52,6 +55,8 @@ def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
 
 def read_rgb(path: str | Path, what: str = "image") -> np.ndarray:
     """An image file as uint8 ``[H, W, 3]`` RGB (a writable copy)."""
+    import numpy as np  # only readers of pixels pay for numpy (`mdream script-validate` checks headers)
+
     with open_image(path, what) as image:
         try:
             return np.array(image.convert("RGB"))

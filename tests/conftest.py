@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from PIL import Image
 
 # Tests run on 2 cores; keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# mdream's per-user folder (the remembered file hashes): a fresh one per test session.
+os.environ.setdefault("MDREAM_HOME", tempfile.mkdtemp(prefix="mdream-home-"))
 
 
 def write_face(path: Path, colour: tuple[int, int, int]) -> None:

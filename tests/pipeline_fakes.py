@@ -59,3 +59,49 @@ class BatchedEncode(FakeEncode):
         if self.fail_on in [s.id for s in shots]:
             raise RuntimeError("boom")
         super().produce_batch(project, shots, upstreams, writers)
+
+
+class FakeChained(Stage):
+    """A chained stage that records, per shot, the values of the whole history it was given."""
+
+    name = "keyframes"
+    upstream_stages = ("encode",)
+    chained = True
+
+    def __init__(self):
+        self.seen: dict[str, list[float]] = {}
+
+    def produce(self, project, shot, upstream, writer):
+        history = upstream.get("history", [])
+        self.seen[shot.id] = [art.load_tensors("tokens")["x"][0].item() for art in history]
+        if history:
+            assert upstream["previous"].key == history[-1].key
+        writer.save_tensors("tokens", {"x": torch.full((2,), 10.0 * shot.index)})
+
+
+class FakeRender(Stage):
+    """Writes a tiny keyframe PNG per shot, coloured by the shot's index."""
+
+    name = "render"
+    upstream_stages = ("encode",)
+
+    def shot_inputs(self, project, shot):
+        out = project.plan.output
+        return {"width": out.width, "height": out.height}
+
+    def produce(self, project, shot, upstream, writer):
+        from PIL import Image
+
+        writer.save_image("keyframe.png", Image.new("RGB", (8, 8), (10 * shot.index, 0, 0)))
+
+
+class FakeVideo(Stage):
+    """A stage whose model is not built."""
+
+    name = "video"
+    upstream_stages = ("render",)
+
+    def prepare(self, project):
+        from mdream.errors import NotBuiltError
+
+        raise NotBuiltError("The fake video stage is not built.")

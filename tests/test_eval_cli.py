@@ -14,12 +14,7 @@ from mdream.toyworld.commands import toy_script
 def app():
     from mdream.cli.main import app as main_app
 
-    names = {c.name for c in main_app.registered_commands}
-    if "eval" in names:
-        return main_app
-    from mdream.cli.eval_cli import app as eval_app  # not registered yet: the command's own app
-
-    return eval_app
+    return main_app
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +24,13 @@ def movie(tmp_path_factory):
     return script, root / "script" / "groundtruth"
 
 
-def _args(app, *args: str) -> list[str]:
-    from mdream.cli.main import app as main_app
-
-    return ["eval", *args] if app is main_app else list(args)
+def _args(*args: str) -> list[str]:
+    return ["eval", *args]
 
 
 def test_eval_json(app, movie):
     script, gt = movie
-    result = CliRunner().invoke(app, _args(app, str(gt), "--script", str(script), "--json"))
+    result = CliRunner().invoke(app, _args(str(gt), "--script", str(script), "--json"))
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["backend"] == "toy" and data["n_shots"] == 10
@@ -46,16 +39,16 @@ def test_eval_json(app, movie):
 
 def test_eval_table(app, movie):
     script, gt = movie
-    result = CliRunner().invoke(app, _args(app, str(gt), "--script", str(script)))
+    result = CliRunner().invoke(app, _args(str(gt), "--script", str(script)))
     assert result.exit_code == 0, result.output
     assert "scene accuracy" in result.output and "toy-FID" in result.output
 
 
 def test_eval_bad_inputs_exit_2(app, movie, tmp_path):
     script, gt = movie
-    result = CliRunner().invoke(app, _args(app, str(tmp_path / "nope"), "--script", str(script)))
+    result = CliRunner().invoke(app, _args(str(tmp_path / "nope"), "--script", str(script)))
     assert result.exit_code == 2 and "not found" in result.output
-    result = CliRunner().invoke(app, _args(app, str(gt), "--script", str(script), "--backend", "real"))
+    result = CliRunner().invoke(app, _args(str(gt), "--script", str(script), "--backend", "real"))
     assert result.exit_code == 2 and "--clip-model" in result.output
-    result = CliRunner().invoke(app, _args(app, str(gt), "--script", str(tmp_path / "missing.yaml"), "--json"))
+    result = CliRunner().invoke(app, _args(str(gt), "--script", str(tmp_path / "missing.yaml"), "--json"))
     assert result.exit_code == 2 and json.loads(result.stdout)["error"] == "InputError"

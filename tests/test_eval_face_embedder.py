@@ -11,13 +11,8 @@ import torch
 
 from mdream.errors import InputError
 from mdream.eval.evaluate import TOY_FACE_MODEL
-from mdream.eval.face_embedder import (
-    FaceEmbedderConfig,
-    FaceEmbedderNet,
-    FaceIdentityEmbedder,
-    export_onnx,
-    normalise_faces,
-)
+from mdream.eval.face_embedder import FaceEmbedderConfig, FaceEmbedderNet, export_onnx, normalise_faces
+from mdream.models.face_embedder import FaceIdentityEmbedder
 from mdream.toyworld import make_world, render_face_photo
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdream.eval.face_embedder import FaceIdentityEmbedder
 from mdream.eval.frame_analyser import FrameAnalyser
+from mdream.models.face_embedder import FaceIdentityEmbedder
 from mdream.training.analyser import (
     AnalyserTrainingConfig,
     FaceTrainingConfig,

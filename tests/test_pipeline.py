@@ -177,3 +177,52 @@ def test_identical_shots_are_separate_samples(tmp_path):
     script = write_script(tmp_path / "movie", data)
     (report,) = _run(script, FakeEncode())
     assert len(report.produced) == 6 and not report.by_other_process
+
+
+def _artifact_dir(script: Path, stages, stage: str, index: int) -> Path:
+    from mdream.stages.pipeline import plan_keys
+
+    project = Project.open(script, RunOptions(quiet=True))
+    return project.store.artifact_dir(stage, plan_keys(project, stages)[stage][index])
+
+
+def test_a_chained_stage_sees_its_whole_history_and_a_rerun_rebuilds_it(small_script):
+    from pipeline_fakes import FakeChained
+
+    first = FakeChained()
+    _run(small_script, FakeEncode(), first)
+    assert first.seen == {f"act1-00{i + 1}": [10.0 * j for j in range(i)] for i in range(6)}
+    # A middle artifact deleted, another corrupted: the rerun recomputes both, in order, and each
+    # sees every earlier shot (the recomputed one included), never a history with a hole.
+    import shutil
+
+    stages = [FakeEncode(), FakeChained()]
+    shutil.rmtree(_artifact_dir(small_script, stages, "keyframes", 2))
+    tokens = next(_artifact_dir(small_script, stages, "keyframes", 4).glob("tokens*"))
+    tokens.write_bytes(tokens.read_bytes()[:-3])
+    again = FakeChained()
+    reports = _run(small_script, FakeEncode(), again)
+    assert reports[1].produced == ["act1-003", "act1-005"]
+    assert again.seen == {"act1-003": [0.0, 10.0], "act1-005": [0.0, 10.0, 20.0, 30.0]}
+
+
+def test_a_missing_predecessor_is_an_error_not_a_shorter_history(small_script):
+    import shutil
+
+    import pytest
+    from pipeline_fakes import FakeChained
+
+    from mdream.errors import MdreamError
+    from mdream.stages.pipeline import _upstream_artifacts, plan_keys
+
+    stages = [FakeEncode(), FakeChained()]
+    _run(small_script, *stages)
+    shutil.rmtree(_artifact_dir(small_script, stages, "keyframes", 1))
+    project = Project.open(small_script, RunOptions(quiet=True))
+    keys = plan_keys(project, stages)
+    with pytest.raises(MdreamError, match="act1-002"):  # shot 3's previous shot
+        _upstream_artifacts(project, stages[1], project.plan.shots[2], keys)
+    upstream = _upstream_artifacts(project, stages[1], project.plan.shots[4], keys)
+    assert len(upstream["history"]) == 4 and upstream["history"][0].key == keys["keyframes"][0]
+    with pytest.raises(MdreamError, match="act1-002"):
+        list(upstream["history"])

@@ -10,7 +10,6 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from mdream.cli.toyworld_cli import app
 from mdream.toyworld import (
     ACTIONS,
     CAMERAS,
@@ -24,6 +23,7 @@ from mdream.toyworld import (
     write_dataset,
     write_script,
 )
+from mdream.toyworld.cli import app
 
 WORLD = make_world(0)
 

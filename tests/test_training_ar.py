@@ -10,7 +10,6 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from mdream.cli.train_cli import app
 from mdream.models.keyframe_ar import KeyframeAR, ShotCondition
 from mdream.training.ar import ARTrainingConfig, ARTrainingModel, build_model, load_data, sample_window
 from mdream.training.ar_data import (
@@ -18,6 +17,7 @@ from mdream.training.ar_data import (
     TOY_TEXT_ENCODER,
     render_episodes,
 )
+from mdream.training.cli import app
 from mdream.training.config import RECIPES_DIR, load_recipe
 
 runner = CliRunner()

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from mdream.cli.train_cli import app
 from mdream.errors import InputError
+from mdream.training.cli import app
 from mdream.training.config import flatten, load_recipe, resumed_config, save_config
 from mdream.training.tokenizer import TokenizerTrainingConfig, ToyLossWeights
 

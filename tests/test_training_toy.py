@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mdream.cli.train_cli import app
 from mdream.models.decoder import KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder
+from mdream.training.cli import app
 from mdream.training.common import lr_at, resolve_resume
 from mdream.training.config import settings_docs, settings_fields
 from mdream.training.tokenizer import TokenizerTrainingConfig
@@ -118,11 +118,12 @@ def test_tokenizer_training_resume_and_render(clip_run, tmp_path):
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     (shipped / "eval.json").write_text("{}")  # a stale record from other weights must not survive an export
-    export_tokenizer(checkpoint, shipped)
+    export_tokenizer(checkpoint, shipped, num_inference_steps=2, guidance_scale=1.0, identity_guidance_scale=0.0)
     record = json.loads((shipped / "train_config.json").read_text())
     assert record["steps"] == 3 and not (shipped / "eval.json").exists()
-    # this run's CLIP lies outside the package: the record keeps its path; the packaged ones would read toy / auto
-    assert record["clip"] == str((clip_run / "final").resolve()) and record["face_embedder"] in ("auto", "none")
+    # this run's CLIP lies outside the package: the export carries a copy and the record names it; the packaged
+    # ones would read toy / auto
+    assert record["clip"] == "clip" and record["face_embedder"] in ("auto", "none")
     assert not any("_name_or_path" in json.loads(f.read_text()) for f in shipped.rglob("config.json"))
     encoder = KeyframeEncoder.from_pretrained(checkpoint / "encoder")
     decoder = KeyframeDecoder.from_pretrained(checkpoint / "decoder")
@@ -432,13 +433,13 @@ def test_a_clip_retrained_in_place_recomputes_the_caches_made_with_it(clip_run, 
 
 def test_exported_settings_name_the_packaged_models_portably(tmp_path):
     """The packaged CLIP and face embedder are recorded as toy / auto (not this machine's paths), in the shipped
-    tokenizer's settings too; any other path is kept."""
+    tokenizer's settings too; any other machine path is kept by its name only."""
     from mdream.training.tokenizer import DEFAULT_FACE_EMBEDDER, TOY_CLIP, portable_train_config
 
     record = tmp_path / "train_config.json"
     record.write_text(json.dumps({"clip": str(TOY_CLIP.resolve()), "face_embedder": str(DEFAULT_FACE_EMBEDDER),
-                                  "data": str(tmp_path)}))
+                                  "data": str(tmp_path / "frames.npz")}))
     portable_train_config(record)
-    assert json.loads(record.read_text()) == {"clip": "toy", "face_embedder": "auto", "data": str(tmp_path)}
+    assert json.loads(record.read_text()) == {"clip": "toy", "face_embedder": "auto", "data": "frames.npz"}
     shipped = json.loads((TOY_CLIP.parent / "toy-tokenizer" / "train_config.json").read_text())
     assert (shipped["clip"], shipped["face_embedder"]) == ("toy", "auto")

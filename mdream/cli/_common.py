@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mdream.errors import EXIT_FAILURE, EXIT_INTERRUPTED, MdreamError, ScriptError
+from mdream.stages.registry import names_text
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when a v
 FromStageOpt = Annotated[
     str | None,
     typer.Option("--from-stage", show_default=False,
-                 help="Recompute from this stage on: encode, keyframes, render or video \\[default: reuse every valid artifact]."),
+                 help=f"Recompute from this stage on: {names_text()} \\[default: reuse every valid artifact]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]

@@ -61,3 +61,5 @@ def show_status(report) -> None:
             "[dim]checked: file sizes, and the checksums of files under 1 MiB; "
             "`mdream status --verify` checks every file's checksum.[/]", highlight=False
         )
+    for step in getattr(report, "steps", []):  # per-movie steps, one line per target folder
+        stdout.print(f"{step.step} -> {step.target}: [{_STYLE.get(step.state, '')}]{step.state}[/]")

@@ -7,16 +7,12 @@ from typing import Annotated
 
 import typer
 
+from mdream.cli._apps import mdream_app
 from mdream.cli._common import JsonOpt, print_json, run_cli, stdout
 from mdream.errors import InputError
 
-app = typer.Typer(
-    name="cache",
-    help="Inspect an artifact cache and prune its debris (quarantined artifacts, dead writers' temp folders).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+app = mdream_app(
+    "cache", "Inspect an artifact cache and prune its debris (quarantined artifacts, dead writers' temp folders)."
 )
 
 TargetArg = Annotated[

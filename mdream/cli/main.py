@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from mdream.cli._apps import LazySubcommand, lazy_group, mdream_app
 from mdream.cli._common import (
     CacheDirOpt,
     DeviceOpt,
@@ -24,6 +25,25 @@ from mdream.cli._common import (
     stdout,
 )
 from mdream.errors import InputError
+from mdream.stages.registry import names_text
+
+#: Sub-commands that live beside their packages, imported only when run (``mdream --help`` imports none).
+SUBCOMMANDS = {
+    "train": LazySubcommand(
+        "mdream.training.cli:app",
+        "Train mdream's models (toy CLIP, keyframe tokenizer, the evaluator's analyser and face embedder).",
+    ),
+    "toyworld": LazySubcommand(
+        "mdream.toyworld.cli:app", "The procedural toy movie world: ground-truth scripts, training sets and a preview."
+    ),
+    "cache": LazySubcommand(
+        "mdream.cli.cache_cli:app",
+        "Inspect an artifact cache and prune its debris (quarantined artifacts, dead writers' temp folders).",
+    ),
+    "eval": LazySubcommand(
+        "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, toy-FID, diversity."
+    ),
+}
 
 
 def _route_library_warnings() -> None:
@@ -44,13 +64,10 @@ def _route_library_warnings() -> None:
 
 _route_library_warnings()
 
-app = typer.Typer(
-    name="mdream",
-    help="Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+app = mdream_app(
+    "mdream",
+    "Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video.",
+    cls=lazy_group(SUBCOMMANDS),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -116,7 +133,9 @@ OutOpt = Annotated[
 ]
 OutAliasOpt = Annotated[Path | None, typer.Option("--out", hidden=True, help="Same as --output.")]
 
-def _stage_cli(fn_name: str):
+def _stage_cli(stage: str):
+    """The generated ``mdream STAGE SCRIPT`` command of a per-shot stage of the pipeline."""
+
     def command(
         script: ScriptArg,
         cache_dir: CacheDirOpt = None,
@@ -127,29 +146,23 @@ def _stage_cli(fn_name: str):
         json_out: JsonOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
-        _call_stage(fn_name, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        _call_stage(stage, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
 
     return command
 
 
-def _call_stage(fn_name: str, script: Path, options_factory, json_out: bool, quiet: bool, **kwargs) -> None:
+def _call_stage(stage: str, script: Path, options_factory, json_out: bool, quiet: bool, movie_dir: Path | None = None) -> None:
+    """Run one stage of a script (and the per-movie steps that follow it), then show the reports."""
     from mdream.cli._display import show_reports
-    from mdream.stages import run
+    from mdream.stages.run import run_stages
 
-    reports = run_cli(lambda: getattr(run, fn_name)(script, options_factory(), **kwargs), as_json=json_out)
+    reports = run_cli(lambda: run_stages(script, stage, options_factory(), movie_dir=movie_dir)[1], as_json=json_out)
     if json_out:
         print_json([r.to_dict() for r in reports])
     elif not quiet:
         show_reports(reports)
 
 
-app.command("keyframes", help="Every shot's keyframe tokens: given keyframes encoded, the rest predicted in order.")(
-    _stage_cli("run_keyframes")
-)
-app.command("video", help="Turn keyframes into clips anchored on their first frame.")(_stage_cli("run_video"))
-
-
-@app.command("encode")
 def encode_cli(
     inputs: Annotated[
         list[Path], typer.Argument(help="A script, or images / folders / video files.", show_default=False)
@@ -173,7 +186,7 @@ def encode_cli(
     from mdream.stages.media import encode_media, is_script
 
     if len(inputs) == 1 and is_script(inputs[0]):
-        _call_stage("run_encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        _call_stage("encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
         return
     report = run_cli(
         lambda: encode_media(inputs, output, bundle, cache_dir, device, keyframes_per_shot, force), as_json=json_out
@@ -187,7 +200,6 @@ def encode_cli(
         )
 
 
-@app.command("render")
 def render_cli(
     source: Annotated[Path, typer.Argument(help="A script, or a tokens file from `mdream encode`.", show_default=False)],
     out: OutOpt = None,
@@ -226,7 +238,27 @@ def render_cli(
 
         run_cli(refuse, as_json=json_out)
     options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)
-    _call_stage("run_render", source, options, json_out, quiet, out_dir=out)
+    _call_stage("render", source, options, json_out, quiet, movie_dir=out)
+
+
+#: Stages whose command also takes media files besides a script (written by hand above).
+MEDIA_COMMANDS = {"encode": encode_cli, "render": render_cli}
+
+
+def _register_stage_commands() -> None:
+    """One command per per-shot stage of the pipeline, in pipeline order (mdream/stages/registry.py)."""
+    from mdream.stages.registry import pipeline
+
+    for stage in pipeline():
+        if stage.per_movie:
+            continue  # per-movie steps run after their upstream stages
+        if stage.name in MEDIA_COMMANDS:
+            app.command(stage.name)(MEDIA_COMMANDS[stage.name])
+        else:
+            app.command(stage.name, help=stage.help or None)(_stage_cli(stage.name))
+
+
+_register_stage_commands()
 
 
 @app.command("generate")
@@ -234,7 +266,7 @@ def generate_cli(
     script: ScriptArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="The movie file to write (mp4).")] = Path("movie.mp4"),
     until: Annotated[
-        str, typer.Option("--until", help="Stop after this stage (render: keyframes only, in the movie folder).")
+        str, typer.Option("--until", help=f"Stop after this stage: {names_text()} (render: keyframes only, in the movie folder).")
     ] = "video",
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
@@ -251,20 +283,16 @@ def generate_cli(
     def call():
         return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out)(), until)
 
-    reports = run_cli(call, as_json=json_out)
+    result = run_cli(call, as_json=json_out)
     if json_out:
-        from mdream.stages.run import movie_dir_for
-
-        ran = {r.stage for r in reports}  # report only what was written
-        print_json({"output": str(output) if until == "video" else None,
-                    "movie_dir": str(movie_dir_for(output)) if "render" in ran else None,
-                    "stages": [r.to_dict() for r in reports]})
+        print_json(result.to_dict())  # only what was written: null otherwise
     elif not quiet:
-        from mdream.stages.run import movie_dir_for
-
-        show_reports(reports)
-        if until in ("render", "video"):
-            stdout.print(f"[green]wrote[/] {output if until == 'video' else movie_dir_for(output)}")
+        show_reports(result.reports)
+        if result.movie_dir is not None:
+            stdout.print(f"[green]wrote[/] {result.movie_dir}/ (keyframes, storyboard.png, animatic.mp4)")
+        if result.movie_kind == "animatic":
+            stdout.print(f"[green]wrote[/] {result.output}: the animatic (each keyframe held for its shot; "
+                         "the model bundle has no video model yet)")
 
 
 @app.command("status")
@@ -284,34 +312,6 @@ def status_cli(
         print_json(report.to_dict())
     else:
         show_status(report)
-
-
-def _register_subapps() -> None:
-    """Sub-apps that live beside their packages (train, toyworld, eval)."""
-    try:
-        from mdream.cli.train_cli import app as train_app
-    except ImportError:  # pragma: no cover
-        train_app = None
-    if train_app is not None:
-        app.add_typer(train_app, name="train", help="Train mdream's models (toy CLIP, keyframe tokenizer, ...).")
-    try:
-        from mdream.cli.toyworld_cli import app as toyworld_app
-    except ImportError:  # pragma: no cover - during development only
-        toyworld_app = None
-    if toyworld_app is not None:
-        app.add_typer(toyworld_app, name="toyworld", help="The procedural toy movie world: scripts and datasets.")
-    from mdream.cli.cache_cli import app as cache_app
-
-    app.add_typer(cache_app, name="cache", help="Inspect an artifact cache and prune its debris.")
-    try:
-        from mdream.cli.eval_cli import eval_cli
-    except ImportError:  # pragma: no cover
-        eval_cli = None
-    if eval_cli is not None:
-        app.command("eval")(eval_cli)
-
-
-_register_subapps()
 
 
 def main() -> None:

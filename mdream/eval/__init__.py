@@ -5,8 +5,9 @@
     report = evaluate_movie("movie/", "script.yaml", backend="real",
                             clip_model="openai/clip-vit-base-patch32", face_model="glintr100.onnx")
 
-- :mod:`mdream.eval.face_embedder`: ArcFace-style face-identity embedder (toy ONNX, loaded like any
-  insightface recognition model) and :class:`FaceIdentityEmbedder` for toy and real models.
+- :mod:`mdream.eval.face_embedder`: the toy ArcFace-style face-identity network, exported as an
+  insightface recognition ONNX; :class:`~mdream.models.face_embedder.FaceIdentityEmbedder` loads
+  toy and real models alike.
 - :mod:`mdream.eval.frame_analyser`: scene + who-is-where classifier, and the toy-FID features.
 - :mod:`mdream.eval.metrics`: the metrics as pure functions.
 - :mod:`mdream.eval.evaluate`: :func:`evaluate_movie` and :class:`EvalReport`.
@@ -17,8 +18,8 @@
 from __future__ import annotations
 
 from mdream.eval.evaluate import EvalReport, ShotResult, evaluate_movie
-from mdream.eval.face_embedder import FaceIdentityEmbedder
 from mdream.eval.frame_analyser import FrameAnalyser, FrameAnalyserConfig
+from mdream.models.face_embedder import FaceIdentityEmbedder
 
 __all__ = [
     "EvalReport",

@@ -27,8 +27,8 @@ from PIL import Image
 
 from mdream.errors import InputError
 from mdream.eval import metrics
-from mdream.eval.face_embedder import FACE_SIZE, FaceIdentityEmbedder
 from mdream.images import read_rgb
+from mdream.models.face_embedder import FACE_SIZE, FaceIdentityEmbedder
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "eval"
 TOY_FACE_MODEL = ASSETS_DIR / "toy_face_recognition.onnx"

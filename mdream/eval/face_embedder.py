@@ -1,11 +1,9 @@
-"""Face-identity embedder: aligned 112x112 face crop -> 512-d L2-normalised embedding.
+"""The toy face-identity network: aligned 112x112 face crop -> 512-d L2-normalised embedding.
 
-Two sizes, one code path. The toy embedder is a small CNN trained here on toy-world faces with
-an ArcFace additive-angular-margin loss and exported to ONNX *as an insightface recognition model*
-(input ``N x 3 x 112 x 112``, one output, no normalisation inside the graph). Both the toy model and
-a real insightface recognition model (e.g. antelopev2's ``glintr100.onnx``) are loaded by
-:class:`FaceIdentityEmbedder` through ``insightface.model_zoo.get_model``, so the real insightface
-path runs in every test.
+A small CNN trained on toy-world faces with an ArcFace additive-angular-margin loss and exported to
+ONNX *as an insightface recognition model* (input ``N x 3 x 112 x 112``, one output, no normalisation
+inside the graph). Toy and real insightface models are then loaded by the same
+:class:`mdream.models.face_embedder.FaceIdentityEmbedder`, so the real insightface path runs in every test.
 
 Preprocessing contract (insightface's ``ArcFaceONNX.get_feat``): the crop is resized to the model's
 input size, converted BGR->RGB and normalised as ``(x - 127.5) / 127.5``. The toy network is trained on
@@ -25,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdream.errors import CorruptArtifactError, InputError
+from mdream.models.face_embedder import EMBEDDING_DIM, FACE_SIZE
 
-FACE_SIZE = 112  # insightface's aligned-crop size
-EMBEDDING_DIM = 512
+__all__ = ["FACE_SIZE", "ArcMarginHead", "FaceEmbedderConfig", "FaceEmbedderNet", "export_onnx", "normalise_faces", "save_config"]
+
 ONNX_OUTPUT_NAME = "embedding"  # non-numeric, so insightface and onnxruntime name it clearly
 ONNX_INPUT_NAME = "face"
 
@@ -155,74 +153,3 @@ def export_onnx(net: FaceEmbedderNet, path: str | Path) -> Path:
 def save_config(config: FaceEmbedderConfig, path: str | Path, **extra: object) -> None:
     """Write the constructor arguments (and training facts in ``extra``) as JSON."""
     Path(path).write_text(json.dumps({**asdict(config), **extra}, indent=2) + "\n")
-
-
-class FaceIdentityEmbedder:
-    """Any insightface recognition ONNX (toy or real), loaded as insightface loads it.
-
-    ``embed(crops)`` takes aligned RGB crops ``uint8 [n, 112, 112, 3]`` (other square sizes are
-    resized by insightface) and returns ``float32 [n, D]`` L2-normalised embeddings.
-    """
-
-    def __init__(self, model_path: str | Path):
-        import insightface  # heavy import (cv2, onnx, onnxruntime): keep it off module import
-
-        path = Path(model_path)
-        if not path.is_file():
-            raise InputError(
-                f"Face-recognition model not found: {path}",
-                hint="Pass the path of an insightface recognition .onnx file (e.g. glintr100.onnx).",
-            )
-        try:
-            model = insightface.model_zoo.get_model(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime/onnx raise many kinds of errors for a bad file
-            raise CorruptArtifactError(
-                f"Could not load face-recognition model {path}: {exc}",
-                hint="Is it a valid ONNX file? Re-export or re-download it.",
-            ) from exc
-        if model is None or getattr(model, "taskname", None) != "recognition":
-            raise InputError(
-                f"{path} is not an insightface recognition model (got {type(model).__name__}).",
-                hint="A recognition model has one square input of >= 112 px and one output.",
-            )
-        model.prepare(ctx_id=-1)
-        self.model = model
-        self.path = path
-
-    @property
-    def input_size(self) -> int:
-        return int(self.model.input_size[0])
-
-    def identity(self, photo_paths) -> np.ndarray:
-        """A character's identity: the mean embedding of its face photos, renormalised, float32 ``[D]``.
-
-        Photos of another size are resized to the model's input (bilinear) before embedding.
-        """
-        from PIL import Image
-
-        from mdream.images import read_rgb
-
-        size = self.input_size
-        photos = []
-        for path in photo_paths:
-            image = read_rgb(path, "face photo")
-            if image.shape[:2] != (size, size):
-                image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-            photos.append(image)
-        mean = self.embed(np.stack(photos)).mean(0)
-        return mean / max(float(np.linalg.norm(mean)), 1e-12)
-
-    def embed(self, crops_rgb: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        crops_rgb = np.asarray(crops_rgb)
-        if crops_rgb.ndim != 4 or crops_rgb.shape[-1] != 3:
-            raise InputError(f"Face crops must be [n, H, W, 3] uint8, got shape {crops_rgb.shape}.")
-        if len(crops_rgb) == 0:
-            dim = self.model.output_shape[-1]
-            return np.zeros((0, dim if isinstance(dim, int) else EMBEDDING_DIM), np.float32)
-        out = []
-        for start in range(0, len(crops_rgb), batch_size):
-            # insightface expects OpenCV's BGR order and swaps to RGB itself (blobFromImages swapRB).
-            bgr = [np.ascontiguousarray(c[:, :, ::-1]) for c in crops_rgb[start : start + batch_size]]
-            out.append(np.asarray(self.model.get_feat(bgr), np.float32).reshape(len(bgr), -1))
-        feats = np.concatenate(out)
-        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)

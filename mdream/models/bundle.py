@@ -13,9 +13,16 @@ A bundle is a folder holding ``bundle.yaml``::
 
 A component is a local path (relative to the bundle folder, or absolute) or a hub id
 (``{hub: stabilityai/stable-diffusion-xl-base-1.0, revision: main}``); both sizes go through the
-same ``from_pretrained`` code. A component's *identity* (config + weight hashes, or hub id +
-revision) enters the cache key of every stage that uses it, so retraining a model invalidates
-exactly the artifacts it produced.
+same ``from_pretrained`` code. ``bundle.load(COMPONENT, device=...)`` loads one through the model
+registry (:mod:`mdream.models.registry`) by its class name: an explicit ``class:`` in bundle.yaml,
+else the ``_class_name`` its folder's ``<component>.json`` records, else a rule for formats that
+record none (an ``.onnx`` file: ``FaceIdentityEmbedder``; a transformers CLIP folder: ``TextEncoder``).
+
+A component's *identity* enters the cache key of every stage that uses it, so retraining a model
+invalidates exactly the artifacts it produced: for a local path, the hashes of its configs and
+weights (remembered between runs: :mod:`mdream.cache.hashes`); for a hub id, the commit its revision
+resolves to in the local Hugging Face cache (``hub:ID@SHA``), or ``hub-unresolved:ID@REVISION`` when
+that revision is not cached (mdream never asks the network).
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -42,14 +51,24 @@ COMPONENT_NAMES = (
 )
 
 
+#: Model classes of component files in formats that record no class name, by file suffix.
+SUFFIX_CLASSES = {".onnx": "FaceIdentityEmbedder"}
+#: Model classes of transformers folders (``config.json`` without ``_class_name``), by ``model_type``.
+TRANSFORMERS_CLASSES = {"clip": "TextEncoder", "clip_text_model": "TextEncoder"}
+
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
 @dataclass(frozen=True)
 class ComponentRef:
-    """Where one component lives: a local path or a hub id."""
+    """Where one component lives: a local path or a hub id (and, optionally, its model class)."""
 
     name: str
     path: Path | None = None
     hub_id: str | None = None
     revision: str | None = None
+    class_name: str | None = None
+    """The model class to load it with (bundle.yaml's ``class:``); None: read from its files."""
 
     @property
     def exists(self) -> bool:
@@ -58,6 +77,19 @@ class ComponentRef:
     @property
     def location(self) -> str:
         return self.hub_id if self.hub_id else str(self.path)
+
+
+class _ClassOrInstanceMethod:
+    """``ModelBundle.load(...)`` on the class finds a bundle; ``bundle.load(...)`` loads a component."""
+
+    def __init__(self, on_class, on_instance):
+        self.on_class, self.on_instance = on_class, on_instance
+        self.__doc__ = f"On the class: {on_class.__doc__}\nOn a bundle: {on_instance.__doc__}"
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self.on_class.__get__(objtype, objtype)
+        return self.on_instance.__get__(obj, objtype)
 
 
 @dataclass
@@ -70,7 +102,7 @@ class ModelBundle:
     _identities: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, name_or_path: str, base_dir: Path | None = None) -> ModelBundle:
+    def find(cls, name_or_path: str, base_dir: Path | None = None) -> ModelBundle:
         """Find a bundle by bundled name (``toy``) or by folder path (relative to ``base_dir``)."""
         candidates = bundle_candidates(name_or_path, base_dir)
         for folder in candidates:
@@ -101,11 +133,19 @@ class ModelBundle:
                 )
             if not isinstance(spec, dict) or not ({"path", "hub"} & spec.keys()):
                 raise InputError(f"Model bundle {path}: component {name!r} needs 'path' or 'hub'.")
+            class_name = spec.get("class")
+            if class_name is not None and (not isinstance(class_name, str) or not class_name):
+                raise InputError(f"Model bundle {path}: component {name!r}: 'class' must be a class name.")
             if "hub" in spec:
-                components[name] = ComponentRef(name, hub_id=str(spec["hub"]), revision=spec.get("revision"))
+                revision = spec.get("revision")
+                components[name] = ComponentRef(
+                    name, hub_id=str(spec["hub"]), revision=None if revision is None else str(revision), class_name=class_name
+                )
             else:
                 p = Path(spec["path"])
-                components[name] = ComponentRef(name, path=(p if p.is_absolute() else (folder / p)).resolve())
+                components[name] = ComponentRef(
+                    name, path=(p if p.is_absolute() else (folder / p)).resolve(), class_name=class_name
+                )
         return cls(name=str(data.get("name", folder.name)), root=folder, components=components)
 
     def component(self, name: str) -> ComponentRef:
@@ -118,6 +158,37 @@ class ModelBundle:
                 hint="train it with `mdream train ...` or point the script's output.model_bundle at a bundle that has it",
             )
         return ref
+
+    def class_name(self, name: str) -> str:
+        """The model class a component is loaded with (rules: this module's docstring)."""
+        ref = self.component(name)
+        if ref.class_name:
+            return ref.class_name
+        path = ref.path
+        if path is not None and path.is_file() and path.suffix.lower() in SUFFIX_CLASSES:
+            return SUFFIX_CLASSES[path.suffix.lower()]
+        if path is not None and path.is_dir():
+            for config_name in (f"{name}.json", "config.json"):
+                config = _read_config(path / config_name)
+                if isinstance(config.get("_class_name"), str):
+                    return config["_class_name"]
+                if config_name == "config.json" and config.get("model_type") in TRANSFORMERS_CLASSES:
+                    return TRANSFORMERS_CLASSES[config["model_type"]]
+        from mdream.models.registry import known_classes
+
+        raise InputError(
+            f"The model bundle {self.name!r}: cannot tell which model class loads its {name} component "
+            f"({ref.location}): it records no class name.",
+            hint=f"add `class: NAME` to the component in bundle.yaml (known classes: {', '.join(known_classes())})",
+        )
+
+    def load_component(self, name: str, device: str | None = None) -> Any:
+        """Load a component with its model class's ``from_pretrained`` (and move it to ``device``)."""
+        from mdream.models.registry import load_model
+
+        return load_model(self.class_name(name), self.component(name).location, name, device=device)
+
+    load = _ClassOrInstanceMethod(find, load_component)
 
     def identity(self, names: tuple[str, ...] | list[str]) -> str:
         """A hash of the named components' configs and weights (absent ones hash as absent)."""
@@ -132,7 +203,9 @@ class ModelBundle:
             if ref is None or not ref.exists:
                 ident = f"absent:{name}"
             elif ref.hub_id is not None:
-                ident = f"hub:{ref.hub_id}@{ref.revision or 'main'}"
+                revision = ref.revision or "main"
+                commit = resolve_hub_revision(ref.hub_id, revision)
+                ident = f"hub:{ref.hub_id}@{commit}" if commit else f"hub-unresolved:{ref.hub_id}@{revision}"
             else:
                 ident = "files:" + hash_tree(ref.path)
                 # A component may name another folder it loads (the keyframe encoder's CLIP vision
@@ -159,6 +232,43 @@ def bundled_names() -> list[str]:
     if not BUNDLES_DIR.is_dir():
         return []
     return sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "bundle.yaml").is_file())
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def hub_cache_dir() -> Path:
+    """The local Hugging Face hub cache, as huggingface_hub finds it (read at call time, so a changed
+    ``HF_HUB_CACHE`` / ``HF_HOME`` counts)."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ.get("HF_HUB_CACHE") or os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def resolve_hub_revision(repo_id: str, revision: str = "main") -> str | None:
+    """The commit hash ``revision`` of model ``repo_id`` resolves to in the local hub cache.
+
+    A 40-hex revision is already a commit. Otherwise the cache's ``refs/<revision>`` file (written by
+    huggingface_hub when it downloaded that revision) holds it; None when nothing is cached. Never
+    touches the network.
+    """
+    if _COMMIT_RE.match(revision):
+        return revision
+    from huggingface_hub.file_download import repo_folder_name
+
+    ref = hub_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / revision
+    try:
+        commit = ref.read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return commit if _COMMIT_RE.match(commit) else None
 
 
 def linked_folders(component: Path) -> list[Path]:
@@ -185,15 +295,24 @@ _HASH_MEMO: dict[tuple[str, int, int], str] = {}
 
 
 def hash_file(path: Path) -> str:
-    """sha256 of a file, memoised on (path, size, mtime) so big weights are hashed once per process."""
+    """sha256 of a file, memoised on (path, size, mtime) in this process and, between runs, in the
+    persistent memo of :mod:`mdream.cache.hashes` (so big weights are read once, not once per run)."""
+    from mdream.cache.hashes import persistent_memo
+
+    path = Path(path)
     st = path.stat()
     memo_key = (str(path), st.st_size, st.st_mtime_ns)
     if memo_key not in _HASH_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_MEMO[memo_key] = h.hexdigest()
+        memo = persistent_memo()
+        digest = memo.get(path, st)
+        if digest is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            digest = h.hexdigest()
+            memo.put(path, st, digest)
+        _HASH_MEMO[memo_key] = digest
     return _HASH_MEMO[memo_key]
 
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, write_json
+from mdream.models.registry import register_model
 
 DECODER_CONFIG = "keyframe_decoder.json"
 
@@ -48,6 +49,9 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "euler": (EulerDiscreteScheduler, {}),
     "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
+
+#: Keys of ``keyframe_decoder.json``'s ``sampling`` block: the settings the decoder was measured with.
+SAMPLING_KEYS = ("num_inference_steps", "guidance_scale", "identity_guidance_scale", "scheduler")
 
 GROUP_TOKENS, GROUP_FACES, GROUP_TEXT = 0, 1, 2
 
@@ -213,6 +217,7 @@ def sample_timesteps(batch: int, num_train_timesteps: int, power: float, generat
     return ((num_train_timesteps - 1) * u**power).round().long()
 
 
+@register_model()
 class KeyframeDecoder(nn.Module):
     """Tokens + cast face embeddings + descriptor embedding -> keyframe image.
 
@@ -256,7 +261,7 @@ class KeyframeDecoder(nn.Module):
         # blind to where a pixel is (all they have is the zero padding), so "the face in slot 0 stands on the
         # left" has to be learned through the borders. 0 for pretrained UNets (SDXL), whose input is fixed.
         self.position_channels = position_channels
-        # sampling settings this decoder was tuned for (num_inference_steps, guidance_scale), kept on save
+        # sampling settings this decoder was measured with (SAMPLING_KEYS), kept on save
         self.sampling: dict = {}
 
     # ---- construction -------------------------------------------------------------------------
@@ -293,10 +298,21 @@ class KeyframeDecoder(nn.Module):
                 f"keyframe decoder: {folder / DECODER_CONFIG} has sampling {sampling!r}; it must be an object "
                 "such as {\"num_inference_steps\": 20, \"guidance_scale\": 1.0}."
             )
+        unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+        if unknown:
+            raise CorruptArtifactError(
+                f"keyframe decoder: {folder / DECODER_CONFIG} has unknown sampling settings {', '.join(unknown)}; "
+                f"the sampling block takes {', '.join(SAMPLING_KEYS)}."
+            )
+        name = cfg.get("scheduler", sampling.get("scheduler", "ddim"))
+        if sampling.get("scheduler", name) != name:
+            raise CorruptArtifactError(
+                f"keyframe decoder: {folder / DECODER_CONFIG} names two samplers (scheduler '{name}', "
+                f"sampling.scheduler '{sampling['scheduler']}'); they must agree."
+            )
         unet = load_pretrained(UNet2DConditionModel, str(folder / "unet"), "decoder UNet")
         context = load_pretrained(ContextProjector, str(folder / "context"), "decoder context projector")
         vae = load_pretrained(AutoencoderKL, str(folder / "vae"), "decoder VAE") if cfg.get("vae") else None
-        name = cfg.get("scheduler", "ddim")
         scheduler_config = DDIMScheduler.load_config(str(folder / "scheduler"))
         decoder = cls(unet, context, cls.make_scheduler(name, scheduler_config), vae, name,
                       position_channels=int(position_channels))

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjecti
 from mdream.errors import InputError
 from mdream.models.compressor import TokenCompressor
 from mdream.models.loading import load_pretrained, read_json, resolve_reference, write_json
+from mdream.models.registry import register_model
 
 # OpenAI CLIP's preprocessing constants; used when the folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -81,6 +82,7 @@ class ClipImagePreprocessor(torch.nn.Module):
         return (x.clamp(0, 1) - self.mean) / self.std
 
 
+@register_model()
 class KeyframeEncoder(torch.nn.Module):
     """Frozen CLIP vision tower + trainable ``TokenCompressor``: images -> ``[B, N, d]`` keyframe tokens.
 
@@ -185,6 +187,7 @@ class KeyframeEncoder(torch.nn.Module):
         return torch.cat(chunks) if chunks else torch.zeros(0, self.num_tokens, self.token_dim)
 
 
+@register_model()
 class TextEncoder(torch.nn.Module):
     """Descriptor text -> pooled embedding ``[B, D]`` (L2-normalised), any CLIP-style text tower.
 

@@ -43,6 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, resolve_reference, write_json
+from mdream.models.registry import register_model
 from mdream.models.token_heads import TokenHead, build_head
 
 KEYFRAME_AR_CONFIG = "keyframe_ar.json"
@@ -192,6 +193,7 @@ def build_toy_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2,
     return LlamaForCausalLM(config)
 
 
+@register_model()
 class KeyframeAR(nn.Module):
     """Causal-LM backbone + projectors + token head: script and past keyframes -> next keyframe's tokens."""
 

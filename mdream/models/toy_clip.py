@@ -64,27 +64,22 @@ def build_toy_clip_config(
     bos_token_id: int = 2,
 ) -> CLIPConfig:
     """Both towers small (defaults: hidden 64, 4 layers, patch 4 at 32 px: about 0.45 M parameters)."""
-    text = dict(
-        vocab_size=vocab_size,
+    tower = dict(  # both towers have the same size
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 4,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
+        projection_dim=projection_dim,
+    )
+    text = dict(
+        tower,
+        vocab_size=vocab_size,
         max_position_embeddings=max_text_length,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         bos_token_id=bos_token_id,
-        projection_dim=projection_dim,
     )
-    vision = dict(
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=projection_dim,
-    )
+    vision = dict(tower, image_size=image_size, patch_size=patch_size)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 

@@ -1,24 +1,33 @@
 """The pipeline's stages: what each shot's artifact depends on, and how it is made.
 
+Each class registered with :func:`~mdream.stages.registry.register_stage` is a step of the pipeline,
+in the order of this file: the CLI gets one command per per-shot stage, ``status`` one column, and
+``--from-stage`` / ``--until`` take the names (``docs/architecture.md``, "Adding a stage").
+
 Keys depend only on these declarations, so ``mdream status`` can tell done / stale / missing for
 every stage, built or not. A stage whose model is not built yet fails in :meth:`prepare` with a
-clear :class:`~mdream.errors.NotBuiltError` (exit 1), never silently.
+clear :class:`~mdream.errors.NotBuiltError` (exit 1), never silently. Stages load their models with
+``project.bundle.load(COMPONENT, device=...)`` (the model registry picks the class).
+
+Heavy libraries (numpy, PIL, torch) are imported inside the methods: the CLI imports this module at
+start-up to list the stages.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-
-from mdream.cache import Artifact, ArtifactWriter
 from mdream.errors import InputError, NotBuiltError
-from mdream.images import read_rgb
-from mdream.models.bundle import hash_file
-from mdream.script import PlannedShot
 from mdream.stages.options import resolve_device
-from mdream.stages.pipeline import Project, Stage
+from mdream.stages.pipeline import ArtifactSequence, MovieStep, Project, Stage
+from mdream.stages.registry import register_stage
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mdream.cache import ArtifactWriter
+    from mdream.script import PlannedShot
 
 #: Face slots of the renderer's context, in this order; unpositioned cast members fill free slots.
 FACE_SLOTS = ("left", "center", "right")
@@ -29,7 +38,6 @@ def sampling_defaults(decoder_folder) -> tuple[int, float, float]:
     (``keyframe_decoder.json``'s ``sampling``), so each bundle renders with the settings it was tuned
     for; else (20, 2.0, 0.0)."""
     import json
-    from pathlib import Path
 
     try:
         sampling = json.loads((Path(decoder_folder) / "keyframe_decoder.json").read_text()).get("sampling") or {}
@@ -55,26 +63,26 @@ def face_slots(shot: PlannedShot) -> list[str | None]:
     return slots
 
 
+@register_stage
 class EncodeStage(Stage):
     """Reference faces -> face embeddings per slot; descriptor and identifier -> text embeddings."""
 
     name = "encode"
     version = "2"  # 2: the cast's description embeddings per face slot
+    help = "Encode a script's faces and descriptors."
     components = ("face_embedder", "text_encoder")
 
     def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
+        from mdream.models.bundle import hash_file
+
         # The face photos' *contents* matter, not just their names: replacing a photo re-encodes.
         faces = {cid: [hash_file(p) for p in project.plan.face_paths(cid)] for cid in shot.cast_ids}
         return {"shot": shot.inputs_for_cache(), "faces": faces}
 
     def prepare(self, project: Project) -> None:
-        from mdream.eval.face_embedder import FaceIdentityEmbedder
-        from mdream.models.encoders import TextEncoder
-
         bundle = project.bundle
-        self.faces = FaceIdentityEmbedder(bundle.component("face_embedder").location)
-        self.text = TextEncoder.from_pretrained(bundle.component("text_encoder").location)
-        self.text.to(resolve_device(project.options.device))
+        self.faces = bundle.load("face_embedder")
+        self.text = bundle.load("text_encoder", device=resolve_device(project.options.device))
         self._character_embeddings: dict[str, np.ndarray] = {}
         self._character_texts: dict[str, object] = {}
 
@@ -90,7 +98,8 @@ class EncodeStage(Stage):
             self._character_texts[cid] = self.text.encode([project.plan.characters[cid].description])[0]
         return self._character_texts[cid]
 
-    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
+    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Any], writer: ArtifactWriter) -> None:
+        import numpy as np
         import torch
 
         slots = face_slots(shot)
@@ -115,25 +124,28 @@ class EncodeStage(Stage):
         writer.save_json("slots", {"slots": slots})
 
 
+@register_stage
 class KeyframesStage(Stage):
     """Each shot's keyframe tokens: a given keyframe is encoded; otherwise the AR model predicts it.
 
-    Chained: a shot's tokens condition on the shots before it, so its key includes the previous key.
+    Chained: a shot's tokens condition on the shots before it (``upstream["history"]``), so its key
+    includes the previous key.
     """
 
     name = "keyframes"
     version = "1"
+    help = "Every shot's keyframe tokens: given keyframes encoded, the rest predicted in order."
     components = ("keyframe_ar", "keyframe_encoder")
     upstream_stages = ("encode",)
     chained = True
 
     def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
+        from mdream.models.bundle import hash_file
+
         given = hash_file(shot.keyframe) if shot.keyframe is not None else None
         return {"shot": shot.inputs_for_cache(), "given_keyframe": given}
 
     def prepare(self, project: Project) -> None:
-        from mdream.models.encoders import KeyframeEncoder
-
         to_predict = [s.id for s in project.plan.shots if s.keyframe is None]
         if to_predict:
             shown = ", ".join(to_predict[:5]) + (" ..." if len(to_predict) > 5 else "")
@@ -142,20 +154,23 @@ class KeyframesStage(Stage):
                 f"given keyframe to encode instead ({shown}).",
                 hint="give every shot a `keyframe:` image (e.g. `mdream toyworld script -o DIR --given-keyframes`) to render from them",
             )
-        self.encoder = KeyframeEncoder.from_pretrained(project.bundle.component("keyframe_encoder").location)
-        self.encoder.to(resolve_device(project.options.device))
+        self.encoder = project.bundle.load("keyframe_encoder", device=resolve_device(project.options.device))
 
-    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
+    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Any], writer: ArtifactWriter) -> None:
+        from mdream.images import read_rgb
+
         image = read_rgb(shot.keyframe, "keyframe")[None]  # [1, H, W, 3]
         tokens = self.encoder.encode(image)[0]  # [N, d]
         writer.save_tensors("tokens", {"tokens": tokens.contiguous()})
 
 
+@register_stage
 class RenderStage(Stage):
     """Keyframe tokens + cast face embeddings + descriptor -> keyframe image (PNG)."""
 
     name = "render"
     version = "1"
+    help = "Render keyframes from tokens, faces and descriptors into the movie folder (or a tokens file to PNGs)."
     components = ("keyframe_decoder",)
     upstream_stages = ("keyframes", "encode")
     batch_size = 8
@@ -169,12 +184,9 @@ class RenderStage(Stage):
         return inputs  # everything else arrives through upstream keys
 
     def prepare(self, project: Project) -> None:
-        from mdream.models.decoder import KeyframeDecoder
-
         location = project.bundle.component("keyframe_decoder").location
-        self.decoder = KeyframeDecoder.from_pretrained(location)
         self.device = resolve_device(project.options.device)
-        self.decoder.to(self.device)
+        self.decoder = project.bundle.load("keyframe_decoder", device=self.device)
         self.steps, self.guidance, self.identity_guidance = sampling_defaults(location)
         sampling = project.plan.output.sampling
         self.steps = sampling.steps if sampling.steps is not None else self.steps
@@ -185,6 +197,7 @@ class RenderStage(Stage):
 
     def produce_batch(self, project, shots, upstreams, writers) -> None:
         import torch
+        from PIL import Image
 
         tokens = torch.stack([u["keyframes"].load_tensors("tokens")["tokens"] for u in upstreams])  # [B, N, d]
         cond = [u["encode"].load_tensors("conditioning") for u in upstreams]
@@ -214,20 +227,50 @@ class RenderStage(Stage):
             writer.save_image("keyframe.png", img)
 
 
+@register_stage
+class ExportStep(MovieStep):
+    """The movie folder (``docs/architecture.md``): every rendered keyframe, ``shots.json``, and the previews
+    (``storyboard.png``, ``animatic.mp4``).
+
+    A per-movie step: it runs after ``render`` (so a later failure still leaves the keyframes), and
+    again only when a render key, the output settings or the target folder changed, or when a file it
+    wrote is gone or was changed since.
+    """
+
+    name = "export"
+    version = "2"  # 2: the storyboard and the animatic
+    upstream_stages = ("render",)
+
+    def produce_movie(self, project: Project, upstream: dict[str, ArtifactSequence], target: Path) -> list[Path]:
+        from mdream.stages.movie import export_keyframes, write_previews
+
+        return export_keyframes(project, upstream["render"], target) + write_previews(project, upstream["render"], target)
+
+
+@register_stage
 class VideoStage(Stage):
     """Keyframe -> clip(s) anchored on the first frame."""
 
     name = "video"
+    help = "Turn keyframes into clips anchored on their first frame."
     components = ("video",)
     upstream_stages = ("render",)
 
+    def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
+        out = project.plan.output
+        # the clip's frame count follows from duration and fps; its size and clip length are settings
+        return {"shot": shot.inputs_for_cache(), "duration": shot.duration, "fps": out.fps,
+                "clip_length": out.clip_length, "width": out.width, "height": out.height}
+
     def prepare(self, project: Project) -> None:
         raise NotBuiltError(
-            "The video stage is not built yet (the image-to-video model is a later issue).",
+            "The video stage is not built yet: mdream has no image-to-video model so far.",
             hint="`mdream render SCRIPT -o DIR` writes the keyframes; `mdream status SCRIPT` shows what is cached",
         )
 
 
 def pipeline_stages() -> list[Stage]:
-    """The stages in order (fresh instances: stages hold loaded models)."""
-    return [EncodeStage(), KeyframesStage(), RenderStage(), VideoStage()]
+    """The pipeline's steps in order (fresh instances: stages hold loaded models)."""
+    from mdream.stages.registry import new_stages
+
+    return new_stages()

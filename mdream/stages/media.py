@@ -135,7 +135,7 @@ def encode_media(
         raise InputError(f"The tokens file must end in .safetensors, got {output.name}.")
     items = collect_media(inputs, keyframes_per_shot)
     model_bundle = ModelBundle.load(bundle)
-    ref = model_bundle.component("keyframe_encoder")
+    model_bundle.component("keyframe_encoder")  # NotBuiltError before any work when the bundle has none
     store = ArtifactStore(cache_dir or Path(os.environ.get("MDREAM_CACHE", ".mdream")))
     bundle_id = model_bundle.identity(["keyframe_encoder"])
     keys = [
@@ -148,9 +148,7 @@ def encode_media(
         art = None if force else store.open(MEDIA_STAGE, key)
         if art is None:
             if encoder is None:
-                from mdream.models.encoders import KeyframeEncoder
-
-                encoder = KeyframeEncoder.from_pretrained(ref.location).to(resolve_device(device))
+                encoder = model_bundle.load("keyframe_encoder", device=resolve_device(device))
             tokens = encoder.encode(read_item(item)[None])[0]  # [N, d]
             writer = store.claim(MEDIA_STAGE, key, wait=True, force=force)
             if writer is not None:  # None: another process published the same tokens meanwhile
@@ -189,18 +187,17 @@ def render_tokens(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from mdream.models.decoder import KeyframeDecoder
-
     try:
         tokens = load_file(str(tokens_file))["tokens"]
     except (OSError, SafetensorError, KeyError) as exc:
         raise InputError(f"{tokens_file} is not a tokens file written by `mdream encode`: {exc}") from None
     from mdream.stages.definitions import sampling_defaults
 
-    location = ModelBundle.load(bundle).component("keyframe_decoder").location
-    decoder = KeyframeDecoder.from_pretrained(location)
+    model_bundle = ModelBundle.load(bundle)
+    location = model_bundle.component("keyframe_decoder").location
+    decoder = model_bundle.load("keyframe_decoder")
     if sampler:
-        KeyframeDecoder.make_scheduler(sampler, decoder.scheduler.config)  # an unknown name fails before any work
+        type(decoder).make_scheduler(sampler, decoder.scheduler.config)  # an unknown name fails before any work
     default_steps, default_guidance, _ = sampling_defaults(location)  # identity guidance needs faces: none here
     dev = resolve_device(device)
     decoder.to(dev)

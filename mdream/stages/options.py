@@ -9,9 +9,6 @@ from pathlib import Path
 
 from mdream.errors import InputError
 
-#: The pipeline's stages, in order. ``--from-stage`` takes one of these.
-STAGE_NAMES = ("encode", "keyframes", "render", "video")
-
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -28,17 +25,16 @@ class RunOptions:
     force: bool = False
     """Recompute artifacts even when a valid cached copy exists."""
     from_stage: str | None = None
-    """Recompute from this stage on (earlier stages are reused from the cache)."""
+    """Recompute from this stage on (earlier stages are reused from the cache); a name from the pipeline."""
     quiet: bool = False
     """No progress bars or summaries (errors are still printed)."""
 
     def __post_init__(self) -> None:
         check_device(self.device)
-        if self.from_stage is not None and self.from_stage not in STAGE_NAMES:
-            raise InputError(
-                f"Unknown stage {self.from_stage!r} for --from-stage.",
-                hint=f"stages are: {', '.join(STAGE_NAMES)}",
-            )
+        if self.from_stage is not None:
+            from mdream.stages.registry import check_name
+
+            check_name(self.from_stage, "--from-stage")
 
     def forces(self, stage: str) -> bool:
         """Whether artifacts of ``stage`` must be recomputed (``--force`` or ``--from-stage``)."""
@@ -46,7 +42,10 @@ class RunOptions:
             return True
         if self.from_stage is None:
             return False
-        return STAGE_NAMES.index(stage) >= STAGE_NAMES.index(self.from_stage)
+        from mdream.stages.registry import stage_names
+
+        names = stage_names()  # the pipeline's order (mdream/stages/registry.py)
+        return stage in names and names.index(stage) >= names.index(self.from_stage)
 
 
 def check_device(device: str) -> str:

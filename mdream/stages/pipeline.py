@@ -1,4 +1,4 @@
-"""The stage runner: one loop that every per-shot stage plugs into.
+"""The stage runner: one loop that every step of the pipeline plugs into.
 
 A :class:`Stage` says what a shot's artifact depends on (its inputs, the components it uses, its
 upstream stages) and how to produce it. :func:`run_stage` does the rest, the same way for every
@@ -6,10 +6,19 @@ stage: compute content keys, reuse valid cached artifacts, claim the missing one
 lock at a time (so several processes, one per GPU or machine, can fill one cache), skip shots that
 another process is producing and come back to them at the end, and record a run manifest.
 
+A :class:`MovieStep` is a per-movie step (the movie folder's export): one artifact per movie, whose
+key derives from every upstream key, the output settings and the target folder. It records what it
+wrote (sizes and modification times), and is rerun when its key changes or an output it wrote is
+missing or was changed since.
+
 Keys (``docs/architecture.md``): ``key(stage, shot) = hash(stage name, stage version, identity of
 the components it uses, the shot's inputs, seed, upstream keys)``. Upstream keys are the same
 shot's keys in the upstream stages, plus, for a *chained* stage (the autoregressive keyframes),
 the previous shot's key in that stage, so an edit invalidates that shot and the ones after it.
+A chained stage's ``produce`` gets ``upstream["history"]``: every earlier shot's artifact of that
+stage, in order, opened on first access; a missing or corrupt one raises an error, never vanishes.
+
+The pipeline's order and its stages come from :mod:`mdream.stages.registry`.
 """
 
 from __future__ import annotations
@@ -21,20 +30,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from mdream.cache import Artifact, ArtifactStatus, ArtifactStore, ArtifactWriter, artifact_key
 from mdream.errors import InputError, MdreamError
-from mdream.models.bundle import ModelBundle
-from mdream.script import Plan, PlannedShot, Script, load_script, plan_script
 from mdream.stages.options import RunOptions, resolve_cache_dir
+
+if TYPE_CHECKING:
+    from mdream.cache import Artifact, ArtifactStore, ArtifactWriter
+    from mdream.models.bundle import ModelBundle
+    from mdream.script import Plan, PlannedShot, Script
 
 
 @dataclass
 class Project:
-    """A loaded script with everything a stage runs against: plan, cache, model bundle, seed."""
+    """A loaded script with everything a stage runs against: plan, cache, model bundle, seed.
+
+    ``movie_dir`` is the folder the per-movie steps write (``SCRIPT_NAME.movie/`` beside the script
+    unless a command names another).
+    """
 
     script_path: Path
     script: Script
@@ -43,9 +56,20 @@ class Project:
     bundle: ModelBundle
     seed: int
     options: RunOptions
+    movie_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.movie_dir is None:
+            from mdream.stages.movie import default_movie_dir
+
+            self.movie_dir = default_movie_dir(self.script_path)
 
     @classmethod
-    def open(cls, script_path: str | Path, options: RunOptions | None = None) -> Project:
+    def open(cls, script_path: str | Path, options: RunOptions | None = None, movie_dir: Path | None = None) -> Project:
+        from mdream.cache import ArtifactStore
+        from mdream.models.bundle import ModelBundle
+        from mdream.script import load_script, plan_script
+
         options = options or RunOptions()
         script_path = Path(script_path)
         script = load_script(script_path)  # raises ScriptError (exit 2) with every problem
@@ -55,7 +79,8 @@ class Project:
             raise InputError(f"The cache folder {cache_dir} exists and is not a folder.", hint="pass another --cache-dir")
         bundle = ModelBundle.load(script.output.model_bundle, base_dir=script_path.resolve().parent)
         seed = options.seed if options.seed is not None else script.seed
-        return cls(script_path.resolve(), script, plan, ArtifactStore(cache_dir), bundle, seed, options)
+        movie_dir = Path(movie_dir).expanduser().resolve() if movie_dir is not None else None
+        return cls(script_path.resolve(), script, plan, ArtifactStore(cache_dir), bundle, seed, options, movie_dir)
 
     def shot_seed(self, stage: str, shot: PlannedShot) -> int:
         """A per-shot seed that does not move when other shots are inserted or removed."""
@@ -63,19 +88,76 @@ class Project:
         return int.from_bytes(digest[:4], "little")
 
 
+class ArtifactSequence(Sequence):
+    """One stage's artifacts for a run of shots, in plan order, each opened on first access.
+
+    Opening verifies checksums; a missing or corrupt artifact raises :class:`MdreamError` naming the
+    shot (the runner produces stages and chained shots in order, so this means another process or a
+    person removed it meanwhile): it is never silently left out.
+    """
+
+    def __init__(self, project: Project, stage: str, shots: Sequence[PlannedShot], keys: Sequence[str], needed_by: str):
+        self._project, self._stage, self._needed_by = project, stage, needed_by
+        self._shots, self._keys = list(shots), list(keys)
+        self._opened: dict[int, Artifact] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @overload
+    def __getitem__(self, index: int) -> Artifact: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Artifact]: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index not in self._opened:
+            art = self._project.store.open(self._stage, self._keys[index])
+            if art is None:
+                raise _missing_upstream(self._needed_by, self._stage, self._shots[index], self._project.script_path)
+            self._opened[index] = art
+        return self._opened[index]
+
+    @property
+    def shots(self) -> list[PlannedShot]:
+        return list(self._shots)
+
+
+def _missing_upstream(needed_by: str, stage: str, shot: PlannedShot, script_path: Path) -> MdreamError:
+    what = "an earlier shot's" if needed_by == stage else f"the {stage!r}"
+    return MdreamError(
+        f"Stage {needed_by!r} needs {what} artifact of shot {shot.id!r}, which is missing or corrupt.",
+        hint=f"run `mdream {stage} {script_path}` first (or `mdream generate {script_path}`, which runs every stage); "
+        "a rerun recomputes what is missing",
+    )
+
+
 class Stage:
-    """One per-shot stage. Subclasses set the class attributes and implement :meth:`produce`."""
+    """One per-shot stage. Subclasses set the class attributes and implement :meth:`produce`.
+
+    Register a subclass with :func:`mdream.stages.registry.register_stage` to make it part of the
+    pipeline (a CLI command, a ``status`` column, a name for ``--from-stage`` / ``--until``).
+    """
 
     name: str = ""
     version: str = "1"
+    #: one line for the stage's CLI command (``mdream NAME --help``)
+    help: str = ""
     #: bundle components whose identity enters the key
     components: tuple[str, ...] = ()
     #: stages whose same-shot artifacts this stage reads
     upstream_stages: tuple[str, ...] = ()
-    #: each shot also depends on the previous shot's artifact of this stage (autoregressive)
+    #: each shot also depends on every earlier shot's artifact of this stage (autoregressive):
+    #: ``produce`` gets ``upstream["history"]`` (all earlier shots, in order) and ``upstream["previous"]``
     chained: bool = False
     #: shots produced together by produce_batch (a chained stage needs 1: each shot reads the last)
     batch_size: int = 1
+    #: one artifact per movie instead of per shot (see :class:`MovieStep`)
+    per_movie: bool = False
 
     def shot_inputs(self, project: Project, shot: PlannedShot) -> dict[str, Any]:
         """The script fields this stage's artifact for ``shot`` depends on."""
@@ -84,15 +166,20 @@ class Stage:
     def prepare(self, project: Project) -> None:
         """Load models once before the loop (raise NotBuiltError when a component is missing)."""
 
-    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Artifact], writer: ArtifactWriter) -> None:
-        """Write ``shot``'s artifact files into ``writer`` (``upstream``: stage name -> artifact)."""
+    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Any], writer: ArtifactWriter) -> None:
+        """Write ``shot``'s artifact files into ``writer``.
+
+        ``upstream``: stage name -> that stage's artifact of this shot; for a chained stage also
+        ``"history"`` (an :class:`ArtifactSequence` of every earlier shot's artifact of this stage)
+        and ``"previous"`` (the last of them), absent for the first shot.
+        """
         raise NotImplementedError
 
     def produce_batch(
         self,
         project: Project,
         shots: list[PlannedShot],
-        upstreams: list[dict[str, Artifact]],
+        upstreams: list[dict[str, Any]],
         writers: list[ArtifactWriter],
     ) -> None:
         """Several shots at once (up to ``batch_size``); by default one after the other."""
@@ -100,10 +187,44 @@ class Stage:
             self.produce(project, shot, upstream, writer)
 
 
+class MovieStep(Stage):
+    """A per-movie step: turns every shot's finished artifacts into outputs in ``project.movie_dir``.
+
+    Its key derives from all its upstream stages' keys (every shot, in order), :meth:`movie_inputs`
+    (the output settings and the target folder) and its version. The runner skips it when the
+    cache holds its record under that key and every output the record lists is still there,
+    unchanged (size and modification time); otherwise it runs again.
+    """
+
+    per_movie = True
+
+    def movie_inputs(self, project: Project) -> dict[str, Any]:
+        """What the outputs depend on besides the upstream artifacts (by default: output settings, target)."""
+        return {
+            "target": str(project.movie_dir),
+            "output": project.plan.output.model_dump(mode="json"),
+            "script": str(project.script_path),
+            "title": project.plan.title,
+            "shots": [s.id for s in project.plan.shots],
+        }
+
+    def produce_movie(self, project: Project, upstream: dict[str, ArtifactSequence], target: Path) -> list[Path]:
+        """Write the outputs under ``target``; return every file written (the runner records them)."""
+        raise NotImplementedError
+
+
 def plan_keys(project: Project, stages: Sequence[Stage]) -> dict[str, list[str]]:
-    """Every stage's key for every shot, in plan order (stages must be in pipeline order)."""
+    """Every per-shot stage's key for every shot, in plan order (stages in pipeline order).
+
+    A per-movie step's single key goes under its name as a one-element list.
+    """
+    from mdream.cache import artifact_key
+
     keys: dict[str, list[str]] = {}
     for stage in stages:
+        if stage.per_movie:
+            keys[stage.name] = [movie_key(project, stage, keys)]
+            continue
         bundle_id = project.bundle.identity(stage.components)
         stage_keys: list[str] = []
         for shot in project.plan.shots:
@@ -126,9 +247,23 @@ def plan_keys(project: Project, stages: Sequence[Stage]) -> dict[str, list[str]]
     return keys
 
 
+def movie_key(project: Project, step: MovieStep, keys: dict[str, list[str]]) -> str:
+    """A per-movie step's key: every upstream key (stage by stage, shot by shot), its inputs, its components."""
+    from mdream.cache import artifact_key
+
+    return artifact_key(
+        stage=step.name,
+        stage_version=step.version,
+        bundle_id=project.bundle.identity(step.components),
+        inputs=step.movie_inputs(project),
+        seed=0,  # upstream keys carry the seeds
+        upstream=[k for up in step.upstream_stages for k in keys[up]],
+    )
+
+
 @dataclass
 class StageReport:
-    """What one run of a stage did, per shot."""
+    """What one run of a stage did, per shot (a per-movie step: its target folder)."""
 
     stage: str
     produced: list[str] = field(default_factory=list)
@@ -146,21 +281,18 @@ class StageReport:
         }
 
 
-def _upstream_artifacts(project: Project, stage: Stage, shot: PlannedShot, keys: dict[str, list[str]]) -> dict[str, Artifact]:
-    found: dict[str, Artifact] = {}
+def _upstream_artifacts(project: Project, stage: Stage, shot: PlannedShot, keys: dict[str, list[str]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
     for up in stage.upstream_stages:
         art = project.store.open(up, keys[up][shot.index])
         if art is None:
-            raise MdreamError(
-                f"Stage {stage.name!r} needs the {up!r} artifact of shot {shot.id!r}, which is missing or corrupt.",
-                hint=f"run `mdream {up} {project.script_path}` first (or `mdream generate`, which runs every stage)",
-            )
+            raise _missing_upstream(stage.name, up, shot, project.script_path)
         found[up] = art
     if stage.chained and shot.index > 0:
-        prev = project.plan.shots[shot.index - 1]
-        art = project.store.open(stage.name, keys[stage.name][prev.index])
-        if art is not None:
-            found["previous"] = art
+        earlier = project.plan.shots[: shot.index]
+        history = ArtifactSequence(project, stage.name, earlier, keys[stage.name][: shot.index], stage.name)
+        found["history"] = history
+        found["previous"] = history[-1]  # opened now: a missing predecessor fails before any work
     return found
 
 
@@ -169,6 +301,12 @@ def run_stage(project: Project, stage: Stage, stages: Sequence[Stage]) -> StageR
 
     ``stages`` is the whole pipeline up to and including ``stage`` (for upstream keys).
     """
+    if stage.per_movie:
+        return _run_movie_step(project, stage, stages)  # type: ignore[arg-type]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mdream.cache import ArtifactStatus
+
     start = time.perf_counter()
     keys = plan_keys(project, stages)
     store, report = project.store, StageReport(stage.name)
@@ -249,14 +387,76 @@ def _fill_batch(
         stage.produce_batch(project, shots, upstreams, [writer for _, writer in batch])
 
 
+#: The record a per-movie step keeps in its artifact: every output file with its size and mtime.
+OUTPUTS_RECORD = "outputs.json"
+
+
+def outputs_intact(artifact: Artifact) -> bool:
+    """Whether every output a per-movie step's record lists is there, unchanged since it was written."""
+    try:
+        record = artifact.load_json(OUTPUTS_RECORD)
+        files = record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for path, expected in files.items():
+        try:
+            st = Path(path).stat()
+        except OSError:
+            return False
+        if st.st_size != expected.get("size") or st.st_mtime_ns != expected.get("mtime_ns"):
+            return False
+    return True
+
+
+def _run_movie_step(project: Project, step: MovieStep, stages: Sequence[Stage]) -> StageReport:
+    start = time.perf_counter()
+    keys = plan_keys(project, stages)
+    key = keys[step.name][0]
+    store, report = project.store, StageReport(step.name)
+    target = str(project.movie_dir)
+    force = project.options.forces(step.name)
+    existing = None if force else store.open(step.name, key)
+    if existing is not None and outputs_intact(existing):
+        report.reused.append(target)
+    else:
+        # Replace the record when it is there but its outputs are not (deleted or edited since).
+        writer = store.claim(step.name, key, wait=True, force=force or existing is not None)
+        if writer is None:  # another process finished it while we waited for the lock
+            done = store.open(step.name, key)
+            if done is not None and outputs_intact(done):
+                report.by_other_process.append(target)
+            else:
+                writer = store.claim(step.name, key, wait=True, force=True)
+        if writer is not None:
+            with writer:  # commits on a clean exit; an error publishes no record, so the next run redoes it
+                writer.metadata.update(
+                    {"stage": step.name, "script": str(project.script_path), "target": target,
+                     "host": socket.gethostname()}
+                )
+                upstream = {
+                    up: ArtifactSequence(project, up, project.plan.shots, keys[up], step.name)
+                    for up in step.upstream_stages
+                }
+                written = step.produce_movie(project, upstream, Path(target))
+                files = {}
+                for path in written:
+                    st = Path(path).stat()
+                    files[str(Path(path).resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                writer.save_json(OUTPUTS_RECORD, {"target": target, "files": files})
+            report.produced.append(target)
+    report.seconds = time.perf_counter() - start
+    _record_run(project, step, keys, report)
+    return report
+
+
 def _record_run(project: Project, stage: Stage, keys: dict[str, list[str]], report: StageReport) -> None:
     name = "run-" + hashlib.sha256(str(project.script_path).encode()).hexdigest()[:16]
     manifest = project.store.read_manifest(name) or {"script": str(project.script_path), "stages": {}}
     manifest["title"] = project.plan.title
     manifest["shots"] = [s.id for s in project.plan.shots]
-    manifest["stages"][stage.name] = {
-        "keys": {s.id: keys[stage.name][s.index] for s in project.plan.shots},
-        "report": report.to_dict(),
-        "finished": time.time(),
-    }
+    if stage.per_movie:
+        stage_keys = {str(project.movie_dir): keys[stage.name][0]}
+    else:
+        stage_keys = {s.id: keys[stage.name][s.index] for s in project.plan.shots}
+    manifest["stages"][stage.name] = {"keys": stage_keys, "report": report.to_dict(), "finished": time.time()}
     project.store.write_manifest(name, manifest)

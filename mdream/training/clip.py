@@ -150,8 +150,9 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
         save_clip_folder(result.model, tokenizer, final)
         (final / "training_summary.json").write_text(json.dumps({"steps": result.step, "retrieval_top1_of_256": last_acc}, indent=2) + "\n")
         if export:
-            save_clip_folder(result.model, tokenizer, Path(export))
-            (Path(export) / "training_summary.json").write_text((final / "training_summary.json").read_text())
+            from mdream.training.export import export_model
+
+            export_model(final, export)
     accelerator.wait_for_everyone()
     console.print(f"clip: {result.step} steps -> {final}")
     return Path(export) if export else final

@@ -233,7 +233,7 @@ def face_embedding_bank(world_seed: int, embedder_path: str | Path, photos_per_c
     The renderer's face group sees one of these per cast member, drawn at random each step (the
     paper's face-embedding randomisation), so it learns identity, not one photo.
     """
-    from mdream.eval.face_embedder import FaceIdentityEmbedder
+    from mdream.models.face_embedder import FaceIdentityEmbedder
     from mdream.toyworld import make_world, render_face_photo
 
     embedder = FaceIdentityEmbedder(embedder_path)

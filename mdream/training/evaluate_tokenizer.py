@@ -226,7 +226,7 @@ def evaluate_tokenizer(
     embedder = None
     bank = None
     if face_model.is_file():
-        from mdream.eval.face_embedder import FaceIdentityEmbedder
+        from mdream.models.face_embedder import FaceIdentityEmbedder
 
         embedder = FaceIdentityEmbedder(face_model)
         bank = face_embedding_bank(world_seed, face_model, 8, seed)

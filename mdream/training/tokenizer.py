@@ -17,7 +17,6 @@ image embedding, the other each cast slot's face embedding (``TokenIdentityHead`
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from mdream.errors import InputError
 from mdream.models.compressor import TokenCompressor, TokenIdentityHead, TokenReconstructionHead
 from mdream.models.decoder import POSITION_CHANNEL_CHOICES, ContextProjector, KeyframeDecoder
 from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
-from mdream.models.loading import load_pretrained, quiet_loading, read_json, write_json
+from mdream.models.loading import load_pretrained, quiet_loading
 from mdream.training.common import (
     console,
     content_key,
@@ -327,47 +326,18 @@ def _face_embedder_path(setting: str) -> Path | None:
     return path
 
 
-def export_tokenizer(checkpoint: str | Path, dest: str | Path, clip_reference: str | None = None) -> None:
-    """Copy a checkpoint's (EMA) ``encoder/`` and ``decoder/`` to ``dest``, optionally re-pointing the CLIP reference."""
-    checkpoint, dest = Path(checkpoint), Path(dest)
-    for part in ("encoder", "decoder"):
-        if (dest / part).exists():
-            shutil.rmtree(dest / part)
-        shutil.copytree(checkpoint / part, dest / part)
-    if clip_reference is not None:
-        cfg = read_json(dest / "encoder" / "keyframe_encoder.json", "keyframe encoder")
-        cfg["vision_model"] = clip_reference
-        write_json(dest / "encoder" / "keyframe_encoder.json", cfg)
-    for name in ("train_config.json", "state.json", "eval.json"):
-        src = checkpoint / name if (checkpoint / name).is_file() else checkpoint.parent.parent / name
-        if src.is_file():
-            shutil.copy(src, dest / name)
-        elif (dest / name).is_file():
-            (dest / name).unlink()  # never leave another run's record beside these weights
-    if (dest / "train_config.json").is_file():
-        portable_train_config(dest / "train_config.json")
-    for config_file in dest.rglob("config.json"):
-        # diffusers records where a resumed run loaded each model from: a path on the training machine
-        cfg = read_json(config_file, "model config")
-        if cfg.pop("_name_or_path", None) is not None:
-            write_json(config_file, cfg)
+def export_tokenizer(checkpoint: str | Path, dest: str | Path, clip_reference: str | None = None, **sampling) -> None:
+    """Export a checkpoint's (EMA) ``encoder/`` and ``decoder/`` to ``dest``: ``mdream.training.export.export_model``."""
+    from mdream.training.export import export_model
+
+    export_model(checkpoint, dest, clip_reference=clip_reference, **sampling)
 
 
 def portable_train_config(path: Path) -> None:
-    """Write the packaged CLIP and face embedder in a run's settings as "toy" / "auto", not as this machine's paths.
+    """A run's settings without machine paths: ``mdream.training.export.portable_train_config``."""
+    from mdream.training.export import portable_train_config as portable
 
-    Exported weights travel (e.g. inside the package); their recorded settings should still resume or
-    rerun on another checkout. Other paths are kept as they were: they name what the run used.
-    """
-    def names(value: str | None, packaged: Path) -> bool:
-        return bool(value) and Path(value).exists() and Path(value).resolve() == packaged.resolve()
-
-    cfg = read_json(path, "training settings")
-    if names(cfg.get("clip"), TOY_CLIP):
-        cfg["clip"] = "toy"
-    if names(cfg.get("face_embedder"), DEFAULT_FACE_EMBEDDER):
-        cfg["face_embedder"] = "auto"
-    write_json(path, cfg)
+    portable(path)
 
 
 def loss_pixel_weight(train: FrameSet, idx: np.ndarray, weights: ToyLossWeights,

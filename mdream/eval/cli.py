@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from mdream.cli._apps import mdream_app
 from mdream.cli._common import print_json, run_cli, stdout
 
 
@@ -57,5 +58,5 @@ def eval_cli(
         show_eval_report(report)
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = mdream_app("eval", no_args_is_help=False)
 app.command("eval")(eval_cli)

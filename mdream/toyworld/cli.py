@@ -7,16 +7,10 @@ from typing import Annotated
 
 import typer
 
+from mdream.cli._apps import mdream_app
 from mdream.cli._common import JsonOpt, QuietOpt, print_json, run_cli, stdout
 
-app = typer.Typer(
-    name="toyworld",
-    help="The procedural toy movie world: ground-truth scripts, training sets and a preview.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
+app = mdream_app("toyworld", "The procedural toy movie world: ground-truth scripts, training sets and a preview.")
 
 OutDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.", show_default=False)]
 SizeHelp = "Frame width and height in pixels: 32, 64 or 128."

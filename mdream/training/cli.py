@@ -15,10 +15,10 @@ from typing import Annotated
 
 import typer
 
+from mdream.cli._apps import mdream_app
 from mdream.cli._common import print_json, run_cli, stdout
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, the evaluator's analyser and face embedder).")
+app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, the evaluator's analyser and face embedder).")
 
 OUT_HELP = "Run folder: train_config.json and checkpoints/ (checkpoints/latest names the newest) are written here."
 RESUME_HELP = "auto (newest checkpoint under --output, else start fresh), never, or a checkpoint folder."
@@ -140,6 +140,35 @@ def _register() -> None:
 
 
 _register()
+
+
+@app.command("export")
+def export_cli(
+    checkpoint: Annotated[Path, typer.Argument(help="A tokenizer or CLIP checkpoint (RUN/checkpoints/step-N), a CLIP folder (RUN/final) or a run folder (its newest checkpoint).", show_default=False)],
+    dest: Annotated[Path, typer.Argument(help="The model folder to write (e.g. mdream/assets/models/toy-tokenizer).", show_default=False)],
+    clip_reference: Annotated[str | None, typer.Option(help="Tokenizer: the encoder's CLIP, relative to DEST/encoder (e.g. ../../toy-clip) or a hub id [default: a CLIP with the same weights beside DEST, else a copy in DEST/clip].", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(help="Tokenizer: sampling steps saved with the decoder [default: eval.json's, else the decoder's].", show_default=False)] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="Tokenizer: classifier-free guidance scale saved with the decoder (1 = none) [default: eval.json's, else the decoder's].", show_default=False)] = None,
+    identity_guidance: Annotated[float | None, typer.Option(help="Tokenizer: identity guidance saved with the decoder (0 = off) [default: eval.json's, else the decoder's].", show_default=False)] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Tokenizer: sampler saved with the decoder: ddim, ddpm, euler or dpmpp [default: eval.json's, else the decoder's].", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
+) -> None:
+    """Write a checkpoint as a portable model folder: relative references, full sampling settings, no machine paths."""
+    from mdream.training.export import export_model
+
+    result = run_cli(export_model, checkpoint, dest, clip_reference=clip_reference, num_inference_steps=steps,
+                     guidance_scale=guidance_scale, identity_guidance_scale=identity_guidance, scheduler=scheduler,
+                     as_json=json_out)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    stdout.print(f"exported the {result.kind} {result.source} to {result.dest}", highlight=False)
+    if result.clip_reference is not None:
+        stdout.print(f"  CLIP: {result.clip_reference}", highlight=False)
+    if result.sampling is not None:
+        stdout.print("  sampling: " + ", ".join(f"{k} {v}" for k, v in result.sampling.items()), highlight=False)
+    for note in result.notes:
+        stdout.print(f"  note: {note}", highlight=False)
 
 
 @app.command("tokenizer-eval")
