@@ -18,12 +18,12 @@ import typer
 from mdream.cli._apps import mdream_app
 from mdream.cli._common import print_json, run_cli, stdout
 
-app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, the evaluator's analyser and face embedder).")
+app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, the evaluator's analyser and face embedder).")
 
 OUT_HELP = "Run folder: train_config.json and checkpoints/ (checkpoints/latest names the newest) are written here."
 RESUME_HELP = "auto (newest checkpoint under --output, else start fresh), never, or a checkpoint folder."
 CONFIG_HELP = ("A recipe: a YAML file of these settings, or the name of a packaged one (tokenizer-toy-cpu, clip-toy, "
-               "analyser-toy); options typed here override it.")
+               "analyser-toy, ar-toy-cpu); options typed here override it.")
 
 
 def config_command(name: str, config_cls: type, run: typing.Callable[..., object], help_text: str,
@@ -105,6 +105,7 @@ def _register() -> None:
         train_face_embedder,
         train_frame_analyser,
     )
+    from mdream.training.ar import ARTrainingConfig, train_ar
     from mdream.training.clip import ClipTrainingConfig, train_clip
     from mdream.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
 
@@ -113,6 +114,12 @@ def _register() -> None:
         "Train the toy CLIP contrastively on toy-world frames and descriptors.",
         extra=[inspect.Parameter("export", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[Path],  # noqa: UP045
                                  default=typer.Option(None, "--export", help="Also write the final CLIP folder here."))],
+    )
+    config_command(
+        "ar", ARTrainingConfig, train_ar,
+        "Train the keyframe AR model (script -> keyframe tokens) on encoded toy-world episodes.",
+        extra=[inspect.Parameter("export", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[Path],  # noqa: UP045
+                                 default=typer.Option(None, "--export", help="Also write the final keyframe AR folder here."))],
     )
     config_command(
         "tokenizer", TokenizerTrainingConfig, train_tokenizer,
