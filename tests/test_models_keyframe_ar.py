@@ -234,7 +234,7 @@ def test_training_overfits_a_tiny_batch(backbone_folder, head, config):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(100):
+    for _ in range(200):
         loss = model(samples, generator).loss
         optimizer.zero_grad()
         loss.backward()

@@ -146,11 +146,11 @@ _register()
 def export_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A tokenizer or CLIP checkpoint (RUN/checkpoints/step-N), a CLIP folder (RUN/final) or a run folder (its newest checkpoint).", show_default=False)],
     dest: Annotated[Path, typer.Argument(help="The model folder to write (e.g. mdream/assets/models/toy-tokenizer).", show_default=False)],
-    clip_reference: Annotated[str | None, typer.Option(help="Tokenizer: the encoder's CLIP, relative to DEST/encoder (e.g. ../../toy-clip) or a hub id [default: a CLIP with the same weights beside DEST, else a copy in DEST/clip].", show_default=False)] = None,
-    steps: Annotated[int | None, typer.Option(help="Tokenizer: sampling steps saved with the decoder [default: eval.json's, else the decoder's].", show_default=False)] = None,
-    guidance_scale: Annotated[float | None, typer.Option(help="Tokenizer: classifier-free guidance scale saved with the decoder (1 = none) [default: eval.json's, else the decoder's].", show_default=False)] = None,
-    identity_guidance: Annotated[float | None, typer.Option(help="Tokenizer: identity guidance saved with the decoder (0 = off) [default: eval.json's, else the decoder's].", show_default=False)] = None,
-    scheduler: Annotated[str | None, typer.Option(help="Tokenizer: sampler saved with the decoder: ddim, ddpm, euler or dpmpp [default: eval.json's, else the decoder's].", show_default=False)] = None,
+    clip_reference: Annotated[str | None, typer.Option(help="Tokenizer: the encoder's CLIP, relative to DEST/encoder (e.g. ../../toy-clip) or a hub id \\[default: a CLIP with the same weights beside DEST, else a copy in DEST/clip].", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(help="Tokenizer: sampling steps saved with the decoder \\[default: eval.json's, else the decoder's].", show_default=False)] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="Tokenizer: classifier-free guidance scale saved with the decoder (1 = none) \\[default: eval.json's, else the decoder's].", show_default=False)] = None,
+    identity_guidance: Annotated[float | None, typer.Option(help="Tokenizer: identity guidance saved with the decoder (0 = off) \\[default: eval.json's, else the decoder's].", show_default=False)] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Tokenizer: sampler saved with the decoder: ddim, ddpm, euler or dpmpp \\[default: eval.json's, else the decoder's].", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
 ) -> None:
     """Write a checkpoint as a portable model folder: relative references, full sampling settings, no machine paths."""
