@@ -150,10 +150,14 @@ class Sampling(_Strict):
         default=None, strict=True, ge=0, le=30, description="Extra guidance toward the cast's faces (0 = off)."
     )
     sampler: Literal[SAMPLERS] | None = Field(default=None, description="Sampler: ddim, ddpm, euler or dpmpp.")
+    temperature: float | None = Field(
+        default=None, strict=True, ge=0, le=10,
+        description="Sampling temperature of the keyframe tokens the AR model predicts (0 = the most likely; default 1).",
+    )
 
     def overrides(self) -> dict:
-        """The settings given in the script (for cache keys: a script that sets none keeps its keys)."""
-        return self.model_dump(exclude_none=True)
+        """The renderer's settings given in the script (for its cache keys: a script that sets none keeps its keys)."""
+        return self.model_dump(exclude_none=True, exclude={"temperature"})
 
 
 class OutputSettings(_Strict):

@@ -143,25 +143,77 @@ class KeyframesStage(Stage):
         from mdream.models.bundle import hash_file
 
         given = hash_file(shot.keyframe) if shot.keyframe is not None else None
-        return {"shot": shot.inputs_for_cache(), "given_keyframe": given}
+        inputs = {"shot": shot.inputs_for_cache(), "given_keyframe": given}
+        if given is None:  # a predicted shot also depends on how it is sampled
+            inputs["temperature"] = keyframe_temperature(project)
+        return inputs
 
     def prepare(self, project: Project) -> None:
+        import torch
+
+        device = resolve_device(project.options.device)
         to_predict = [s.id for s in project.plan.shots if s.keyframe is None]
-        if to_predict:
+        ar = project.bundle.components.get("keyframe_ar")
+        if to_predict and (ar is None or not ar.exists):
             shown = ", ".join(to_predict[:5]) + (" ..." if len(to_predict) > 5 else "")
             raise NotBuiltError(
-                f"The autoregressive keyframe model is not built yet, and {len(to_predict)} shot(s) have no "
-                f"given keyframe to encode instead ({shown}).",
-                hint="give every shot a `keyframe:` image (e.g. `mdream toyworld script -o DIR --given-keyframes`) to render from them",
+                f"The model bundle {project.bundle.name!r} has no keyframe AR model, and {len(to_predict)} shot(s) "
+                f"have no given keyframe to encode instead ({shown}).",
+                hint="use a bundle with a keyframe_ar component (`mdream train ar --export DIR`), or give every shot "
+                     "a `keyframe:` image (e.g. `mdream toyworld script -o DIR --given-keyframes`)",
             )
-        self.encoder = project.bundle.load("keyframe_encoder", device=resolve_device(project.options.device))
+        self.encoder = project.bundle.load("keyframe_encoder", device=device)
+        self.ar = project.bundle.load("keyframe_ar", device=device).eval() if to_predict else None
+        if self.ar is not None:
+            cfg, enc = self.ar.config, self.encoder.compressor.config
+            if (cfg.num_tokens, cfg.token_dim) != (enc.num_tokens, enc.token_dim):
+                raise InputError(
+                    f"The bundle's keyframe AR model predicts {cfg.num_tokens} tokens of {cfg.token_dim}, but its "
+                    f"keyframe encoder makes {enc.num_tokens} of {enc.token_dim}.",
+                    hint="train the AR model on tokens of this bundle's keyframe encoder",
+                )
+        self.temperature = keyframe_temperature(project)
+        self.session = None  # the AR model's context: every shot so far, in plan order
+        self.fed = 0  # shots in the session
+        self._torch = torch
+
+    def _condition(self, shot: PlannedShot, encoded: Any):
+        from mdream.models.keyframe_ar import ShotCondition
+
+        return ShotCondition.from_conditioning(shot.identifier, encoded.load_tensors("conditioning"))
 
     def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Any], writer: ArtifactWriter) -> None:
         from mdream.images import read_rgb
 
-        image = read_rgb(shot.keyframe, "keyframe")[None]  # [1, H, W, 3]
-        tokens = self.encoder.encode(image)[0]  # [N, d]
+        given = None
+        if shot.keyframe is not None:
+            image = read_rgb(shot.keyframe, "keyframe")[None]  # [1, H, W, 3]
+            given = self.encoder.encode(image)[0].float().cpu()  # [N, d]
+        if self.ar is None:  # every shot is given: nothing to predict, no context to keep
+            writer.save_tensors("tokens", {"tokens": given.contiguous()})
+            return
+        if self.session is None or self.fed > shot.index:
+            self.session, self.fed = self.ar.start_movie(), 0
+        # Shots made earlier (this run or a run before) enter the context as they were, in order.
+        earlier_encoded = upstream["upstream_history"]["encode"]
+        for j in range(self.fed, shot.index):
+            tokens = upstream["history"][j].load_tensors("tokens")["tokens"]  # [N, d]
+            self.session.step(self._condition(project.plan.shots[j], earlier_encoded[j]), given=tokens)
+        generator = self._torch.Generator().manual_seed(project.shot_seed(self.name, shot))
+        tokens = self.session.step(self._condition(shot, upstream["encode"]), given=given,
+                                   temperature=self.temperature, generator=generator)  # [N, d]
+        self.fed = shot.index + 1
         writer.save_tensors("tokens", {"tokens": tokens.contiguous()})
+
+
+#: Sampling temperature of predicted keyframe tokens when the script's output.sampling does not set one.
+DEFAULT_KEYFRAME_TEMPERATURE = 1.0
+
+
+def keyframe_temperature(project: Project) -> float:
+    """The script's ``output.sampling.temperature``, else :data:`DEFAULT_KEYFRAME_TEMPERATURE`."""
+    temperature = project.plan.output.sampling.temperature
+    return DEFAULT_KEYFRAME_TEMPERATURE if temperature is None else float(temperature)
 
 
 @register_stage

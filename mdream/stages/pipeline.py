@@ -288,8 +288,13 @@ def _upstream_artifacts(project: Project, stage: Stage, shot: PlannedShot, keys:
         if art is None:
             raise _missing_upstream(stage.name, up, shot, project.script_path)
         found[up] = art
-    if stage.chained and shot.index > 0:
+    if stage.chained:
         earlier = project.plan.shots[: shot.index]
+        # every earlier shot's upstream artifacts too, so that a stage resumed mid-movie can rebuild its context
+        found["upstream_history"] = {
+            up: ArtifactSequence(project, up, earlier, keys[up][: shot.index], stage.name) for up in stage.upstream_stages
+        }
+    if stage.chained and shot.index > 0:
         history = ArtifactSequence(project, stage.name, earlier, keys[stage.name][: shot.index], stage.name)
         found["history"] = history
         found["previous"] = history[-1]  # opened now: a missing predecessor fails before any work
