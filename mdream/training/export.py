@@ -47,6 +47,8 @@ EVAL_SAMPLING_KEYS = {"num_inference_steps": "steps", "guidance_scale": "guidanc
 #: Files that record how a model was made (not loaded by any component); copied beside the weights.
 TOKENIZER_RECORDS = ("train_config.json", "state.json", "eval.json")
 CLIP_RECORDS = ("train_config.json", "training_summary.json")
+AR_RECORDS = ("train_config.json", "state.json")
+AR_CONFIG = "keyframe_ar.json"
 #: Where an exported tokenizer keeps a CLIP that does not sit beside it.
 CLIP_FOLDER = "clip"
 
@@ -126,6 +128,14 @@ def _clip_weights(folder: Path) -> Path:
     return folder / "train" / "model.safetensors"
 
 
+def _ar_model(folder: Path) -> Path | None:
+    """The keyframe AR model folder of an AR checkpoint (``step-N/keyframe_ar``) or the model folder itself."""
+    for candidate in (folder / "keyframe_ar", folder):
+        if (candidate / AR_CONFIG).is_file():
+            return candidate
+    return None
+
+
 def _is_clip_checkpoint(folder: Path) -> bool:
     run = _run_folder(folder)
     return (_clip_weights(folder).is_file() and (folder / "state.json").is_file() and run is not None
@@ -133,20 +143,24 @@ def _is_clip_checkpoint(folder: Path) -> bool:
 
 
 def find_checkpoint(checkpoint: str | Path) -> tuple[Path, str]:
-    """(folder, kind) of what ``checkpoint`` names; kind is ``tokenizer``, ``clip-checkpoint`` or ``clip``."""
+    """(folder, kind) of what ``checkpoint`` names; kind is ``tokenizer``, ``clip-checkpoint``, ``clip`` or
+    ``keyframe-ar``."""
     source = Path(checkpoint).expanduser()
     if not source.exists():
         raise InputError(f"Checkpoint {source} does not exist.",
                          hint="Give a checkpoint folder (RUN/checkpoints/step-N) or a training run folder.")
     if not source.is_dir():
         raise InputError(f"Checkpoint {source} is a file; a checkpoint is a folder (RUN/checkpoints/step-N).")
-    if (source / "checkpoints").is_dir() and not _is_tokenizer(source) and not _is_clip_folder(source):
+    if (source / "checkpoints").is_dir() and not _is_tokenizer(source) and not _is_clip_folder(source) \
+            and _ar_model(source) is None:
         newest = latest_checkpoint(source)
         if newest is None:
             raise InputError(f"The run folder {source} holds no complete checkpoint (no checkpoints/step-N with state.json).")
         source = newest
     if _is_tokenizer(source):
         return source, "tokenizer"
+    if _ar_model(source) is not None:
+        return source, "keyframe-ar"
     if _is_clip_checkpoint(source):
         return source, "clip-checkpoint"
     if _is_clip_folder(source):
@@ -155,7 +169,8 @@ def find_checkpoint(checkpoint: str | Path) -> tuple[Path, str]:
         f"{source} is not a checkpoint mdream can export.",
         hint="Give a keyframe-tokenizer checkpoint (encoder/ and decoder/), a toy-CLIP checkpoint "
              "(train/model.safetensors and state.json in a `mdream train clip` run), a CLIP folder (config.json + "
-             "model.safetensors, e.g. RUN/final) or a run folder holding checkpoints/.",
+             "model.safetensors, e.g. RUN/final), a keyframe AR checkpoint (keyframe_ar/) or a run folder holding "
+             "checkpoints/.",
     )
 
 
@@ -422,6 +437,17 @@ def _export_clip_checkpoint(source: Path, staging: Path) -> None:
     shutil.copy(run / "train_config.json", staging / "train_config.json")
 
 
+def _export_ar(source: Path, staging: Path) -> None:
+    """The (EMA) keyframe AR model of a checkpoint, checked by loading it, with the run's records."""
+    from mdream.models.keyframe_ar import KeyframeAR
+
+    model = _ar_model(source)
+    assert model is not None  # find_checkpoint checked it
+    KeyframeAR.from_pretrained(model)  # a folder that does not load is not exported
+    shutil.copytree(model, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+    _copy_records(source, staging, AR_RECORDS)
+
+
 def _export_clip_folder(source: Path, staging: Path) -> None:
     shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "state.pt", "checkpoints"))
     for name in CLIP_RECORDS:
@@ -453,9 +479,10 @@ def export_model(
     options = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                "identity_guidance_scale": identity_guidance_scale, "scheduler": scheduler}
     if kind != "tokenizer" and (clip_reference is not None or any(v is not None for v in options.values())):
-        raise InputError(f"{source} is a CLIP: --clip-reference and the sampling options apply to tokenizer checkpoints.")
-    result = ExportResult(kind="tokenizer" if kind == "tokenizer" else "clip", dest=dest, source=source)
-    records = TOKENIZER_RECORDS if kind == "tokenizer" else CLIP_RECORDS
+        what = "a keyframe AR model" if kind == "keyframe-ar" else "a CLIP"
+        raise InputError(f"{source} is {what}: --clip-reference and the sampling options apply to tokenizer checkpoints.")
+    result = ExportResult(kind=kind if kind in ("tokenizer", "keyframe-ar") else "clip", dest=dest, source=source)
+    records = {"tokenizer": TOKENIZER_RECORDS, "keyframe-ar": AR_RECORDS}.get(kind, CLIP_RECORDS)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.export"
     shutil.rmtree(staging, ignore_errors=True)
@@ -465,6 +492,8 @@ def export_model(
             _export_tokenizer(source, dest, staging, clip_reference, options, result)
         elif kind == "clip-checkpoint":
             _export_clip_checkpoint(source, staging)
+        elif kind == "keyframe-ar":
+            _export_ar(source, staging)
         else:
             _export_clip_folder(source, staging)
         make_portable(staging, records, result.notes)
