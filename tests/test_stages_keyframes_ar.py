@@ -119,3 +119,20 @@ def test_a_bundle_without_an_ar_model_says_which_shots_need_one(tmp_path):
     script.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(NotBuiltError, match=r"no keyframe AR model.*act1-001"):
         run_stages(script, "keyframes", RunOptions(cache_dir=tmp_path / "c", quiet=True), only=False)
+
+
+def test_an_ar_checkpoint_exports_as_a_portable_folder(ar_bundle, tmp_path):
+    import json
+
+    from mdream.training.export import export_model
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-0000010"
+    shutil.copytree(ar_bundle / "ar", checkpoint / "keyframe_ar")
+    (checkpoint / "state.json").write_text(json.dumps({"step": 10, "data": str(tmp_path / "run" / "data")}))
+    result = export_model(tmp_path / "run", tmp_path / "models" / "ar")  # the run folder: its newest checkpoint
+    assert result.kind == "keyframe-ar"
+    shutil.move(tmp_path / "models", tmp_path / "moved")
+    moved = tmp_path / "moved" / "ar"
+    assert json.loads((moved / "state.json").read_text())["data"] == "data"  # a machine path kept by name only
+    model = KeyframeAR.from_pretrained(moved)
+    assert (model.config.num_tokens, model.config.token_dim) == (2, 128)
