@@ -67,7 +67,7 @@ def test_schema_is_json():
 
 
 def test_unbuilt_stage_fails_clearly(small_script, tmp_path):
-    result = runner.invoke(app, ["keyframes", str(small_script), "--cache-dir", str(tmp_path / "c"), "--device", "cpu"])
+    result = runner.invoke(app, ["video", str(small_script), "--cache-dir", str(tmp_path / "c"), "--device", "cpu"])
     assert result.exit_code == 1
     assert "not built yet" in result.output
 
