@@ -24,7 +24,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         movie = Path(tmp) / "movie.mp4"
         t0 = time.perf_counter()
-        reports = generate(SCRIPT, movie, RunOptions(cache_dir=Path(tmp) / "cache", device="cpu", quiet=True), until="render")
+        reports = generate(SCRIPT, movie, RunOptions(cache_dir=Path(tmp) / "cache", device="cpu", quiet=True)).reports
         seconds = time.perf_counter() - t0
         report = evaluate_movie(movie_dir_for(movie), SCRIPT)
     per_stage = ", ".join(f"{r.stage} {r.seconds:.1f} s" for r in reports)
@@ -32,7 +32,7 @@ def main() -> None:
         f"| {name} | {'n/a' if value is None else f'{value:.3f}'} |" for name, value in report.metric_values().items()
     )
     body = (
-        f"`generate(storyboard.yaml, until='render')` then `evaluate_movie` (toy backend): {len(reports[0].produced)} shots, "
+        f"`generate(storyboard.yaml)` (keyframes, storyboard and animatic) then `evaluate_movie` (toy backend): {len(reports[0].produced)} shots, "
         f"{seconds:.1f} s in all ({per_stage}).\n\n| metric | value |\n|---|---|\n{rows}\n\n"
         "Read against 'Evaluator baselines (latest `make bench`)' below: its ground-truth column is the ceiling "
         "and its noise column the floor, scored by the same shipped analyser and face embedder. Toy-FID and "
