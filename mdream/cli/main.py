@@ -266,7 +266,7 @@ def generate_cli(
     script: ScriptArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="The movie file to write (mp4).")] = Path("movie.mp4"),
     until: Annotated[
-        str, typer.Option("--until", help=f"Stop after this stage: {names_text()} (render: keyframes only, in the movie folder).")
+        str, typer.Option("--until", help=f"Stop after this stage: {names_text()} (render: the keyframes and previews in the movie folder; video: the movie too).")
     ] = "video",
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
