@@ -185,13 +185,13 @@ def test_render_needs_its_upstream_and_says_so(storyboard, tmp_path):
     assert f"run `mdream keyframes {storyboard.resolve()}` first" in result.output.replace("\n", "")
 
 
-def test_predicting_keyframes_is_not_built_yet(storyboard, tmp_path):
+def test_predicting_keyframes_needs_an_ar_model_in_the_bundle(storyboard, tmp_path):
     data = yaml.safe_load(storyboard.read_text())
     del data["arcs"][0]["shots"][3]["keyframe"]
     storyboard.write_text(yaml.safe_dump(data))
     assert _invoke("encode", storyboard, "--cache-dir", tmp_path / "c").exit_code == 0
     result = _invoke("keyframes", storyboard, "--cache-dir", tmp_path / "c")
-    assert result.exit_code == 1 and "not built yet" in result.output and "act1-004" in result.output
+    assert result.exit_code == 1 and "no keyframe AR model" in result.output and "act1-004" in result.output
 
 
 def _write_two_shot_video(path, size: int = 64, frames_per_shot: int = 20) -> None:
