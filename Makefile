@@ -26,9 +26,11 @@ test-slow:
 bench:
 	$(PY) -m benchmarks.run
 
-# The main job on the bundled examples: the furthest stages that are built (see README "Status").
+# The main job on the bundled examples: a movie from a script (every keyframe predicted), and one from a storyboard.
 demo:
 	$(MDREAM) script-validate examples/scripts/short.yaml examples/scripts/long.yaml examples/scripts/storyboard.yaml
+	$(MDREAM) generate examples/scripts/short.yaml -o demo/short.mp4 --device cpu
+	$(MDREAM) eval demo/short --script examples/scripts/short.yaml
 	$(MDREAM) generate examples/scripts/storyboard.yaml -o demo/storyboard.mp4 --device cpu
 	$(MDREAM) eval demo/storyboard --script examples/scripts/storyboard.yaml
 
