@@ -152,3 +152,16 @@ def test_a_bundle_with_a_video_model_goes_through_the_video_stage(fake_pipeline,
         generate(script, tmp_path / "out" / "movie.mp4", _opts())
     assert not (tmp_path / "out" / "movie.mp4").exists()  # no animatic passed off as the movie
     assert (tmp_path / "out" / "movie" / "animatic.mp4").is_file()  # the previews were written first
+
+
+def test_a_rerun_removes_the_preview_temp_files_a_killed_run_left(fake_pipeline, small_script, tmp_path):
+    movie = tmp_path / "out" / "movie.mp4"
+    generate(small_script, movie, _opts())
+    leftovers = [tmp_path / "out" / "movie" / ".animatic.mp4.tmp-999999999-0123abcd",
+                 tmp_path / "out" / "movie" / ".storyboard.png.tmp-999999999-0123abcd",
+                 tmp_path / "out" / ".movie.mp4.tmp-999999999-0123abcd"]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    generate(small_script, movie, _opts(from_stage="export"))
+    assert not any(path.exists() for path in leftovers)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["movie", "movie.mp4"]

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from mdream.stages.preview import (
-    TEMP_PREFIX,
     read_video_info,
     shot_frame_counts,
     viewing_size,
@@ -62,7 +61,7 @@ def test_animatic_holds_each_keyframe_for_its_shot(tmp_path):
     starts = np.cumsum([0] + counts[:-1])
     for frame, start, count in zip(frames, starts, counts, strict=True):
         assert np.abs(decoded[start + count // 2].astype(int) - frame[0, 0]).mean() < 12
-    assert not list(out.parent.glob(TEMP_PREFIX + "*"))
+    assert [p.name for p in out.parent.iterdir()] == ["animatic.mp4"]
 
 
 def test_animatic_rejects_odd_size_and_leaves_no_temp_file_on_error(tmp_path):

@@ -63,6 +63,10 @@ def write_previews(project: Project, renders: Sequence[Artifact], out_dir: Path)
         with Image.open(art.path("keyframe.png")) as image:
             return image.convert("RGB")
 
+    from mdream.cache import remove_stale_temp_files
+
+    # a preview write killed midway leaves its temp file: remove those of dead processes
+    remove_stale_temp_files(out_dir, lambda name: name in ("storyboard.png", "animatic.mp4"))
     shots, out = project.plan.shots, project.plan.output
     storyboard = write_storyboard(
         [keyframe(art) for art in renders], [(s.id, s.identifier) for s in shots], out_dir / "storyboard.png",
@@ -77,20 +81,13 @@ def write_previews(project: Project, renders: Sequence[Artifact], out_dir: Path)
 
 
 def publish_copy(source: Path, target: Path) -> Path:
-    """Copy ``source`` to ``target`` through a temporary file beside it (never a half-written ``target``)."""
-    import contextlib
-    import os
+    """Copy ``source`` to ``target`` through a temporary file beside it (never a half-written ``target``); a temp file
+    of this name that a killed process left is removed first."""
     import shutil
-    import tempfile
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    from mdream.cache import atomic_write, remove_stale_temp_files
+
+    remove_stale_temp_files(target.parent, lambda name: name == target.name)
+    with open(source, "rb") as src:
+        atomic_write(target, lambda dst: shutil.copyfileobj(src, dst))
     return target

@@ -5,8 +5,9 @@
   script's fps, upscaled for viewing. Frames are streamed to ffmpeg (imageio-ffmpeg's bundled
   binary), never held in memory as a whole movie.
 
-Both write to a temporary file beside the target and rename it into place, so an interrupted
-write never leaves a half-written preview under the final name (the temporary file is removed).
+Both write to a temporary file beside the target (named like the cache's ``atomic_write`` temp files,
+``.<name>.tmp-<pid>-<hex>``, so :func:`mdream.cache.remove_stale_temp_files` can clear those a killed process
+left) and rename it into place, so an interrupted write never leaves a half-written preview under the final name.
 """
 
 from __future__ import annotations
@@ -14,16 +15,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-#: Temporary files of an interrupted preview write start with this (a rerun may remove them).
-TEMP_PREFIX = ".mdream-preview-"
 
 
 def shot_frame_counts(durations: Sequence[float], fps: int) -> list[int]:
@@ -50,13 +48,12 @@ def viewing_size(width: int, height: int, min_side: int = 256) -> tuple[int, int
 
 
 @contextlib.contextmanager
-def _atomic_target(path: Path, suffix: str) -> Iterator[Path]:
+def _atomic_target(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path``; renamed onto ``path`` on success, removed on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        yield Path(tmp)
+        yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
@@ -97,11 +94,11 @@ def write_animatic(
     if width % 2 or height % 2:
         raise ValueError(f"H.264 yuv420p needs an even frame size, got {width}x{height}")
     frames = 0
-    with _atomic_target(path, ".mp4") as tmp:
+    with _atomic_target(path) as tmp:
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
             quality=quality, macro_block_size=1, ffmpeg_log_level="error",
-            output_params=["-movflags", "+faststart"],
+            output_params=["-movflags", "+faststart", "-f", "mp4"],  # the temp name has no .mp4
         )
         writer.send(None)  # start ffmpeg
         try:
@@ -165,7 +162,7 @@ def write_storyboard(
         sheet.paste(_rgb(image).resize((cell, cell_h), Image.Resampling.LANCZOS), (x, y))
         draw.text((x, y + cell_h + 2), _fit(draw, f"{i + 1}. {shot_id}", font, cell), fill="black", font=font)
         draw.text((x, y + cell_h + 2 + line), _fit(draw, identifier, font, cell), fill=(90, 90, 90), font=font)
-    with _atomic_target(path, ".png") as tmp:
+    with _atomic_target(path) as tmp:
         sheet.save(tmp, format="PNG")
     return path
 
