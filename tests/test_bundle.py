@@ -49,10 +49,10 @@ def test_missing_component_is_not_built_and_unknown_bundle_is_input_error(tmp_pa
 
 def test_the_toy_bundle_has_its_built_components():
     toy = ModelBundle.load("toy")
-    for name in ("face_embedder", "text_encoder", "keyframe_encoder", "keyframe_decoder"):
+    for name in ("face_embedder", "text_encoder", "keyframe_encoder", "keyframe_decoder", "keyframe_ar"):
         assert toy.component(name).exists
     with pytest.raises(NotBuiltError):
-        toy.component("keyframe_ar")
+        toy.component("video")
 
 
 # ---------------------------------------------------------------- the model registry
@@ -92,14 +92,17 @@ def test_components_load_through_the_registry_by_their_recorded_class(tmp_path):
 
 def test_the_toy_bundle_names_its_classes():
     toy = ModelBundle.load("toy")
-    assert {name: toy.class_name(name) for name in ("face_embedder", "text_encoder", "keyframe_encoder", "keyframe_decoder")} == {
+    names = ("face_embedder", "text_encoder", "keyframe_encoder", "keyframe_decoder", "keyframe_ar")
+    assert {name: toy.class_name(name) for name in names} == {
         "face_embedder": "FaceIdentityEmbedder",  # an .onnx file
         "text_encoder": "TextEncoder",  # a transformers CLIP folder
         "keyframe_encoder": "KeyframeEncoder",
         "keyframe_decoder": "KeyframeDecoder",
+        "keyframe_ar": "KeyframeAR",
     }
+    assert type(toy.load("keyframe_ar")).__name__ == "KeyframeAR"
     with pytest.raises(NotBuiltError):
-        toy.load("keyframe_ar")
+        toy.load("video")
 
 
 def test_importing_the_registry_and_the_pipeline_imports_no_torch():

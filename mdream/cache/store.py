@@ -225,25 +225,34 @@ def remove_stale_temp_files(folder: Path, names: Callable[[str], bool] = lambda 
     return removed
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a temp file in ``path``'s folder, fsync it and ``os.replace`` it onto ``path``.
-
-    Readers (and a rerun after a crash) see the old file or the whole new one, never a truncated one.
-    """
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside ``path`` (``.<name>.tmp-<pid>-<8 hex>``, :data:`TEMP_FILE_RE`) for a writer that needs a
+    file name (an encoder process, an image library); on a clean exit the file is fsynced, given the default
+    mode and ``os.replace``d onto ``path``; on an error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        apply_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temp file in ``path``'s folder, fsync it and ``os.replace`` it onto ``path``.
+
+    Readers (and a rerun after a crash) see the old file or the whole new one, never a truncated one.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -62,4 +62,4 @@ def show_status(report) -> None:
             "`mdream status --verify` checks every file's checksum.[/]", highlight=False
         )
     for step in getattr(report, "steps", []):  # per-movie steps, one line per target folder
-        stdout.print(f"{step.step} -> {step.target}: [{_STYLE.get(step.state, '')}]{step.state}[/]")
+        stdout.print(f"{step.step} -> {safe(step.target)}: [{_STYLE.get(step.state, '')}]{step.state}[/]")

@@ -22,6 +22,7 @@ from mdream.cli._common import (
     SeedOpt,
     print_json,
     run_cli,
+    safe,
     stdout,
 )
 from mdream.errors import InputError
@@ -31,7 +32,7 @@ from mdream.stages.registry import names_text
 SUBCOMMANDS = {
     "train": LazySubcommand(
         "mdream.training.cli:app",
-        "Train mdream's models (toy CLIP, keyframe tokenizer, the evaluator's analyser and face embedder).",
+        "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, the evaluator's analyser and face embedder).",
     ),
     "toyworld": LazySubcommand(
         "mdream.toyworld.cli:app", "The procedural toy movie world: ground-truth scripts, training sets and a preview."
@@ -289,9 +290,9 @@ def generate_cli(
     elif not quiet:
         show_reports(result.reports)
         if result.movie_dir is not None:
-            stdout.print(f"[green]wrote[/] {result.movie_dir}/ (keyframes, storyboard.png, animatic.mp4)")
+            stdout.print(f"[green]wrote[/] {safe(result.movie_dir)}/ (keyframes, storyboard.png, animatic.mp4)")
         if result.movie_kind == "animatic":
-            stdout.print(f"[green]wrote[/] {result.output}: the animatic (each keyframe held for its shot; "
+            stdout.print(f"[green]wrote[/] {safe(result.output)}: the animatic (each keyframe held for its shot; "
                          "the model bundle has no video model yet)")
 
 

@@ -5,23 +5,22 @@
   script's fps, upscaled for viewing. Frames are streamed to ffmpeg (imageio-ffmpeg's bundled
   binary), never held in memory as a whole movie.
 
-Both write to a temporary file beside the target (named like the cache's ``atomic_write`` temp files,
-``.<name>.tmp-<pid>-<hex>``, so :func:`mdream.cache.remove_stale_temp_files` can clear those a killed process
-left) and rename it into place, so an interrupted write never leaves a half-written preview under the final name.
+Both write through :func:`mdream.cache.atomic_path`: a temp file beside the target, renamed into place, so an
+interrupted write never leaves a half-written preview under the final name (and
+:func:`mdream.cache.remove_stale_temp_files` clears the temp files a killed process left).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from mdream.cache import atomic_path
 
 
 def shot_frame_counts(durations: Sequence[float], fps: int) -> list[int]:
@@ -45,20 +44,6 @@ def viewing_size(width: int, height: int, min_side: int = 256) -> tuple[int, int
     integer factor, so that the shorter side reaches at least ``min_side`` pixels."""
     factor = max(1, math.ceil(min_side / max(1, min(width, height))))
     return 2 * math.ceil(width * factor / 2), 2 * math.ceil(height * factor / 2)
-
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``; renamed onto ``path`` on success, removed on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -94,7 +79,7 @@ def write_animatic(
     if width % 2 or height % 2:
         raise ValueError(f"H.264 yuv420p needs an even frame size, got {width}x{height}")
     frames = 0
-    with _atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
             quality=quality, macro_block_size=1, ffmpeg_log_level="error",
@@ -162,7 +147,7 @@ def write_storyboard(
         sheet.paste(_rgb(image).resize((cell, cell_h), Image.Resampling.LANCZOS), (x, y))
         draw.text((x, y + cell_h + 2), _fit(draw, f"{i + 1}. {shot_id}", font, cell), fill="black", font=font)
         draw.text((x, y + cell_h + 2 + line), _fit(draw, identifier, font, cell), fill=(90, 90, 90), font=font)
-    with _atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
     return path
 
@@ -182,7 +167,10 @@ def read_video_info(path: str | Path) -> VideoInfo:
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    frames = sum(1 for _ in reader)
+    try:
+        meta = next(reader)
+        frames = sum(1 for _ in reader)
+    finally:
+        reader.close()
     width, height = meta["size"]
     return VideoInfo(frames, float(meta["fps"]), int(width), int(height))

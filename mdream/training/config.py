@@ -179,7 +179,7 @@ def values_from_mapping(cls: type, data: Mapping[str, Any], where: str, *, saved
     """{path: value} of a nested mapping of ``cls``'s settings (a recipe, or a run's saved settings).
 
     Unknown keys, wrong types and removed settings are ``InputError``s naming ``where`` and the key. A run's saved
-    settings (``saved_run``) may also be flat (sections' fields at the top, as older runs wrote them), and a removed
+    settings (``saved_run``) may also be flat (sections' fields at the top level), and a removed
     setting holding the value whose behaviour the code kept is dropped with a warning, so such a run still resumes.
     """
     leaves = {path: tp for path, tp, _ in settings_fields(cls)}
