@@ -25,6 +25,7 @@ import yaml
 from benchmarks.eval_baselines import markdown_table
 from benchmarks.results import update_section
 from mdream.eval.evaluate import evaluate_movie
+from mdream.models.bundle import BUNDLES_DIR
 from mdream.stages import definitions
 from mdream.stages.options import RunOptions
 from mdream.stages.run import generate, movie_dir_for
@@ -33,9 +34,22 @@ from mdream.toyworld.commands import toy_script
 TITLE = "Keyframe AR model: movies from a script (toy)"
 
 
-def with_temperature(script: Path, temperature: float) -> Path:
+def bundle_with_ar(folder: Path, ar: Path) -> Path:
+    """The toy bundle with another keyframe AR model (e.g. a training run's checkpoint), written to ``folder``."""
+    toy = BUNDLES_DIR / "toy"
+    spec = yaml.safe_load((toy / "bundle.yaml").read_text())
+    components = {name: {"path": str((toy / c["path"]).resolve())} for name, c in spec["components"].items()}
+    components["keyframe_ar"] = {"path": str(ar.resolve())}
+    folder.mkdir(parents=True)
+    (folder / "bundle.yaml").write_text(yaml.safe_dump({"name": "toy-with-ar", "components": components}))
+    return folder
+
+
+def with_temperature(script: Path, temperature: float, bundle: Path | None = None) -> Path:
     data = yaml.safe_load(script.read_text())
     data["output"]["sampling"] = {"temperature": temperature}
+    if bundle is not None:
+        data["output"]["model_bundle"] = str(bundle)
     out = script.with_name(f"{script.stem}-t{temperature:g}.yaml")
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
@@ -63,16 +77,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=7, help="Episode seed of the toy script.")
     parser.add_argument("--shots", type=int, default=60)
+    parser.add_argument("--ar", type=Path, action="append", default=[], metavar="NAME=FOLDER",
+                        help="Also score the movie of another keyframe AR model folder (e.g. an ablation's "
+                             "RUN/checkpoints/step-N/keyframe_ar), at temperature 1; repeatable. Not written to "
+                             "RESULTS.md.")
     args = parser.parse_args()
     reports, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         script = toy_script(tmp / "script", seed=args.seed, shots=args.shots, size=64)
         reports["ground truth"] = evaluate_movie(script.parent / "groundtruth", script)
-        runs = [("AR, temperature 1", 1.0, False), ("AR, temperature 0", 0.0, False),
-                ("AR without history, temperature 1", 1.0, True)]
-        for name, temperature, masked in runs:
-            variant = with_temperature(script, temperature)
+        runs = [("AR, temperature 1", 1.0, False, None), ("AR, temperature 0", 0.0, False, None),
+                ("AR without history, temperature 1", 1.0, True, None)]
+        if args.ar:
+            runs = [("AR, temperature 1", 1.0, False, None)]
+            for i, spec in enumerate(args.ar):
+                name, _, folder = str(spec).partition("=")
+                runs.append((name, 1.0, False, bundle_with_ar(tmp / f"bundle-{i}", Path(folder))))
+        for name, temperature, masked, bundle in runs:
+            variant = with_temperature(script, temperature, bundle)
+            variant = variant.rename(variant.with_name(f"{variant.stem}-{len(seconds)}.yaml"))
             movie = tmp / name.replace(" ", "-").replace(",", "") / "movie.mp4"
             options = RunOptions(cache_dir=tmp / f"cache-{len(seconds)}", device="cpu", quiet=True)
             t0 = time.perf_counter()
@@ -89,7 +113,8 @@ def main() -> None:
         f"from the script alone by `generate` with the shipped toy bundle, from an empty cache ({timing}).\n\n"
         + markdown_table(reports)
     )
-    update_section(TITLE, body, f"python -m benchmarks.bench_ar_quality --seed {args.seed} --shots {args.shots}")
+    if not args.ar:
+        update_section(TITLE, body, f"python -m benchmarks.bench_ar_quality --seed {args.seed} --shots {args.shots}")
     print(body)
 
 
