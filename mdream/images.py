@@ -21,7 +21,15 @@ from mdream.files import MAX_IMAGE_PIXELS, NotARegularFile, image_size_problem, 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["MAX_IMAGE_PIXELS", "open_image", "read_rgb"]
+__all__ = ["MAX_IMAGE_PIXELS", "ImageSizeError", "open_image", "read_rgb"]
+
+
+class ImageSizeError(InputError):
+    """An image whose size (read from its header) mdream will not decode; ``problem`` says why."""
+
+    def __init__(self, what: str, path: str | Path, problem: str):
+        super().__init__(f"Cannot read {what} {path}: it is {problem}.", hint="scale the image down (4096x4096 at most)")
+        self.problem = problem
 
 
 @contextlib.contextmanager
@@ -41,15 +49,13 @@ def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(file)
         except Image.DecompressionBombError:
-            raise InputError(f"Cannot read {what} {path}: it is larger than {MAX_IMAGE_PIXELS:,} pixels.",
-                             hint="scale the image down (4096x4096 at most)") from None
+            raise ImageSizeError(what, path, f"larger than {MAX_IMAGE_PIXELS:,} pixels") from None
         except Exception as exc:  # UnidentifiedImageError (an OSError) and PIL's parser errors
             raise InputError(f"Cannot read {what} {path}: {exc}", hint="Is it a PNG/JPEG image?") from None
         with image:
             problem = image_size_problem(image)
             if problem is not None:
-                raise InputError(f"Cannot read {what} {path}: it is {problem}.",
-                                 hint="scale the image down (4096x4096 at most)")
+                raise ImageSizeError(what, path, problem)
             yield image
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mdream.errors import InputError
 from mdream.files import regular_file_problem, resolve_safely
-from mdream.images import open_image
+from mdream.images import ImageSizeError, open_image
 from mdream.models.bundle import bundle_candidates, bundled_names
 from mdream.script.models import POSITIONS, default_shot_id
 from mdream.script.source import FieldPath, SourceMap
@@ -117,10 +117,9 @@ def check_image_file(relative: str, root: Path, noun: str) -> tuple[str, str] | 
             image.verify()  # structure and checksums
         with open_image(resolved, noun) as image:
             image.load()  # verify() does not decode pixels: catch truncated files too
-    except InputError as error:
-        if "pixels" in error.message:  # too large: say so, from the header alone
-            size = error.message.rsplit(": it is ", 1)[-1].rstrip(".")
-            return f"{noun} file '{relative}' is {size}", error.hint
+    except ImageSizeError as error:  # too large (or empty): say so, from the header alone
+        return f"{noun} file '{relative}' is {error.problem}", error.hint
+    except InputError:
         return f"{noun} file '{relative}' is not an image", "use a PNG or JPEG photo"
     except Exception as error:  # PIL raises many types for bad data; any means "not a usable image"
         return f"{noun} file '{relative}' is damaged ({type(error).__name__})", "use a PNG or JPEG photo"

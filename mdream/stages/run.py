@@ -23,15 +23,16 @@ def run_pipeline(
     options: RunOptions | None = None,
     only: bool = False,
     movie_dir: Path | None = None,
+    project: Project | None = None,
 ) -> tuple[Project, list[StageReport]]:
     """Run the pipeline up to ``until``; with ``only``, just that stage (its inputs must be cached).
 
     A per-movie step (the movie folder's export) runs once one of its upstream stages has run in this
     call and all of them are within ``until``; it writes into ``movie_dir`` (default: the script's
-    movie folder).
+    movie folder). ``project``: the script already opened with these options and ``movie_dir``.
     """
     check_name(until, "--until")
-    project = Project.open(script_path, options, movie_dir=movie_dir)
+    project = project or Project.open(script_path, options, movie_dir=movie_dir)
     stages = new_stages()
     last = stage_names().index(until)
     ran: set[str] = set()
@@ -120,10 +121,10 @@ def generate(
     project = Project.open(script_path, options, movie_dir=movie_dir)
     video = project.bundle.components.get("video")
     if video is None or not video.exists:
-        _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir)
+        _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir, project=project)
         publish_copy(movie_dir / "animatic.mp4", output)
         return GenerateResult(reports, movie_dir, output, "animatic")
-    run_pipeline(script_path, until, options, movie_dir=movie_dir)
+    run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
     raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
 
 
