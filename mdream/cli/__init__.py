@@ -36,4 +36,12 @@ def main() -> None:
     except KeyboardInterrupt:  # a handler installed by someone else raised it
         sys.stderr.write("\ninterrupted\n")
         sys.exit(EXIT_INTERRUPTED)
-    run()
+    try:
+        run()
+    finally:
+        # The command is done. Python restores SIGINT's default action while it shuts down, so a Ctrl-C
+        # arriving then would kill the process by the signal (exit -2, after the work finished): ignore it.
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
