@@ -9,12 +9,13 @@ from mdream.eval.face_embedder import FACE_SIZE
 
 
 def random_shot(world, rng: np.random.Generator, min_cast: int = 0):
-    """A uniformly random shot of `world`: any scene, 0-3 distinct characters at random positions.
+    """A uniformly random shot of `world`: any scene, 0-3 distinct characters at random positions,
+    hidden palette and trousers drawn uniformly too.
 
     Episodes follow a story; the analyser and embedder want every combination, so they sample here.
     """
     from mdream.toyworld.episode import CastMember, ShotSpec
-    from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS, POSITIONS
+    from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS, PALETTES, POSITIONS, TROUSER_COLOURS
 
     n_cast = int(rng.choice(np.arange(min_cast, 4)))
     chars = rng.choice(len(world.characters), size=n_cast, replace=False)
@@ -25,11 +26,13 @@ def random_shot(world, rng: np.random.Generator, min_cast: int = 0):
             POSITIONS[int(p)],
             str(rng.choice(ACTIONS)),
             str(rng.choice(EXPRESSIONS)),
+            int(rng.integers(len(TROUSER_COLOURS))),
         )
         for c, p in zip(chars, positions, strict=True)
     )
     cameras = CAMERAS if n_cast < 3 else tuple(c for c in CAMERAS if c != "close-up")
-    return ShotSpec(world.scenes[int(rng.integers(len(world.scenes)))].id, cast, str(rng.choice(cameras)))
+    return ShotSpec(world.scenes[int(rng.integers(len(world.scenes)))].id, cast, str(rng.choice(cameras)),
+                    int(rng.integers(len(PALETTES))))
 
 
 def square_box(box: tuple[float, float, float, float], height: int, width: int) -> tuple[float, ...]:

@@ -3,7 +3,8 @@
 Layout of a dataset folder:
     dataset.json          world seed, sizes, counts, vocabularies, the shard list (DatasetInfo)
     shard-00000.npz       frames uint8 [n, H, W, 3], scene [n], chars [n, 3], camera [n],
-                          actions [n, 3], expressions [n, 3], episode [n], shot [n] (int64;
+                          actions [n, 3], expressions [n, 3], episode [n], shot [n],
+                          hidden state: palette [n], trousers [n, 3] (int64;
                           per position left, center, right; -1 where nobody stands);
                           optional clips uint8 [n, T, H, W, 3] with clips[:, 0] == frames;
                           optional faces uint8 [n, F, 112, 112, 3] with face_ids [n, F]
@@ -36,7 +37,7 @@ from mdream.toyworld.episode import Episode, episode_seed, make_episode, shot_la
 from mdream.toyworld.render import FACE_SIZE, SIZES, render_clip, render_face_photo, render_keyframe
 from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS, POSITIONS, World, make_world
 
-DATASET_FORMAT_VERSION = 1
+DATASET_FORMAT_VERSION = 2
 
 
 @dataclass
@@ -118,9 +119,9 @@ def _render_chunk(chunk: _Chunk) -> tuple[dict[str, np.ndarray], list[dict]]:
     world = make_world(chunk.world_seed)
     n, S = chunk.rows, chunk.size
     arrays: dict[str, np.ndarray] = {"frames": np.empty((n, S, S, 3), np.uint8)}  # [n, H, W, 3]
-    for k in ("scene", "camera", "episode", "shot"):
+    for k in ("scene", "camera", "palette", "episode", "shot"):
         arrays[k] = np.empty(n, np.int64)
-    for k in ("chars", "actions", "expressions"):
+    for k in ("chars", "actions", "expressions", "trousers"):
         arrays[k] = np.empty((n, 3), np.int64)  # [n, 3] left, center, right
     if chunk.clip_frames:
         arrays["clips"] = np.empty((n, chunk.clip_frames, S, S, 3), np.uint8)  # [n, T, H, W, 3]
@@ -141,7 +142,7 @@ def _render_chunk(chunk: _Chunk) -> tuple[dict[str, np.ndarray], list[dict]]:
             arrays["face_ids"][r, k] = c
             arrays["faces"][r, k] = render_face_photo(world, world.characters[c].id, rng)
         labels = shot_labels(world, shot)
-        for k in ("scene", "camera", "chars", "actions", "expressions"):
+        for k in ("scene", "camera", "chars", "actions", "expressions", "palette", "trousers"):
             arrays[k][r] = labels[k]
         arrays["episode"][r], arrays["shot"][r] = e, s
         identifier, descriptor = shot_text(world, shot)

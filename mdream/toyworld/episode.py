@@ -8,11 +8,11 @@ consistency can be measured.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS, POSITIONS, World
+from mdream.toyworld.world import ACTIONS, CAMERAS, EXPRESSIONS, PALETTES, POSITIONS, TROUSER_COLOURS, World
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class CastMember:
     """One of ACTIONS."""
     expression: str
     """One of EXPRESSIONS."""
+    trousers: int = 0
+    """Hidden: index into TROUSER_COLOURS (the character's for the whole episode)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class ShotSpec:
     """0..3 characters at distinct positions (make_episode lists them left to right)."""
     camera: str
     """One of CAMERAS."""
+    palette: int = 0
+    """Hidden: index into PALETTES (the scene's for the whole episode)."""
 
     def __post_init__(self) -> None:
         positions = [m.position for m in self.cast]
@@ -47,8 +51,11 @@ class ShotSpec:
         if self.camera not in CAMERAS:
             raise ValueError(f"camera must be one of {CAMERAS}, got {self.camera!r}")
         for m in self.cast:
-            if m.position not in POSITIONS or m.action not in ACTIONS or m.expression not in EXPRESSIONS:
+            if (m.position not in POSITIONS or m.action not in ACTIONS or m.expression not in EXPRESSIONS
+                    or not 0 <= m.trousers < len(TROUSER_COLOURS)):
                 raise ValueError(f"bad cast member {m}")
+        if not 0 <= self.palette < len(PALETTES):
+            raise ValueError(f"palette must be in 0..{len(PALETTES) - 1}, got {self.palette}")
 
     def member_at(self, position: str) -> CastMember | None:
         """The cast member standing at `position`, if any."""
@@ -73,6 +80,9 @@ class Episode:
     """The shots, in story order."""
     arcs: list[tuple[str, int, int]] = field(default_factory=list)
     """(arc id, first shot index, end shot index exclusive); they tile the shots."""
+    hidden: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The hidden state: {"palette": {scene id: index}, "trousers": {character id: index}}, constant
+    over the episode and never written in its script (see world.HIDDEN_ATTRIBUTES)."""
 
     def shot_ids(self) -> list[str]:
         """Per shot the script id "<arc id>-<n:03d>" (1-based within the arc)."""
@@ -191,7 +201,25 @@ def make_episode(world: World, seed: int, n_shots: int, main_cast: int = 5) -> E
             shots.append(ShotSpec(scene_id, _sort_cast(cast), camera))
 
     _cover_vocabularies(shots, rng)
-    return Episode(seed=seed, shots=shots, arcs=arcs)
+    hidden = draw_hidden_state(world, seed)
+    shots = [apply_hidden_state(shot, hidden) for shot in shots]
+    return Episode(seed=seed, shots=shots, arcs=arcs, hidden=hidden)
+
+
+def draw_hidden_state(world: World, seed: int) -> dict[str, dict[str, int]]:
+    """Each scene's palette and each character's trousers for one episode, uniformly, from their own
+    random stream (so the story of an episode does not depend on them)."""
+    rng = np.random.default_rng([seed, world.seed, 0x41DE])
+    return {
+        "palette": {s.id: int(rng.integers(len(PALETTES))) for s in world.scenes},
+        "trousers": {c.id: int(rng.integers(len(TROUSER_COLOURS))) for c in world.characters},
+    }
+
+
+def apply_hidden_state(shot: ShotSpec, hidden: dict[str, dict[str, int]]) -> ShotSpec:
+    """The shot with the episode's hidden variants of its scene and cast."""
+    cast = tuple(replace(m, trousers=hidden["trousers"].get(m.character_id, 0)) for m in shot.cast)
+    return replace(shot, cast=cast, palette=hidden["palette"].get(shot.scene_id, 0))
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -227,21 +255,26 @@ def _cover_vocabularies(shots: list[ShotSpec], rng: np.random.Generator) -> None
 
 
 def shot_labels(world: World, shot: ShotSpec) -> dict[str, object]:
-    """Integer labels for learners: scene, per-position character and action (-1 empty), camera."""
+    """Integer labels for learners: scene, per-position character, action, expression and trousers
+    (-1 empty), camera, palette. Trousers are labelled even in close-ups, which do not show them."""
     chars = np.full(3, -1, dtype=np.int64)    # [3] left, center, right
     actions = np.full(3, -1, dtype=np.int64)  # [3]
     expressions = np.full(3, -1, dtype=np.int64)
+    trousers = np.full(3, -1, dtype=np.int64)
     for m in shot.cast:
         p = POSITIONS.index(m.position)
         chars[p] = world.character_index[m.character_id]
         actions[p] = ACTIONS.index(m.action)
         expressions[p] = EXPRESSIONS.index(m.expression)
+        trousers[p] = m.trousers
     return {
         "scene": world.scene_index[shot.scene_id],
         "chars": chars,
         "camera": CAMERAS.index(shot.camera),
         "actions": actions,
         "expressions": expressions,
+        "palette": shot.palette,
+        "trousers": trousers,
     }
 
 

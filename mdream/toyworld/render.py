@@ -30,6 +30,7 @@ from mdream.toyworld.world import (
     HEIGHTS,
     OUTFIT_COLOURS,
     SKIN_TONES,
+    TROUSER_COLOURS,
     CharacterSpec,
     SceneSpec,
     World,
@@ -60,7 +61,7 @@ _TIME_TINT = {
     "dusk": np.array([1.0, 0.84, 0.74], np.float32),
     "night": np.array([0.62, 0.68, 0.9], np.float32),
 }
-_TROUSERS = (55, 58, 80)
+_TROUSERS = tuple(TROUSER_COLOURS.values())
 _EYE_WHITE = (250, 250, 250)
 _PUPIL = (15, 15, 20)
 _MOUTH = (150, 40, 50)
@@ -298,9 +299,11 @@ def _head_center(x: float, feet_y: float, H: float, dy: float) -> tuple[float, f
 
 
 def _draw_figure(cv: _Canvas, c: CharacterSpec, x: float, feet_y: float, H: float, pose: _Pose,
-                 expression: str) -> None:
-    """A chibi figure standing on (x, feet_y), of height H (drawing units), in `pose`."""
+                 expression: str, trousers: int = 0) -> None:
+    """A chibi figure standing on (x, feet_y), of height H (drawing units), in `pose`, in trousers
+    TROUSER_COLOURS[trousers]."""
     skin = SKIN_TONES[c.skin]
+    trouser_colour = _TROUSERS[trousers]
     outfit = OUTFIT_COLOURS[c.outfit_colour]
     x = x + pose.dx
     dy = pose.dy * H
@@ -315,12 +318,12 @@ def _draw_figure(cv: _Canvas, c: CharacterSpec, x: float, feet_y: float, H: floa
         hx = x + side * 0.07 * H
         if pose.seated:  # thighs towards the camera, shins down to the floor
             kx = x + side * 0.11 * H
-            cv.capsule(hx, hip_y, kx, hip_y + 0.04 * H, leg_r * 1.1, _TROUSERS)
-            cv.capsule(kx, hip_y + 0.04 * H, kx, feet_y - 0.02 * H, leg_r, _TROUSERS)
+            cv.capsule(hx, hip_y, kx, hip_y + 0.04 * H, leg_r * 1.1, trouser_colour)
+            cv.capsule(kx, hip_y + 0.04 * H, kx, feet_y - 0.02 * H, leg_r, trouser_colour)
         else:
             length = 0.27 * H if not pose.bent_legs else 0.2 * H
             a = side * pose.leg_swing
-            cv.capsule(hx, hip_y, hx + math.sin(a) * length, hip_y + math.cos(a) * length, leg_r, _TROUSERS)
+            cv.capsule(hx, hip_y, hx + math.sin(a) * length, hip_y + math.cos(a) * length, leg_r, trouser_colour)
     # Arms (behind the torso's edge): shoulder -> hand at an angle from hanging down.
     shoulder_y = feet_y + (-0.6 + pose.dy) * H
     arm_len = 0.25 * H
@@ -572,6 +575,14 @@ _PAN_JITTER = 0.02  # of the frame: the largest random pan of a render
 _CACHE_MARGIN = 0.1  # of the frame: how far a cached background reaches past the frame (jitter + camera pans)
 
 
+def palette_variant(scene: SceneSpec, palette: int) -> SceneSpec:
+    """The scene under hidden palette `palette` (world.PALETTES): its sky/wall colour's channels rotated."""
+    if palette == 0:
+        return scene
+    r, g, b = scene.sky
+    return dataclasses.replace(scene, sky=((g, b, r), (b, r, g))[palette - 1])
+
+
 @functools.lru_cache(maxsize=256)
 def _cached_background(scene: SceneSpec, camera: str, R: int) -> np.ndarray:
     """The background of a still camera with a margin for pans: float32 [R + 2m, R + 2m, 3]."""
@@ -594,7 +605,7 @@ def _render(world: World, shot: ShotSpec, size: int, phase: float, jitter_zoom: 
     frame) crops it, so the clip starts exactly on the keyframe; a moving one resamples it.
     """
     R = size * SUPERSAMPLE
-    scene = world.scene(shot.scene_id)
+    scene = palette_variant(world.scene(shot.scene_id), shot.palette)
     dx, dy = pan_px
     background = _cached_background(scene, shot.camera, R)
     margin = (background.shape[0] - R) // 2
@@ -626,7 +637,7 @@ def _render(world: World, shot: ShotSpec, size: int, phase: float, jitter_zoom: 
             x += float(offsets[i, 0])
             feet += float(offsets[i, 1])
         pose = _pose(m.action, phase, _walk_direction(m.position))
-        _draw_figure(cv, world.character(m.character_id), x, feet, H, pose, m.expression)
+        _draw_figure(cv, world.character(m.character_id), x, feet, H, pose, m.expression, m.trousers)
     return cv.img
 
 

@@ -79,6 +79,21 @@ CHARACTER_NAMES: tuple[str, ...] = (
 
 TIMES_OF_DAY: tuple[str, ...] = ("dawn", "day", "dusk", "night")
 
+# --- hidden per-episode state: what a film keeps constant but its script never states ----------
+PALETTES: tuple[str, ...] = ("rgb", "gbr", "brg")
+"""Scene-level hidden attribute: the sky (or wall) colour with its channels rotated (index 0 is the
+scene's catalogue colour). Drawn once per scene per episode; no description mentions it."""
+TROUSER_COLOURS: dict[str, tuple[int, int, int]] = {
+    "navy": (55, 58, 80),
+    "khaki": (205, 178, 112),
+    "crimson": (168, 28, 48),
+}
+"""Character-level hidden attribute: the trousers' colour, drawn once per character per episode.
+Descriptions and face photos never show it; close-ups frame the faces and leave the legs out."""
+HIDDEN_ATTRIBUTES: dict[str, tuple[str, ...]] = {"palette": PALETTES, "trousers": tuple(TROUSER_COLOURS)}
+"""The hidden attributes by name -> their values (label index = position): `palette` belongs to a
+scene, `trousers` to a character."""
+
 
 @dataclass(frozen=True)
 class CharacterSpec:

@@ -215,7 +215,7 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
         check_dataset_masks(data, figures or lookalikes)
         return load_toy_dataset(data, size=size, limit=n or None)
     # frames of another world, seed, size or count (a cache copied from another run) are rendered again, never reused
-    key = content_key("random frames", world_seed, n, size, seed)
+    key = content_key("random frames", 2, world_seed, n, size, seed)  # 2: hidden palette and trousers
     arrays = load_keyed_cache(cache, key) if cache is not None else None
     cached = FrameSet.from_arrays(arrays) if arrays is not None else None
     if (cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads)

@@ -179,6 +179,9 @@ class TokenizerTrainingConfig(RunConfig):
     """Weight of the auxiliary loss (predict CLIP's patch tokens and image embedding from the tokens)."""
     identity_weight: float = 1.0
     """Weight of the identity auxiliary loss (predict each slot's face embedding from the tokens; needs the face group)."""
+    init: str = ""
+    """Fine-tune: start the compressor and the whole decoder (context and UNet) from a trained tokenizer (a folder
+    with encoder/ and decoder/, such as the shipped toy-tokenizer, or a run's checkpoint); the auxiliary heads start fresh."""
     init_unet: str = ""
     """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
@@ -312,6 +315,29 @@ def _unet_folder(source: Path) -> Path:
         if (candidate / "config.json").is_file():
             return candidate
     raise InputError(f"--init-unet {source}: no UNet there (looked for decoder/unet, train/unet, unet).")
+
+
+def _tokenizer_folder(source: Path) -> Path:
+    """The exported tokenizer (encoder/ + decoder/) in a model folder, a run folder or a checkpoint."""
+    from mdream.training.common import latest_checkpoint
+
+    if (source / "checkpoints").is_dir():
+        source = latest_checkpoint(source) or source
+    for candidate in (source, source / "export"):
+        if (candidate / "decoder").is_dir() and (candidate / "encoder" / "compressor").is_dir():
+            return candidate
+    raise InputError(f"--init {source}: no trained tokenizer there (looked for encoder/compressor and decoder/).",
+                     hint="Name a folder such as mdream/assets/models/toy-tokenizer, or a run's checkpoint.")
+
+
+def _check_same_shapes(fresh: torch.nn.Module, trained: torch.nn.Module, source: str) -> None:
+    """Refuse --init weights whose shapes differ from the model the config builds."""
+    ours = {k: v.shape for k, v in fresh.state_dict().items()}
+    theirs = {k: v.shape for k, v in trained.state_dict().items()}
+    if ours != theirs:
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))[:3]
+        raise InputError(f"--init {source}: its decoder does not match this config's ({', '.join(differ)} differ).",
+                         hint="Fine-tune with the settings the model was trained with (its train_config.json).")
 
 
 def _face_embedder_path(setting: str) -> Path | None:
@@ -459,7 +485,10 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     if face_path is not None and not source.toy:
         raise InputError(f"--data {config.data}: the face group needs each frame's cast (toy-world labels), which "
                          "these frames do not carry.", hint="Add --face-embedder none --no-character-text.")
-    # a bad --init-unet fails before any data is rendered or embedded
+    # a bad --init or --init-unet fails before any data is rendered or embedded
+    if config.init and config.init_unet:
+        raise InputError("--init starts the whole tokenizer from trained weights, --init-unet only its UNet: give one.")
+    init = _tokenizer_folder(Path(config.init)) if config.init and start_from is None else None
     init_unet = _unet_folder(Path(config.init_unet)) if config.init_unet and start_from is None else None
     config.clip = clip_path
     config.face_embedder = str(face_path) if face_path else "none"
@@ -501,6 +530,15 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
 
     # ---- models (a resumed run's weights are loaded by fit) -------------------------------------
     decoder = build_toy_decoder(config, text_encoder.embed_dim)
+    compressor = None
+    if init is not None:
+        with quiet_loading():
+            trained = KeyframeDecoder.from_pretrained(init / "decoder")
+            compressor = load_pretrained(TokenCompressor, str(init / "encoder" / "compressor"), "token compressor")
+        _check_same_shapes(decoder, trained, config.init)
+        decoder = KeyframeDecoder(trained.unet, trained.context, decoder.scheduler, None, "ddim",
+                                  position_channels=config.position_channels)
+        console.print(f"compressor and decoder initialised from {config.init}")
     if init_unet is not None:
         with quiet_loading():
             unet = load_pretrained(UNet2DConditionModel, str(init_unet), "UNet to start from")
@@ -508,7 +546,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
                                   position_channels=config.position_channels)
         console.print(f"UNet initialised from {config.init_unet}")
     encoder = KeyframeEncoder.from_vision_model(
-        clip_path, None, vision_feature_layer=config.vision_feature_layer,
+        clip_path, compressor, vision_feature_layer=config.vision_feature_layer,
         num_tokens=config.num_tokens, token_dim=config.token_dim,
         width=config.compressor_width, num_layers=config.compressor_layers,
     )
