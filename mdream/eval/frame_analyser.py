@@ -1,4 +1,5 @@
-"""Frame analyser: a keyframe -> its scene and which character stands at each position.
+"""Frame analyser: a keyframe -> its scene, which character stands at each position, and the toy
+world's hidden state it shows (the scene's palette, each figure's trousers).
 
 A small CNN trained on toy-world ground truth (with jitter, blur, noise and colour augmentation so it
 also reads imperfect generated frames). Every frame is resized to 64x64 first, whatever its size.
@@ -45,6 +46,10 @@ class FrameAnalyserConfig:
     """Scene id of each scene class."""
     character_ids: list[str] = field(default_factory=list)
     """Character id of each character class."""
+    num_palettes: int = 0
+    """Classes of the scene's hidden palette (0: no palette head, an analyser trained before the world had one)."""
+    num_trousers: int = 0
+    """Classes of each position's hidden trouser colour (0: no trousers head)."""
 
     @classmethod
     def from_dict(cls, data: dict) -> FrameAnalyserConfig:
@@ -80,6 +85,14 @@ class FrameAnalyser(nn.Module):
         )
         self.scene_head = nn.Linear(config.feature_dim, config.num_scenes)
         self.cast_head = nn.Linear(config.feature_dim, len(POSITIONS) * (config.num_characters + 1))
+        self.palette_head = nn.Linear(config.feature_dim, config.num_palettes) if config.num_palettes else None
+        self.trousers_head = (nn.Linear(config.feature_dim, len(POSITIONS) * config.num_trousers)
+                              if config.num_trousers else None)
+
+    @property
+    def reads_hidden_state(self) -> bool:
+        """Whether this analyser reads the hidden palette and trousers."""
+        return self.palette_head is not None and self.trousers_head is not None
 
     @staticmethod
     def preprocess(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -99,32 +112,42 @@ class FrameAnalyser(nn.Module):
         cast_logits = self.cast_head(feats).view(len(x), len(POSITIONS), -1)  # [B, 3, C+1]
         return scene_logits, cast_logits, feats
 
+    def hidden(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hidden-state logits from features [B, F]: palette [B, P], trousers [B, 3, T] (empty without heads)."""
+        out = {}
+        if self.palette_head is not None:
+            out["palette"] = self.palette_head(feats)
+        if self.trousers_head is not None:
+            out["trousers"] = self.trousers_head(feats).view(len(feats), len(POSITIONS), -1)
+        return out
+
     @torch.no_grad()
     def analyse(self, frames_uint8: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
         """Predict on uint8 frames [B, H, W, 3].
 
         Returns ``scene`` [B] (scene class), ``chars`` [B, 3] (character class or -1 empty) and
-        ``features`` [B, feature_dim].
+        ``features`` [B, feature_dim]; with the hidden-state heads also ``palette`` [B] and
+        ``trousers`` [B, 3] (the trouser class read at each position, whoever stands there).
         """
         self.eval()
-        scenes, chars, feats = [], [], []
+        out: dict[str, list[torch.Tensor]] = {"scene": [], "chars": [], "features": []}
         for start in range(0, len(frames_uint8), batch_size):
             s, c, f = self(self.preprocess(frames_uint8[start : start + batch_size]))
-            scenes.append(s.argmax(-1))
+            out["scene"].append(s.argmax(-1))
             c = c.argmax(-1)
-            chars.append(torch.where(c == self.config.num_characters, EMPTY, c))
-            feats.append(f)
-        if not scenes:
-            return {
-                "scene": np.zeros(0, np.int64),
-                "chars": np.zeros((0, 3), np.int64),
-                "features": np.zeros((0, self.config.feature_dim), np.float32),
-            }
-        return {
-            "scene": torch.cat(scenes).numpy(),
-            "chars": torch.cat(chars).numpy(),
-            "features": torch.cat(feats).numpy().astype(np.float32),
-        }
+            out["chars"].append(torch.where(c == self.config.num_characters, EMPTY, c))
+            out["features"].append(f)
+            for name, logits in self.hidden(f).items():
+                out.setdefault(name, []).append(logits.argmax(-1))
+        if not out["scene"]:
+            empty = {"scene": np.zeros(0, np.int64), "chars": np.zeros((0, 3), np.int64),
+                     "features": np.zeros((0, self.config.feature_dim), np.float32)}
+            if self.reads_hidden_state:
+                empty.update(palette=np.zeros(0, np.int64), trousers=np.zeros((0, 3), np.int64))
+            return empty
+        result = {name: torch.cat(parts).numpy() for name, parts in out.items()}
+        result["features"] = result["features"].astype(np.float32)
+        return result
 
     def save_pretrained(self, folder: str | Path, **extra: object) -> None:
         """Write ``config.json`` (+ training facts in ``extra``) and ``model.safetensors``."""

@@ -294,22 +294,31 @@ class AnalyserTrainingConfig(LoopConfig):
             raise ConfigValueError("clean_fraction", f"--clean-fraction must be in [0, 1], got {self.clean_fraction}.")
 
 
-def render_analyser_samples(world, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n random ground-truth frames rendered at 32/64/128 and resized to 64 -> frames, scenes, chars."""
+LABELS = ("scene", "chars", "palette", "trousers")
+"""The analyser's targets: scene [n], chars [n, 3] (-1 empty), palette [n], trousers [n, 3] (-1 where nobody
+stands or the camera does not show the legs: close-ups)."""
+
+
+def render_analyser_samples(world, n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """n random ground-truth frames rendered at 32/64/128 and resized to 64 -> frames, labels (LABELS)."""
     from mdream.toyworld import render_keyframe, shot_labels
 
     frames = np.empty((n, ANALYSER_SIZE, ANALYSER_SIZE, 3), np.uint8)
-    scenes = np.empty(n, np.int64)
-    chars = np.empty((n, 3), np.int64)
+    labels = {"scene": np.empty(n, np.int64), "chars": np.empty((n, 3), np.int64),
+              "palette": np.empty(n, np.int64), "trousers": np.empty((n, 3), np.int64)}
     for i in range(n):
         shot = random_shot(world, rng)
         size = int(rng.choice([32, 64, 64, 128]))
         frame = render_keyframe(world, shot, size, rng)
         if size != ANALYSER_SIZE:
             frame = np.asarray(Image.fromarray(frame).resize((ANALYSER_SIZE, ANALYSER_SIZE), Image.BILINEAR))
-        labels = shot_labels(world, shot)
-        frames[i], scenes[i], chars[i] = frame, labels["scene"], labels["chars"]
-    return frames, scenes, chars
+        shot_label = shot_labels(world, shot)
+        frames[i] = frame
+        for name in LABELS:
+            labels[name][i] = shot_label[name]
+        if shot.camera == "close-up":
+            labels["trousers"][i] = -1
+    return frames, labels
 
 
 class AnalyserTask:
@@ -317,67 +326,80 @@ class AnalyserTask:
 
     unit = "frames"
 
-    def __init__(self, model: FrameAnalyser, world, pool: tuple[np.ndarray, np.ndarray, np.ndarray],
+    def __init__(self, model: FrameAnalyser, world, pool: tuple[np.ndarray, dict[str, np.ndarray]],
                  config: AnalyserTrainingConfig, device: torch.device):
         self.model, self.world, self.config, self.device = model, world, config, device
-        self.frames, self.scenes, self.chars = pool
+        self.frames, self.labels = pool
         self.empty_class = model.config.num_characters
 
     def sample(self, rng: np.random.Generator, size: int):
         if self.config.refresh_per_step:
             idx = rng.choice(len(self.frames), self.config.refresh_per_step, replace=False)
-            self.frames[idx], self.scenes[idx], self.chars[idx] = render_analyser_samples(self.world, len(idx), rng)
+            self.frames[idx], fresh = render_analyser_samples(self.world, len(idx), rng)
+            for name in LABELS:
+                self.labels[name][idx] = fresh[name]
         idx = rng.choice(len(self.frames), size, replace=False)
         x = FrameAnalyser.preprocess(self.frames[idx])
         if rng.random() >= self.config.clean_fraction:
             x = degrade(x, rng, strength=float(rng.uniform(0.3, 1.0)))
-        chars = torch.as_tensor(self.chars[idx])
-        chars = torch.where(chars < 0, self.empty_class, chars)
-        return x.to(self.device), torch.as_tensor(self.scenes[idx]).to(self.device), chars.to(self.device)
+        labels = {name: torch.as_tensor(self.labels[name][idx]).to(self.device) for name in LABELS}
+        labels["chars"] = torch.where(labels["chars"] < 0, self.empty_class, labels["chars"])
+        return x.to(self.device), labels
 
     def loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
-        x, scenes, chars = batch
-        scene_logits, cast_logits, _ = model(x)
-        scene = F.cross_entropy(scene_logits, scenes)
-        cast = F.cross_entropy(cast_logits.reshape(-1, cast_logits.shape[-1]), chars.reshape(-1))
-        return {"loss": scene + 3 * cast, "scene": scene.detach(), "cast": cast.detach()}
+        x, labels = batch
+        scene_logits, cast_logits, feats = model(x)
+        hidden = model.hidden(feats)
+        scene = F.cross_entropy(scene_logits, labels["scene"])
+        cast = F.cross_entropy(cast_logits.reshape(-1, cast_logits.shape[-1]), labels["chars"].reshape(-1))
+        # hidden state: the palette always shows; trousers only where somebody stands and the legs are in frame
+        palette = F.cross_entropy(hidden["palette"], labels["palette"])
+        trousers_logits = hidden["trousers"].reshape(-1, hidden["trousers"].shape[-1])
+        trousers_labels = labels["trousers"].reshape(-1)
+        trousers = (F.cross_entropy(trousers_logits, trousers_labels, ignore_index=-1) if (trousers_labels >= 0).any()
+                    else trousers_logits.sum() * 0)
+        return {"loss": scene + 3 * cast + palette + trousers, "scene": scene.detach(), "cast": cast.detach(),
+                "palette": palette.detach(), "trousers": trousers.detach()}
 
 
-def _analyser_pool(world, config: AnalyserTrainingConfig, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pool of rendered frames, cached in the run folder (a damaged cache is rendered again)."""
+def _analyser_pool(world, config: AnalyserTrainingConfig, path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The pool of rendered frames and their labels, cached in the run folder (a damaged cache is rendered again)."""
     from rich.progress import Progress
 
-    def load_pool(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def load_pool(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         with np.load(path) as data:
-            return data["frames"], data["scenes"], data["chars"]
+            return data["frames"], {name: data[name] for name in LABELS}
 
     pool = load_cache(path, load_pool)
     if pool is not None and len(pool[0]) == config.pool_size:
         return pool
     rng = np.random.default_rng([config.seed, 0])
     frames = np.empty((config.pool_size, ANALYSER_SIZE, ANALYSER_SIZE, 3), np.uint8)
-    scenes = np.empty(config.pool_size, np.int64)
-    chars = np.empty((config.pool_size, 3), np.int64)
+    labels: dict[str, np.ndarray] = {}
     chunk = 500
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("rendering pool", total=config.pool_size)
         for start in range(0, config.pool_size, chunk):
             n = min(chunk, config.pool_size - start)
-            frames[start:start + n], scenes[start:start + n], chars[start:start + n] = render_analyser_samples(world, n, rng)
+            frames[start:start + n], fresh = render_analyser_samples(world, n, rng)
+            for name, values in fresh.items():
+                labels.setdefault(name, np.empty((config.pool_size, *values.shape[1:]), np.int64))[start:start + n] = values
             progress.update(task, completed=start + n)
-    atomic_write(path, lambda f: np.savez(f, frames=frames, scenes=scenes, chars=chars))
-    return frames, scenes, chars
+    atomic_write(path, lambda f: np.savez(f, frames=frames, **labels))
+    return frames, labels
 
 
 def train_frame_analyser(config: AnalyserTrainingConfig, out: str | Path, resume: str = "auto", given=None) -> Path:
     """Train (or resume) the frame analyser on fresh toy renders; save ``out/frame_analyser/``."""
     from mdream.toyworld import make_world
+    from mdream.toyworld.world import PALETTES, TROUSER_COLOURS
 
     config, out, start_from, accelerator = _start(config, AnalyserTrainingConfig, out, resume, given)
     world = make_world(config.world_seed)
     model_config = FrameAnalyserConfig(
         num_scenes=len(world.scenes), num_characters=len(world.characters), world_seed=config.world_seed,
         scene_ids=[s.id for s in world.scenes], character_ids=[c.id for c in world.characters],
+        num_palettes=len(PALETTES), num_trousers=len(TROUSER_COLOURS),
     )
     model = FrameAnalyser(model_config)
     with accelerator.main_process_first():
@@ -388,14 +410,16 @@ def train_frame_analyser(config: AnalyserTrainingConfig, out: str | Path, resume
     if accelerator.is_main_process:
         # held-out check on fresh clean renders (written into config.json as a training fact)
         model = result.model.cpu().eval()
-        val_frames, val_scenes, val_chars = render_analyser_samples(world, config.val_frames,
-                                                                    np.random.default_rng([config.seed, 999]))
+        val_frames, val = render_analyser_samples(world, config.val_frames, np.random.default_rng([config.seed, 999]))
         pred = model.analyse(val_frames)
         elapsed = json.loads((result.checkpoint / "state.json").read_text()).get("elapsed_s", 0.0)
+        shown = val["trousers"] >= 0  # somebody there, legs in frame
         facts = {
             "steps": result.step, "train_seconds": round(elapsed, 1),
-            "val_scene_accuracy": float((pred["scene"] == val_scenes).mean()),
-            "val_position_accuracy": float((pred["chars"] == val_chars).mean()),
+            "val_scene_accuracy": float((pred["scene"] == val["scene"]).mean()),
+            "val_position_accuracy": float((pred["chars"] == val["chars"]).mean()),
+            "val_palette_accuracy": float((pred["palette"] == val["palette"]).mean()),
+            "val_trousers_accuracy": float((pred["trousers"][shown] == val["trousers"][shown]).mean()),
         }
         model.save_pretrained(folder, **facts)
         console.print(f"frame analyser: {facts} -> {folder}")
