@@ -84,6 +84,14 @@ class NoHistory:
         definitions.KeyframesStage.produce = self.original
 
 
+def trained_references(bundle: Path | None) -> int:
+    """``max_references`` of a bundle's keyframe AR model (None: the shipped toy bundle)."""
+    from mdream.models.bundle import ModelBundle
+
+    ar = ModelBundle.load(str(bundle) if bundle is not None else "toy").component("keyframe_ar").location
+    return int(json.loads((Path(ar) / "keyframe_ar.json").read_text()).get("max_references", 0))
+
+
 def few_shot_script(folder: Path, seed: int, shots: int, references: int) -> tuple[Path, Path]:
     """A toy script of the first ``shots`` shots of a ``shots + references``-shot episode, and the same script with
     the ground truth of the other shots as its ``style.reference_frames``; writes ``hidden_state.json`` beside them.
@@ -197,6 +205,8 @@ def main() -> None:
                 if few is not None:
                     runs.append((f"{name}, {args.references} references", 1.0, False, bundle, few))
         for name, temperature, masked, bundle, source in runs:
+            if source == few and trained_references(bundle) == 0:
+                print(f"note: {name}: the AR model was trained without reference frames and leaves them out")
             variant = with_temperature(source, temperature, bundle)
             variant = variant.rename(variant.with_name(f"{variant.stem}-{len(seconds)}.yaml"))
             movie = tmp / name.replace(" ", "-").replace(",", "") / "movie.mp4"
