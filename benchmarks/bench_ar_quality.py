@@ -11,11 +11,22 @@ backend:
 * AR, temperature T: `mdream generate` as a user runs it (`output.sampling.temperature: T`);
 * AR without history: the same model and seeds, its context reset before every shot (each keyframe planned from
   its own shot's script alone: the per-shot baseline).
+
+Few-shot (``--references K``): the episode is made K shots longer, the script keeps its first ``--shots`` shots,
+and the ground-truth keyframes of the K shots after them (never generated) become the script's
+``style.reference_frames``. The same script is then generated zero-shot (no references) and few-shot (with them),
+by each AR model. With ``--out DIR`` every movie folder is kept (``DIR/<run>/movie/keyframes/NNNN.png``, the
+ground truth in ``DIR/script/groundtruth``) beside ``DIR/script/hidden_state.json``: per generated shot the episode's hidden
+variants it should show (its scene's palette, each cast member's trousers) and whether the references show that
+scene / character, so an evaluator that reads palettes and trousers from frames can score how often each run
+follows the references (``DIR/runs.json`` lists the runs and their movie folders).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +74,7 @@ class NoHistory:
 
         def produce(stage, project, shot, upstream, writer):
             if stage.ar is not None:
-                stage.session, stage.fed = stage.ar.start_movie(), shot.index
+                stage.session, stage.fed = stage.new_session(), shot.index
             return self.original(stage, project, shot, upstream, writer)
 
         definitions.KeyframesStage.produce = produce
@@ -71,6 +82,84 @@ class NoHistory:
 
     def __exit__(self, *exc):
         definitions.KeyframesStage.produce = self.original
+
+
+def trained_references(bundle: Path | None) -> int:
+    """``max_references`` of a bundle's keyframe AR model (None: the shipped toy bundle)."""
+    from mdream.models.bundle import ModelBundle
+
+    ar = ModelBundle.load(str(bundle) if bundle is not None else "toy").component("keyframe_ar").location
+    return int(json.loads((Path(ar) / "keyframe_ar.json").read_text()).get("max_references", 0))
+
+
+def few_shot_script(folder: Path, seed: int, shots: int, references: int) -> tuple[Path, Path]:
+    """A toy script of the first ``shots`` shots of a ``shots + references``-shot episode, and the same script with
+    the ground truth of the other shots as its ``style.reference_frames``; writes ``hidden_state.json`` beside them.
+
+    Returns (zero-shot script, few-shot script); the ground truth of the kept shots is in ``folder/groundtruth``.
+    """
+    long = toy_script(folder / "episode", seed=seed, shots=shots + references, size=64)
+    data = yaml.safe_load(long.read_text())
+    kept, arcs = 0, []
+    for arc in data["arcs"]:
+        take = arc["shots"][: max(0, shots - kept)]
+        kept += len(take)
+        if take:
+            arcs.append({**arc, "shots": take})
+    data["arcs"] = arcs
+    for sub in ("faces",):
+        shutil.copytree(long.parent / sub, folder / sub)
+    truth_in, truth = long.parent / "groundtruth", folder / "groundtruth"
+    (truth / "keyframes").mkdir(parents=True)
+    listed = json.loads((truth_in / "shots.json").read_text())["shots"]
+    for i in range(shots):
+        shutil.copy(truth_in / "keyframes" / f"{i:04d}.png", truth / "keyframes" / f"{i:04d}.png")
+    (truth / "shots.json").write_text(json.dumps({"shots": listed[:shots]}, indent=1))
+    (folder / "refs").mkdir()
+    frames = []
+    for i in range(shots, shots + references):
+        shutil.copy(truth_in / "keyframes" / f"{i:04d}.png", folder / "refs" / f"{i:04d}.png")
+        frames.append(f"refs/{i:04d}.png")
+    zero = folder / "script.yaml"
+    zero.write_text(yaml.safe_dump(data, sort_keys=False))
+    few = folder / "script-references.yaml"
+    few.write_text(yaml.safe_dump({**data, "style": {**(data.get("style") or {"text": "toy"}),
+                                                     "reference_frames": frames}}, sort_keys=False))
+    (folder / "hidden_state.json").write_text(json.dumps(hidden_state(long.parent / "toyworld.json", shots), indent=1))
+    return zero, few
+
+
+def hidden_state(toyworld_json: Path, shots: int) -> dict:
+    """Per generated shot (the first ``shots``): the hidden variants its frame should show and whether the reference
+    frames (the shots after them) show its scene / each cast member; the references' own readings too."""
+    from mdream.toyworld import CAMERAS, make_world
+
+    meta = json.loads(toyworld_json.read_text())
+    world = make_world(meta["world_seed"])
+    labelled = meta["shots"]
+
+    def reading(s: dict) -> dict:
+        cast = [{"id": world.characters[c].id, "position": p, "trousers": int(t)}
+                for p, c, t in zip(("left", "center", "right"), s["chars"], s["trousers"], strict=True) if c >= 0]
+        return {"index": s["index"], "id": s["id"], "scene": world.scenes[s["scene"]].id, "palette": int(s["palette"]),
+                "camera": CAMERAS[s["camera"]], "cast": cast}
+
+    references = [reading(s) for s in labelled[shots:]]
+    seen_scenes = {r["scene"] for r in references}
+    seen_characters = {m["id"] for r in references for m in r["cast"]}
+    # trousers show in wide and medium shots; a close-up crops them
+    seen_trousers = {m["id"] for r in references if r["camera"] != "close-up" for m in r["cast"]}
+    out = []
+    for s in labelled[:shots]:
+        row = reading(s)
+        row["scene_in_references"] = row["scene"] in seen_scenes
+        for member in row["cast"]:
+            member["in_references"] = member["id"] in seen_characters
+            member["trousers_in_references"] = member["id"] in seen_trousers
+            member["trousers_visible"] = row["camera"] != "close-up"
+        out.append(row)
+    return {"world_seed": meta["world_seed"], "episode_seed": meta["episode_seed"], "shots": out,
+            "references": references}
 
 
 def main() -> None:
@@ -81,21 +170,44 @@ def main() -> None:
                         help="Also score the movie of another keyframe AR model folder (e.g. an ablation's "
                              "RUN/checkpoints/step-N/keyframe_ar), at temperature 1; repeatable. Not written to "
                              "RESULTS.md.")
+    parser.add_argument("--references", type=int, default=0, metavar="K",
+                        help="Few-shot: give the AR model K ground-truth frames of the same episode (shots after the "
+                             "generated ones) as reference frames, beside the same movie zero-shot. Not written to "
+                             "RESULTS.md.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Keep the scripts, movies, ground truth and (with --references) hidden_state.json here.")
     args = parser.parse_args()
-    reports, seconds = {}, {}
+    if args.references < 0:
+        parser.error("--references must be >= 0")
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"--out {args.out}: the folder is not empty")
+    reports, seconds, folders = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        script = toy_script(tmp / "script", seed=args.seed, shots=args.shots, size=64)
+        tmp = Path(tmp) if args.out is None else args.out
+        tmp.mkdir(parents=True, exist_ok=True)
+        few = None
+        if args.references:
+            script, few = few_shot_script(tmp / "script", args.seed, args.shots, args.references)
+        else:
+            script = toy_script(tmp / "script", seed=args.seed, shots=args.shots, size=64)
         reports["ground truth"] = evaluate_movie(script.parent / "groundtruth", script)
-        runs = [("AR, temperature 1", 1.0, False, None), ("AR, temperature 0", 0.0, False, None),
-                ("AR without history, temperature 1", 1.0, True, None)]
-        if args.ar:
-            runs = [("AR, temperature 1", 1.0, False, None)]
+        folders["ground truth"] = str(script.parent / "groundtruth")
+        runs = [("AR, temperature 1", 1.0, False, None, script), ("AR, temperature 0", 0.0, False, None, script),
+                ("AR without history, temperature 1", 1.0, True, None, script)]
+        if args.ar or few is not None:
+            runs = [("AR, temperature 1", 1.0, False, None, script)]
+            if few is not None:
+                runs.append((f"AR, temperature 1, {args.references} references", 1.0, False, None, few))
             for i, spec in enumerate(args.ar):
                 name, _, folder = str(spec).partition("=")
-                runs.append((name, 1.0, False, bundle_with_ar(tmp / f"bundle-{i}", Path(folder))))
-        for name, temperature, masked, bundle in runs:
-            variant = with_temperature(script, temperature, bundle)
+                bundle = bundle_with_ar(tmp / f"bundle-{i}", Path(folder))
+                runs.append((name, 1.0, False, bundle, script))
+                if few is not None:
+                    runs.append((f"{name}, {args.references} references", 1.0, False, bundle, few))
+        for name, temperature, masked, bundle, source in runs:
+            if source == few and trained_references(bundle) == 0:
+                print(f"note: {name}: the AR model was trained without reference frames and leaves them out")
+            variant = with_temperature(source, temperature, bundle)
             variant = variant.rename(variant.with_name(f"{variant.stem}-{len(seconds)}.yaml"))
             movie = tmp / name.replace(" ", "-").replace(",", "") / "movie.mp4"
             options = RunOptions(cache_dir=tmp / f"cache-{len(seconds)}", device="cpu", quiet=True)
@@ -107,13 +219,19 @@ def main() -> None:
                 generate(variant, movie, options)
             seconds[name] = time.perf_counter() - t0
             reports[name] = evaluate_movie(movie_dir_for(movie), variant)
+            folders[name] = str(movie_dir_for(movie))
+        if args.out is not None:
+            (tmp / "runs.json").write_text(json.dumps(
+                {"references": args.references, "hidden_state": str(tmp / "script" / "hidden_state.json")
+                 if few is not None else None, "movies": folders,
+                 "reports": {k: r.to_dict() for k, r in reports.items()}}, indent=1))
     timing = "; ".join(f"{name}: {s:.0f} s" for name, s in seconds.items())
     body = (
         f"{args.shots} shots at 64x64, episode seed {args.seed} (the evaluator's baseline script); each AR movie made "
         f"from the script alone by `generate` with the shipped toy bundle, from an empty cache ({timing}).\n\n"
         + markdown_table(reports)
     )
-    if not args.ar:
+    if not args.ar and not args.references:
         update_section(TITLE, body, f"python -m benchmarks.bench_ar_quality --seed {args.seed} --shots {args.shots}")
     print(body)
 

@@ -330,3 +330,86 @@ def test_lora_trains_only_the_adapters(backbone_folder, tmp_path):
     toy.add_lora(r=2, alpha=4)
     with pytest.raises(InputError, match="reference"):
         toy.save_pretrained(tmp_path / "toy")
+
+
+# ---- few-shot references, the no-face-embeddings ablation, the shipped model -------------------
+def test_references_change_the_prediction_deterministically(backbone_folder):
+    model = make_model(backbone_folder).eval()
+    shots, tokens = movie(3, seed=4)
+    refs = torch.randn(2, N, D, generator=torch.Generator().manual_seed(9))
+
+    def run(references):
+        return model.generate_movie(shots, generator=torch.Generator().manual_seed(3), references=references,
+                                    temperature=0.0).tokens
+
+    without, with_refs = run(None), run(refs)
+    assert torch.equal(with_refs, run(refs))  # the same seed and references: the same tokens
+    assert not torch.allclose(without, with_refs, atol=1e-4)
+    assert not torch.allclose(with_refs, run(refs.flip(0)), atol=1e-4)  # which frames, in which order, matters
+    # the prefix: [BOS] + per reference [REF] and its N tokens
+    bos = int(model.tokenizer.bos_token_id is not None)
+    assert model.prefix_embeds(refs).shape[0] == bos + 2 * (1 + N)
+
+
+def test_the_fixed_prefix_keeps_references_through_window_slides(backbone_folder):
+    model = make_model(backbone_folder).eval()
+    g = torch.Generator().manual_seed(0)
+    shots = [shot(i, g) for i in range(30)]
+    refs_a, refs_b = torch.randn(2, 2, N, D, generator=g)
+    sessions = [model.start_movie(references=r, window=48) for r in (refs_a, refs_b)]
+    prefixes = [s.prefix.clone() for s in sessions]
+    for i, sh in enumerate(shots[:-1]):  # the same history (given tokens) in both
+        for s in sessions:
+            s.step(sh, given=torch.zeros(N, D) + i * 0.01)
+    assert all(s.rebuilds >= 3 for s in sessions)  # the oldest shots slid out several times
+    for s, p in zip(sessions, prefixes, strict=True):
+        assert torch.equal(s.prefix, p)  # the references are still the start of the context
+        assert s.prefix.shape[0] + s.history <= 48
+    # the first shot is long gone, the references are not: they still change the prediction
+    a, b = (s.step(shots[-1], temperature=0.0, generator=torch.Generator().manual_seed(1)) for s in sessions)
+    assert not torch.allclose(a, b, atol=1e-4)
+    # and the cached context after the slides is exactly a recomputation over prefix + kept shots
+    full = model.generate_movie(shots, given=[torch.zeros(N, D) + i * 0.01 for i in range(29)] + [None],
+                                references=refs_a, window=48, temperature=0.0, use_cache=False,
+                                generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(full.tokens[-1], a, rtol=1e-4, atol=1e-4)
+
+
+def test_without_faces_no_face_embedding_enters_the_sequence(backbone_folder, tmp_path):
+    torch.manual_seed(0)
+    config = KeyframeARConfig(num_tokens=N, token_dim=D, text_dim=TEXT, character_text=True, faces=False)
+    model = KeyframeAR.from_backbone(str(backbone_folder), config=config)
+    assert model.projectors.face is None
+    g = torch.Generator().manual_seed(0)
+    a = shot(0, g)
+    other_faces = ShotCondition(a.identifier, a.descriptor_embed, torch.randn(3, 512, generator=g), a.face_mask,
+                                a.character_text_embeds)
+    # the cast slots are still there (slot + description embedding), whatever the face embeddings say
+    ident = len(model.tokenizer(a.identifier, add_special_tokens=False)["input_ids"])
+    assert model.condition_embeds(a).shape == (1 + ident + 1 + 3 + 1, 32)
+    torch.testing.assert_close(model.condition_embeds(a), model.condition_embeds(other_faces))
+    described = ShotCondition(a.identifier, a.descriptor_embed, a.face_embeds, a.face_mask, torch.randn(3, TEXT))
+    assert not torch.allclose(model.condition_embeds(a), model.condition_embeds(described))
+    # neither faces nor descriptions: no cast positions at all
+    bare = KeyframeAR.from_backbone(str(backbone_folder), config=KeyframeARConfig(
+        num_tokens=N, token_dim=D, text_dim=TEXT, character_text=False, faces=False))
+    assert bare.condition_embeds(a).shape == (1 + ident + 1 + 1, 32)
+    # the switch is saved with the model
+    model.save_pretrained(tmp_path / "ar")
+    loaded = KeyframeAR.from_pretrained(tmp_path / "ar")
+    assert loaded.config.faces is False and loaded.projectors.face is None
+    torch.testing.assert_close(loaded.condition_embeds(a), model.condition_embeds(a))
+
+
+def test_the_shipped_toy_model_loads_and_generates():
+    folder = Path(__file__).resolve().parents[1] / "mdream" / "assets" / "models" / "toy-ar"
+    model = KeyframeAR.from_pretrained(folder).eval()
+    cfg = model.config
+    assert cfg.faces and cfg.max_references == 0  # trained before either switch: the defaults
+    g = torch.Generator().manual_seed(0)
+    shots = [ShotCondition("Ana in the village", torch.nn.functional.normalize(torch.randn(cfg.text_dim, generator=g), dim=0),
+                           torch.nn.functional.normalize(torch.randn(3, cfg.face_dim, generator=g), dim=-1),
+                           torch.tensor([True, False, False]), torch.randn(3, cfg.text_dim, generator=g))
+             for _ in range(2)]
+    out = model.generate_movie(shots, generator=torch.Generator().manual_seed(0))
+    assert out.tokens.shape == (2, cfg.num_tokens, cfg.token_dim) and torch.isfinite(out.tokens).all()

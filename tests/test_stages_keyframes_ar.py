@@ -136,3 +136,109 @@ def test_an_ar_checkpoint_exports_as_a_portable_folder(ar_bundle, tmp_path):
     assert json.loads((moved / "state.json").read_text())["data"] == "data"  # a machine path kept by name only
     model = KeyframeAR.from_pretrained(moved)
     assert (model.config.num_tokens, model.config.token_dim) == (2, 128)
+
+
+# ---- few-shot: the script's reference frames ---------------------------------------------------
+@pytest.fixture(scope="module")
+def few_shot_bundle(tmp_path_factory):
+    """Like ``ar_bundle``, with a model that reads up to 2 reference frames in its prefix."""
+    root = tmp_path_factory.mktemp("ar-refs-bundle")
+    torch.manual_seed(0)
+    toy = yaml.safe_load((TOY / "bundle.yaml").read_text())
+    components = {name: {"path": str((TOY / spec["path"]).resolve())} for name, spec in toy["components"].items()}
+    model = KeyframeAR.build_toy(components["text_encoder"]["path"],
+                                 KeyframeARConfig(num_tokens=2, token_dim=128, text_dim=64, max_references=2),
+                                 hidden_size=32, num_layers=2, num_heads=4)
+    model.save_pretrained(root / "ar")
+    components["keyframe_ar"] = {"path": str(root / "ar")}
+    components.pop("video")
+    (root / "bundle.yaml").write_text(yaml.safe_dump({"name": "toy-few-shot", "components": components}))
+    return root
+
+
+def _frame(path, colour):
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:16] = colour
+    pixels[16:] = (40, 120, 40)
+    Image.fromarray(pixels).save(path)
+
+
+def _with_references(folder, bundle, frames):
+    data = small_script_dict()
+    data["output"]["model_bundle"] = str(bundle)
+    data["style"] = {"text": "flat colours", "reference_frames": [f"refs/{i}.png" for i in range(len(frames))]}
+    script = write_script(folder, data)
+    for i, colour in enumerate(frames):
+        _frame(folder / "refs" / f"{i}.png", colour)
+    return script
+
+
+def test_reference_frames_enter_the_prefix_and_the_keys(few_shot_bundle, tmp_path):
+    plain = _script(tmp_path / "plain", few_shot_bundle)
+    script = _with_references(tmp_path / "refs", few_shot_bundle, [(200, 60, 60), (60, 60, 200)])
+    run_stages(plain, "keyframes", RunOptions(cache_dir=tmp_path / "c0", quiet=True), only=False)
+    run_stages(script, "keyframes", RunOptions(cache_dir=tmp_path / "c1", quiet=True), only=False)
+    keys_plain, zero_shot = _tokens(plain, tmp_path / "c0")
+    keys, few_shot = _tokens(script, tmp_path / "c1")
+    assert not set(keys) & set(keys_plain)
+    assert all(not torch.allclose(a, b, atol=1e-4) for a, b in zip(zero_shot, few_shot, strict=True))
+    # the references' contents are in the keys: another picture under the same name recomputes the shots
+    _frame(tmp_path / "refs" / "refs" / "1.png", (250, 250, 0))
+    changed = _keys(script, tmp_path / "c1")
+    assert not set(changed) & set(keys)
+    report = run_stages(script, "keyframes", RunOptions(cache_dir=tmp_path / "c1", quiet=True))[1][0]
+    assert len(report.produced) == 6
+    _, again = _tokens(script, tmp_path / "c1")
+    assert not torch.allclose(again[0], few_shot[0], atol=1e-4)
+    # the same pictures again: the same keys, every shot reused
+    _frame(tmp_path / "refs" / "refs" / "1.png", (60, 60, 200))
+    assert _keys(script, tmp_path / "c1") == keys
+
+
+def test_a_model_trained_without_references_leaves_them_out(ar_bundle, tmp_path, capsys):
+    plain = _script(tmp_path / "plain", ar_bundle)
+    script = _with_references(tmp_path / "refs", ar_bundle, [(200, 60, 60)])
+    run_stages(plain, "keyframes", RunOptions(cache_dir=tmp_path / "c0", quiet=True), only=False)
+    run_stages(script, "keyframes", RunOptions(cache_dir=tmp_path / "c1"), only=False)
+    assert "trained without reference frames" in " ".join(capsys.readouterr().err.split())
+    for a, b in zip(_tokens(plain, tmp_path / "c0")[1], _tokens(script, tmp_path / "c1")[1], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_bad_reference_frame_is_a_located_input_error(few_shot_bundle, tmp_path, damage):
+    import re
+
+    from typer.testing import CliRunner
+
+    from mdream.cli.main import app
+
+    script = _with_references(tmp_path / "movie", few_shot_bundle, [(200, 60, 60), (60, 60, 200)])
+    bad = tmp_path / "movie" / "refs" / "1.png"
+    if damage == "missing":
+        bad.unlink()
+    else:
+        bad.write_bytes(bad.read_bytes()[:40])  # a truncated PNG
+    result = CliRunner().invoke(app, ["keyframes", str(script), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    line = script.read_text().splitlines().index("  - refs/1.png") + 1
+    assert re.search(rf"script\.yaml:{line}:\d+: style\.reference_frames\[1\]:", result.output), result.output
+
+
+def test_a_reference_that_breaks_after_validation_is_located_too(few_shot_bundle, tmp_path):
+    from mdream.errors import ScriptError
+
+    script = _with_references(tmp_path / "movie", few_shot_bundle, [(200, 60, 60)])
+    project = Project.open(script, RunOptions(cache_dir=tmp_path / "c", quiet=True))  # validated: the file is fine
+    (tmp_path / "movie" / "refs" / "0.png").write_bytes(b"not a png")
+    stage = new_stages()[1]
+    with pytest.raises(ScriptError, match=r"script\.yaml:\d+:\d+: style\.reference_frames\[0\].*(damaged|not an image)"):
+        stage.prepare(project)
+    (tmp_path / "movie" / "refs" / "0.png").unlink()
+    with pytest.raises(ScriptError, match=r"script\.yaml:\d+:\d+: style\.reference_frames\[0\].*not found"):
+        new_stages()[1].reference_hashes(project)  # the keys of predicted shots hash the file

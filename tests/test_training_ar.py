@@ -180,3 +180,108 @@ def test_packaged_recipe_loads():
     assert path == RECIPES_DIR / "ar-toy-cpu.yaml"
     assert values["hidden_size"] == 256 and values["head"] == "gmm"
     assert set(yaml.safe_load(path.read_text())) - {"trainer"} == set(values)
+
+
+# ---- few-shot references, horizontal flip, no face embeddings ----------------------------------
+def test_swap_left_right_swaps_whole_words_and_keeps_capitals():
+    from mdream.training.ar_data import swap_left_right
+
+    assert swap_left_right("On the left, Ana waves. Right of her, Bo; LEFT.") == \
+        "On the right, Ana waves. Left of her, Bo; RIGHT."
+    assert swap_left_right("leftover brightness") == "leftover brightness"  # only whole words
+
+
+@pytest.fixture(scope="module")
+def flipped(tmp_path_factory):
+    import dataclasses
+
+    out = tmp_path_factory.mktemp("ar-data-flip")
+    return load_data(dataclasses.replace(TINY_CONFIG, flip_prob=0.5), out, progress=False)[0]
+
+
+def test_flipped_episodes_flip_pixels_words_and_positions(encoded, flipped):
+    from mdream.models.encoders import KeyframeEncoder, TextEncoder
+    from mdream.training.ar_data import swap_left_right
+
+    _, train, _ = encoded
+    assert not train.has_flips and flipped.has_flips
+    assert torch.equal(flipped.tokens, train.tokens) and flipped.key != train.key  # the same set, plus its flips
+    frames, chars, identifiers, descriptors = render_episodes(0, 0, 0, 3, 5, 32, progress=False)
+    encoder = KeyframeEncoder.from_pretrained(TOY_KEYFRAME_ENCODER)
+    mirrored = encoder.encode(np.ascontiguousarray(frames[:4, :, ::-1]))
+    assert torch.allclose(flipped.flipped_tokens[:4], mirrored, atol=1e-5)
+    assert not torch.allclose(flipped.flipped_tokens[:4], flipped.tokens[:4], atol=1e-3)
+    assert torch.equal(flipped.flipped_chars, torch.from_numpy(chars[:, ::-1].copy()))
+    row = next(i for i, d in enumerate(descriptors) if " left" in d or " right" in d)
+    assert flipped.flipped_identifiers[row] == swap_left_right(identifiers[row])
+    text = TextEncoder.from_pretrained(TOY_TEXT_ENCODER).encode([swap_left_right(descriptors[row])])[0]
+    assert torch.allclose(flipped.flipped_descriptor_embeds[row], text, atol=1e-5)
+    assert not torch.allclose(flipped.flipped_descriptor_embeds[row], flipped.descriptor_embeds[row], atol=1e-4)
+
+    # a flipped window: every shot of it mirrored, its cast slots swapped (faces follow their characters)
+    w = sample_window(flipped, np.random.default_rng(0), 4, flip_prob=1.0, reference_prob=1.0, max_references=2)
+    assert w.flipped
+    assert torch.equal(w.sample.tokens, flipped.flipped_tokens[torch.from_numpy(w.rows)])
+    assert torch.equal(w.sample.references, flipped.flipped_tokens[torch.from_numpy(w.reference_rows)])
+    for s, r in zip(w.sample.shots, w.rows, strict=True):
+        assert s.identifier == flipped.flipped_identifiers[r]
+        assert torch.equal(s.descriptor_embed, flipped.flipped_descriptor_embeds[r])
+        assert s.face_mask.tolist() == (flipped.chars[r].flip(0) >= 0).tolist()
+    plain = sample_window(flipped, np.random.default_rng(0), 4)
+    assert not plain.flipped and torch.equal(plain.sample.tokens, flipped.tokens[torch.from_numpy(plain.rows)])
+    with pytest.raises(ValueError, match="flips"):
+        sample_window(train, np.random.default_rng(0), 4, flip_prob=1.0)
+
+
+def test_reference_frames_are_other_frames_of_the_same_episode(encoded):
+    _, train, _ = encoded
+    counts = set()
+    for seed in range(30):
+        w = sample_window(train, np.random.default_rng(seed), 3, reference_prob=1.0, max_references=2)
+        refs = w.reference_rows
+        assert refs is not None and 1 <= len(refs) <= 2
+        counts.add(len(refs))
+        episode = {int(torch.searchsorted(train.episode_starts, torch.tensor(int(r)), right=True)) - 1
+                   for r in [*w.rows, *refs]}
+        assert len(episode) == 1  # the window's own episode
+        assert not set(refs.tolist()) & set(w.rows.tolist())  # never a frame the window predicts
+        assert torch.equal(w.sample.references, train.tokens[torch.from_numpy(refs)])
+    assert counts == {1, 2}
+    assert sample_window(train, np.random.default_rng(0), 3).sample.references is None  # off by default
+    # a window covering its whole episode has no frame left to show
+    assert sample_window(train, np.random.default_rng(0), 5, reference_prob=1.0, max_references=2).reference_rows is None
+
+
+def test_the_switches_reach_the_model_and_the_sequence(encoded):
+    import dataclasses
+
+    _, train, _ = encoded
+    config = dataclasses.replace(TINY_CONFIG, faces=False, reference_prob=0.5, max_references=3)
+    torch.manual_seed(0)
+    model = build_model(config, train, TOY_TEXT_ENCODER)
+    assert model.config.faces is False and model.projectors.face is None and model.config.max_references == 3
+    w = sample_window(train, np.random.default_rng(1), 4, reference_prob=1.0, max_references=3)
+    embeds, _ = model.sequence(w.sample)
+    faceless = dataclasses.replace(w.sample, shots=[dataclasses.replace(s, face_embeds=torch.randn_like(s.face_embeds))
+                                                    for s in w.sample.shots])
+    assert torch.equal(model.sequence(faceless)[0], embeds)  # no face embedding in it
+    assert model.sequence(w.sample)[0].shape[0] <= model.config.context_window  # room for the references too
+    # without references the model records none: it was trained zero-shot
+    assert build_model(TINY_CONFIG, train, TOY_TEXT_ENCODER).config.max_references == 0
+
+
+def test_cli_records_the_few_shot_and_ablation_switches(tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export"
+    invoke("ar", "--out", str(out), *TINY, "--steps", "1", "--reference-prob", "0.5", "--max-references", "2",
+           "--flip-prob", "0.5", "--no-faces", "--export", str(export))
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["reference_prob"], saved["max_references"], saved["flip_prob"], saved["faces"]) == (0.5, 2, 0.5, False)
+    assert (saved["reverse_prob"], saved["face_randomisation"], saved["token_mask_prob"]) == (0.0, True, 0.15)
+    state = json.loads((out / "checkpoints" / "step-0000001" / "state.json").read_text())
+    assert {"val_loss", "ref_val_loss", "ref_token_l2"} <= set(state)  # zero- and few-shot held-out numbers
+    model = KeyframeAR.from_pretrained(export)
+    assert model.config.max_references == 2 and model.config.faces is False
+    assert json.loads((out / "data" / "train" / "index.json").read_text())["info"]["flip"] is True
+    bad = runner.invoke(app, ["ar", "--out", str(tmp_path / "b"), *TINY, "--reference-prob", "0.5",
+                              "--max-references", "0"])
+    assert bad.exit_code == 2 and "--max-references" in bad.output

@@ -13,7 +13,19 @@ sequence is built from these pieces (H = the backbone's hidden size):
 - faces: each present cast slot's face embedding through an MLP plus a slot embedding (left,
   centre, right; absent slots are skipped), plus the slot's description embedding through an MLP
   when ``character_text`` is on;
-- keyframe tokens: through the input MLP plus a per-index embedding.
+- keyframe tokens: through the input MLP plus a per-index embedding;
+- reference frames (few-shot context, e.g. the script's ``style.reference_frames``): each frame's N
+  tokens through the *same* keyframe-token input MLP and per-index embedding, after a learned
+  [REF] marker. Sharing the MLP puts a reference and a generated keyframe of the same look at the same
+  point of the backbone's input space, so what the backbone learns to copy from earlier shots
+  (palette, clothing) it can copy from a reference too, and a reference costs no extra parameters;
+  the [REF] marker (the "reference" type embedding) tells it that no shot text goes with them.
+  They sit in the fixed prefix, so a sliding window never drops them. ``max_references`` records
+  how many a model was trained with (0: trained without; it then works zero-shot only).
+
+With ``faces`` off (the no-face-embeddings ablation) no face embedding enters the sequence: a
+present cast slot is then its slot embedding plus its description embedding (``character_text``),
+or is left out when ``character_text`` is off too.
 
 The hidden state at [FRAME] predicts tok_0 and the one at tok_j predicts tok_{j+1}; a token head
 (``mdream.models.token_heads``: a Gaussian mixture or MAR's diffusion head) turns it into a loss or
@@ -78,6 +90,11 @@ class KeyframeARConfig:
     """Keyword arguments of the token head (its defaults are filled in when the model is built)."""
     context_window: int = 1024
     """Default generation window in positions (prefix + recent shots); older shots slide out."""
+    faces: bool = True
+    """Put each present cast slot's face embedding into the sequence (False: the no-face-embeddings ablation)."""
+    max_references: int = 0
+    """Reference frames per sequence the model was trained with in its prefix (0: trained without; the keyframes
+    stage then leaves a script's reference frames out)."""
 
     @classmethod
     def from_dict(cls, data: Mapping) -> KeyframeARConfig:
@@ -165,7 +182,7 @@ class ARProjectors(nn.Module):
         c, h = config, hidden_size
         p = c.projector_dim or h
         self.descriptor = mlp(c.text_dim, p, h)
-        self.face = mlp(c.face_dim, p, h)
+        self.face = mlp(c.face_dim, p, h) if c.faces else None
         self.character_text = mlp(c.text_dim, p, h) if c.character_text else None
         self.token_in = mlp(c.token_dim, p, h)
         self.face_slot = nn.Parameter(torch.randn(c.max_faces, h) * 0.02)
@@ -390,7 +407,7 @@ class KeyframeAR(nn.Module):
         return self._cast(*parts)
 
     def condition_embeds(self, shot: ShotCondition) -> torch.Tensor:
-        """[SHOT] + identifier tokens + descriptor + present face slots + [FRAME] -> ``[C, H]``.
+        """[SHOT] + identifier tokens + descriptor + present cast slots + [FRAME] -> ``[C, H]``.
 
         The last position ([FRAME]) is the one whose hidden state predicts the shot's first token.
         """
@@ -403,11 +420,14 @@ class KeyframeAR(nn.Module):
             k = shot.face_embeds.shape[0]
             mask = torch.ones(k, dtype=torch.bool) if shot.face_mask is None else shot.face_mask.bool().cpu()
             present = torch.nonzero(mask).flatten()
-            if len(present):
-                faces = self._proj(p.face, shot.face_embeds[present]) + p.face_slot[present.to(self.device)]
-                if p.character_text is not None and shot.character_text_embeds is not None:
-                    faces = faces + self._proj(p.character_text, shot.character_text_embeds[present])
-                parts.append(faces)
+            described = p.character_text is not None and shot.character_text_embeds is not None
+            if len(present) and (p.face is not None or described):
+                slots = p.face_slot[present.to(self.device)]  # [F, H]
+                if p.face is not None:
+                    slots = slots + self._proj(p.face, shot.face_embeds[present])
+                if described:
+                    slots = slots + self._proj(p.character_text, shot.character_text_embeds[present])
+                parts.append(slots)
         parts.append(p.frame_start[None])
         return self._cast(*parts)
 

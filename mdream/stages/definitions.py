@@ -124,12 +124,53 @@ class EncodeStage(Stage):
         writer.save_json("slots", {"slots": slots})
 
 
+def reference_frame_paths(project: Project) -> list[Path]:
+    """The script's ``style.reference_frames``, resolved against its folder (empty without any)."""
+    style = project.plan.style
+    frames = style.reference_frames if style is not None else []
+    return [(project.plan.root / frame).resolve() for frame in frames]
+
+
+def reference_frame_error(project: Project, index: int, message: str, hint: str | None = None):
+    """A :class:`~mdream.errors.ScriptError` located at ``style.reference_frames[index]`` of the script file."""
+    from mdream.errors import Problem, ScriptError
+    from mdream.script.loader import format_field_path
+    from mdream.script.source import parse_document
+
+    path = ("style", "reference_frames", index)
+    location = None
+    try:
+        text = project.script_path.read_text(encoding="utf-8-sig")
+        location = parse_document(text, is_json=project.script_path.suffix == ".json").source_map.locate(path)
+    except (OSError, ValueError):
+        pass
+    line, column = location if location else (None, None)
+    return ScriptError(problems=[Problem(str(project.script_path), line, column, format_field_path(path), message,
+                                         hint)])
+
+
+def _reference_problem(project: Project, index: int) -> tuple[str, str | None]:
+    """Why reference frame ``index`` cannot be read now (the script's own file check, run again)."""
+    from mdream.script.checks import check_image_file
+
+    relative = str(project.plan.style.reference_frames[index])
+    found = check_image_file(relative, project.plan.root, "reference frame")
+    return found or (f"reference frame file '{relative}' could not be read", "use a PNG or JPEG image")
+
+
 @register_stage
 class KeyframesStage(Stage):
     """Each shot's keyframe tokens: a given keyframe is encoded; otherwise the AR model predicts it.
 
     Chained: a shot's tokens condition on the shots before it (``upstream["history"]``), so its key
     includes the previous key.
+
+    Few-shot context: the script's ``style.reference_frames`` are encoded with the bundle's keyframe
+    encoder and go into the AR model's fixed prefix (``KeyframeAR.start_movie(references=...)``),
+    which the sliding window never drops. A predicted shot's key holds each reference file's content
+    hash, so replacing a reference image recomputes the predicted shots (given ones keep their
+    keys: their tokens are their own image's). A model trained without references
+    (``max_references`` 0) leaves them out and says so.
     """
 
     name = "keyframes"
@@ -144,9 +185,28 @@ class KeyframesStage(Stage):
 
         given = hash_file(shot.keyframe) if shot.keyframe is not None else None
         inputs = {"shot": shot.inputs_for_cache(), "given_keyframe": given}
-        if given is None:  # a predicted shot also depends on how it is sampled
+        if given is None:  # a predicted shot also depends on how it is sampled, and on the reference frames
             inputs["temperature"] = keyframe_temperature(project)
+            references = self.reference_hashes(project)
+            if references:
+                inputs["reference_frames"] = references
         return inputs
+
+    def reference_hashes(self, project: Project) -> list[str]:
+        """The content hash of every reference frame (memoised per script: every predicted shot asks)."""
+        from mdream.models.bundle import hash_file
+
+        memo = getattr(self, "_reference_hashes", None)
+        if memo is not None and memo[0] is project:
+            return memo[1]
+        hashes = []
+        for i, path in enumerate(reference_frame_paths(project)):
+            try:
+                hashes.append(hash_file(path))
+            except OSError:
+                raise reference_frame_error(project, i, *_reference_problem(project, i)) from None
+        self._reference_hashes = (project, hashes)
+        return hashes
 
     def prepare(self, project: Project) -> None:
         import torch
@@ -173,9 +233,56 @@ class KeyframesStage(Stage):
                     hint="train the AR model on tokens of this bundle's keyframe encoder",
                 )
         self.temperature = keyframe_temperature(project)
+        self.references = self.encode_references(project) if self.ar is not None else None  # [R, N, d] or None
         self.session = None  # the AR model's context: every shot so far, in plan order
         self.fed = 0  # shots in the session
         self._torch = torch
+
+    def encode_references(self, project: Project):
+        """The script's reference frames through the keyframe encoder: float32 ``[R, N, d]``, or None without any
+        (or when the AR model was trained without references)."""
+        import torch
+
+        from mdream.images import read_rgb
+
+        paths = reference_frame_paths(project)
+        if not paths:
+            return None
+        trained = self.ar.config.max_references
+        if trained == 0:
+            self.notice(project, f"the keyframe AR model was trained without reference frames: the script's "
+                                 f"{len(paths)} style.reference_frames are left out")
+            return None
+        if len(paths) > trained:
+            self.notice(project, f"{len(paths)} reference frames, and the keyframe AR model was trained with up to "
+                                 f"{trained}: all are used, the predictions may suffer")
+        tokens = []
+        for i, path in enumerate(paths):
+            try:
+                image = read_rgb(path, "reference frame")[None]  # [1, H, W, 3]
+            except (InputError, OSError):
+                raise reference_frame_error(project, i, *_reference_problem(project, i)) from None
+            tokens.append(self.encoder.encode(image)[0].float().cpu())  # [N, d]
+        references = torch.stack(tokens)  # [R, N, d]
+        try:
+            self.ar.start_movie(references)
+        except InputError as exc:  # the prefix leaves no room for a shot in the model's window
+            raise reference_frame_error(project, len(paths) - 1, f"{len(paths)} reference frames do not fit the "
+                                        f"keyframe AR model's context: {exc.message}",
+                                        f"use fewer reference frames (the model was trained with up to {trained})"
+                                        ) from None
+        return references
+
+    def notice(self, project: Project, text: str) -> None:
+        """A note on stderr (not in quiet runs)."""
+        if not project.options.quiet:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[yellow]keyframes: {text}[/]", highlight=False)
+
+    def new_session(self):
+        """A fresh AR generation session with the script's reference frames in its fixed prefix."""
+        return self.ar.start_movie(self.references)
 
     def _condition(self, shot: PlannedShot, encoded: Any):
         from mdream.models.keyframe_ar import ShotCondition
@@ -193,7 +300,7 @@ class KeyframesStage(Stage):
             writer.save_tensors("tokens", {"tokens": given.contiguous()})
             return
         if self.session is None or self.fed > shot.index:
-            self.session, self.fed = self.ar.start_movie(), 0
+            self.session, self.fed = self.new_session(), 0
         # Shots made earlier (this run or a run before) enter the context as they were, in order.
         earlier_encoded = upstream["upstream_history"]["encode"]
         for j in range(self.fed, shot.index):

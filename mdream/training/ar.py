@@ -10,12 +10,22 @@ tokens (teacher forcing); the token head's loss covers every keyframe token. Swi
 each a setting: face-embedding randomisation (one random photo's embedding per cast member and window, or with
 ``--mean-face-share`` the mean identity the encode stage computes), attention dropout, token masking (the input
 tokens of random earlier shots replaced by a learned mask vector, so the model cannot lean only on copying the
-last keyframe), reversed windows. There is no horizontal flip: a toy scene has one fixed layout that its name
-stands for, so flipped frames would teach two layouts per scene.
+last keyframe), reversed windows, and a horizontal flip (``--flip-prob``: the whole window mirrored, its frames
+flipped before encoding, left and right swapped in its texts and cast slots). The flip is off by default: a toy
+scene has one fixed layout that its name stands for, so flipped frames teach two layouts per scene; it is there
+to measure that trade-off.
+
+Few-shot context (``--reference-prob``, ``--max-references``): a share of the windows get 1..max_references
+random frames of the same episode that are not in the window (so they cannot be copied as the answer) as
+reference frames in the prefix (``KeyframeAR.prefix_embeds``). The toy world's hidden per-episode state (each
+scene's palette, each character's trousers) is never in the script, so a reference that shows it is the only
+way, besides earlier shots, to know it. ``--no-faces`` leaves face embeddings out of the sequence (an ablation).
 
 Held-out measurements: the loss on fixed held-out windows, and the mean L2 distance and cosine similarity
 between the head's prediction (``--eval-temperature``; 0 = its most likely token) and the true token, next to
-two baselines: the training set's mean token and the previous shot's tokens.
+two baselines: the training set's mean token and the previous shot's tokens. A run with references also reports
+the same on the same windows given ``max_references`` reference frames each (``ref_val_loss``, ``ref_token_l2``,
+``ref_token_cos``): the few-shot gain is the difference.
 """
 
 from __future__ import annotations
@@ -121,6 +131,16 @@ class ARTrainingConfig(LoopConfig):
     """Per earlier shot of a window: probability that its input tokens are replaced by a learned mask vector (its later tokens then leave the loss)."""
     reverse_prob: float = 0.0
     """Share of windows fed in reverse shot order."""
+    flip_prob: float = 0.0
+    """Share of windows mirrored left to right: frames flipped before encoding (encoded once, cached), left and right swapped in the texts and cast slots."""
+
+    # ---- few-shot context and ablations
+    reference_prob: float = 0.0
+    """Share of windows given reference frames in the prefix: random frames of the same episode outside the window."""
+    max_references: int = 4
+    """Most reference frames per window (each such window draws 1..max_references); saved in the model as what it was trained with."""
+    faces: bool = True
+    """Face embeddings in the sequence (off: the no-face-embeddings ablation; generation then leaves them out too)."""
 
     # ---- evaluation
     eval_windows: int = 64
@@ -146,12 +166,20 @@ class ARTrainingConfig(LoopConfig):
             raise ConfigValueError("head", f"--head must be one of {', '.join(TOKEN_HEADS)}, got '{self.head}'.")
         if self.head_width < 0:
             raise ConfigValueError("head_width", f"--head-width must be >= 0, got {self.head_width}.")
-        for name in ("mean_face_share", "dropout", "token_mask_prob", "reverse_prob"):
+        for name in ("mean_face_share", "dropout", "token_mask_prob", "reverse_prob", "flip_prob", "reference_prob"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1], got {value}.")
+        if self.max_references < 0 or (self.reference_prob > 0 and self.max_references < 1):
+            raise ConfigValueError("max_references", f"--max-references must be >= 1 when --reference-prob is above 0, "
+                                                     f"got {self.max_references}.")
         if not self.eval_temperature >= 0:
             raise ConfigValueError("eval_temperature", f"--eval-temperature must be >= 0, got {self.eval_temperature}.")
+
+    @property
+    def model_references(self) -> int:
+        """Reference frames the model is trained with (0 when no window gets any)."""
+        return self.max_references if self.reference_prob > 0 else 0
 
     def head_config(self) -> dict:
         """The token head's keyword arguments."""
@@ -175,15 +203,27 @@ class TrainingWindow:
     """One training sequence and which shots' input tokens are masked."""
 
     sample: MovieSample
-    """Consecutive shots and their true tokens ``[S, N, d]``."""
+    """Consecutive shots and their true tokens ``[S, N, d]`` (and reference tokens ``[R, N, d]`` or None)."""
     masked: torch.Tensor
     """bool ``[S]``: True where the shot's tokens enter the input as the mask vector."""
+    rows: np.ndarray | None = None
+    """The shots' rows of the encoded set, in sequence order."""
+    reference_rows: np.ndarray | None = None
+    """The reference frames' rows (same episode, none of ``rows``), or None."""
+    flipped: bool = False
+    """True when the window is mirrored (flipped frames, left and right swapped)."""
 
 
 def sample_window(data: EncodedEpisodes, rng: np.random.Generator, window: int, *, randomise_faces: bool = True,
                   mean_face_share: float = 0.0, token_mask_prob: float = 0.0, reverse_prob: float = 0.0,
-                  character_text: bool = True) -> TrainingWindow:
-    """A random window of up to ``window`` consecutive shots of a random episode (episodes weighted by length)."""
+                  character_text: bool = True, flip_prob: float = 0.0, reference_prob: float = 0.0,
+                  max_references: int = 0) -> TrainingWindow:
+    """A random window of up to ``window`` consecutive shots of a random episode (episodes weighted by length).
+
+    ``flip_prob``: share of windows mirrored as a whole (``data`` must hold its flips). ``reference_prob``: share of
+    windows given 1..``max_references`` reference frames: other frames of the same episode, outside the window (as
+    many as the episode has when it has fewer), mirrored with the window.
+    """
     row = int(rng.integers(len(data)))
     e = int(torch.searchsorted(data.episode_starts, torch.tensor(row), right=True)) - 1
     first, end = data.episode_rows(e)
@@ -192,7 +232,11 @@ def sample_window(data: EncodedEpisodes, rng: np.random.Generator, window: int, 
     rows = np.arange(start, start + w)
     if reverse_prob and rng.random() < reverse_prob:
         rows = rows[::-1].copy()
-    chars = data.chars[rows].numpy()  # [S, 3]
+    flipped = bool(flip_prob and rng.random() < flip_prob)
+    if flipped and not data.has_flips:
+        raise ValueError("flip_prob > 0 needs episodes encoded with their flips (encoded_episodes(..., flip=True))")
+    all_chars = data.flipped_chars if flipped else data.chars
+    chars = all_chars[rows].numpy()  # [S, 3]
     present = chars >= 0
     if randomise_faces and not (mean_face_share and rng.random() < mean_face_share):
         # one photo per character for the whole window: within a movie a character keeps one embedding
@@ -203,13 +247,24 @@ def sample_window(data: EncodedEpisodes, rng: np.random.Generator, window: int, 
     faces = torch.zeros(w, 3, table.shape[-1])  # [S, 3, 512]
     faces[torch.from_numpy(present)] = table[torch.from_numpy(chars[present])]
     described = torch.from_numpy(character_text_for_batch(chars, data.character_text.numpy()))  # [S, 3, D]
-    shots = [ShotCondition(identifier=data.identifiers[r], descriptor_embed=data.descriptor_embeds[r],
+    identifiers = data.flipped_identifiers if flipped else data.identifiers
+    descriptors = data.flipped_descriptor_embeds if flipped else data.descriptor_embeds
+    tokens = data.flipped_tokens if flipped else data.tokens  # [M, N, d]
+    shots = [ShotCondition(identifier=identifiers[r], descriptor_embed=descriptors[r],
                            face_embeds=faces[i], face_mask=torch.from_numpy(present[i]),
                            character_text_embeds=described[i] if character_text else None)
              for i, r in enumerate(rows)]
     masked = torch.from_numpy(rng.random(w) < token_mask_prob) if token_mask_prob else torch.zeros(w, dtype=torch.bool)
     masked[-1] = False  # the last shot's tokens feed no later shot
-    return TrainingWindow(MovieSample(shots, data.tokens[torch.from_numpy(rows)]), masked)
+    reference_rows = references = None
+    if reference_prob and max_references > 0 and rng.random() < reference_prob:
+        outside = np.setdiff1d(np.arange(first, end), rows)  # never a frame the window has to predict
+        count = min(int(rng.integers(1, max_references + 1)), len(outside))
+        if count:
+            reference_rows = rng.choice(outside, size=count, replace=False)
+            references = tokens[torch.from_numpy(reference_rows)]  # [R, N, d]
+    return TrainingWindow(MovieSample(shots, tokens[torch.from_numpy(rows)], references=references), masked,
+                          rows, reference_rows, flipped)
 
 
 class ARTrainingModel(nn.Module):
@@ -262,13 +317,27 @@ class ARTask:
         rng = np.random.default_rng([config.seed, 0xA7E])
         self.val_windows = [sample_window(val, rng, config.window, randomise_faces=config.face_randomisation,
                                           character_text=config.character_text) for _ in range(config.eval_windows)]
+        # the same windows, each given max_references other frames of its episode (the few-shot measurement)
+        self.ref_val_windows = []
+        if config.model_references:
+            ref_rng = np.random.default_rng([config.seed, 0xA7E, 1])
+            for w in self.val_windows:
+                first, end = val.episode_rows(int(torch.searchsorted(val.episode_starts, torch.tensor(int(w.rows[0])),
+                                                                     right=True)) - 1)
+                outside = np.setdiff1d(np.arange(first, end), w.rows)
+                picked = ref_rng.choice(outside, size=min(config.max_references, len(outside)), replace=False)
+                refs = val.tokens[torch.from_numpy(picked)] if len(picked) else None
+                self.ref_val_windows.append(dataclasses.replace(
+                    w, sample=dataclasses.replace(w.sample, references=refs), reference_rows=picked))
         self.baselines = self._baselines()
 
     def sample(self, rng: np.random.Generator, size: int) -> list[TrainingWindow]:
         c = self.config
         return [sample_window(self.train, rng, c.window, randomise_faces=c.face_randomisation,
                               mean_face_share=c.mean_face_share, token_mask_prob=c.token_mask_prob,
-                              reverse_prob=c.reverse_prob, character_text=c.character_text) for _ in range(size)]
+                              reverse_prob=c.reverse_prob, character_text=c.character_text, flip_prob=c.flip_prob,
+                              reference_prob=c.reference_prob, max_references=c.max_references)
+                for _ in range(size)]
 
     def loss(self, model: nn.Module, batch: list[TrainingWindow]) -> dict[str, torch.Tensor]:
         out = model(batch)
@@ -295,11 +364,19 @@ class ARTask:
     def evaluate(self, model: ARTrainingModel, step: int) -> dict[str, float]:
         was_training = model.training
         model.eval()
+        metrics = self._measure(model, self.val_windows)
+        if self.ref_val_windows:
+            metrics.update({f"ref_{k}": v for k, v in self._measure(model, self.ref_val_windows).items()})
+        model.train(was_training)
+        return {**metrics, **self.baselines}
+
+    def _measure(self, model: ARTrainingModel, windows: list[TrainingWindow]) -> dict[str, float]:
+        """Held-out loss and token distances over ``windows`` (the model in eval mode)."""
         generator = torch.Generator().manual_seed(self.config.seed)
         losses, weights, l2, cos, count = 0.0, 0, 0.0, 0.0, 0
         size = self.config.batch_size
-        for i in range(0, len(self.val_windows), size):
-            out = model(self.val_windows[i : i + size])
+        for i in range(0, len(windows), size):
+            out = model(windows[i : i + size])
             t = out["targets"].shape[0]
             losses += float(out["loss"]) * t
             weights += t
@@ -308,9 +385,7 @@ class ARTask:
             l2 += float((pred - true).norm(dim=-1).sum())
             cos += float(F.cosine_similarity(pred, true, dim=-1).sum())
             count += t
-        model.train(was_training)
-        return {"val_loss": losses / max(weights, 1), "token_l2": l2 / max(count, 1), "token_cos": cos / max(count, 1),
-                **self.baselines}
+        return {"val_loss": losses / max(weights, 1), "token_l2": l2 / max(count, 1), "token_cos": cos / max(count, 1)}
 
     def export(self, folder: Path, model: ARTrainingModel) -> None:
         """The keyframe AR model (EMA weights when the run keeps an EMA), loadable by ``KeyframeAR.from_pretrained``."""
@@ -319,7 +394,8 @@ class ARTask:
 
 
 def training_context(model: KeyframeAR, data: EncodedEpisodes, window: int) -> int:
-    """Positions of the longest training sequence: the prefix plus the ``window`` longest shots of ``data``.
+    """Positions of the longest training sequence: the prefix (with ``max_references`` reference frames) plus the
+    ``window`` longest shots of ``data``.
 
     Saved as the model's ``context_window``, so generation keeps its context within the lengths (and rotary
     positions) the model was trained on.
@@ -327,9 +403,10 @@ def training_context(model: KeyframeAR, data: EncodedEpisodes, window: int) -> i
     c = model.config
     ids = model.tokenizer(sorted(set(data.identifiers)), add_special_tokens=False)["input_ids"]
     words = max(min(len(i), c.max_identifier_tokens) for i in ids)
-    faces = int((data.chars >= 0).sum(1).max())
+    faces = int((data.chars >= 0).sum(1).max()) if c.faces or c.character_text else 0
     per_shot = int(c.shot_marker) + words + 1 + faces + 1 + c.num_tokens  # [SHOT] identifier descriptor faces [FRAME] tokens
-    prefix = model.prefix_embeds().shape[0]
+    references = torch.zeros(c.max_references, c.num_tokens, c.token_dim) if c.max_references else None
+    prefix = model.prefix_embeds(references).shape[0]
     return prefix + window * per_shot
 
 
@@ -340,7 +417,8 @@ def build_model(config: ARTrainingConfig, train: EncodedEpisodes, text_encoder: 
     ar_config = KeyframeARConfig(num_tokens=n, token_dim=d, text_dim=train.descriptor_embeds.shape[1],
                                  face_dim=train.face_bank.shape[-1], max_faces=train.chars.shape[1],
                                  character_text=config.character_text, head=config.head,
-                                 head_config=config.head_config())
+                                 head_config=config.head_config(), faces=config.faces,
+                                 max_references=config.model_references)
     with quiet_loading():
         if config.backbone == "toy":
             model = KeyframeAR.build_toy(str(text_encoder), ar_config, hidden_size=config.hidden_size,
@@ -360,7 +438,8 @@ def load_data(config: ARTrainingConfig, out: Path, progress: bool = True) -> tup
     common = dict(world_seed=config.world_seed, seed=config.data_seed, length=config.episode_length,
                   frame_size=config.frame_size, photos_per_character=config.photos_per_character,
                   keyframe_encoder=encoder, text_encoder=text, face_embedder=faces, progress=progress)
-    train = encoded_episodes(out / "data" / "train", first=0, count=config.episodes, photo_seed=config.seed, **common)
+    train = encoded_episodes(out / "data" / "train", first=0, count=config.episodes, photo_seed=config.seed,
+                             flip=config.flip_prob > 0, **common)
     val = encoded_episodes(out / "data" / "val", first=config.episodes, count=config.val_episodes,
                            photo_seed=config.seed + 1, **common)
     return train, val

@@ -12,6 +12,11 @@ the keyframe stage's target:
 - ``tokens`` ``[M, N, d]``: the ground-truth keyframe, rendered at ``frame_size`` px and encoded by the keyframe
   encoder (``KeyframeEncoder.encode``, as the keyframes stage encodes a given keyframe).
 
+With ``flip`` (the horizontal-flip augmentation) the mirror image of every shot is encoded too, once:
+``flipped_tokens`` (the frame flipped left to right, then encoded), ``flipped_identifiers`` and
+``flipped_descriptor_embeds`` (the texts with the words left and right swapped, :func:`swap_left_right`). The
+flipped cast is ``chars`` with its left and right columns swapped (:meth:`EncodedEpisodes.flipped_chars`).
+
 Episodes come from ``make_episode`` with the seeds ``mdream toyworld dataset`` uses (``episode_seed(seed, e)``,
 each frame rendered from ``rng([seed, world_seed, e, s])``), so episode ``e`` here is row block ``e`` of a
 dataset written with the same world, seed and episode length. A held-out split is other episodes of the same seed
@@ -27,6 +32,7 @@ text encoder and face embedder, so a cache made from other inputs is rebuilt, ne
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -73,6 +79,21 @@ class EncodedEpisodes:
     """The cache key of what the set was made from."""
     info: dict = field(default_factory=dict)
     """How it was made (world seed, seeds, sizes, encoders, encode seconds)."""
+    flipped_tokens: torch.Tensor | None = None
+    """float32 ``[M, N, d]``: the tokens of each frame flipped left to right (None: the set has no flips)."""
+    flipped_descriptor_embeds: torch.Tensor | None = None
+    """float32 ``[M, D]``: each descriptor with left and right swapped, through the text encoder."""
+    flipped_identifiers: list[str] | None = None
+    """Each identifier with left and right swapped."""
+
+    @property
+    def has_flips(self) -> bool:
+        return self.flipped_tokens is not None
+
+    @property
+    def flipped_chars(self) -> torch.Tensor:
+        """int64 ``[M, 3]``: the cast of each flipped frame (left and right swapped)."""
+        return self.chars.flip(1)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -89,6 +110,25 @@ class EncodedEpisodes:
         """float32 ``[C, 512]``: each character's mean photo embedding, renormalised (the encode stage's identity)."""
         mean = self.face_bank.mean(1)
         return mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def swap_left_right(text: str) -> str:
+    """The text of a horizontally flipped frame: every whole word left becomes right and back, capitals kept.
+
+    >>> swap_left_right("On the left, Ana waves. Right of her, Bo.")
+    'On the right, Ana waves. Left of her, Bo.'
+    """
+    def swap(match: re.Match) -> str:
+        word = match.group()
+        other = "right" if word.lower() == "left" else "left"
+        if word.isupper():
+            return other.upper()
+        return other.capitalize() if word[0].isupper() else other
+
+    return _LEFT_RIGHT.sub(swap, text)
 
 
 def render_episodes(world_seed: int, seed: int, first: int, count: int, length: int, size: int,
@@ -120,17 +160,20 @@ def render_episodes(world_seed: int, seed: int, first: int, count: int, length: 
 
 def episode_set_key(world_seed: int, seed: int, first: int, count: int, length: int, frame_size: int,
                     photos_per_character: int, photo_seed: int, keyframe_encoder: str | Path, text_encoder: str | Path,
-                    face_embedder: str | Path) -> str:
+                    face_embedder: str | Path, flip: bool = False) -> str:
     """The cache key: every input of :func:`encode_episodes`, models by their file contents."""
+    extra = ("flip",) if flip else ()  # a set without flips keeps the key it always had
     return content_key("keyframe AR episodes", FORMAT, world_seed, seed, first, count, length, frame_size,
                        photos_per_character, photo_seed, model_key(keyframe_encoder), model_key(text_encoder),
-                       model_key(face_embedder))
+                       model_key(face_embedder), *extra)
 
 
 def encode_episodes(world_seed: int, seed: int, first: int, count: int, length: int, frame_size: int,
                     photos_per_character: int, photo_seed: int, keyframe_encoder: str | Path,
-                    text_encoder: str | Path, face_embedder: str | Path, progress: bool = True) -> EncodedEpisodes:
-    """Render and encode episodes ``first .. first + count - 1`` (see the module docstring)."""
+                    text_encoder: str | Path, face_embedder: str | Path, progress: bool = True,
+                    flip: bool = False) -> EncodedEpisodes:
+    """Render and encode episodes ``first .. first + count - 1`` (see the module docstring); with ``flip`` also
+    their mirror images."""
     from mdream.models.encoders import KeyframeEncoder, TextEncoder
     from mdream.models.loading import quiet_loading
     from mdream.training.data import character_text_embeddings, face_embedding_bank
@@ -143,8 +186,13 @@ def encode_episodes(world_seed: int, seed: int, first: int, count: int, length: 
         encoder = KeyframeEncoder.from_pretrained(keyframe_encoder).eval()
         text = TextEncoder.from_pretrained(text_encoder)
     tokens = encoder.encode(frames, batch_size=256)  # [M, N, d]
+    flipped_tokens = flipped_descriptors = flipped_identifiers = None
+    if flip:
+        flipped_tokens = encoder.encode(np.ascontiguousarray(frames[:, :, ::-1]), batch_size=256)  # [M, N, d]
+        flipped_descriptors = [swap_left_right(t) for t in descriptors]
+        flipped_identifiers = [swap_left_right(t) for t in identifiers]
     # each distinct text once (an arc repeats its identifier; the encoder sees one text at a time anyway)
-    unique = sorted(set(descriptors) | set(identifiers))
+    unique = sorted(set(descriptors) | set(identifiers) | set(flipped_descriptors or ()))
     table = text.encode(unique, batch_size=256).float()  # [U, D]
     row = {t: i for i, t in enumerate(unique)}
     embeds = table[torch.tensor([row[t] for t in descriptors + identifiers])]  # [2M, D]
@@ -155,14 +203,20 @@ def encode_episodes(world_seed: int, seed: int, first: int, count: int, length: 
     info = {"world_seed": world_seed, "seed": seed, "first_episode": first, "episodes": count, "length": length,
             "frame_size": frame_size, "photos_per_character": photos_per_character, "photo_seed": photo_seed,
             "keyframe_encoder": str(keyframe_encoder), "text_encoder": str(text_encoder),
-            "face_embedder": str(face_embedder), "render_s": round(rendered - start, 2),
+            "face_embedder": str(face_embedder), "flip": flip, "render_s": round(rendered - start, 2),
             "encode_s": round(time.perf_counter() - rendered, 2)}
-    return EncodedEpisodes(tokens.float().contiguous(), embeds[:m].contiguous(), embeds[m:].contiguous(),
+    data = EncodedEpisodes(tokens.float().contiguous(), embeds[:m].contiguous(), embeds[m:].contiguous(),
                            torch.from_numpy(chars), identifiers, starts, torch.from_numpy(bank).contiguous(),
                            torch.as_tensor(described, dtype=torch.float32).contiguous(), info=info)
+    if flip:
+        data.flipped_tokens = flipped_tokens.float().contiguous()
+        data.flipped_descriptor_embeds = table[torch.tensor([row[t] for t in flipped_descriptors])].contiguous()
+        data.flipped_identifiers = flipped_identifiers
+    return data
 
 
 PER_SHOT = ("tokens", "descriptor_embeds", "identifier_embeds", "chars")
+FLIPPED_PER_SHOT = ("flipped_tokens", "flipped_descriptor_embeds")
 
 
 def save_encoded_episodes(folder: Path, data: EncodedEpisodes, key: str, episodes_per_shard: int = 100) -> None:
@@ -176,10 +230,12 @@ def save_encoded_episodes(folder: Path, data: EncodedEpisodes, key: str, episode
         e1 = min(e0 + episodes_per_shard, data.num_episodes)
         r0, r1 = int(data.episode_starts[e0]), int(data.episode_starts[e1])
         name = f"shard-{k:05d}.safetensors"
-        save_file({n: getattr(data, n)[r0:r1].contiguous() for n in PER_SHOT}, str(folder / name))
+        names = PER_SHOT + (FLIPPED_PER_SHOT if data.has_flips else ())
+        save_file({n: getattr(data, n)[r0:r1].contiguous() for n in names}, str(folder / name))
         shards.append({"file": name, "episodes": [e0, e1], "rows": [r0, r1]})
     index = {"format": FORMAT, "key": key, "shots": len(data), "episode_starts": data.episode_starts.tolist(),
-             "shards": shards, "identifiers": data.identifiers, "info": data.info}
+             "shards": shards, "identifiers": data.identifiers, "info": data.info,
+             **({"flipped_identifiers": data.flipped_identifiers} if data.has_flips else {})}
     atomic_write_bytes(folder / INDEX, (json.dumps(index) + "\n").encode())
 
 
@@ -195,32 +251,41 @@ def load_encoded_episodes(folder: Path, key: str) -> EncodedEpisodes | None:
             return None
         common = load_file(str(folder / "common.safetensors"))
         parts = [load_file(str(folder / s["file"])) for s in index["shards"]]
-        arrays = {n: torch.cat([p[n] for p in parts]) for n in PER_SHOT}
+        flips = "flipped_identifiers" in index
+        arrays = {n: torch.cat([p[n] for p in parts]) for n in PER_SHOT + (FLIPPED_PER_SHOT if flips else ())}
         starts = torch.tensor(index["episode_starts"], dtype=torch.long)
         if len(index["identifiers"]) != len(arrays["tokens"]) or int(starts[-1]) != len(arrays["tokens"]):
             raise ValueError("the shards do not hold the shots the index lists")
+        if flips and len(index["flipped_identifiers"]) != len(arrays["tokens"]):
+            raise ValueError("the flipped identifiers do not match the shots")
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         console.print(f"[yellow]{folder} is unreadable ({type(exc).__name__}: {exc}); encoding again[/]",
                       highlight=False)
         return None
-    return EncodedEpisodes(arrays["tokens"], arrays["descriptor_embeds"], arrays["identifier_embeds"],
+    data = EncodedEpisodes(arrays["tokens"], arrays["descriptor_embeds"], arrays["identifier_embeds"],
                            arrays["chars"], list(index["identifiers"]), starts, common["face_bank"],
                            common["character_text"], key, dict(index.get("info", {})))
+    if flips:
+        data.flipped_tokens = arrays["flipped_tokens"]
+        data.flipped_descriptor_embeds = arrays["flipped_descriptor_embeds"]
+        data.flipped_identifiers = list(index["flipped_identifiers"])
+    return data
 
 
 def encoded_episodes(folder: Path, world_seed: int, seed: int, first: int, count: int, length: int,
                      frame_size: int, photos_per_character: int, photo_seed: int,
                      keyframe_encoder: str | Path, text_encoder: str | Path, face_embedder: str | Path,
-                     progress: bool = True) -> EncodedEpisodes:
-    """The encoded episodes cached in ``folder``, encoded (and cached) when missing or stale."""
+                     progress: bool = True, flip: bool = False) -> EncodedEpisodes:
+    """The encoded episodes cached in ``folder``, encoded (and cached) when missing or stale; ``flip``: with the
+    flipped frames and texts too (part of the key: switching flips on encodes the set again)."""
     key = episode_set_key(world_seed, seed, first, count, length, frame_size, photos_per_character, photo_seed,
-                          keyframe_encoder, text_encoder, face_embedder)
+                          keyframe_encoder, text_encoder, face_embedder, flip)
     cached = load_encoded_episodes(folder, key)
     if cached is not None:
         return cached
     console.print(f"encoding {count} episodes x {length} shots into {folder}", highlight=False)
     data = encode_episodes(world_seed, seed, first, count, length, frame_size, photos_per_character, photo_seed,
-                           keyframe_encoder, text_encoder, face_embedder, progress)
+                           keyframe_encoder, text_encoder, face_embedder, progress, flip)
     data.key = key
     save_encoded_episodes(folder, data, key)
     console.print(f"encoded {len(data)} shots (render {data.info['render_s']} s, encode {data.info['encode_s']} s)",
