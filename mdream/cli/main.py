@@ -41,6 +41,10 @@ SUBCOMMANDS = {
         "mdream.cli.cache_cli:app",
         "Inspect an artifact cache and prune its debris (quarantined artifacts, dead writers' temp folders).",
     ),
+    "models": LazySubcommand(
+        "mdream.cli.models_cli:app",
+        "List model bundles and show each one's components: class, source, size, presence, defaults.",
+    ),
     "eval": LazySubcommand(
         "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, toy-FID, diversity."
     ),
