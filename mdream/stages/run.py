@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mdream.errors import InputError, NotBuiltError
+from mdream.models.bundle import COMPONENT_NAMES
 from mdream.stages.movie import publish_copy
 from mdream.stages.options import RunOptions
 from mdream.stages.pipeline import Project, StageReport, run_stage
-from mdream.models.bundle import COMPONENT_NAMES
 from mdream.stages.registry import check_name, new_stages, pipeline, stage_names
 
 if TYPE_CHECKING:
