@@ -14,7 +14,7 @@ from mdream.cli.main import app
 runner = CliRunner()
 
 PIPELINE_COMMANDS = {"generate", "script-validate", "encode", "keyframes", "render", "video", "train", "status"}
-OTHER_COMMANDS = {"script-schema", "toyworld", "eval", "cache"}
+OTHER_COMMANDS = {"script-schema", "toyworld", "eval", "cache", "models"}
 
 
 def test_help_lists_exactly_the_commands():

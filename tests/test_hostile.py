@@ -273,11 +273,18 @@ def test_model_bundle_is_checked(tmp_path, bundle):
 
 
 def test_model_bundle_folder_relative_to_the_script(tmp_path):
+    from mdream.models.bundle import BUNDLES_DIR
+
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "bundle.yaml").write_text("name: mine\ncomponents: {}\n")
+    (tmp_path / "mine" / "bundle.yaml").write_text((BUNDLES_DIR / "toy" / "bundle.yaml").read_text().replace(
+        "path: ../..", f"path: {BUNDLES_DIR.parent}"))  # the toy bundle's components, found from elsewhere
     text = edit(BASE_SCRIPT, "  clip_length: 8\n", "  clip_length: 8\n  model_bundle: mine\n")
     code, output = validate(write_script_text(tmp_path, text))
     assert code == 0, output
+    # a bundle that lacks what the script needs: one message naming each missing component
+    (tmp_path / "mine" / "bundle.yaml").write_text("name: mine\ncomponents: {}\n")
+    code, output = validate(write_script_text(tmp_path, text))
+    assert code == 1 and "keyframe_decoder: not listed" in output, output
 
 
 # ---------------------------------------------------------------- terminal safety

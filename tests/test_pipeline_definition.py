@@ -164,4 +164,4 @@ def test_a_rerun_removes_the_preview_temp_files_a_killed_run_left(fake_pipeline,
         path.write_bytes(b"partial")
     generate(small_script, movie, _opts(from_stage="export"))
     assert not any(path.exists() for path in leftovers)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["movie", "movie.mp4"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["movie", "movie.mp4", "movie.report.json"]

@@ -38,6 +38,30 @@ def show_reports(reports) -> None:
     stdout.print(table)
 
 
+def show_generate(result) -> None:
+    """The final table of ``mdream generate``: per stage its time, artifacts made / reused, outputs."""
+    from mdream.models.inventory import human_size
+
+    title = f"{result.info.get('title') or ''}  ({result.script})" if result.script else "stages"
+    table = Table(title=safe(title))
+    for col in ("stage", "time", "made", "reused", "by other process", "outputs"):
+        table.add_column(col)
+    for r in result.reports:
+        outputs = f"{len(r.outputs)} files in {safe(result.movie_dir)}/" if r.outputs else "-"
+        table.add_row(r.stage, f"{r.seconds:.1f} s", str(len(r.produced)), str(len(r.reused)),
+                      str(len(r.by_other_process)), outputs)
+    if result.output is not None and result.output.is_file():
+        table.add_row("movie", "", "", "", "", f"{safe(result.output)} ({human_size(result.output.stat().st_size)})")
+    stdout.print(table)
+    if result.movie_dir is not None:
+        stdout.print(f"[green]wrote[/] {safe(result.movie_dir)}/ (keyframes, storyboard.png, animatic.mp4)")
+    if result.movie_kind == "animatic":
+        stdout.print(f"[green]wrote[/] {safe(result.output)}: the animatic (each keyframe held for its shot; "
+                     "the model bundle has no video model yet)")
+    if result.report_path is not None:
+        stdout.print(f"[green]wrote[/] {safe(result.report_path)} (the run report: stages, keys, bundle, seed)")
+
+
 _STYLE = {"done": "green", "stale": "yellow", "missing": "dim", "running": "cyan", "corrupt": "bold red"}
 
 

@@ -22,7 +22,6 @@ from mdream.cli._common import (
     SeedOpt,
     print_json,
     run_cli,
-    safe,
     stdout,
 )
 from mdream.errors import InputError
@@ -40,6 +39,10 @@ SUBCOMMANDS = {
     "cache": LazySubcommand(
         "mdream.cli.cache_cli:app",
         "Inspect an artifact cache and prune its debris (quarantined artifacts, dead writers' temp folders).",
+    ),
+    "models": LazySubcommand(
+        "mdream.cli.models_cli:app",
+        "List model bundles and show each one's components: class, source, size, presence, defaults.",
     ),
     "eval": LazySubcommand(
         "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, toy-FID, diversity."
@@ -264,8 +267,14 @@ _register_stage_commands()
 
 @app.command("generate")
 def generate_cli(
-    script: ScriptArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The movie file to write (mp4).")] = Path("movie.mp4"),
+    scripts: Annotated[list[Path], typer.Argument(help="One or more movie scripts (YAML or JSON).", show_default=False)],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", show_default=False,
+                     help="One script: the movie file to write (mp4) \\[default: movie.mp4]. Several scripts: a folder "
+                     "that gets SCRIPT_NAME.mp4 for each \\[default: each movie beside its script, SCRIPT_NAME.mp4]. "
+                     "The run report goes beside each movie: NAME.report.json."),
+    ] = None,
     until: Annotated[
         str, typer.Option("--until", help=f"Stop after this stage: {names_text()} (render: the keyframes and previews in the movie folder; video: the movie too).")
     ] = "video",
@@ -274,26 +283,27 @@ def generate_cli(
     seed: SeedOpt = None,
     force: ForceOpt = False,
     from_stage: FromStageOpt = None,
-    json_out: JsonOpt = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run report (a list of them for several scripts) as JSON on stdout, and nothing else.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run every stage and write the movie (resumes from the cache after a failure)."""
-    from mdream.cli._display import show_reports
-    from mdream.stages.run import generate
+    """Run every stage and write the movie and its run report (resumes from the cache after a failure).
+
+    Several processes (or machines sharing the cache folder) may run the same command at once: they
+    split the shots between them, each artifact made once (see docs/batch.md).
+    """
+    from mdream.cli._display import show_generate
+    from mdream.stages.run import generate_many
 
     def call():
-        return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out)(), until)
+        options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)()
+        return generate_many(scripts, output, options, until)
 
-    result = run_cli(call, as_json=json_out)
+    results = run_cli(call, as_json=json_out)
     if json_out:
-        print_json(result.to_dict())  # only what was written: null otherwise
+        print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
     elif not quiet:
-        show_reports(result.reports)
-        if result.movie_dir is not None:
-            stdout.print(f"[green]wrote[/] {safe(result.movie_dir)}/ (keyframes, storyboard.png, animatic.mp4)")
-        if result.movie_kind == "animatic":
-            stdout.print(f"[green]wrote[/] {safe(result.output)}: the animatic (each keyframe held for its shot; "
-                         "the model bundle has no video model yet)")
+        for result in results:
+            show_generate(result)
 
 
 @app.command("status")

@@ -33,18 +33,22 @@ if TYPE_CHECKING:
 FACE_SLOTS = ("left", "center", "right")
 
 
-def sampling_defaults(decoder_folder) -> tuple[int, float, float]:
+def sampling_defaults(decoder_folder, ref=None) -> tuple[int, float, float]:
     """(num_inference_steps, guidance_scale, identity_guidance_scale) saved with a decoder
     (``keyframe_decoder.json``'s ``sampling``), so each bundle renders with the settings it was tuned
-    for; else (20, 2.0, 0.0)."""
+    for; else (20, 2.0, 0.0). ``ref``: the bundle's component reference, whose ``steps`` and
+    ``guidance`` (bundle.yaml) win over the saved ones."""
     import json
 
     try:
         sampling = json.loads((Path(decoder_folder) / "keyframe_decoder.json").read_text()).get("sampling") or {}
     except (OSError, ValueError):
         sampling = {}
-    return (int(sampling.get("num_inference_steps", 20)), float(sampling.get("guidance_scale", 2.0)),
-            float(sampling.get("identity_guidance_scale", 0.0)))
+    steps, guidance = sampling.get("num_inference_steps", 20), sampling.get("guidance_scale", 2.0)
+    if ref is not None:
+        steps = ref.steps if ref.steps is not None else steps
+        guidance = ref.guidance if ref.guidance is not None else guidance
+    return int(steps), float(guidance), float(sampling.get("identity_guidance_scale", 0.0))
 
 
 def face_slots(shot: PlannedShot) -> list[str | None]:
@@ -214,7 +218,7 @@ class KeyframesStage(Stage):
         device = resolve_device(project.options.device)
         to_predict = [s.id for s in project.plan.shots if s.keyframe is None]
         ar = project.bundle.components.get("keyframe_ar")
-        if to_predict and (ar is None or not ar.exists):
+        if to_predict and (ar is None or not ar.present):
             shown = ", ".join(to_predict[:5]) + (" ..." if len(to_predict) > 5 else "")
             raise NotBuiltError(
                 f"The model bundle {project.bundle.name!r} has no keyframe AR model, and {len(to_predict)} shot(s) "
@@ -343,16 +347,16 @@ class RenderStage(Stage):
         return inputs  # everything else arrives through upstream keys
 
     def prepare(self, project: Project) -> None:
-        location = project.bundle.component("keyframe_decoder").location
+        ref = project.bundle.component("keyframe_decoder")
         self.device = resolve_device(project.options.device)
         self.decoder = project.bundle.load("keyframe_decoder", device=self.device)
-        self.steps, self.guidance, self.identity_guidance = sampling_defaults(location)
+        self.steps, self.guidance, self.identity_guidance = sampling_defaults(ref.location, ref)
         sampling = project.plan.output.sampling
         self.steps = sampling.steps if sampling.steps is not None else self.steps
         self.guidance = sampling.guidance_scale if sampling.guidance_scale is not None else self.guidance
         if sampling.identity_guidance is not None:
             self.identity_guidance = sampling.identity_guidance
-        self.sampler = sampling.sampler  # None: the decoder's own
+        self.sampler = sampling.sampler or ref.sampler  # None: the decoder's own
 
     def produce_batch(self, project, shots, upstreams, writers) -> None:
         import torch

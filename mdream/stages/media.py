@@ -194,11 +194,12 @@ def render_tokens(
     from mdream.stages.definitions import sampling_defaults
 
     model_bundle = ModelBundle.load(bundle)
-    location = model_bundle.component("keyframe_decoder").location
+    ref = model_bundle.component("keyframe_decoder")
     decoder = model_bundle.load("keyframe_decoder")
+    sampler = sampler or ref.sampler
     if sampler:
         type(decoder).make_scheduler(sampler, decoder.scheduler.config)  # an unknown name fails before any work
-    default_steps, default_guidance, _ = sampling_defaults(location)  # identity guidance needs faces: none here
+    default_steps, default_guidance, _ = sampling_defaults(ref.location, ref)  # identity guidance needs faces: none here
     dev = resolve_device(device)
     decoder.to(dev)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -270,6 +270,10 @@ class StageReport:
     reused: list[str] = field(default_factory=list)
     by_other_process: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    keys: dict[str, str] = field(default_factory=dict)
+    """Shot id (a per-movie step: its target folder) -> the artifact's cache key."""
+    outputs: list[str] = field(default_factory=list)
+    """Files a per-movie step wrote outside the cache (empty for per-shot stages and when reused)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -278,6 +282,8 @@ class StageReport:
             "reused": self.reused,
             "by_other_process": self.by_other_process,
             "seconds": round(self.seconds, 3),
+            "keys": self.keys,
+            "outputs": self.outputs,
         }
 
 
@@ -315,6 +321,7 @@ def run_stage(project: Project, stage: Stage, stages: Sequence[Stage]) -> StageR
     start = time.perf_counter()
     keys = plan_keys(project, stages)
     store, report = project.store, StageReport(stage.name)
+    report.keys = {shot.id: keys[stage.name][shot.index] for shot in project.plan.shots}
     force = project.options.forces(stage.name)
     todo: list[PlannedShot] = []
     for shot in project.plan.shots:
@@ -419,6 +426,7 @@ def _run_movie_step(project: Project, step: MovieStep, stages: Sequence[Stage]) 
     key = keys[step.name][0]
     store, report = project.store, StageReport(step.name)
     target = str(project.movie_dir)
+    report.keys = {target: key}
     force = project.options.forces(step.name)
     existing = None if force else store.open(step.name, key)
     if existing is not None and outputs_intact(existing):
@@ -449,6 +457,7 @@ def _run_movie_step(project: Project, step: MovieStep, stages: Sequence[Stage]) 
                     files[str(Path(path).resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
                 writer.save_json(OUTPUTS_RECORD, {"target": target, "files": files})
             report.produced.append(target)
+            report.outputs = sorted(files)
     report.seconds = time.perf_counter() - start
     _record_run(project, step, keys, report)
     return report

@@ -6,15 +6,22 @@ definition (:mod:`mdream.stages.registry`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mdream.errors import InputError, NotBuiltError
+from mdream.models.bundle import COMPONENT_NAMES
 from mdream.stages.movie import publish_copy
 from mdream.stages.options import RunOptions
 from mdream.stages.pipeline import Project, StageReport, run_stage
-from mdream.stages.registry import check_name, new_stages, stage_names
+from mdream.stages.registry import check_name, new_stages, pipeline, stage_names
+
+if TYPE_CHECKING:
+    from mdream.script import Plan
 
 
 def run_pipeline(
@@ -81,7 +88,7 @@ def run_video(script_path: str | Path, options: RunOptions | None = None) -> lis
 
 @dataclass
 class GenerateResult:
-    """What :func:`generate` did and wrote."""
+    """What :func:`generate` did and wrote (its :meth:`to_dict` is the JSON run report)."""
 
     reports: list[StageReport]
     """One report per stage and step that ran, in pipeline order."""
@@ -91,41 +98,160 @@ class GenerateResult:
     """The movie file, when it was written."""
     movie_kind: str | None = None
     """``animatic`` (keyframes held for each shot's duration: the bundle has no video model) or ``video``."""
+    script: Path | None = None
+    """The script the movie was made from."""
+    report_path: Path | None = None
+    """The JSON run report written beside the movie (``movie.mp4`` -> ``movie.report.json``)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """The run's context: mdream version, seed, cache folder, bundle identity, start time, total seconds."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.output) if self.output else None,
                 "movie_dir": str(self.movie_dir) if self.movie_dir else None,
-                "movie_kind": self.movie_kind, "stages": [r.to_dict() for r in self.reports]}
+                "movie_kind": self.movie_kind,
+                "script": str(self.script) if self.script else None,
+                "report": str(self.report_path) if self.report_path else None,
+                **self.info,
+                "stages": [r.to_dict() for r in self.reports]}
+
+
+def required_components(plan: Plan, until: str = "video") -> list[str]:
+    """The bundle components a run up to ``until`` cannot do without.
+
+    The video model is optional (without it the movie is the animatic); the keyframe AR model is
+    needed only when a shot has no keyframe of its own to encode.
+    """
+    names = stage_names()
+    last = names.index(until)
+    needed: list[str] = []
+    for cls in pipeline():
+        if cls.per_movie or names.index(cls.name) > last:
+            continue
+        for component in cls.components:
+            if component == "video" or component in needed:
+                continue
+            if component == "keyframe_ar" and all(shot.keyframe is not None for shot in plan.shots):
+                continue
+            needed.append(component)
+    return needed
+
+
+def report_path_for(output: Path) -> Path:
+    """The run report that goes with a movie file: ``movie.mp4`` -> ``movie.report.json``."""
+    return Path(output).with_suffix(".report.json")
 
 
 def generate(
-    script_path: str | Path, output: Path, options: RunOptions | None = None, until: str = "video"
+    script_path: str | Path, output: Path, options: RunOptions | None = None, until: str = "video",
+    project: Project | None = None,
 ) -> GenerateResult:
-    """Run every stage (up to ``until``) and write the movie ``output`` (mp4).
+    """Run every stage (up to ``until``) and write the movie ``output`` (mp4) and its run report.
 
     The keyframes and the previews (storyboard, animatic) are written to the movie folder beside
     ``output`` (``movie.mp4`` -> ``movie/``) by the export step right after they are rendered, so a
     failure in a later stage still leaves them. While the model bundle has no video model, the movie
-    is the animatic: each keyframe held for its shot's duration.
+    is the animatic: each keyframe held for its shot's duration. Before any work, every component the
+    run needs must be present (one error names all that are not). The run report (per stage: time,
+    keys made and reused, outputs; the bundle's identity, the seed, mdream's version) is written to
+    ``movie.report.json`` beside ``output``.
     """
     check_name(until, "--until")
+    output = _check_movie_path(output)
+    movie_dir = movie_dir_for(output)
+    started, clock = datetime.now(UTC), time.perf_counter()
+    project = project or Project.open(script_path, options, movie_dir=movie_dir)
+    project.bundle.require(required_components(project.plan, until), f"`generate {Path(script_path).name}`")
+    if until != stage_names()[-1]:
+        _, reports = run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
+        exported = any(r.stage == "export" for r in reports)
+        result = GenerateResult(reports, movie_dir if exported else None)
+    else:
+        video = project.bundle.components.get("video")
+        if video is not None and video.present:
+            run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
+            raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
+        _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir, project=project)
+        publish_copy(movie_dir / "animatic.mp4", output)
+        result = GenerateResult(reports, movie_dir, output, "animatic")
+    result.script = project.script_path
+    result.report_path = report_path_for(output)
+    result.info = _run_info(project, started, time.perf_counter() - clock)
+    _write_report(result)
+    return result
+
+
+def generate_many(
+    scripts: list[Path], output: Path | None, options: RunOptions | None = None, until: str = "video"
+) -> list[GenerateResult]:
+    """:func:`generate` for several scripts, one after the other.
+
+    ``output``: one script: the movie file (default ``movie.mp4``); several: a folder that gets
+    ``<script name>.mp4`` for each (default: each movie beside its script, ``<script name>.mp4``).
+    Every script is opened and its bundle checked before any work, so a bad script or a missing model
+    fails at once, not after an hour of rendering.
+    """
+    if not scripts:
+        raise InputError("No script given.", hint="mdream generate SCRIPT.yaml [MORE.yaml ...] [-o OUT]")
+    check_name(until, "--until")
+    if len(scripts) == 1:
+        movies = [_check_movie_path(output or Path("movie.mp4"))]
+    else:
+        if output is not None and output.suffix.lower() == ".mp4":
+            raise InputError(f"With {len(scripts)} scripts, -o names a folder, not the movie file {output}.",
+                             hint="e.g. -o movies/ (each script's movie becomes movies/SCRIPT_NAME.mp4), or no -o "
+                             "(each movie goes beside its script)")
+        movies = [(output / f"{Path(s).stem}.mp4") if output is not None else Path(s).with_suffix(".mp4")
+                  for s in scripts]
+        seen: dict[Path, Path] = {}
+        for script, movie in zip(scripts, movies, strict=True):
+            key = movie.expanduser().resolve()
+            if key in seen:
+                raise InputError(f"The scripts {seen[key]} and {script} would both write {movie}.",
+                                 hint="give the scripts different names, or run them one at a time with -o")
+            seen[key] = script
+    projects = []
+    for script, movie in zip(scripts, movies, strict=True):
+        project = Project.open(script, options, movie_dir=movie_dir_for(movie))
+        project.bundle.require(required_components(project.plan, until), f"`generate {Path(script).name}`")
+        projects.append(project)
+    return [generate(script, movie, options, until, project=project)
+            for script, movie, project in zip(scripts, movies, projects, strict=True)]
+
+
+def _check_movie_path(output: Path) -> Path:
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise InputError(f"The movie file {output} must end in .mp4.", hint="e.g. -o movie.mp4 (its folder movie/ "
                          "gets the keyframes and previews)")
-    movie_dir = movie_dir_for(output)
-    if until != stage_names()[-1]:
-        _, reports = run_pipeline(script_path, until, options, movie_dir=movie_dir)
-        exported = any(r.stage == "export" for r in reports)
-        return GenerateResult(reports, movie_dir if exported else None)
-    project = Project.open(script_path, options, movie_dir=movie_dir)
-    video = project.bundle.components.get("video")
-    if video is None or not video.exists:
-        _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir, project=project)
-        publish_copy(movie_dir / "animatic.mp4", output)
-        return GenerateResult(reports, movie_dir, output, "animatic")
-    run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
-    raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
+    return output
+
+
+def _run_info(project: Project, started: datetime, seconds: float) -> dict[str, Any]:
+    import mdream
+
+    bundle = project.bundle
+    return {
+        "mdream_version": mdream.__version__,
+        "title": project.plan.title,
+        "seed": project.seed,
+        "cache_dir": str(project.store.root),
+        "bundle": {
+            "name": bundle.name,
+            "file": str(bundle.file) if bundle.file else None,
+            "identity": bundle.identity(list(COMPONENT_NAMES)),
+            "components": {name: bundle._component_identity(name) for name in bundle.components},
+        },
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _write_report(result: GenerateResult) -> None:
+    from mdream.cache import atomic_write_bytes
+
+    assert result.report_path is not None
+    result.report_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(result.report_path, (json.dumps(result.to_dict(), indent=2, default=str) + "\n").encode())
 
 
 def movie_dir_for(output: Path) -> Path:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mdream.errors import InputError, ScriptError
+from mdream.errors import InputError, MdreamError
 from mdream.script import load_script, plan_script, script_json_schema
 
 
@@ -15,7 +15,8 @@ class ValidationResult:
     """One script's verdict: a summary when valid, its problems otherwise."""
 
     path: Path
-    error: InputError | None = None
+    error: MdreamError | None = None
+    """The script's problems (InputError), or the components its bundle lacks here (NotBuiltError)."""
     title: str = ""
     characters: list[str] = field(default_factory=list)
     scenes: list[str] = field(default_factory=list)
@@ -46,12 +47,18 @@ class ValidationResult:
 
 
 def validate_script(path: str | Path) -> ValidationResult:
-    """Validate one script; problems are returned, not raised."""
+    """Validate one script and check that its model bundle has what it needs; problems are returned, not raised."""
+    from mdream.models.bundle import ModelBundle
+    from mdream.stages.run import required_components
+
     path = Path(path)
     try:
         script = load_script(path)
         plan = plan_script(script)
-    except (ScriptError, InputError) as err:
+        # the script is sound; can this machine make its movie? (every component it needs is present)
+        bundle = ModelBundle.find(script.output.model_bundle, base_dir=path.resolve().parent)
+        bundle.require(required_components(plan), f"the script {path.name}")
+    except MdreamError as err:
         return ValidationResult(path=path, error=err)
     return ValidationResult(
         path=path,
