@@ -217,3 +217,63 @@ def test_independent_hidden_state_redraws_every_shot(tmp_path):
     assert independent_hidden_shots(world, episode, seed=3) == shots  # seeded
     movie = write_independent_groundtruth(world, episode, tmp_path / "independent", 32, seed=3)
     assert len(list((movie / "keyframes").glob("*.png"))) == 12 and (movie / "shots.json").is_file()
+
+
+def test_tokenizer_hidden_state_scores_count_visible_trousers_only():
+    from mdream.toyworld.episode import CastMember, ShotSpec
+    from mdream.training.evaluate_tokenizer import hidden_accuracy, hidden_labels
+
+    world = make_world(0)
+    a, b = world.characters[0].id, world.characters[1].id
+    scene = world.scenes[0].id
+    shots = [ShotSpec(scene, (CastMember(a, "left", "stand", "neutral", 2),), "wide", 1),
+             ShotSpec(scene, (CastMember(a, "left", "stand", "neutral", 2), CastMember(b, "right", "stand", "neutral", 0)),
+                      "close-up", 1),
+             ShotSpec(scene, (CastMember(b, "center", "stand", "neutral", 1),), "medium", 0)]
+    palette, trousers, visible = hidden_labels(shots)
+    assert palette.tolist() == [1, 1, 0] and trousers.tolist() == [[2, -1, -1], [2, -1, 0], [-1, 1, -1]]
+    assert visible.tolist() == [[True, False, False], [False, False, False], [False, True, False]]
+    read = {"palette": np.array([1, 0, 0]), "trousers": np.array([[2, 0, 0], [0, 0, 1], [0, 1, 0]])}
+    # the close-up's (wrong) trousers and the empty slots do not count
+    assert hidden_accuracy(read, shots) == {"palette": pytest.approx(2 / 3), "trousers": 1.0}
+    agree = hidden_accuracy(read, shots, reference={"palette": np.array([1, 0, 1]), "trousers": np.zeros((3, 3), int)})
+    assert agree["palette_agree"] == pytest.approx(2 / 3) and agree["trousers_agree"] == 0.0
+
+
+def _labelled_frames(n: int, seed: int):
+    from mdream.eval.toy_samples import random_shot
+    from mdream.training.data import FrameSet
+
+    world = make_world(0)
+    rng = np.random.default_rng(seed)
+    shots = [random_shot(world, rng) for _ in range(n)]
+    labels = [shot_labels(world, shot) for shot in shots]
+    return FrameSet(np.zeros((n, 1, 1, 3), np.uint8), [""] * n, np.array([x["scene"] for x in labels]),
+                    np.stack([x["chars"] for x in labels]), 0, shots)
+
+
+def test_linear_probe_reads_the_hidden_state_the_tokens_carry():
+    """Tokens that carry the palette and the visible trousers (one-hot, plus noise) are read back; noise is not."""
+    import torch
+
+    from mdream.training.evaluate_tokenizer import hidden_labels, linear_probe
+
+    train, test = _labelled_frames(300, 1), _labelled_frames(200, 2)
+
+    def tokens(frames, carry: bool):
+        palette, trousers, visible = hidden_labels(frames.shots)
+        noise = torch.from_numpy(np.random.default_rng(len(frames)).normal(size=(len(frames), 2, 8))).float()
+        if not carry:
+            return noise
+        onehot = np.zeros((len(frames), 2, 12), np.float32)  # token 0: palette, token 1: trousers per position
+        onehot[np.arange(len(frames)), 0, palette] = 3
+        for p in range(3):
+            rows = np.flatnonzero(visible[:, p])
+            onehot[rows, 1, 3 * p + trousers[rows, p]] = 3
+        return torch.cat([torch.from_numpy(onehot), noise], dim=-1)
+
+    probe = linear_probe(tokens(train, True), train, tokens(test, True), test, epochs=100)
+    assert {"palette", "trousers", "trousers_left", "trousers_center", "trousers_right"} <= set(probe)
+    assert probe["palette"] == 1.0 and probe["trousers"] >= 0.95
+    blind = linear_probe(tokens(train, False), train, tokens(test, False), test, epochs=100)
+    assert blind["palette"] <= 0.55 and blind["trousers"] <= 0.55  # chance: 1/3

@@ -184,7 +184,8 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
                                  grid=tmp_path / "grid.png")
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert set(saved["results"]) >= {"ground_truth"}
-    assert set(report.probe) == {"scene", "left", "center", "right"}
+    assert set(report.probe) == {"scene", "left", "center", "right", "palette", "trousers", "trousers_left",
+                                 "trousers_center", "trousers_right"}
     assert all(0 <= v <= 1 for v in report.probe.values())
     from PIL import Image
 
