@@ -277,3 +277,18 @@ def test_linear_probe_reads_the_hidden_state_the_tokens_carry():
     assert probe["palette"] == 1.0 and probe["trousers"] >= 0.95
     blind = linear_probe(tokens(train, False), train, tokens(test, False), test, epochs=100)
     assert blind["palette"] <= 0.55 and blind["trousers"] <= 0.55  # chance: 1/3
+
+
+def test_toyworld_script_writes_the_independent_movie(tmp_path):
+    from typer.testing import CliRunner
+
+    from mdream.cli.main import app
+
+    result = CliRunner().invoke(app, ["toyworld", "script", "-o", str(tmp_path / "s"), "--shots", "4", "--size", "32",
+                                      "--independent-hidden", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    independent = tmp_path / "s" / "independent"
+    assert data["independent"] == str(independent)
+    assert len(list((independent / "keyframes").glob("*.png"))) == 4
+    assert (independent / "shots.json").read_text() == (tmp_path / "s" / "groundtruth" / "shots.json").read_text()
