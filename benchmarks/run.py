@@ -13,6 +13,7 @@ BENCHMARKS = [
     "benchmarks.bench_storyboard",
     "benchmarks.bench_ar_scaling",
     "benchmarks.bench_ar_quality",
+    "benchmarks.bench_continuity",
 ]
 # full-size timings: only where a GPU is present (a full SDXL UNet on 2 CPU cores would take hours)
 GPU_BENCHMARKS = ["benchmarks.bench_sdxl_render"]

@@ -55,6 +55,22 @@ def test_ground_truth_is_near_the_ceiling(toy):
     assert r.toy_fid is not None and r.diversity is not None
 
 
+def test_ground_truth_keeps_the_hidden_state(toy):
+    """The ground truth's palette and trousers are constant per scene / character: continuity near 1, up to the
+    shipped analyser's misreadings (an analyser without hidden-state heads says why it cannot measure it)."""
+    from mdream.eval.evaluate import TOY_ANALYSER
+    from mdream.eval.frame_analyser import FrameAnalyser
+
+    r = toy["reports"]["gt"]
+    if not FrameAnalyser.from_pretrained(TOY_ANALYSER).reads_hidden_state:
+        assert "hidden-state heads" in r.continuity_unavailable and r.palette_continuity_short_term is None
+        return
+    assert r.continuity_unavailable is None
+    assert r.n_palette_short_term_pairs > 20 and r.n_trousers_short_term_pairs > 20 and r.n_palette_long_term_pairs > 0
+    assert r.palette_continuity_short_term >= 0.85 and r.palette_continuity_long_term >= 0.8
+    assert r.trousers_continuity_short_term >= 0.8
+
+
 def test_noise_is_near_the_floor(toy):
     gt, r = toy["reports"]["gt"], toy["reports"]["noise"]
     assert r.scene_accuracy <= 0.3

@@ -184,7 +184,8 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
                                  grid=tmp_path / "grid.png")
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert set(saved["results"]) >= {"ground_truth"}
-    assert set(report.probe) == {"scene", "left", "center", "right"}
+    assert set(report.probe) == {"scene", "left", "center", "right", "palette", "trousers", "trousers_left",
+                                 "trousers_center", "trousers_right"}
     assert all(0 <= v <= 1 for v in report.probe.values())
     from PIL import Image
 
@@ -208,6 +209,19 @@ def test_tokenizer_eval_command_reports_probe(clip_run, tmp_path):
     missing = runner.invoke(app, ["tokenizer-eval", str(out / "checkpoints" / "step-0000001"), "--frames", "8",
                                   "--probe-frames", "0", "--analyser", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "No frame analyser" in missing.output
+    # an analyser with hidden-state heads also reads the palette and trousers back from the renders
+    from mdream.eval.frame_analyser import FrameAnalyser, FrameAnalyserConfig
+    from mdream.toyworld import make_world
+
+    world = make_world(0)
+    FrameAnalyser(FrameAnalyserConfig(
+        num_scenes=len(world.scenes), num_characters=len(world.characters), widths=(4, 4, 4, 4), feature_dim=8,
+        scene_ids=[x.id for x in world.scenes], character_ids=[x.id for x in world.characters],
+        num_palettes=3, num_trousers=3)).save_pretrained(tmp_path / "hidden_analyser")
+    hidden = evaluate_checkpoint(out / "checkpoints" / "step-0000001", frames=8, num_inference_steps=1,
+                                 conditions="tokens", probe_train_frames=0, analyser=tmp_path / "hidden_analyser")
+    assert {"palette", "trousers", "palette_agree", "trousers_agree"} <= set(hidden.results["tokens"])
+    assert hidden.results["ground_truth"]["palette_agree"] == 1.0
 
 
 def test_cast_errors_break_down_misread_characters():

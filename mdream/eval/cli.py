@@ -29,6 +29,12 @@ def show_eval_report(report) -> None:
         f"identity pairs: {report.n_short_term_pairs} short-term, {report.n_long_term_pairs} long-term",
         highlight=False,
     )
+    if report.continuity_unavailable:
+        stdout.print(f"continuity: unavailable ({report.continuity_unavailable})", highlight=False)
+    else:
+        pairs = ", ".join(f"{name} {getattr(report, short)} short-term / {getattr(report, long)} long-term"
+                          for name, short, long in report.CONTINUITY_PAIRS)
+        stdout.print(f"continuity pairs: {pairs}", highlight=False)
     for note in report.notes:
         stdout.print(f"[dim]note: {note}[/]", highlight=False)
 
@@ -43,14 +49,17 @@ def eval_cli(
     face_model: Annotated[
         Path | None, typer.Option("--face-model", help="An insightface recognition .onnx (default on toy: shipped).")
     ] = None,
+    analyser: Annotated[
+        Path | None, typer.Option("--analyser", help="Toy backend: a frame analyser folder (default: shipped).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
 ) -> None:
-    """Score a generated movie against its script: adherence, identity consistency, toy-FID, diversity."""
+    """Score a generated movie against its script: adherence, identity consistency, continuity, toy-FID, diversity."""
     from mdream.eval.evaluate import evaluate_movie
 
     report = run_cli(
         evaluate_movie, movie_dir, script, backend=backend, clip_model=clip_model, face_model=face_model,
-        as_json=json_out,
+        analyser_dir=analyser, as_json=json_out,
     )
     if json_out:
         print_json(report.to_dict())

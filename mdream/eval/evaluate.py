@@ -8,7 +8,11 @@ Backends:
 * ``toy`` (default): the shipped frame analyser (scene + who is where, and the features of the
   toy-FID and diversity) and the shipped toy face-identity embedder. Faces are cut where the toy
   world draws them (``face_boxes`` of the script's layout). Shots or characters that are not part of
-  the analyser's toy world give n/a.
+  the analyser's toy world give n/a. With an analyser that reads the toy world's hidden state (each
+  scene's palette, each character's trousers: constant over an episode, never in the script), also
+  the continuity of that state: how often two shots of one scene read the same palette, and two
+  appearances of one character (close-ups skipped) the same trousers, for consecutive pairs
+  (short-term) and pairs 20+ shots apart (long-term).
 * ``real``: a transformers CLIP model (``clip_model``: hub id or folder) gives the CLIP score and the
   diversity features; an insightface recognition ONNX (``face_model``) gives identity. Without a
   face detector, faces are cut from the part of the frame where the script puts the character
@@ -54,6 +58,12 @@ class ShotResult:
     clip_score: float | None = None
     faces: int = 0
     """Face crops taken from this shot."""
+    predicted_palette: int | None = None
+    """The scene's hidden palette the analyser reads (index into the toy world's PALETTES; toy backend, an
+    analyser with hidden-state heads, shots whose scene is in the toy world)."""
+    predicted_trousers: dict[str, int] = field(default_factory=dict)
+    """Character id -> the trouser colour read where it stands (index into TROUSER_COLOURS); only the
+    characters whose trousers count for continuity (not in close-ups, where the legs are out of frame)."""
 
 
 @dataclass
@@ -88,9 +98,23 @@ class EvalReport:
     """Mean pairwise distance of keyframe features (analyser for toy, CLIP for real)."""
     copy_fraction: float | None = None
     """Fraction of keyframe pairs of different shots that are near-identical."""
+    palette_continuity_short_term: float | None = None
+    """Fraction of a scene's consecutive shots whose hidden palette reads the same (toy, hidden-state analyser)."""
+    palette_continuity_long_term: float | None = None
+    """Fraction of pairs of shots of one scene 20+ shots apart whose palette reads the same."""
+    trousers_continuity_short_term: float | None = None
+    """Fraction of a character's consecutive appearances (close-ups skipped) whose trousers read the same."""
+    trousers_continuity_long_term: float | None = None
+    """Fraction of pairs of a character's appearances 20+ shots apart (close-ups skipped) whose trousers read the same."""
+    continuity_unavailable: str | None = None
+    """Why the continuity of the hidden state is not measured (None: it is, or nothing to measure)."""
     n_faces: int = 0
     n_short_term_pairs: int = 0
     n_long_term_pairs: int = 0
+    n_palette_short_term_pairs: int = 0
+    n_palette_long_term_pairs: int = 0
+    n_trousers_short_term_pairs: int = 0
+    n_trousers_long_term_pairs: int = 0
     notes: list[str] = field(default_factory=list)
     shots: list[ShotResult] = field(default_factory=list)
 
@@ -107,6 +131,14 @@ class EvalReport:
         ("toy_fid", "toy-FID", "lower"),
         ("diversity", "diversity (mean feature distance)", "higher"),
         ("copy_fraction", "copy fraction", "lower"),
+        ("palette_continuity_short_term", "palette continuity, short-term (scene's next shot)", "higher"),
+        ("palette_continuity_long_term", "palette continuity, long-term (20+ shots)", "higher"),
+        ("trousers_continuity_short_term", "trousers continuity, short-term (next appearance)", "higher"),
+        ("trousers_continuity_long_term", "trousers continuity, long-term (20+ shots)", "higher"),
+    )
+    CONTINUITY_PAIRS = (
+        ("palette", "n_palette_short_term_pairs", "n_palette_long_term_pairs"),
+        ("trousers", "n_trousers_short_term_pairs", "n_trousers_long_term_pairs"),
     )
 
     def metric_values(self) -> dict[str, float | None]:
@@ -409,6 +441,7 @@ def evaluate_movie(
             report.notes.append("no --clip-model: CLIP score and diversity are n/a")
         report.notes.append("real backend: faces cut from the script's position thirds (no face detector)")
         boxes_of = _position_boxes
+        report.continuity_unavailable = "the real backend has no frame analyser to read the toy world's hidden state"
 
     if embedder is None:
         report.notes.append("no --face-model: identity metrics are n/a")
@@ -454,6 +487,7 @@ def _score_toy(report: EvalReport, plan, frames, analyser, view: ToyView, seed: 
     report.slot_accuracy = float(np.mean(slot_hits)) if slot_hits else None
     report.cast_set_accuracy = float(np.mean(set_hits)) if set_hits else None
     report.diversity = metrics.mean_pairwise_distance(predictions["features"])
+    _score_continuity(report, plan, predictions, analyser, view)
 
     # toy-FID: the movie's keyframes vs fresh ground-truth renders of the same (mappable) shots.
     mappable = [shot for shot in plan.shots if view.maps(shot)]
@@ -469,6 +503,57 @@ def _score_toy(report: EvalReport, plan, frames, analyser, view: ToyView, seed: 
     reference_features = analyser.analyse(np.stack(references))["features"]
     movie_features = predictions["features"][[shot.index for shot in mappable]]
     report.toy_fid = metrics.frechet_distance(movie_features, reference_features)
+
+
+def _trouser_positions(shot, predicted_cast: dict[str, str | None], view: ToyView) -> dict[str, str]:
+    """Character id -> where its trousers are read in this shot (toy-world characters only).
+
+    The script's position when it gives one; without it, the one place where the analyser sees that
+    character (skipped when it sees it nowhere or in several places, or the place is the script's for
+    someone else). A position the script gives to two characters is skipped.
+    """
+    given = [m.position for m in shot.cast if m.position is not None]
+    taken = set(given)
+    shared = {p for p in taken if given.count(p) > 1}
+    out: dict[str, str] = {}
+    for member in shot.cast:
+        if member.id not in view.characters:
+            continue
+        if member.position is not None:
+            if member.position not in shared:
+                out[member.id] = member.position
+            continue
+        seen = [p for p, c in predicted_cast.items() if c == member.id and p not in taken]
+        if len(seen) == 1:
+            out[member.id] = seen[0]
+    return out
+
+
+def _score_continuity(report: EvalReport, plan, predictions: dict[str, np.ndarray], analyser, view: ToyView) -> None:
+    """Agreement of the hidden variants the analyser reads across the shots of a scene / of a character."""
+    if not analyser.reads_hidden_state:
+        report.continuity_unavailable = (
+            "the frame analyser has no hidden-state heads (palette, trousers); "
+            "use one trained by `mdream train analyser` on the toy world with hidden state"
+        )
+        return
+    palettes, trousers = [], []
+    for shot, result in zip(plan.shots, report.shots, strict=True):
+        if shot.scene_id in view.scenes:
+            result.predicted_palette = int(predictions["palette"][shot.index])
+            palettes.append(metrics.VariantReading(shot.index, shot.scene_id, result.predicted_palette))
+        if shot.camera == "close-up":  # close-ups frame the faces: no legs, no trousers
+            continue
+        for character_id, position in _trouser_positions(shot, result.predicted_cast, view).items():
+            value = int(predictions["trousers"][shot.index, POSITIONS.index(position)])
+            result.predicted_trousers[character_id] = value
+            trousers.append(metrics.VariantReading(shot.index, character_id, value))
+    for name, readings in (("palette", palettes), ("trousers", trousers)):
+        agreement = metrics.variant_agreement(readings)
+        setattr(report, f"{name}_continuity_short_term", agreement["short_term"])
+        setattr(report, f"{name}_continuity_long_term", agreement["long_term"])
+        setattr(report, f"n_{name}_short_term_pairs", int(agreement["short_term_pairs"]))
+        setattr(report, f"n_{name}_long_term_pairs", int(agreement["long_term_pairs"]))
 
 
 def _to_analyser_size(frame: np.ndarray) -> np.ndarray:

@@ -76,6 +76,51 @@ def identity_consistency(
     }
 
 
+@dataclass(frozen=True)
+class VariantReading:
+    """The variant of a hidden attribute the analyser reads in one shot, and whose it is.
+
+    The owner is a scene id (palette) or a character id (trousers): the toy world keeps each owner's
+    variant constant over an episode, so a consistent movie reads the same variant wherever the owner is.
+    """
+
+    shot_index: int
+    owner: str
+    value: int
+
+
+def variant_agreement(
+    readings: Sequence[VariantReading], long_term_gap: int = LONG_TERM_GAP
+) -> dict[str, float | int | None]:
+    """Continuity of a hidden attribute: how often two readings of one owner show the same variant.
+
+    short_term: each reading against the owner's next reading (its next shot in that scene, the
+    character's next appearance that shows the attribute, whatever the gap).
+    long_term: every pair of the owner's readings at least ``long_term_gap`` shots apart.
+    Agreement is the fraction of such pairs whose variants are equal (1: continuous; with variants
+    drawn independently per shot, about 1 / #variants). Readings in the same shot are not paired.
+    """
+    by_owner: dict[str, list[VariantReading]] = {}
+    for reading in readings:
+        by_owner.setdefault(reading.owner, []).append(reading)
+    short, long = [], []
+    for owned in by_owner.values():
+        owned = sorted(owned, key=lambda r: r.shot_index)
+        for a, b in zip(owned, owned[1:], strict=False):
+            if a.shot_index != b.shot_index:
+                short.append(a.value == b.value)
+        for i, a in enumerate(owned):
+            for b in owned[i + 1 :]:
+                if b.shot_index - a.shot_index >= long_term_gap:
+                    long.append(a.value == b.value)
+    return {
+        "short_term": _mean_or_none(short),
+        "long_term": _mean_or_none(long),
+        "short_term_pairs": len(short),
+        "long_term_pairs": len(long),
+    }
+
+
 def identity_accuracy(faces: Sequence[FaceObservation], references: dict[str, np.ndarray]) -> float | None:
     """Fraction of faces whose nearest reference embedding (cosine) belongs to the right character.
 

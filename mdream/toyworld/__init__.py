@@ -32,7 +32,12 @@ from mdream.toyworld.render import (
     render_keyframe,
     render_keyframe_with_figures,
 )
-from mdream.toyworld.script_writer import script_dict, write_groundtruth, write_script
+from mdream.toyworld.script_writer import (
+    script_dict,
+    write_groundtruth,
+    write_independent_groundtruth,
+    write_script,
+)
 from mdream.toyworld.world import (
     ACTIONS,
     ATTRIBUTES,
@@ -67,7 +72,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "DatasetInfo", "ShardShuffleSampler", "ToyDataset", "read_info", "script_dict", "write_dataset", "write_groundtruth",
-    "write_script",
+    "write_script", "write_independent_groundtruth",
     "ACTIONS", "ATTRIBUTES", "CAMERAS", "EXPRESSIONS", "EYE_COLOURS", "FACE_SIZE", "HAIR_COLOURS",
     "HAIR_STYLES", "HEIGHTS", "OUTFIT_COLOURS", "OUTFIT_PATTERNS", "POSITIONS", "SIZES", "SKIN_TONES",
     "TIMES_OF_DAY", "CastMember", "CharacterSpec", "Episode", "SceneSpec", "ShotSpec", "World",

@@ -31,6 +31,11 @@ def script_cli(
     given_keyframes: Annotated[
         bool, typer.Option("--given-keyframes", help="Give every shot its ground-truth keyframe (a storyboard to render from).")
     ] = False,
+    independent_hidden: Annotated[
+        bool, typer.Option("--independent-hidden",
+                           help="Also write independent/: the ground truth with every shot's hidden state drawn anew "
+                                "(the chance floor of `mdream eval`'s continuity).")
+    ] = False,
     world_seed: WorldSeedOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -40,10 +45,11 @@ def script_cli(
 
     path = run_cli(toy_script, output, seed=seed, shots=shots, size=size, faces_per_character=faces,
                    world_seed=world_seed, title=title, clips=clips, progress=not (quiet or json_out),
-                   given_keyframes=given_keyframes,
+                   given_keyframes=given_keyframes, independent_hidden=independent_hidden,
                    as_json=json_out)
     if json_out:
-        print_json({"script": str(path), "groundtruth": str(path.parent / "groundtruth")})
+        print_json({"script": str(path), "groundtruth": str(path.parent / "groundtruth"),
+                    **({"independent": str(path.parent / "independent")} if independent_hidden else {})})
     elif not quiet:
         stdout.print(f"wrote [bold]{path}[/] ({shots} shots) and the ground truth in {path.parent / 'groundtruth'}")
 

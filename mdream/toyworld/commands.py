@@ -33,8 +33,11 @@ def _check_out_dir(out_dir: Path, marker: str) -> None:
 
 def toy_script(out_dir: str | Path, seed: int = 0, shots: int = 60, size: int = 64, faces_per_character: int = 2,
                world_seed: int = 0, title: str | None = None, clips: bool = False, progress: bool = False,
-               given_keyframes: bool = False) -> Path:
-    """Write a toy episode as an mdream script with face photos and ground truth; returns script.yaml."""
+               given_keyframes: bool = False, independent_hidden: bool = False) -> Path:
+    """Write a toy episode as an mdream script with face photos and ground truth; returns script.yaml.
+
+    With `independent_hidden`, also OUT/independent/: the ground truth with each shot's hidden state drawn
+    anew (the chance floor of continuity)."""
     out = Path(out_dir)
     _check_size(size)
     if not 1 <= shots <= 100_000:
@@ -46,7 +49,8 @@ def toy_script(out_dir: str | Path, seed: int = 0, shots: int = 60, size: int = 
     world = make_world(world_seed)
     episode = make_episode(world, seed=seed, n_shots=shots)
     return write_script(world, episode, out, title or f"Toy episode {seed}", seed, size, faces_per_character,
-                        clips=clips, progress=progress, given_keyframes=given_keyframes)
+                        clips=clips, progress=progress, given_keyframes=given_keyframes,
+                        independent_hidden=independent_hidden)
 
 
 def toy_dataset(out_dir: str | Path, episodes: int, shots_per_episode: int = 50, size: int = 32, seed: int = 0,

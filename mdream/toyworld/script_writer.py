@@ -6,10 +6,13 @@ Layout of `out_dir`:
     toyworld.json                the world seed, episode seed and shot labels (for the evaluator)
     groundtruth/keyframes/0000.png ...   one keyframe per shot, in plan order
     groundtruth/shots.json       {"shots": [{"index": 0, "id": "arc1-001"}, ...]}
+    independent/...              (with `independent_hidden`) the ground truth with each shot's hidden
+                                 variants drawn anew: the chance floor of continuity
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +21,14 @@ import yaml
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mdream.toyworld.episode import Episode, ShotSpec, shot_labels, shot_text
+from mdream.toyworld.episode import (
+    Episode,
+    ShotSpec,
+    apply_hidden_state,
+    draw_hidden_state,
+    shot_labels,
+    shot_text,
+)
 from mdream.toyworld.render import render_clip, render_face_photo, render_keyframe
 from mdream.toyworld.world import HAIR_COLOURS, World
 
@@ -94,12 +104,14 @@ def script_dict(world: World, episode: Episode, title: str, seed: int, size: int
 
 def write_script(world: World, episode: Episode, out_dir: str | Path, title: str, seed: int, size: int = 64,
                  faces_per_character: int = 2, groundtruth: bool = True, clips: bool = False,
-                 validate: bool = True, progress: bool = False, given_keyframes: bool = False) -> Path:
+                 validate: bool = True, progress: bool = False, given_keyframes: bool = False,
+                 independent_hidden: bool = False) -> Path:
     """Write script.yaml, faces/ and groundtruth/ under `out_dir`; returns the script's path.
 
     Every random choice is seeded by (seed, world seed), so the same call writes the same bytes
     (PNG encoding included). With `validate`, the written script is read back with
-    `mdream.script.load_script` (a ScriptError here is a bug of this writer).
+    `mdream.script.load_script` (a ScriptError here is a bug of this writer). With `independent_hidden`,
+    also `independent/`: `write_independent_groundtruth`'s movie.
     """
     if faces_per_character < 1:
         raise ValueError("faces_per_character must be >= 1 (the script format needs a photo per character)")
@@ -132,6 +144,8 @@ def write_script(world: World, episode: Episode, out_dir: str | Path, title: str
     (out / "toyworld.json").write_text(json.dumps(meta, indent=1))
     if groundtruth:
         write_groundtruth(world, episode, out / "groundtruth", size, seed, clips=clips, progress=progress)
+    if independent_hidden:
+        write_independent_groundtruth(world, episode, out / "independent", size, seed, progress=progress)
     if validate:  # after the ground truth: given keyframes must exist to validate
         from mdream.script import load_script
 
@@ -160,6 +174,26 @@ def write_groundtruth(world: World, episode: Episode, movie_dir: str | Path, siz
     shots = {"shots": [{"index": i, "id": shot_ids[i]} for i in range(len(episode.shots))]}
     (movie / "shots.json").write_text(json.dumps(shots, indent=1))
     return movie
+
+
+def independent_hidden_shots(world: World, episode: Episode, seed: int) -> list[ShotSpec]:
+    """The episode's shots with each shot's hidden variants (palette, trousers) drawn anew, as if every shot
+    were a film of its own: what a movie keeps of the hidden state when its shots are made independently."""
+    shots = []
+    for i, shot in enumerate(episode.shots):
+        shot_seed = int(np.random.default_rng([seed, world.seed, i, 0x1DE]).integers(2**31))
+        shots.append(apply_hidden_state(shot, draw_hidden_state(world, shot_seed)))
+    return shots
+
+
+def write_independent_groundtruth(world: World, episode: Episode, movie_dir: str | Path, size: int, seed: int,
+                                  progress: bool = False) -> Path:
+    """A movie folder like `write_groundtruth`'s (the same frames' jitter and noise) whose shots each draw their
+    own hidden variants (`independent_hidden_shots`): the chance floor of the evaluator's continuity (about
+    1 / #variants agreement), where the ground truth is its ceiling."""
+    shots = independent_hidden_shots(world, episode, seed)
+    return write_groundtruth(world, dataclasses.replace(episode, shots=shots), movie_dir, size, seed,
+                             progress=progress)
 
 
 def _write_groundtruth_shot(world: World, shot: ShotSpec, movie: Path, i: int, size: int, seed: int, clips: bool,

@@ -5,6 +5,11 @@ analyser reads scene and cast; identity: the face embedder's cosine similarity b
 from the render and the character's reference photos. The same numbers on the ground-truth frames
 are the ceiling, the all-null context the floor. A linear probe on the tokens tells what the tokens
 carry even when the renderer does not yet draw it.
+
+The toy world's hidden state (the scene's palette, each figure's trousers: never in a script, so a
+movie keeps it only through its keyframes' tokens) is measured the same way: probed from the tokens,
+and read back from the renders by an analyser with hidden-state heads (trousers only where they show:
+an occupied position outside close-ups).
 """
 
 from __future__ import annotations
@@ -65,6 +70,36 @@ class TokenizerEval:
                 "identity_guidance_scale": self.identity_guidance_scale, "scheduler": self.scheduler,
                 "results": self.results, "probe": self.probe, "token_identity": self.token_identity,
                 "analyser": self.analyser, "errors": self.errors, "seconds": round(self.seconds, 1)}
+
+
+def hidden_labels(shots: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The hidden state of toy shots: palette ``[M]``, trousers ``[M, 3]`` (-1 empty) and ``visible`` ``[M, 3]``
+    (bool: someone stands there and the camera shows the legs, i.e. not a close-up)."""
+    from mdream.toyworld.world import POSITIONS
+
+    palette = np.array([shot.palette for shot in shots], np.int64)
+    trousers = np.full((len(shots), len(POSITIONS)), -1, np.int64)
+    for i, shot in enumerate(shots):
+        for member in shot.cast:
+            trousers[i, POSITIONS.index(member.position)] = member.trousers
+    visible = (trousers >= 0) & np.array([shot.camera != "close-up" for shot in shots])[:, None]
+    return palette, trousers, visible
+
+
+def hidden_accuracy(pred: dict[str, np.ndarray], shots: list,
+                    reference: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Palette / trousers accuracy of an analyser's reading ``pred`` (with hidden-state heads) against the shots'
+    hidden state; trousers over the visible slots only. With ``reference`` (the reading of the original frames)
+    also ``*_agree``: the reconstruction reads as its original does."""
+    palette, trousers, visible = hidden_labels(shots)
+    row = {"palette": float((pred["palette"] == palette).mean())}
+    if visible.any():
+        row["trousers"] = float((pred["trousers"] == trousers)[visible].mean())
+    if reference is not None:
+        row["palette_agree"] = float((pred["palette"] == reference["palette"]).mean())
+        if visible.any():
+            row["trousers_agree"] = float((pred["trousers"] == reference["trousers"])[visible].mean())
+    return row
 
 
 def analyse_accuracy(pred: dict[str, np.ndarray], scene: np.ndarray, chars: np.ndarray,
@@ -144,25 +179,48 @@ def identity_similarity(embedder, frames: np.ndarray, shots: list, world, refere
 
 
 def linear_probe(train_tokens: torch.Tensor, train: FrameSet, test_tokens: torch.Tensor, test: FrameSet, epochs: int = 300) -> dict[str, float]:
-    """Held-out accuracy of linear classifiers on the flattened tokens: scene, and character per position."""
+    """Held-out accuracy of linear classifiers on the flattened tokens: scene, and character per position.
+
+    When both frame sets carry their shots (rendered here), also the hidden state: ``palette``, and the trousers
+    per position (``trousers_left`` ...; fitted and scored on the frames where they show) with ``trousers``
+    pooled over those visible slots. Chance is about 1/3 for both.
+    """
+    from mdream.toyworld.world import PALETTES, TROUSER_COLOURS
+
     x_train, x_test = train_tokens.flatten(1), test_tokens.flatten(1)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     n_chars = int(max(train.chars.max(), test.chars.max())) + 2  # + "empty"
-    targets = {"scene": (torch.from_numpy(train.scene), torch.from_numpy(test.scene), int(max(train.scene.max(), test.scene.max())) + 1)}
+    every_train, every_test = np.ones(len(train), bool), np.ones(len(test), bool)
+    # name -> (train labels, test labels, classes, train rows, test rows)
+    targets = {"scene": (train.scene, test.scene, int(max(train.scene.max(), test.scene.max())) + 1, every_train, every_test)}
     for p, name in enumerate(("left", "center", "right")):
-        targets[name] = (torch.from_numpy(train.chars[:, p] + 1), torch.from_numpy(test.chars[:, p] + 1), n_chars)
-    out = {}
-    for name, (y_train, y_test, classes) in targets.items():
+        targets[name] = (train.chars[:, p] + 1, test.chars[:, p] + 1, n_chars, every_train, every_test)
+    if train.shots is not None and test.shots is not None:
+        palette_train, trousers_train, visible_train = hidden_labels(train.shots)
+        palette_test, trousers_test, visible_test = hidden_labels(test.shots)
+        targets["palette"] = (palette_train, palette_test, len(PALETTES), every_train, every_test)
+        for p, name in enumerate(("left", "center", "right")):
+            if visible_train[:, p].any() and visible_test[:, p].any():
+                targets[f"trousers_{name}"] = (trousers_train[:, p], trousers_test[:, p], len(TROUSER_COLOURS),
+                                               visible_train[:, p], visible_test[:, p])
+    out, hits = {}, {}
+    for name, (y_train, y_test, classes, rows_train, rows_test) in targets.items():
         torch.manual_seed(0)
+        xs, ys = x_train[torch.from_numpy(rows_train)], torch.from_numpy(y_train[rows_train])
         head = torch.nn.Linear(x_train.shape[1], classes)
         opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
         for _ in range(epochs):
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(head(x_train), y_train).backward()
+            torch.nn.functional.cross_entropy(head(xs), ys).backward()
             opt.step()
         with torch.no_grad():
-            out[name] = float((head(x_test).argmax(1) == y_test).float().mean())
+            right = head(x_test[torch.from_numpy(rows_test)]).argmax(1) == torch.from_numpy(y_test[rows_test])
+        out[name] = float(right.float().mean())
+        hits[name] = (int(right.sum()), len(right))
+    trousers = [hits[k] for k in hits if k.startswith("trousers_")]
+    if trousers:
+        out["trousers"] = sum(h for h, _ in trousers) / sum(n for _, n in trousers)
     return out
 
 
@@ -256,6 +314,8 @@ def evaluate_tokenizer(
         if analyser:
             pred = pred if pred is not None else analyser.analyse(images)
             row.update(analyse_accuracy(pred, test.scene, test.chars, reading))
+            if analyser.reads_hidden_state:  # the round trip of the hidden state: palette / trousers read back
+                row.update(hidden_accuracy(pred, test.shots, reading))
             report.errors[name] = cast_errors(pred["chars"], test.chars, test.shots, world)
         if embedder is not None:
             row["identity"] = identity_similarity(embedder, images, test.shots, world, references)

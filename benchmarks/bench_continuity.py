@@ -1,0 +1,133 @@
+"""Continuity of the toy world's hidden state (each scene's palette, each character's trousers) in movies of
+held-out toy scripts, between its ceiling and its floor.
+
+    python -m benchmarks.bench_continuity                         # ground truth and independent shots
+    python -m benchmarks.bench_continuity --generate --device cuda  # + the AR model, with and without history
+
+For each episode seed (defaults are far beyond the episode numbers of the training sets, whose episodes are
+``episode_seed(seed, e)``) writes the toy script of ``--shots`` shots (world 0, 64x64) and scores with
+`mdream eval`'s toy backend:
+
+* ground truth: the toy world's keyframes, hidden state constant over the episode (the ceiling: 1 up to the
+  analyser's misreadings);
+* independent shots: the same keyframes with every shot's hidden variants drawn anew
+  (`mdream toyworld script --independent-hidden`): what shots made one by one keep (the floor: about 1/3);
+* with ``--generate``: `mdream generate` with the toy bundle (the keyframe AR model at temperature 1), and the
+  same with its history masked (every shot planned from its own script alone, `bench_ar_quality.NoHistory`).
+  The hidden state is in no script, so only a model that carries it over from earlier keyframes keeps it.
+
+Agreement is pooled over the scripts: the fraction of all pairs (short-term: a scene's next shot / a character's
+next appearance, close-ups skipped; long-term: 20+ shots apart) whose two readings are the same variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from mdream.eval.evaluate import EvalReport, evaluate_movie
+from mdream.toyworld.commands import toy_script
+
+TITLE = "Continuity of the hidden state (toy)"
+SEEDS = (900_001, 900_002, 900_003)
+COLUMNS = tuple((name, term) for name in ("palette", "trousers") for term in ("short_term", "long_term"))
+
+
+def pooled(reports: list[EvalReport]) -> dict[str, dict[str, float | int | None]]:
+    """Per (attribute, term): agreement over the pairs of all the reports together, and the number of pairs."""
+    out = {}
+    for name, term in COLUMNS:
+        pairs = [getattr(r, f"n_{name}_{term}_pairs") for r in reports]
+        values = [getattr(r, f"{name}_continuity_{term}") for r in reports]
+        agreeing = sum(v * n for v, n in zip(values, pairs, strict=True) if v is not None)
+        total = sum(n for v, n in zip(values, pairs, strict=True) if v is not None)
+        out[f"{name}_{term}"] = {"agreement": agreeing / total if total else None, "pairs": total}
+    return out
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    head = "| movie | " + " | ".join(f"{name} {term.replace('_', '-')} (pairs)" for name, term in COLUMNS) + " |"
+    lines = [head, "|---|" + "---:|" * len(COLUMNS)]
+    for movie, row in rows.items():
+        cells = []
+        for name, term in COLUMNS:
+            cell = row[f"{name}_{term}"]
+            value = "n/a" if cell["agreement"] is None else f"{cell['agreement']:.3f}"
+            cells.append(f"{value} ({cell['pairs']})")
+        lines.append(f"| {movie} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def generated_movies(script: Path, work: Path, device: str) -> dict[str, Path]:
+    """The AR model's movie of ``script`` at temperature 1, and the same with its history masked."""
+    from benchmarks.bench_ar_quality import NoHistory, with_temperature
+    from mdream.stages.options import RunOptions
+    from mdream.stages.run import generate, movie_dir_for
+
+    movies = {}
+    for name, masked in (("AR, temperature 1", False), ("AR without history, temperature 1", True)):
+        variant = with_temperature(script, 1.0)
+        tag = "masked" if masked else "ar"
+        variant = variant.rename(variant.with_name(f"{variant.stem}-{tag}.yaml"))
+        movie = work / tag / "movie.mp4"
+        options = RunOptions(cache_dir=work / f"cache-{tag}", device=device, quiet=True)
+        if masked:
+            with NoHistory():
+                generate(variant, movie, options)
+        else:
+            generate(variant, movie, options)
+        movies[name] = (movie_dir_for(movie), variant)
+    return movies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="Episode seeds of the scripts.")
+    parser.add_argument("--shots", type=int, default=80, help="Shots per script (60+ so that 20+ gaps exist).")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--analyser", type=Path, default=None, help="A frame analyser folder (default: shipped).")
+    parser.add_argument("--generate", action="store_true", help="Also score the AR model's movies (slow on CPU).")
+    parser.add_argument("--device", default="cpu", help="Device of `generate` (with --generate).")
+    parser.add_argument("--out", type=Path, default=None, help="Keep the scripts and movies here (default: a temp folder).")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the pooled numbers and reports here.")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    reports: dict[str, list[EvalReport]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        for seed in args.seeds:
+            work = root / f"seed-{seed}"
+            script = toy_script(work / "script", seed=seed, shots=args.shots, size=args.size, independent_hidden=True)
+            movies = {"ground truth (ceiling)": (script.parent / "groundtruth", script),
+                      "independent shots (floor)": (script.parent / "independent", script)}
+            if args.generate:
+                movies.update(generated_movies(script, work, args.device))
+            for name, (movie, movie_script) in movies.items():
+                report = evaluate_movie(movie, movie_script, analyser_dir=args.analyser)
+                if report.continuity_unavailable:
+                    raise SystemExit(f"continuity unavailable: {report.continuity_unavailable}")
+                reports.setdefault(name, []).append(report)
+    rows = {name: pooled(rs) for name, rs in reports.items()}
+    seconds = time.perf_counter() - t0
+    body = (
+        f"{len(args.seeds)} held-out toy scripts of {args.shots} shots at {args.size}x{args.size} (episode seeds "
+        f"{', '.join(map(str, args.seeds))}); agreement of the hidden variant read by the frame analyser, pooled over "
+        f"the scripts (pairs in brackets); {seconds:.0f} s.\n\n" + markdown(rows)
+    )
+    print(body)
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"pooled": rows, "reports": {n: [r.to_dict() for r in rs] for n, rs in reports.items()}}, indent=1) + "\n")
+    if args.analyser is None:  # RESULTS.md holds the shipped analyser's numbers
+        from benchmarks.results import update_section
+
+        command = (f"python -m benchmarks.bench_continuity --seeds {' '.join(map(str, args.seeds))} --shots {args.shots}"
+                   + (f" --generate --device {args.device}" if args.generate else ""))
+        update_section(TITLE, body, command)
+
+
+if __name__ == "__main__":
+    main()
