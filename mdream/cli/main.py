@@ -269,6 +269,9 @@ def generate_cli(
     until: Annotated[
         str, typer.Option("--until", help=f"Stop after this stage: {names_text()} (render: the keyframes and previews in the movie folder; video: the movie too).")
     ] = "video",
+    transition: Annotated[
+        str | None, typer.Option("--transition", help="How shots join in the movie: cut or crossfade (default: the script's output.transition, else cut).", show_default=False)
+    ] = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -282,7 +285,7 @@ def generate_cli(
     from mdream.stages.run import generate
 
     def call():
-        return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out)(), until)
+        return generate(script, output, _options(cache_dir, device, seed, force, from_stage, quiet or json_out)(), until, transition)
 
     result = run_cli(call, as_json=json_out)
     if json_out:
@@ -294,6 +297,8 @@ def generate_cli(
         if result.movie_kind == "animatic":
             stdout.print(f"[green]wrote[/] {safe(result.output)}: the animatic (each keyframe held for its shot; "
                          "the model bundle has no video model yet)")
+        elif result.movie_kind == "video":
+            stdout.print(f"[green]wrote[/] {safe(result.output)}: every shot's clip from the video model")
 
 
 @app.command("status")

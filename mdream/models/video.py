@@ -334,7 +334,7 @@ class ImageToVideoPipeline:
         """uint8 [B, H, W, 3] (or [H, W, 3]) -> float [B, 3, H, W] in [-1, 1]; a float tensor passes through."""
         if isinstance(image, torch.Tensor) and image.is_floating_point():
             return image
-        arr = torch.as_tensor(np.asarray(image))
+        arr = torch.from_numpy(np.array(image, dtype=np.uint8))
         if arr.ndim == 3:
             arr = arr[None]
         return arr.permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -363,6 +363,7 @@ class ImageToVideoPipeline:
         guided = max(lo, hi) > 1
         scale = torch.linspace(lo, hi, clip_length, device=model.device).view(1, clip_length, 1, 1, 1)
         # 4. clip by clip: each continuing clip adds clip_length - 1 frames after its conditioning frame
+        ids = torch.cat([time_ids, time_ids]) if guided else time_ids
         n_clips = 1 + max(0, math.ceil((num_frames - clip_length) / (clip_length - 1)))
         frames, conditions, anchors = [], [], []
         cond_frame, anchor_embeds = image, first_embeds
@@ -378,7 +379,6 @@ class ImageToVideoPipeline:
             if guided:  # SVD's unconditional branch: zero image embedding and zero conditioning latents
                 cond = torch.cat([torch.zeros_like(cond), cond])
                 context = torch.cat([torch.zeros_like(context), context])
-                ids = torch.cat([time_ids, time_ids])
             shape = (b, clip_length, cond.shape[2], cond.shape[3], cond.shape[4])
             x = torch.randn(shape, generator=generator).to(model.device) * sigmas[0]
 

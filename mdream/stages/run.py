@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mdream.errors import InputError, NotBuiltError
+from mdream.errors import InputError
 from mdream.stages.movie import publish_copy
 from mdream.stages.options import RunOptions
 from mdream.stages.pipeline import Project, StageReport, run_stage
@@ -99,16 +99,21 @@ class GenerateResult:
 
 
 def generate(
-    script_path: str | Path, output: Path, options: RunOptions | None = None, until: str = "video"
+    script_path: str | Path, output: Path, options: RunOptions | None = None, until: str = "video",
+    transition: str | None = None,
 ) -> GenerateResult:
     """Run every stage (up to ``until``) and write the movie ``output`` (mp4).
 
     The keyframes and the previews (storyboard, animatic) are written to the movie folder beside
     ``output`` (``movie.mp4`` -> ``movie/``) by the export step right after they are rendered, so a
     failure in a later stage still leaves them. While the model bundle has no video model, the movie
-    is the animatic: each keyframe held for its shot's duration.
+    is the animatic: each keyframe held for its shot's duration. With a video model, the movie is every shot's
+    clip muxed at the script's fps and output size, joined by ``transition`` (``cut`` or ``crossfade``; default:
+    the script's ``output.transition``).
     """
     check_name(until, "--until")
+    if transition is not None and transition not in ("cut", "crossfade"):
+        raise InputError(f"Unknown transition {transition!r}.", hint="--transition takes cut or crossfade")
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise InputError(f"The movie file {output} must end in .mp4.", hint="e.g. -o movie.mp4 (its folder movie/ "
@@ -124,8 +129,14 @@ def generate(
         _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir, project=project)
         publish_copy(movie_dir / "animatic.mp4", output)
         return GenerateResult(reports, movie_dir, output, "animatic")
-    run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
-    raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
+    _, reports = run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
+    from mdream.stages.movie import write_movie
+    from mdream.stages.pipeline import ArtifactSequence, plan_keys
+
+    keys = plan_keys(project, new_stages(until))
+    clips = ArtifactSequence(project, "video", project.plan.shots, keys["video"], "movie")
+    write_movie(project, clips, output, transition or project.plan.output.transition)
+    return GenerateResult(reports, movie_dir, output, "video")
 
 
 def movie_dir_for(output: Path) -> Path:
