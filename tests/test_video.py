@@ -187,8 +187,8 @@ def test_a_corrupt_clip_is_recomputed_by_the_stage_and_named_by_the_mux(video_bu
     from mdream.cache import ArtifactStore
     from mdream.errors import MdreamError
     from mdream.stages.movie import write_movie
-    from mdream.stages.pipeline import ArtifactSequence, Project, plan_keys
     from mdream.stages.options import RunOptions
+    from mdream.stages.pipeline import ArtifactSequence, Project, plan_keys
     from mdream.stages.registry import new_stages
 
     script, cache = _script(tmp_path / "m", video_bundle), tmp_path / "c"
