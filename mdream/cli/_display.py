@@ -58,6 +58,8 @@ def show_generate(result) -> None:
     if result.movie_kind == "animatic":
         stdout.print(f"[green]wrote[/] {safe(result.output)}: the animatic (each keyframe held for its shot; "
                      "the model bundle has no video model yet)")
+    elif result.movie_kind == "video":
+        stdout.print(f"[green]wrote[/] {safe(result.output)}: every shot's clip from the video model")
     if result.report_path is not None:
         stdout.print(f"[green]wrote[/] {safe(result.report_path)} (the run report: stages, keys, bundle, seed)")
 

@@ -278,6 +278,9 @@ def generate_cli(
     until: Annotated[
         str, typer.Option("--until", help=f"Stop after this stage: {names_text()} (render: the keyframes and previews in the movie folder; video: the movie too).")
     ] = "video",
+    transition: Annotated[
+        str | None, typer.Option("--transition", help="How shots join in the movie: cut or crossfade (default: the script's output.transition, else cut).", show_default=False)
+    ] = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = None,
@@ -296,7 +299,7 @@ def generate_cli(
 
     def call():
         options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)()
-        return generate_many(scripts, output, options, until)
+        return generate_many(scripts, output, options, until, transition)
 
     results = run_cli(call, as_json=json_out)
     if json_out:

@@ -31,6 +31,7 @@ KNOWN_MODULES: dict[str, str] = {
     "KeyframeDecoder": "mdream.models.decoder",
     "FaceIdentityEmbedder": "mdream.models.face_embedder",
     "KeyframeAR": "mdream.models.keyframe_ar",
+    "ImageToVideoModel": "mdream.models.video",
 }
 
 _REGISTRY: dict[str, type] = {}

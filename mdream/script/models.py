@@ -167,6 +167,9 @@ class OutputSettings(_Strict):
     height: int = Field(default=64, strict=True, ge=32, le=4096, multiple_of=8, description="Frame height in pixels.")
     fps: int = Field(default=8, strict=True, ge=1, le=120, description="Frames per second of the movie.")
     clip_length: int = Field(default=8, strict=True, ge=2, le=256, description="Frames per generated clip.")
+    transition: Literal["cut", "crossfade"] = Field(
+        default="cut", description="How one shot's clip gives way to the next in the movie: cut or crossfade."
+    )
     model_bundle: Text = Field(default="toy", description="Bundled model name (e.g. 'toy') or a folder path.")
     sampling: Sampling = Field(
         default_factory=Sampling, description="Keyframe sampling: steps, guidance, sampler (default: the bundle's)."

@@ -410,11 +410,23 @@ class ExportStep(MovieStep):
         return export_keyframes(project, upstream["render"], target) + write_previews(project, upstream["render"], target)
 
 
+def clip_frame_count(duration: float, fps: int) -> int:
+    """Frames of a shot's clip: ``round(duration * fps)``, at least one (the movie is then within one frame per
+    shot of its running time x fps)."""
+    return max(1, round(float(duration) * fps))
+
+
+#: How a shot's clip is anchored when extended clip by clip (``mdream.models.video``).
+VIDEO_ANCHOR = "first"
+
+
 @register_stage
 class VideoStage(Stage):
-    """Keyframe -> clip(s) anchored on the first frame."""
+    """Keyframe -> the shot's clip (``clip.safetensors``: uint8 frames at the model's size), drawn clip by clip,
+    each continuing clip starting from the last frame before it, cross-attention anchored on the first frame."""
 
     name = "video"
+    version = "1"
     help = "Turn keyframes into clips anchored on their first frame."
     components = ("video",)
     upstream_stages = ("render",)
@@ -423,13 +435,39 @@ class VideoStage(Stage):
         out = project.plan.output
         # the clip's frame count follows from duration and fps; its size and clip length are settings
         return {"shot": shot.inputs_for_cache(), "duration": shot.duration, "fps": out.fps,
-                "clip_length": out.clip_length, "width": out.width, "height": out.height}
+                "clip_length": out.clip_length, "width": out.width, "height": out.height, "anchor": VIDEO_ANCHOR}
 
     def prepare(self, project: Project) -> None:
-        raise NotBuiltError(
-            "The video stage is not built yet: mdream has no image-to-video model so far.",
-            hint="`mdream render SCRIPT -o DIR` writes the keyframes; `mdream status SCRIPT` shows what is cached",
-        )
+        from mdream.models.video import ImageToVideoPipeline
+
+        ref = project.bundle.components.get("video")
+        if ref is None or not ref.exists:
+            where = ref.location if ref else "not listed in bundle.yaml"
+            raise NotBuiltError(
+                f"The model bundle {project.bundle.name!r} has no video model ({where}), so the video stage cannot "
+                "turn keyframes into clips.",
+                hint="train one with `mdream train video --config video-toy-cpu --export DIR` and name it as the "
+                     "bundle's `video` component; meanwhile `mdream generate` writes the animatic as the movie",
+            )
+        model = project.bundle.load("video", device=resolve_device(project.options.device))
+        self.pipeline = ImageToVideoPipeline(model)
+
+    def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Any], writer: ArtifactWriter) -> None:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from mdream.models.video import action_vector
+
+        config, out = self.pipeline.model.config, project.plan.output
+        with Image.open(upstream["render"].path("keyframe.png")) as image:
+            keyframe = image.convert("RGB").resize((config.width, config.height), Image.Resampling.LANCZOS)
+        actions = action_vector(config, [(m.position, m.action) for m in shot.cast], shot.camera)[None]  # [1, A]
+        generator = torch.Generator().manual_seed(project.shot_seed(self.name, shot))
+        frames = self.pipeline(np.asarray(keyframe)[None], clip_frame_count(shot.duration, out.fps), actions=actions,
+                               clip_length=out.clip_length, anchor=VIDEO_ANCHOR, fps=out.fps,
+                               generator=generator).frames[0]  # uint8 [T, h, w, 3]
+        writer.save_tensors("clip", {"frames": torch.from_numpy(np.ascontiguousarray(frames))})
 
 
 def pipeline_stages() -> list[Stage]:

@@ -80,6 +80,82 @@ def write_previews(project: Project, renders: Sequence[Artifact], out_dir: Path)
     return [storyboard, animatic.path]
 
 
+#: Crossfade length in seconds (at most half of the outgoing shot).
+CROSSFADE_SECONDS = 0.5
+
+
+def _clip_frames(art: Artifact, shot_id: str):
+    """A video artifact's frames, uint8 [T, h, w, 3]; a clear error when the tensor is not a clip."""
+    from mdream.errors import MdreamError
+
+    try:
+        frames = art.load_tensors("clip")["frames"]
+    except Exception as exc:  # a file that passed its checksum but is not a clip tensor
+        raise MdreamError(f"The video clip of shot {shot_id!r} cannot be read ({exc}).",
+                          hint="rerun with `--force video` to draw it again") from None
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype.is_floating_point:
+        raise MdreamError(f"The video clip of shot {shot_id!r} is not uint8 frames [T, H, W, 3] "
+                          f"(got {tuple(frames.shape)} {frames.dtype}).", hint="rerun with `--force video`")
+    return frames.numpy()
+
+
+def write_movie(project: Project, clips: Sequence[Artifact], path: Path, transition: str = "cut",
+                quality: int = 8) -> Path:
+    """Mux every shot's clip into an H.264 yuv420p mp4 at the script's fps and output size.
+
+    Frames are upscaled with a Lanczos filter and streamed to ffmpeg (imageio-ffmpeg) one shot at a time,
+    never the whole movie in memory. Each shot gets ``round(duration * fps)`` frames (its clip). ``transition``:
+    ``cut``, or ``crossfade``: the last frames of a shot (``CROSSFADE_SECONDS``, at most half the shot) dissolve
+    into the next shot's first frame, so the frame count stays the same. Written through a temp file.
+    """
+    import imageio_ffmpeg
+    import numpy as np
+    from PIL import Image
+
+    from mdream.cache import atomic_path, remove_stale_temp_files
+    from mdream.errors import InputError
+
+    if transition not in ("cut", "crossfade"):
+        raise InputError(f"Unknown transition {transition!r}.", hint="transitions are: cut, crossfade")
+    out, shots = project.plan.output, project.plan.shots
+    width, height = out.width, out.height  # multiples of 8: even, as yuv420p needs
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent, lambda name: name == path.name)
+
+    def scaled(frame: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(np.ascontiguousarray(frame))
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+        return np.ascontiguousarray(np.asarray(image, np.uint8))  # [H, W, 3]
+
+    with atomic_path(path) as tmp:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (width, height), fps=out.fps, codec="libx264", pix_fmt_out="yuv420p", quality=quality,
+            macro_block_size=1, ffmpeg_log_level="error", output_params=["-movflags", "+faststart", "-f", "mp4"],
+        )
+        writer.send(None)  # start ffmpeg
+        try:
+            for i, shot in enumerate(shots):
+                frames = _clip_frames(clips[i], shot.id)  # [T, h, w, 3]
+                fade = 0
+                if transition == "crossfade" and i + 1 < len(shots):
+                    fade = min(round(CROSSFADE_SECONDS * out.fps), len(frames) // 2)
+                    target = _clip_frames(clips[i + 1], shots[i + 1].id)[0].astype(np.float32)  # next shot's first frame
+                for t, frame in enumerate(frames):
+                    k = t - (len(frames) - fade)  # >= 0 inside the fade
+                    if k >= 0:
+                        alpha = (k + 1) / (fade + 1)
+                        if target.shape != frame.shape:
+                            target = np.asarray(Image.fromarray(target.astype(np.uint8)).resize(
+                                (frame.shape[1], frame.shape[0]), Image.Resampling.LANCZOS), np.float32)
+                        frame = ((1 - alpha) * frame + alpha * target).round().astype(np.uint8)
+                    writer.send(scaled(frame))
+        finally:
+            writer.close()
+    return path
+
+
 def publish_copy(source: Path, target: Path) -> Path:
     """Copy ``source`` to ``target`` through a temporary file beside it (never a half-written ``target``); a temp file
     of this name that a killed process left is removed first."""

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mdream.errors import InputError, NotBuiltError
+from mdream.errors import InputError
 from mdream.models.bundle import COMPONENT_NAMES
 from mdream.stages.movie import publish_copy
 from mdream.stages.options import RunOptions
@@ -143,19 +143,22 @@ def report_path_for(output: Path) -> Path:
 
 def generate(
     script_path: str | Path, output: Path, options: RunOptions | None = None, until: str = "video",
-    project: Project | None = None,
+    project: Project | None = None, transition: str | None = None,
 ) -> GenerateResult:
     """Run every stage (up to ``until``) and write the movie ``output`` (mp4) and its run report.
 
     The keyframes and the previews (storyboard, animatic) are written to the movie folder beside
     ``output`` (``movie.mp4`` -> ``movie/``) by the export step right after they are rendered, so a
     failure in a later stage still leaves them. While the model bundle has no video model, the movie
-    is the animatic: each keyframe held for its shot's duration. Before any work, every component the
-    run needs must be present (one error names all that are not). The run report (per stage: time,
-    keys made and reused, outputs; the bundle's identity, the seed, mdream's version) is written to
-    ``movie.report.json`` beside ``output``.
+    is the animatic: each keyframe held for its shot's duration. With a video model, the movie is every shot's
+    clip muxed at the script's fps and output size, joined by ``transition`` (``cut`` or ``crossfade``; default:
+    the script's ``output.transition``). Before any work, every component the run needs must be present (one
+    error names all that are not). The run report (per stage: time, keys made and reused, outputs; the bundle's
+    identity, the seed, mdream's version) is written to ``movie.report.json`` beside ``output``.
     """
     check_name(until, "--until")
+    if transition is not None and transition not in ("cut", "crossfade"):
+        raise InputError(f"Unknown transition {transition!r}.", hint="--transition takes cut or crossfade")
     output = _check_movie_path(output)
     movie_dir = movie_dir_for(output)
     started, clock = datetime.now(UTC), time.perf_counter()
@@ -168,11 +171,18 @@ def generate(
     else:
         video = project.bundle.components.get("video")
         if video is not None and video.present:
-            run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
-            raise NotBuiltError("Muxing clips into a movie is not built yet (it lands with the video stage).")
-        _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir, project=project)
-        publish_copy(movie_dir / "animatic.mp4", output)
-        result = GenerateResult(reports, movie_dir, output, "animatic")
+            from mdream.stages.movie import write_movie
+            from mdream.stages.pipeline import ArtifactSequence, plan_keys
+
+            _, reports = run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
+            keys = plan_keys(project, new_stages(until))
+            clips = ArtifactSequence(project, "video", project.plan.shots, keys["video"], "movie")
+            write_movie(project, clips, output, transition or project.plan.output.transition)
+            result = GenerateResult(reports, movie_dir, output, "video")
+        else:
+            _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir, project=project)
+            publish_copy(movie_dir / "animatic.mp4", output)
+            result = GenerateResult(reports, movie_dir, output, "animatic")
     result.script = project.script_path
     result.report_path = report_path_for(output)
     result.info = _run_info(project, started, time.perf_counter() - clock)
@@ -181,7 +191,8 @@ def generate(
 
 
 def generate_many(
-    scripts: list[Path], output: Path | None, options: RunOptions | None = None, until: str = "video"
+    scripts: list[Path], output: Path | None, options: RunOptions | None = None, until: str = "video",
+    transition: str | None = None,
 ) -> list[GenerateResult]:
     """:func:`generate` for several scripts, one after the other.
 
@@ -214,7 +225,7 @@ def generate_many(
         project = Project.open(script, options, movie_dir=movie_dir_for(movie))
         project.bundle.require(required_components(project.plan, until), f"`generate {Path(script).name}`")
         projects.append(project)
-    return [generate(script, movie, options, until, project=project)
+    return [generate(script, movie, options, until, project=project, transition=transition)
             for script, movie, project in zip(scripts, movies, projects, strict=True)]
 
 

@@ -18,12 +18,12 @@ import typer
 from mdream.cli._apps import mdream_app
 from mdream.cli._common import print_json, run_cli, stdout
 
-app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, the evaluator's analyser and face embedder).")
+app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, video model, the evaluator's analyser and face embedder).")
 
 OUT_HELP = "Run folder: train_config.json and checkpoints/ (checkpoints/latest names the newest) are written here."
 RESUME_HELP = "auto (newest checkpoint under --output, else start fresh), never, or a checkpoint folder."
 CONFIG_HELP = ("A recipe: a YAML file of these settings, or the name of a packaged one (tokenizer-toy-cpu, clip-toy, "
-               "analyser-toy, ar-toy-cpu); options typed here override it.")
+               "analyser-toy, ar-toy-cpu, video-toy-cpu); options typed here override it.")
 
 
 def config_command(name: str, config_cls: type, run: typing.Callable[..., object], help_text: str,
@@ -108,6 +108,7 @@ def _register() -> None:
     from mdream.training.ar import ARTrainingConfig, train_ar
     from mdream.training.clip import ClipTrainingConfig, train_clip
     from mdream.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
+    from mdream.training.video import VideoTrainingConfig, train_video
 
     config_command(
         "clip", ClipTrainingConfig, train_clip,
@@ -124,6 +125,12 @@ def _register() -> None:
     config_command(
         "tokenizer", TokenizerTrainingConfig, train_tokenizer,
         "Train the keyframe tokenizer (token compressor + ID-preserving renderer) with CLIP frozen.",
+    )
+    config_command(
+        "video", VideoTrainingConfig, train_video,
+        "Train the toy image-to-video model (SVD-class UNet) on toy-world motion clips.",
+        extra=[inspect.Parameter("export", inspect.Parameter.KEYWORD_ONLY, annotation=typing.Optional[Path],  # noqa: UP045
+                                 default=typer.Option(None, "--export", help="Also write the final video model folder here."))],
     )
     install = inspect.Parameter("install", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                                 default=typer.Option(False, "--install", help="Copy the result into mdream/assets/eval/."))

@@ -1,0 +1,398 @@
+"""The image-to-video model: a keyframe (and the shot's action) -> a clip, extended clip by clip.
+
+Built from Stable Video Diffusion's parts (diffusers): a :class:`~diffusers.UNetSpatioTemporalConditionModel`
+denoises a clip conditioned on
+
+* the *conditioning frame*, concatenated to every frame's input channels (SVD: its VAE latents, noise-augmented);
+* the cross-attention image embedding of the *anchor* frame (:class:`~transformers.CLIPVisionModelWithProjection`);
+* SVD's added time ids (fps, motion bucket, noise augmentation);
+* the shot's action: a multi-hot of (position, action) per cast member and the camera, projected by a small
+  :class:`ActionEncoder` into one more cross-attention token (absent in a plain SVD folder: then exactly SVD).
+
+Sampling is EDM's deterministic Euler (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
+Generative Models", Alg. 1 with the first-order step; k-diffusion's ``sample_euler``) over the sigmas of SVD's
+:class:`~diffusers.EulerDiscreteScheduler` (Karras sigmas, v-prediction, ``c_noise = 0.25 log sigma``).
+
+Two sizes, one code path (:meth:`ImageToVideoModel.from_pretrained`):
+
+* toy: ``pixel_space: true`` in ``video.json``: no VAE, the UNet draws 32x32 RGB frames in [-1, 1] directly;
+* full: an SVD / SVD-XT folder in diffusers layout (``unet/``, ``vae/`` with ``AutoencoderKLTemporalDecoder``,
+  ``image_encoder/``, ``scheduler/``), with or without a ``video.json``; the bundle names the class
+  (``class: ImageToVideoModel``) when the folder has none.
+
+Extension (:class:`ImageToVideoPipeline`): a shot longer than one clip is drawn clip by clip; clip ``i+1`` is
+conditioned on clip ``i``'s last frame, while cross-attention sees the first frame's embedding
+(``anchor="first"``, the default: the shot cannot drift away from its keyframe) or the previous clip's last
+frame (``anchor="last"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import ConfigMixin, EulerDiscreteScheduler, ModelMixin, UNetSpatioTemporalConditionModel
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from mdream.errors import InputError
+from mdream.models.loading import load_pretrained, read_json, write_json
+from mdream.models.registry import register_model
+
+CONFIG_NAME = "video.json"
+ANCHORS = ("first", "last")
+#: CLIP's image normalisation (SVD's feature extractor)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class VideoModelConfig:
+    """How an :class:`ImageToVideoModel` draws clips (saved as ``video.json`` beside its parts)."""
+
+    pixel_space: bool = False
+    """True: no VAE, the UNet denoises RGB pixels in [-1, 1] (toy size); False: SVD's VAE latents."""
+    patch_size: int = 1
+    """In pixel space: each patch_size x patch_size block of pixels folded into channels (pixel_unshuffle), so
+    the UNet sees [3 * patch_size**2, H / patch_size, W / patch_size]; a lossless, cheap stand-in for a VAE."""
+    height: int = 576
+    """Frame height the model draws (pixels)."""
+    width: int = 1024
+    """Frame width the model draws (pixels)."""
+    num_frames: int = 14
+    """Frames per clip it was trained on (the default clip length)."""
+    fps: int = 7
+    """The fps added time id (SVD conditions on fps - 1)."""
+    motion_bucket_id: int = 127
+    """SVD's motion bucket added time id (more: more motion)."""
+    noise_aug_strength: float = 0.02
+    """Noise added to the conditioning frame (and its added time id)."""
+    num_inference_steps: int = 25
+    """Euler steps per clip."""
+    min_guidance_scale: float = 1.0
+    """Classifier-free guidance on the first frame (1 = none); rises linearly to max_guidance_scale."""
+    max_guidance_scale: float = 3.0
+    """Classifier-free guidance on the last frame."""
+    vae_scaling_factor: float = 0.18215
+    """Scale of the VAE latents the UNet denoises (ignored in pixel space)."""
+    decode_chunk_size: int = 8
+    """Frames decoded by the temporal VAE at once."""
+    action_vocab: list[str] = field(default_factory=lambda: ["stand", "walk", "wave", "jump", "sit"])
+    """Actions the action encoder knows; a cast member's action text matches one when a word starts with it."""
+    action_slots: list[str] = field(default_factory=lambda: ["left", "center", "right"])
+    """Positions of the cast, one block of the action multi-hot each (unpositioned members fill free slots)."""
+    cameras: list[str] = field(default_factory=lambda: ["wide", "medium", "close-up"])
+    """Camera framings, one-hot at the end of the action multi-hot."""
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_slots) * len(self.action_vocab) + len(self.cameras)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def action_vector(config: VideoModelConfig, cast: Sequence[tuple[str | None, str | None]], camera: str | None) -> torch.Tensor:
+    """The shot's action as a multi-hot float32 [action_dim]: per slot, the action of the member standing there;
+    then the camera. ``cast``: (position, action text) per member; unknown words count as no action."""
+    vocab, slots = config.action_vocab, config.action_slots
+    vec = torch.zeros(config.action_dim)
+    free = list(range(len(slots)))
+    placed: list[tuple[int, str | None]] = []
+    loose = []
+    for position, action in cast:
+        if position in slots and slots.index(position) in free:
+            free.remove(slots.index(position))
+            placed.append((slots.index(position), action))
+        else:
+            loose.append(action)
+    placed += list(zip(free, loose, strict=False))  # members beyond the slots are left out
+    for slot, action in placed:
+        words = (action or "").lower().replace("-", " ").split()
+        for a, name in enumerate(vocab):
+            if any(w.startswith(name) for w in words):
+                vec[slot * len(vocab) + a] = 1.0
+                break
+    if camera in config.cameras:
+        vec[len(slots) * len(vocab) + config.cameras.index(camera)] = 1.0
+    return vec
+
+
+class ActionEncoder(ModelMixin, ConfigMixin):
+    """The action multi-hot [B, A] -> ``num_tokens`` cross-attention tokens [B, n, D]."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, action_dim: int = 18, hidden_dim: int = 128, cross_attention_dim: int = 1024, num_tokens: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(action_dim, hidden_dim), nn.SiLU(),
+                                 nn.Linear(hidden_dim, num_tokens * cross_attention_dim))
+
+    def forward(self, actions: torch.Tensor) -> torch.Tensor:
+        b = actions.shape[0]
+        return self.net(actions).view(b, self.config.num_tokens, self.config.cross_attention_dim)  # [B, n, D]
+
+
+def sample_euler(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 sigmas: torch.Tensor) -> torch.Tensor:
+    """Deterministic Euler sampling of the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma``.
+
+    Karras et al. 2022 (EDM), Alg. 1 without the Heun correction; k-diffusion's ``sample_euler`` with
+    ``s_churn = 0``. ``x``: noise already scaled by ``sigmas[0]``; ``sigmas``: decreasing, ending at 0;
+    ``denoiser(x, sigma)`` -> the denoised estimate of ``x``. Pure: no state but its arguments.
+    """
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, sigma)
+        d = (x - denoised) / sigma  # the ODE's derivative
+        x = x + d * (sigma_next - sigma)
+    return x
+
+
+@register_model("ImageToVideoModel")
+class ImageToVideoModel(nn.Module):
+    """SVD-class image-to-video model: UNet, image encoder, scheduler, optional VAE and action encoder."""
+
+    def __init__(self, config: VideoModelConfig, unet: UNetSpatioTemporalConditionModel, image_encoder,
+                 scheduler: EulerDiscreteScheduler, vae=None, action_encoder: ActionEncoder | None = None):
+        super().__init__()
+        if not config.pixel_space and vae is None:
+            raise InputError("The video model works in VAE latents (pixel_space: false) but has no VAE.",
+                             hint="add a vae/ folder (AutoencoderKLTemporalDecoder) or set pixel_space: true")
+        self.config, self.unet, self.image_encoder, self.vae = config, unet, image_encoder, vae
+        self.action_encoder = action_encoder
+        self.scheduler = scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # ---- save / load -----------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / CONFIG_NAME, {"_class_name": "ImageToVideoModel", **self.config.to_dict()})
+        self.unet.save_pretrained(folder / "unet")
+        self.image_encoder.save_pretrained(folder / "image_encoder")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        if self.vae is not None:
+            self.vae.save_pretrained(folder / "vae")
+        if self.action_encoder is not None:
+            self.action_encoder.save_pretrained(folder / "action_encoder")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> ImageToVideoModel:
+        """Load a folder written by :meth:`save_pretrained`, or an SVD / SVD-XT folder in diffusers layout."""
+        from diffusers import AutoencoderKLTemporalDecoder
+        from transformers import CLIPVisionModelWithProjection
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"The video model folder {folder} does not exist.",
+                             hint="train one with `mdream train video`, or download an SVD folder (diffusers layout)")
+        if (folder / CONFIG_NAME).is_file():
+            config = VideoModelConfig.from_dict(read_json(folder / CONFIG_NAME, "video model"))
+        elif (folder / "model_index.json").is_file():  # a plain SVD pipeline folder: SVD's own defaults
+            config = VideoModelConfig()
+        else:
+            raise InputError(f"{folder} is not a video model folder (no {CONFIG_NAME}, no model_index.json).",
+                             hint="point at a folder written by `mdream train video` or an SVD folder in diffusers layout")
+        kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        unet = load_pretrained(UNetSpatioTemporalConditionModel, str(folder / "unet"), "video UNet", **kwargs)
+        image_encoder = load_pretrained(CLIPVisionModelWithProjection, str(folder / "image_encoder"),
+                                        "video image encoder", **kwargs)
+        scheduler = load_pretrained(EulerDiscreteScheduler, str(folder / "scheduler"), "video scheduler")
+        vae = None
+        if not config.pixel_space:
+            vae = load_pretrained(AutoencoderKLTemporalDecoder, str(folder / "vae"), "video VAE", **kwargs)
+            config.vae_scaling_factor = float(vae.config.scaling_factor)
+        action_encoder = None
+        if (folder / "action_encoder").is_dir():
+            action_encoder = load_pretrained(ActionEncoder, str(folder / "action_encoder"), "video action encoder", **kwargs)
+        model = cls(config, unet, image_encoder, scheduler, vae, action_encoder)
+        return model.eval()
+
+    # ---- the parts SVD's pipeline calls ----------------------------------------------------------
+    def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames in [-1, 1] [B, 3, H, W] -> CLIP image embeddings [B, 1, D] (resized to the encoder's size)."""
+        size = self.image_encoder.config.image_size
+        x = (frames.float() + 1) / 2
+        if x.shape[-2:] != (size, size):
+            x = nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+        x = ((x - mean) / std).to(self.image_encoder.dtype)
+        return self.image_encoder(pixel_values=x).image_embeds.unsqueeze(1)  # [B, 1, D]
+
+    def encode_actions(self, actions: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Action multi-hots [B, A] -> tokens [B, n, D]; None when the model has no action encoder."""
+        if self.action_encoder is None:
+            return None
+        if actions is None:
+            actions = torch.zeros(batch, self.config.action_dim)
+        return self.action_encoder(actions.to(self.device, self.action_encoder.dtype))
+
+    def to_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """Conditioning frames in [-1, 1] [B, 3, H, W] -> what the UNet concatenates [B, C, h, w] (SVD: the
+        VAE's mode, unscaled)."""
+        if self.vae is None:
+            return nn.functional.pixel_unshuffle(frames, self.config.patch_size)
+        return self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Denoised clip [B, T, C, h, w] -> frames in [-1, 1] [B, T, 3, H, W]."""
+        b, t = latents.shape[:2]
+        if self.vae is None:
+            flat = nn.functional.pixel_shuffle(latents.flatten(0, 1), self.config.patch_size)
+            return flat.view(b, t, *flat.shape[1:]).clamp(-1, 1)
+        flat = latents.flatten(0, 1) / self.config.vae_scaling_factor
+        chunks = []
+        for i in range(0, flat.shape[0], self.config.decode_chunk_size):
+            part = flat[i: i + self.config.decode_chunk_size]
+            chunks.append(self.vae.decode(part.to(self.vae.dtype), num_frames=part.shape[0]).sample)
+        return torch.cat(chunks).view(b, t, *chunks[0].shape[1:]).float().clamp(-1, 1)
+
+    def added_time_ids(self, batch: int, fps: int | None = None) -> torch.Tensor:
+        """SVD's added time ids [B, 3]: fps - 1, motion bucket, noise augmentation."""
+        c = self.config
+        ids = [(fps or c.fps) - 1, c.motion_bucket_id, c.noise_aug_strength]
+        return torch.tensor([ids], dtype=self.dtype, device=self.device).repeat(batch, 1)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, context: torch.Tensor,
+                time_ids: torch.Tensor) -> torch.Tensor:
+        """EDM-preconditioned denoiser D(x; sigma) of SVD (v-prediction, sigma_data = 1).
+
+        x: noisy clip [B, T, C, h, w]; sigma: scalar or [B]; cond: conditioning latents [B, T, C, h, w];
+        context: cross-attention tokens [B, L, D]; time_ids: [B, 3]. Returns the denoised clip [B, T, C, h, w].
+        """
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
+        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        s = sigma.view(-1, 1, 1, 1, 1)
+        c_in, c_skip, c_out = 1 / (s**2 + 1).sqrt(), 1 / (s**2 + 1), -s / (s**2 + 1).sqrt()
+        c_noise = 0.25 * sigma.log()  # [B]
+        inp = torch.cat([c_in * x, cond], dim=2).to(self.dtype)
+        v = self.unet(inp, c_noise.to(self.dtype), encoder_hidden_states=context.to(self.dtype),
+                      added_time_ids=time_ids.to(self.dtype)).sample.float()
+        return c_skip * x + c_out * v
+
+
+@dataclass
+class VideoPipelineOutput:
+    """What :class:`ImageToVideoPipeline` drew."""
+
+    frames: np.ndarray
+    """uint8 [B, T, H, W, 3]: the clips stitched together (each continuing clip without its first frame)."""
+    clip_conditions: list[torch.Tensor]
+    """Per clip, the conditioning frame it started from: float [B, 3, H, W] in [-1, 1]."""
+    anchor_embeds: list[torch.Tensor]
+    """Per clip, the cross-attention image embedding it used: [B, 1, D]."""
+
+
+class ImageToVideoPipeline:
+    """Keyframe (+ action) -> ``num_frames`` frames, drawn clip by clip (see the module docstring)."""
+
+    def __init__(self, model: ImageToVideoModel):
+        self.model = model
+
+    def check_inputs(self, image: torch.Tensor, num_frames: int, clip_length: int, anchor: str,
+                     actions: torch.Tensor | None, num_inference_steps: int) -> None:
+        c = self.model.config
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise InputError(f"The keyframe batch must be [B, 3, H, W], got {tuple(image.shape)}.")
+        if tuple(image.shape[-2:]) != (c.height, c.width):
+            raise InputError(f"The keyframe is {image.shape[-1]}x{image.shape[-2]}, but the video model draws "
+                             f"{c.width}x{c.height}.", hint="resize the keyframe to the model's size first")
+        if num_frames < 1:
+            raise InputError(f"num_frames must be >= 1, got {num_frames}.")
+        if clip_length < 2:
+            raise InputError(f"clip_length must be >= 2 (each clip adds clip_length - 1 frames), got {clip_length}.")
+        if anchor not in ANCHORS:
+            raise InputError(f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}.")
+        if actions is not None and tuple(actions.shape) != (image.shape[0], c.action_dim):
+            raise InputError(f"actions must be [B, {c.action_dim}], got {tuple(actions.shape)}.")
+        if num_inference_steps < 1:
+            raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+
+    @staticmethod
+    def prepare_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] (or [H, W, 3]) -> float [B, 3, H, W] in [-1, 1]; a float tensor passes through."""
+        if isinstance(image, torch.Tensor) and image.is_floating_point():
+            return image
+        arr = torch.from_numpy(np.array(image, dtype=np.uint8))
+        if arr.ndim == 3:
+            arr = arr[None]
+        return arr.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray | torch.Tensor, num_frames: int, actions: torch.Tensor | None = None,
+                 clip_length: int | None = None, anchor: str = "first", num_inference_steps: int | None = None,
+                 min_guidance_scale: float | None = None, max_guidance_scale: float | None = None,
+                 fps: int | None = None, generator: torch.Generator | None = None) -> VideoPipelineOutput:
+        model, c = self.model, self.model.config
+        clip_length = clip_length or c.num_frames
+        steps = num_inference_steps or c.num_inference_steps
+        lo = c.min_guidance_scale if min_guidance_scale is None else min_guidance_scale
+        hi = c.max_guidance_scale if max_guidance_scale is None else max_guidance_scale
+        # 1. check inputs
+        image = self.prepare_image(image).to(model.device)
+        self.check_inputs(image, num_frames, clip_length, anchor, actions, steps)
+        b = image.shape[0]
+        # 2. encode the anchor (the first frame) and the action: the cross-attention context
+        first_embeds = model.encode_image(image)  # [B, 1, D]
+        action_tokens = model.encode_actions(actions, b)  # [B, n, D] or None
+        time_ids = model.added_time_ids(b, fps)  # [B, 3]
+        # 3. the sigmas (SVD's Euler scheduler: Karras spacing)
+        model.scheduler.set_timesteps(steps, device="cpu")
+        sigmas = model.scheduler.sigmas.float().to(model.device)  # [steps + 1], ending at 0
+        guided = max(lo, hi) > 1
+        scale = torch.linspace(lo, hi, clip_length, device=model.device).view(1, clip_length, 1, 1, 1)
+        # 4. clip by clip: each continuing clip adds clip_length - 1 frames after its conditioning frame
+        ids = torch.cat([time_ids, time_ids]) if guided else time_ids
+        n_clips = 1 + max(0, math.ceil((num_frames - clip_length) / (clip_length - 1)))
+        frames, conditions, anchors = [], [], []
+        cond_frame, anchor_embeds = image, first_embeds
+        for i in range(n_clips):
+            if i > 0 and anchor == "last":
+                anchor_embeds = model.encode_image(cond_frame)
+            conditions.append(cond_frame)
+            anchors.append(anchor_embeds)
+            noise_aug = torch.randn(cond_frame.shape, generator=generator).to(model.device)
+            cond = model.to_latents(cond_frame + c.noise_aug_strength * noise_aug)  # [B, C, h, w]
+            cond = cond.float().unsqueeze(1).repeat(1, clip_length, 1, 1, 1)  # [B, T, C, h, w]
+            context = anchor_embeds if action_tokens is None else torch.cat([anchor_embeds, action_tokens], dim=1)
+            if guided:  # SVD's unconditional branch: zero image embedding and zero conditioning latents
+                cond = torch.cat([torch.zeros_like(cond), cond])
+                context = torch.cat([torch.zeros_like(context), context])
+            shape = (b, clip_length, cond.shape[2], cond.shape[3], cond.shape[4])
+            x = torch.randn(shape, generator=generator).to(model.device) * sigmas[0]
+
+            def denoiser(x, sigma, cond=cond, context=context):
+                if not guided:
+                    return model.denoise(x, sigma, cond, context, time_ids)
+                uncond, full = model.denoise(torch.cat([x, x]), sigma, cond, context, ids).chunk(2)
+                return uncond + scale * (full - uncond)
+
+            clip = model.decode(sample_euler(denoiser, x, sigmas))  # [B, T, 3, H, W]
+            frames.append(clip if i == 0 else clip[:, 1:])
+            cond_frame = clip[:, -1]
+        # 5. stitch, cut to num_frames, to uint8
+        video = torch.cat(frames, dim=1)[:, :num_frames]  # [B, num_frames, 3, H, W]
+        out = ((video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+        return VideoPipelineOutput(out, conditions, anchors)
+

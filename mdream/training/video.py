@@ -1,0 +1,278 @@
+"""``mdream train video``: the toy image-to-video model (:mod:`mdream.models.video`) on toy-world motion clips.
+
+Data: ``clips`` random toy shots (any scene, 0-3 characters, every action and camera), each rendered by
+``toyworld.render_clip`` as ``2 * clip_length - 1`` frames (frame 0 is the keyframe), cached in ``OUT/data``.
+A training example is a window of ``clip_length`` frames starting at frame 0 (a shot's first clip) or at frame
+``clip_length - 1`` (its continuation): the window's first frame is the conditioning frame; the cross-attention
+anchor is the clip's frame 0 (``anchor="first"``) or, with probability ``last_anchor_prob``, the window's first
+frame (``anchor="last"``). The action multi-hot comes from the shot's cast and camera.
+
+Loss: EDM's (Karras et al. 2022) with SVD's preconditioning (v-prediction, sigma_data = 1): sigma log-normal
+(``p_mean``, ``p_std``), weight ``(sigma^2 + 1) / sigma^2`` on the denoised estimate's squared error. The
+conditioning is dropped (zero embedding and zero conditioning frame) with ``cond_dropout`` for guidance.
+The loop (optimizer, EMA, checkpoints, resume, time budget) is :func:`mdream.training.loop.fit`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from mdream.errors import InputError
+from mdream.models.loading import quiet_loading
+from mdream.models.video import ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
+from mdream.training.common import console, make_accelerator, resolve_resume, set_threads_from_env
+from mdream.training.config import ConfigValueError, check_config, resumed_config, save_config
+from mdream.training.loop import LoopConfig, fit
+
+TOY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-clip"
+
+
+@dataclass
+class VideoTrainingConfig(LoopConfig):
+    """Settings of a toy video-model run (saved as train_config.json beside its checkpoints)."""
+
+    help_panel: ClassVar[str] = "Video model"
+
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 3e-4
+    warmup: int = 200
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+
+    world_seed: int = 0
+    """Seed of the toy world (characters, scenes)."""
+    data_seed: int = 0
+    """Seed of the rendered training shots."""
+    clips: int = 4000
+    """Toy shots rendered for training (each 2 * clip_length - 1 frames)."""
+    frame_size: int = 32
+    """Frame size in pixels (square)."""
+    clip_length: int = 8
+    """Frames per clip the model draws."""
+    fps: int = 8
+    """The fps added time id the model is trained with (the script's default fps)."""
+    patch_size: int = 4
+    """Pixel blocks folded into channels (pixel space, no VAE): the UNet works at frame_size / patch_size."""
+    channels: int = 32
+    """UNet channels of the first level (block_out_channels = channels, 2 * channels); a multiple of 32."""
+    layers_per_block: int = 1
+    """ResNet layers per UNet level."""
+    image_encoder: str = str(TOY_CLIP)
+    """CLIP folder whose vision tower embeds the anchor frame (frozen)."""
+    p_mean: float = -0.4
+    """Mean of log sigma during training (EDM's P_mean)."""
+    p_std: float = 1.4
+    """Std of log sigma during training (EDM's P_std)."""
+    sigma_max: float = 80.0
+    """Largest sigma of the sampler's schedule (saved with the model)."""
+    cond_dropout: float = 0.1
+    """Share of examples trained without image conditioning (for classifier-free guidance)."""
+    last_anchor_prob: float = 0.3
+    """Share of continuation examples whose anchor is the window's first frame (anchor="last")."""
+    sample_steps: int = 20
+    """Euler steps per clip saved with the model."""
+
+    def check(self) -> None:
+        super().check()
+        if self.channels < 32 or self.channels % 32:
+            raise ConfigValueError("channels", f"--channels must be a positive multiple of 32, got {self.channels}.")
+        if self.frame_size % (4 * self.patch_size):
+            raise ConfigValueError("patch_size", f"--frame-size {self.frame_size} must be a multiple of 4 x --patch-size.")
+        if self.clip_length < 2:
+            raise ConfigValueError("clip_length", f"--clip-length must be >= 2, got {self.clip_length}.")
+        if self.clips < 1:
+            raise ConfigValueError("clips", f"--clips must be >= 1, got {self.clips}.")
+        for name in ("cond_dropout", "last_anchor_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1].")
+
+
+def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
+    """A fresh toy model: a small SVD UNet in folded pixel space, the frozen toy CLIP vision tower, an action
+    encoder, SVD's Euler scheduler (Karras sigmas up to ``sigma_max``)."""
+    from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionModelWithProjection
+
+    with quiet_loading():
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(config.image_encoder)
+    image_encoder.requires_grad_(False)
+    dim = image_encoder.config.projection_dim
+    mc = VideoModelConfig(pixel_space=True, patch_size=config.patch_size, height=config.frame_size,
+                          width=config.frame_size, num_frames=config.clip_length, fps=config.fps,
+                          num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0)
+    c = 3 * config.patch_size**2
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=config.frame_size // config.patch_size, in_channels=2 * c, out_channels=c,
+        down_block_types=("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
+        up_block_types=("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal"),
+        block_out_channels=(config.channels, 2 * config.channels), addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=24, layers_per_block=config.layers_per_block, cross_attention_dim=dim,
+        transformer_layers_per_block=1, num_attention_heads=(config.channels // 16, config.channels // 16),
+        num_frames=config.clip_length,
+    )
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True,
+        timestep_type="continuous", sigma_min=0.002, sigma_max=config.sigma_max,
+    )
+    actions = ActionEncoder(action_dim=mc.action_dim, hidden_dim=128, cross_attention_dim=dim)
+    return ImageToVideoModel(mc, unet, image_encoder, scheduler, action_encoder=actions)
+
+
+@dataclass
+class ClipSet:
+    """Rendered training clips and their action multi-hots."""
+
+    frames: np.ndarray
+    """uint8 [N, 2L-1, S, S, 3]"""
+    actions: np.ndarray
+    """float32 [N, A]"""
+
+
+def shot_action(model_config: VideoModelConfig, shot) -> torch.Tensor:
+    """A toy shot's action multi-hot (its cast's positions and actions, its camera)."""
+    return action_vector(model_config, [(m.position, m.action) for m in shot.cast], shot.camera)
+
+
+def render_clips(config: VideoTrainingConfig, model_config: VideoModelConfig, n: int, seed: int) -> ClipSet:
+    from mdream.eval.toy_samples import random_shot
+    from mdream.toyworld import make_world, render_clip
+
+    world = make_world(config.world_seed)
+    rng = np.random.default_rng([seed, config.world_seed, 0x71D])
+    length = 2 * config.clip_length - 1
+    frames = np.empty((n, length, config.frame_size, config.frame_size, 3), np.uint8)
+    actions = np.empty((n, model_config.action_dim), np.float32)
+    for i in range(n):
+        shot = random_shot(world, rng)
+        frames[i] = render_clip(world, shot, config.frame_size, length, rng)
+        actions[i] = shot_action(model_config, shot).numpy()
+    return ClipSet(frames, actions)
+
+
+def load_clips(config: VideoTrainingConfig, model_config: VideoModelConfig, out: Path) -> ClipSet:
+    """The training clips, rendered once and cached in ``out/data`` (keyed on the settings that shape them)."""
+    tag = f"w{config.world_seed}-d{config.data_seed}-n{config.clips}-s{config.frame_size}-l{config.clip_length}"
+    path = out / "data" / f"clips-{tag}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return ClipSet(data["frames"], data["actions"])
+    console.print(f"rendering {config.clips} toy clips of {2 * config.clip_length - 1} frames ...")
+    clips = render_clips(config, model_config, config.clips, config.data_seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, frames=clips.frames, actions=clips.actions)
+    tmp.replace(path)
+    return clips
+
+
+class VideoTrainingModel(nn.Module):
+    """The trainable parts behind one forward: the EDM loss of a batch."""
+
+    def __init__(self, model: ImageToVideoModel):
+        super().__init__()
+        self.video = model
+
+    def forward(self, clip, cond_frame, anchor_frame, actions, sigma, noise, aug, keep):
+        """clip [B, T, 3, S, S], cond_frame / anchor_frame [B, 3, S, S] in [-1, 1]; actions [B, A]; sigma [B];
+        noise like the folded clip; aug like cond_frame; keep [B] (0: conditioning dropped). Returns the loss."""
+        m, b, t = self.video, clip.shape[0], clip.shape[1]
+        with torch.no_grad():
+            x0 = m.to_latents(clip.flatten(0, 1))
+            x0 = x0.view(b, t, *x0.shape[1:])  # [B, T, C, h, w]
+            embeds = m.encode_image(anchor_frame)  # [B, 1, D]
+        k = keep.view(b, 1, 1, 1)
+        cond = m.to_latents(cond_frame + m.config.noise_aug_strength * aug) * k  # [B, C, h, w]
+        cond = cond.unsqueeze(1).expand(-1, t, -1, -1, -1)
+        context = torch.cat([embeds * keep.view(b, 1, 1), m.encode_actions(actions, b)], dim=1)  # [B, 2, D]
+        s = sigma.view(b, 1, 1, 1, 1)
+        denoised = m.denoise(x0 + s * noise, sigma, cond, context, m.added_time_ids(b))
+        weight = (s**2 + 1) / s**2
+        return (weight * (denoised - x0) ** 2).mean()
+
+
+class VideoTask:
+    unit = "clips"
+
+    def __init__(self, model: VideoTrainingModel, clips: ClipSet, config: VideoTrainingConfig):
+        self.model, self.clips, self.config = model, clips, config
+
+    def trainable(self) -> list[nn.Parameter]:
+        v = self.model.video
+        return [p for p in [*v.unet.parameters(), *v.action_encoder.parameters()] if p.requires_grad]
+
+    def sample(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
+        c, L = self.config, self.config.clip_length
+        idx = rng.integers(0, len(self.clips.frames), size)
+        start = rng.integers(0, 2, size) * (L - 1)  # the shot's first clip, or its continuation
+        frames = np.stack([self.clips.frames[i, s: s + L] for i, s in zip(idx, start, strict=True)])
+        clip = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1  # [B, L, 3, S, S]
+        first = torch.from_numpy(self.clips.frames[idx, 0]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, S, S]
+        last_anchor = torch.from_numpy((start > 0) & (rng.random(size) < c.last_anchor_prob)).view(-1, 1, 1, 1)
+        anchor = torch.where(last_anchor, clip[:, 0], first)
+        sigma = torch.from_numpy(np.exp(c.p_mean + c.p_std * rng.standard_normal(size))).float()
+        p = c.patch_size
+        noise = torch.from_numpy(rng.standard_normal((size, L, 3 * p * p, c.frame_size // p, c.frame_size // p))).float()
+        aug = torch.from_numpy(rng.standard_normal((size, 3, c.frame_size, c.frame_size))).float()
+        keep = torch.from_numpy(rng.random(size) >= c.cond_dropout).float()
+        device = self.model.video.device
+        batch = {"clip": clip, "cond_frame": clip[:, 0], "anchor_frame": anchor,
+                 "actions": torch.from_numpy(self.clips.actions[idx]), "sigma": sigma, "noise": noise, "aug": aug,
+                 "keep": keep}
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": model(**batch)}
+
+    def export(self, folder: Path, model: nn.Module) -> None:
+        model.video.save_pretrained(folder / "video")
+
+
+def train_video(config: VideoTrainingConfig, out: str | Path, resume: str = "auto", export: str | Path | None = None,
+                given: Collection[str] | None = None) -> Path:
+    """Train (or resume) the toy video model; returns the exported model folder (``OUT/final`` and ``export``)."""
+    check_config(config)
+    out = Path(out)
+    if export and Path(export).is_dir() and any(Path(export).iterdir()) and not (Path(export) / "video.json").is_file():
+        raise InputError(f"--export {export}: the folder holds other files; it would be replaced by the model.",
+                         hint="Name a new or empty folder, or an earlier export of a video model.")
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads_from_env()
+    start_from = resolve_resume(resume, out)
+    if start_from is not None:
+        config = resumed_config(VideoTrainingConfig, out / "train_config.json", config, given)
+        check_config(config)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
+    if accelerator.is_main_process:
+        save_config(config, out / "train_config.json")
+    torch.manual_seed(config.seed)
+    model = new_video_model(config)
+    with accelerator.main_process_first():
+        clips = load_clips(config, model.config, out)
+    task = VideoTask(VideoTrainingModel(model), clips, config)
+    result = fit(task, config, out, accelerator, resume_from=start_from, name="train video")
+    final = out / "final"
+    if accelerator.is_main_process:
+        from shutil import copytree, rmtree
+
+        exported = result.checkpoint / "video"
+        summary = {"steps": result.step, **{k: round(v, 5) for k, v in result.metrics.items()}}
+        for dest in [final, *([Path(export)] if export else [])]:
+            if dest.exists():
+                rmtree(dest)
+            copytree(exported, dest)
+            (dest / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    console.print(f"video: {result.step} steps -> {final}")
+    return Path(export) if export else final

@@ -1,0 +1,214 @@
+"""The image-to-video model, its extension with an anchor, the video stage and the movie mux.
+
+Tiny random SVD-shaped models built from configs, saved to a folder and loaded through ``from_pretrained``
+(as diffusers' tests do); the stage runs through the CLI with a bundle that names such a model.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_stages_fullsize import _build_bundle, _storyboard
+from typer.testing import CliRunner
+
+from mdream.cli.main import app
+from mdream.models.video import ImageToVideoModel, ImageToVideoPipeline, action_vector, sample_euler
+from mdream.stages.preview import read_video_info
+from mdream.training.video import VideoTrainingConfig, new_video_model
+
+runner = CliRunner()
+
+
+def tiny_clip(folder):
+    """A random tiny CLIP folder (its vision tower embeds the anchor)."""
+    from mdream.models.toy_clip import build_toy_clip, build_word_tokenizer, save_clip_folder
+
+    tokenizer = build_word_tokenizer(["a frame"], max_length=8)
+    clip = build_toy_clip(tokenizer, image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2,
+                          projection_dim=24)
+    save_clip_folder(clip, tokenizer, folder / "clip")
+    return folder / "clip"
+
+
+def tiny_video_model(folder, clip_length: int = 4):
+    """A random toy-shaped video model (pixel space folded 4x4) saved to ``folder``, loaded back."""
+    torch.manual_seed(0)
+    config = VideoTrainingConfig(image_encoder=str(tiny_clip(folder)), clip_length=clip_length, sample_steps=2)
+    new_video_model(config).save_pretrained(folder / "video")
+    return ImageToVideoModel.from_pretrained(folder / "video")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_video_model(tmp_path_factory.mktemp("video"))
+
+
+def keyframe(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+
+
+def test_a_saved_model_loads_through_from_pretrained_with_its_parts(model, tmp_path):
+    assert model.config.pixel_space and model.vae is None and model.action_encoder is not None
+    model.save_pretrained(tmp_path / "again")
+    again = ImageToVideoModel.from_pretrained(tmp_path / "again")
+    for a, b in zip(model.unet.parameters(), again.unet.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_one_clip_has_the_requested_shape(model):
+    out = ImageToVideoPipeline(model)(keyframe(), num_frames=4, generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (1, 4, 32, 32, 3) and out.frames.dtype == np.uint8
+    assert len(out.clip_conditions) == 1
+
+
+def test_extension_frame_count_and_each_clip_starts_from_the_last_frame(model):
+    pipe = ImageToVideoPipeline(model)
+    out = pipe(keyframe(), num_frames=11, clip_length=4, generator=torch.Generator().manual_seed(0))
+    # 4 + 3 + 3 = 10 < 11: a fourth clip, cut to 11 frames
+    assert out.frames.shape[1] == 11 and len(out.clip_conditions) == 4
+    first = pipe.prepare_image(keyframe())
+    assert torch.equal(out.clip_conditions[0], first)
+    for i in range(1, 4):  # clip i's conditioning frame is frame 3 i of the movie (the previous clip's last)
+        drawn = ((out.clip_conditions[i][0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+        assert torch.equal(drawn, torch.from_numpy(out.frames[0, 3 * i]))
+
+
+def test_anchor_first_keeps_the_first_embedding_and_last_follows_the_clips(model):
+    pipe = ImageToVideoPipeline(model)
+    kw = {"num_frames": 7, "clip_length": 4}
+    first = pipe(keyframe(), anchor="first", generator=torch.Generator().manual_seed(0), **kw)
+    last = pipe(keyframe(), anchor="last", generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(first.anchor_embeds[0], first.anchor_embeds[1])
+    assert torch.equal(first.anchor_embeds[0], last.anchor_embeds[0])  # the same first clip
+    assert not torch.allclose(last.anchor_embeds[1], last.anchor_embeds[0])
+    assert torch.allclose(last.anchor_embeds[1], model.encode_image(last.clip_conditions[1]))
+    assert np.array_equal(first.frames[:, :4], last.frames[:, :4])
+    assert not np.array_equal(first.frames[:, 4:], last.frames[:, 4:])
+
+
+def test_the_action_changes_the_clip_and_words_map_to_the_vocabulary(model):
+    c = model.config
+    walk = action_vector(c, [("left", "walks briskly")], "wide")
+    assert walk[c.action_vocab.index("walk")] == 1 and walk[-3] == 1 and walk.sum() == 2
+    sit = action_vector(c, [("left", "sit")], "wide")
+    pipe = ImageToVideoPipeline(model)
+    a = pipe(keyframe(), 4, actions=walk[None], generator=torch.Generator().manual_seed(0)).frames
+    b = pipe(keyframe(), 4, actions=sit[None], generator=torch.Generator().manual_seed(0)).frames
+    assert not np.array_equal(a, b)
+
+
+def test_bad_inputs_are_clear_errors(model):
+    from mdream.errors import InputError
+
+    pipe = ImageToVideoPipeline(model)
+    with pytest.raises(InputError, match="anchor"):
+        pipe(keyframe(), 4, anchor="middle")
+    with pytest.raises(InputError, match="draws 32x32"):
+        pipe(np.zeros((1, 16, 16, 3), np.uint8), 4)
+
+
+def test_sample_euler_is_exact_for_a_point_mass():
+    # D(x; sigma) = c: the ODE carries every x to c exactly at sigma = 0
+    c = torch.full((2, 3), 0.5)
+    x = sample_euler(lambda x, s: c, torch.randn(2, 3) * 10, torch.tensor([10.0, 3.0, 1.0, 0.0]))
+    assert torch.allclose(x, c)
+
+
+def test_a_training_step_runs_and_lowers_the_loss(tmp_path):
+    from mdream.training.video import ClipSet, VideoTask, VideoTrainingModel
+
+    torch.manual_seed(0)
+    config = VideoTrainingConfig(image_encoder=str(tiny_clip(tmp_path)), clip_length=4)
+    model = new_video_model(config)
+    rng = np.random.default_rng(0)
+    clips = ClipSet(rng.integers(0, 256, (4, 7, 32, 32, 3), dtype=np.uint8), np.zeros((4, model.config.action_dim), np.float32))
+    task = VideoTask(VideoTrainingModel(model), clips, config)
+    opt = torch.optim.AdamW(task.trainable(), lr=1e-3)
+    batch = task.sample(np.random.default_rng(1), 4)
+    losses = []
+    for _ in range(5):
+        loss = task.loss(task.model, batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+# ---- the stage --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def video_bundle(tmp_path_factory):
+    root = _build_bundle(tmp_path_factory.mktemp("vbundle"))
+    tiny_video_model(root / "v", clip_length=4)
+    shutil.move(root / "v" / "video", root / "video")
+    data = yaml.safe_load((root / "bundle.yaml").read_text())
+    data["components"]["video"] = {"path": "video"}
+    (root / "bundle.yaml").write_text(yaml.safe_dump(data))
+    return root
+
+
+def _script(folder, bundle, n_shots=2, **output):
+    path = _storyboard(folder, bundle)
+    data = yaml.safe_load(path.read_text())
+    data["arcs"][0]["shots"] = data["arcs"][0]["shots"][:n_shots]
+    data["arcs"][0]["shots"][0]["duration"] = 1.0
+    data["arcs"][0]["shots"][1]["duration"] = 0.75
+    data["output"].update({"fps": 8, "clip_length": 4, **output})
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _invoke(*args):
+    return runner.invoke(app, [*map(str, args), "--device", "cpu", "--quiet"])
+
+
+def test_generate_muxes_the_clips_and_a_rerun_reuses_them(video_bundle, tmp_path):
+    script = _script(tmp_path / "m", video_bundle, width=48, height=40)
+    movie, cache = tmp_path / "out" / "movie.mp4", tmp_path / "c"
+    result = _invoke("generate", script, "-o", movie, "--cache-dir", cache, "--json")
+    assert result.exit_code == 0, result.output
+    info = read_video_info(movie)
+    assert (info.frames, info.fps, info.width, info.height) == (8 + 6, 8.0, 48, 40)
+    assert (tmp_path / "out" / "movie" / "animatic.mp4").is_file()  # the previews are still written
+    again = _invoke("video", script, "--cache-dir", cache, "--json")
+    assert again.exit_code == 0 and '"produced": []' in again.output.replace("\n", "").replace("  ", "")
+    crossfade = _invoke("generate", script, "-o", tmp_path / "x.mp4", "--cache-dir", cache, "--transition", "crossfade")
+    assert crossfade.exit_code == 0, crossfade.output
+    assert read_video_info(tmp_path / "x.mp4").frames == 14
+
+
+def test_a_corrupt_clip_is_recomputed_by_the_stage_and_named_by_the_mux(video_bundle, tmp_path):
+    from mdream.cache import ArtifactStore
+    from mdream.errors import MdreamError
+    from mdream.stages.movie import write_movie
+    from mdream.stages.options import RunOptions
+    from mdream.stages.pipeline import ArtifactSequence, Project, plan_keys
+    from mdream.stages.registry import new_stages
+
+    script, cache = _script(tmp_path / "m", video_bundle), tmp_path / "c"
+    assert _invoke("generate", script, "-o", tmp_path / "a.mp4", "--cache-dir", cache).exit_code == 0
+    project = Project.open(script, RunOptions(cache_dir=cache, device="cpu", quiet=True))
+    keys = plan_keys(project, new_stages("video"))["video"]
+    art = ArtifactStore(cache).open("video", keys[0])
+    clip_file = art.path("clip")
+    clip_file.write_bytes(clip_file.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(MdreamError, match="missing or corrupt"):
+        write_movie(project, ArtifactSequence(project, "video", project.plan.shots, keys, "movie"), tmp_path / "b.mp4")
+    result = _invoke("video", script, "--cache-dir", cache, "--json")
+    assert result.exit_code == 0, result.output
+    assert ArtifactStore(cache).open("video", keys[0]) is not None
+
+
+def test_video_without_a_video_model_says_so_and_generate_keeps_the_animatic(tmp_path):
+    bundle = _build_bundle(tmp_path / "b")
+    script = _script(tmp_path / "m", bundle)
+    result = _invoke("video", script, "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 1 and "has no video model" in result.output and "Traceback" not in result.output
+    result = _invoke("generate", script, "-o", tmp_path / "movie.mp4", "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 0 and (tmp_path / "movie.mp4").is_file()
