@@ -66,10 +66,15 @@ def test_schema_is_json():
     assert {"characters", "scenes", "arcs"} <= set(schema["properties"])
 
 
-def test_unbuilt_stage_fails_clearly(small_script, tmp_path):
+def test_missing_video_model_fails_clearly(small_script, tmp_path):
+    """A bundle without a video model: the video stage says so and how to get one (the toy bundle until one ships)."""
+    from mdream.models.bundle import ModelBundle
+
+    if ModelBundle.find("toy").components["video"].present:
+        pytest.skip("the toy bundle ships a video model")
     result = runner.invoke(app, ["video", str(small_script), "--cache-dir", str(tmp_path / "c"), "--device", "cpu"])
     assert result.exit_code == 1
-    assert "not built yet" in result.output
+    assert "has no video model" in result.output and "mdream train video" in result.output
 
 
 def test_bad_device_and_stage_exit_2(small_script):
