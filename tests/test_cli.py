@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import yaml
 from conftest import small_script_dict
 from typer.testing import CliRunner
