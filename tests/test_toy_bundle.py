@@ -161,3 +161,38 @@ def test_smoke_bundle_trains_in_order_feeds_each_step_and_makes_a_movie(tmp_path
     statuses = {s["name"]: s["status"] for s in json.loads(again.stdout)["steps"]}
     assert [statuses[n] for n in ORDER[:5]] == ["skipped"] * 5
     assert sorted(str(p) for p in out.rglob("state.json")) == checkpoints
+
+
+def test_export_fp16_stores_half_weights_that_load_back_into_float32(tmp_path):
+    from mdream.models.encoders import TextEncoder
+    from mdream.training.export import export_model
+
+    shipped = toy_bundle.ASSETS / "models" / "toy-clip"
+    result = export_model(shipped, tmp_path / "toy-clip", fp16=True)
+    assert _dtypes(tmp_path / "toy-clip" / "model.safetensors") <= {"F16", "I64"}
+    assert any("float16" in note for note in result.notes)
+    assert (tmp_path / "toy-clip" / "model.safetensors").stat().st_size < 0.6 * (shipped / "model.safetensors").stat().st_size
+    half, full = TextEncoder.from_pretrained(tmp_path / "toy-clip"), TextEncoder.from_pretrained(shipped)
+    assert {p.dtype for p in half.parameters()} == {torch.float32}
+    texts = ["Ada walks in the harbor.", "An empty forest at noon."]
+    assert torch.allclose(half.encode(texts), full.encode(texts), atol=2e-2)
+
+
+def test_store_half_keeps_what_float16_cannot_hold(tmp_path):
+    from safetensors.torch import save_file
+
+    from mdream.training.export import store_half
+
+    save_file({"small": torch.ones(3), "huge": torch.full((2,), 1e6), "ids": torch.arange(3)}, str(tmp_path / "w.safetensors"))
+    notes: list[str] = []
+    assert store_half(tmp_path, notes) == 1
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "w.safetensors"))
+    assert (state["small"].dtype, state["huge"].dtype, state["ids"].dtype) == (torch.float16, torch.float32, torch.int64)
+    assert "huge" in notes[0]
+    save_file({"h": torch.ones(2, dtype=torch.float16)}, str(tmp_path / "h.safetensors"))
+    half_before = (tmp_path / "h.safetensors").read_bytes()
+    store_half(tmp_path)
+    assert (tmp_path / "h.safetensors").read_bytes() == half_before  # nothing to halve: left byte for byte
+    assert load_file(str(tmp_path / "w.safetensors"))["huge"].dtype == torch.float32
