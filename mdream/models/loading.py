@@ -62,8 +62,43 @@ def quiet_loading():
         diffusers_logging.enable_progress_bar()
 
 
+def saved_dtype(source: str | Path) -> Any:
+    """The dtype a local transformers folder's ``config.json`` records (``dtype`` / ``torch_dtype``), else None.
+
+    A folder exported with half-precision weights (``mdream train export --fp16``) keeps the dtype the model
+    computes in there, so it loads back into that dtype (float32 on CPU) rather than the dtype of its files.
+    """
+    import torch
+
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    name = data.get("dtype") or data.get("torch_dtype") if isinstance(data, dict) else None
+    value = getattr(torch, name, None) if isinstance(name, str) else None
+    return value if isinstance(value, torch.dtype) else None
+
+
+def _is_transformers_model(cls: Any) -> bool:
+    try:
+        from transformers import PreTrainedModel
+        from transformers.models.auto.auto_factory import _BaseAutoModelClass
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(cls, type) and issubclass(cls, PreTrainedModel | _BaseAutoModelClass)
+
+
 def load_pretrained(cls: Any, source: str, what: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(source)`` with errors turned into an InputError naming the component."""
+    """``cls.from_pretrained(source)`` with errors turned into an InputError naming the component.
+
+    A transformers model from a local folder loads in the dtype its config records (see :func:`saved_dtype`)
+    unless ``dtype`` is given: its weights may be stored in half precision.
+    """
+    if "dtype" not in kwargs and _is_transformers_model(cls) and (dtype := saved_dtype(source)) is not None:
+        kwargs["dtype"] = dtype
     try:
         with quiet_loading():
             return cls.from_pretrained(source, **kwargs)

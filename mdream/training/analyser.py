@@ -427,16 +427,23 @@ def train_frame_analyser(config: AnalyserTrainingConfig, out: str | Path, resume
     return folder
 
 
-def install_face_embedder(onnx_path: Path) -> None:
-    """Copy a trained embedder (ONNX + its JSON) into the package's assets."""
-    ASSETS_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(onnx_path, ASSETS_DIR / onnx_path.name)
-    shutil.copy2(onnx_path.with_suffix(".json"), ASSETS_DIR / onnx_path.with_suffix(".json").name)
+def install_face_embedder(onnx_path: Path, eval_dir: Path = ASSETS_DIR) -> Path:
+    """Copy a trained embedder (ONNX + its JSON) into ``eval_dir`` (default: the package's assets); returns the ONNX."""
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(onnx_path, eval_dir / onnx_path.name)
+    shutil.copy2(onnx_path.with_suffix(".json"), eval_dir / onnx_path.with_suffix(".json").name)
+    return eval_dir / onnx_path.name
 
 
-def install_frame_analyser(folder: Path) -> None:
-    """Copy a trained analyser (config.json + model.safetensors) into the package's assets."""
-    target = ASSETS_DIR / "frame_analyser"
+def install_frame_analyser(folder: Path, eval_dir: Path = ASSETS_DIR, fp16: bool = False) -> Path:
+    """Copy a trained analyser (config.json + model.safetensors) into ``eval_dir/frame_analyser`` (default: the
+    package's assets); ``fp16``: its weights stored as float16 (they load back into float32). Returns the folder."""
+    target = eval_dir / "frame_analyser"
     target.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(folder / name, target / name)
+    if fp16:
+        from mdream.training.export import store_half
+
+        store_half(target)
+    return target

@@ -149,6 +149,39 @@ def _register() -> None:
 _register()
 
 
+@app.command("bundle")
+def bundle_cli(
+    out: Annotated[Path, typer.Option("--out", "-o", "--output", help="Folder of the step runs (OUT/clip, OUT/tokenizer, ...), the staged models (OUT/bundle) and manifest.json.", show_default=False)],
+    dest: Annotated[Path | None, typer.Option(help="Where the models are written (an assets tree: models/, eval/, bundles/toy/bundle.yaml) \\[default: the package's mdream/assets, i.e. the shipped bundle].", show_default=False)] = None,
+    resume: Annotated[str, typer.Option(help="auto: skip finished steps, resume unfinished ones from their checkpoints; never: retrain every step.")] = "auto",
+    smoke: Annotated[bool, typer.Option("--smoke", help="Tiny budgets (a few steps per component on a little data): checks the orchestration in minutes; the models are useless.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Store the shipped weights as float16 safetensors (they load back into float32).")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
+) -> None:
+    """Train every toy model from scratch in dependency order (CLIP, face embedder, tokenizer, keyframe AR, frame
+    analyser, video when its trainer exists) and write them into one toy bundle; rerun to resume."""
+    from rich.table import Table
+
+    from mdream.training.toy_bundle import ASSETS, STEPS, train_toy_bundle
+
+    report = run_cli(train_toy_bundle, out, dest if dest is not None else ASSETS, resume=resume, smoke=smoke,
+                     fp16=fp16, as_json=json_out)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    expected = {s.name: s.expected_minutes for s in STEPS}
+    table = Table(title=f"toy bundle{' (smoke)' if smoke else ''}: {report.out}")
+    for column in ("step", "minutes", "full recipe, 2 cores", "result"):
+        table.add_column(column, justify="right" if column in ("minutes", "full recipe, 2 cores") else "left")
+    for step in report.steps:
+        full = f"{expected[step.name]:.0f}" if expected.get(step.name) else "-"
+        table.add_row(step.name, f"{step.minutes:.2f}", full, step.status + (f": {step.note}" if step.note else ""))
+    stdout.print(table)
+    stdout.print(f"manifest: {report.manifest}", highlight=False)
+    if report.dest is not None:
+        stdout.print(f"models written to {report.dest}", highlight=False)
+
+
 @app.command("export")
 def export_cli(
     checkpoint: Annotated[Path, typer.Argument(help="A tokenizer, CLIP or keyframe AR checkpoint (RUN/checkpoints/step-N), a CLIP folder (RUN/final) or a run folder (its newest checkpoint).", show_default=False)],
@@ -158,6 +191,7 @@ def export_cli(
     guidance_scale: Annotated[float | None, typer.Option(help="Tokenizer: classifier-free guidance scale saved with the decoder (1 = none) \\[default: eval.json's, else the decoder's].", show_default=False)] = None,
     identity_guidance: Annotated[float | None, typer.Option(help="Tokenizer: identity guidance saved with the decoder (0 = off) \\[default: eval.json's, else the decoder's].", show_default=False)] = None,
     scheduler: Annotated[str | None, typer.Option(help="Tokenizer: sampler saved with the decoder: ddim, ddpm, euler or dpmpp \\[default: eval.json's, else the decoder's].", show_default=False)] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Store the weights as float16 safetensors (half the size); they load back into float32.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
 ) -> None:
     """Write a checkpoint as a portable model folder: relative references, full sampling settings, no machine paths."""
@@ -165,7 +199,7 @@ def export_cli(
 
     result = run_cli(export_model, checkpoint, dest, clip_reference=clip_reference, num_inference_steps=steps,
                      guidance_scale=guidance_scale, identity_guidance_scale=identity_guidance, scheduler=scheduler,
-                     as_json=json_out)
+                     fp16=fp16, as_json=json_out)
     if json_out:
         print_json(result.to_dict())
         return

@@ -13,7 +13,11 @@ promises, checked before anything lands in DEST:
 - ``_name_or_path`` (where a library loaded a model from) is dropped from every config; a loadable
   config that still holds a machine path is refused (``InputError``, exit 2); the run's records
   (``train_config.json``, ``eval.json``, ...) keep only the last part of a machine path (what was
-  used, by name), and the packaged CLIP and face embedder as ``toy`` / ``auto``.
+  used, by name), and the packaged CLIP and face embedder as ``toy`` / ``auto``;
+- with ``fp16`` (``--fp16``), the float32 tensors of every ``*.safetensors`` file are stored as float16
+  (:func:`store_half`), halving the folder; the configs keep the dtype the model computes in, and the loaders
+  (``mdream.models.loading.load_pretrained``, diffusers, ``load_state_dict``) cast the weights back into it, so
+  the model still runs in float32 on CPU. A tensor that float16 cannot hold (values beyond its range) stays float32.
 
 Kinds of CKPT: a keyframe-tokenizer checkpoint (``encoder/`` + ``decoder/``; also an exported
 tokenizer folder), a toy-CLIP checkpoint (``train/model.safetensors`` + ``state.json`` inside a
@@ -278,6 +282,45 @@ def sampling_settings(decoder_config: dict, record: dict | None, options: dict[s
     return sampling
 
 
+# ---- half-precision storage ------------------------------------------------------------------------
+
+#: The largest magnitude float16 holds.
+HALF_MAX = 65504.0
+
+
+def store_half(folder: Path, notes: list[str] | None = None) -> int:
+    """Rewrite every ``*.safetensors`` file under ``folder`` with its float32 tensors stored as float16.
+
+    A tensor with a value beyond float16's range (or not finite) keeps float32; integer tensors are kept as they
+    are; a file holding no float32 tensor is left untouched (byte for byte). Returns how many tensors were halved.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    halved = 0
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata()
+        state = load_file(str(path))
+        if not any(t.dtype == torch.float32 for t in state.values()):
+            continue
+        kept = []
+        for key, tensor in state.items():
+            if tensor.dtype != torch.float32:
+                continue
+            if tensor.numel() and not (torch.isfinite(tensor).all() and tensor.abs().max() <= HALF_MAX):
+                kept.append(key)
+                continue
+            state[key] = tensor.half()
+            halved += 1
+        if kept and notes is not None:
+            notes.append(f"{path.relative_to(folder)}: kept {len(kept)} tensor(s) in float32 (beyond float16's "
+                         f"range): {', '.join(kept[:3])}")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    return halved
+
+
 # ---- records and configs ---------------------------------------------------------------------------
 
 
@@ -464,13 +507,15 @@ def export_model(
     guidance_scale: float | None = None,
     identity_guidance_scale: float | None = None,
     scheduler: str | None = None,
+    fp16: bool = False,
 ) -> ExportResult:
     """Export ``checkpoint`` (a tokenizer or CLIP checkpoint, a CLIP folder or a run folder) to ``dest``.
 
     Everything is written to a staging folder beside ``dest`` and checked (no machine path in any
     config) before it replaces the exported parts of ``dest``; other files in ``dest`` are left alone,
     except records (``eval.json``, ...) that this export does not have, which never stay beside
-    other weights. ``clip_reference`` and the sampling options apply to tokenizer checkpoints.
+    other weights. ``clip_reference`` and the sampling options apply to tokenizer checkpoints. ``fp16``: store the
+    weights in half precision (:func:`store_half`).
     """
     source, kind = find_checkpoint(checkpoint)
     dest = Path(dest).expanduser()
@@ -497,6 +542,9 @@ def export_model(
         else:
             _export_clip_folder(source, staging)
         make_portable(staging, records, result.notes)
+        if fp16:
+            halved = store_half(staging, result.notes)
+            result.notes.append(f"stored {halved} tensors in float16")
         dest.mkdir(exist_ok=True)
         for name in records:
             if (dest / name).is_file() and not (staging / name).exists():

@@ -1,0 +1,377 @@
+"""``mdream train bundle``: train every toy model from scratch, in dependency order, into one model bundle.
+
+    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 4 h on 2 cores)
+    mdream train bundle --out runs/toy-bundle --dest DIR         # the same models in another folder
+    mdream train bundle --out runs/smoke --dest DIR --smoke      # the same orchestration with tiny budgets
+
+Each step trains one component with its packaged recipe (its seeds are the recipe's), in its own run folder
+``OUT/<step>/``, and exports the result into the staged assets tree ``OUT/bundle/`` (the layout of
+``mdream/assets``: ``models/toy-clip``, ``eval/toy_face_recognition.onnx``, ...). Every later step reads the
+*staged* models, never the shipped ones:
+
+==============  ======================  ====================================================================
+step            trains                  reads
+==============  ======================  ====================================================================
+clip            toy CLIP                (toy-world renders)
+face_embedder   the face embedder ONNX  (toy-world renders)
+tokenizer       keyframe encoder +      --clip: the staged CLIP, --face-embedder: the staged ONNX
+                decoder
+ar              keyframe AR model       --keyframe-encoder: the staged tokenizer's encoder, --text-encoder:
+                                        the staged CLIP, --face-embedder: the staged ONNX
+analyser        the evaluator's frame   (toy-world renders; independent)
+                analyser
+video           the toy video model     only when ``mdream train video`` exists
+==============  ======================  ====================================================================
+
+Resumable: ``OUT/manifest.json`` records each finished step (its settings, seeds, inputs, output, minutes); a
+step recorded as done whose staged output exists is skipped, and an unfinished one resumes from its newest
+checkpoint (``--resume auto`` of its trainer); a step whose inputs were retrained in this call starts over. Finally every model is written from ``OUT/bundle`` into DEST
+(default: the package's ``mdream/assets``) through the same export code as ``mdream train export`` (and the
+evaluator's ``--install``), with the weights stored as float16 safetensors (``fp16``; they load back into
+float32). A DEST other than the package's assets also gets ``bundles/toy/bundle.yaml``, so it is a model bundle
+(``model_bundle: DEST/bundles/toy``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mdream.cache import atomic_write_bytes
+from mdream.errors import InputError
+from mdream.training.common import console
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MANIFEST = "manifest.json"
+STAGED = "bundle"
+TOY_BUNDLE_YAML = ASSETS / "bundles" / "toy" / "bundle.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleStep:
+    """One component of the toy bundle and how it is made."""
+
+    name: str
+    trainer: str
+    """The ``mdream train`` command."""
+    recipe: str | None
+    """The packaged recipe (None: the trainer's defaults are the recipe)."""
+    output: str
+    """Where the component lives in an assets tree (``models/toy-clip``)."""
+    expected_minutes: float
+    """Training time of the full recipe on the 2-core machine (benchmarks/RESULTS.md, the recipes' budgets)."""
+    smoke: dict[str, Any]
+    """Settings of ``--smoke``: a few steps on a little data."""
+    needs: tuple[str, ...] = ()
+    """The steps whose outputs it reads."""
+    export_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Options of its export (``export_model``)."""
+
+
+#: The sampling the toy decoder is shipped with (the settings its eval.json was measured at); a freshly trained
+#: tokenizer has no eval.json, so its export is told them.
+TOY_DECODER_SAMPLING = {"num_inference_steps": 20, "guidance_scale": 1.0, "identity_guidance_scale": 0.0,
+                        "scheduler": "ddim"}
+
+
+STEPS: tuple[BundleStep, ...] = (
+    BundleStep("clip", "clip", "clip-toy", "models/toy-clip", 24.0,
+               {"num_frames": 48, "val_frames": 16, "steps": 2, "batch_size": 8, "warmup": 1, "checkpoint_every": 2,
+                "eval_every": 0, "log_every": 1}),
+    BundleStep("face_embedder", "face-embedder", None, "eval/toy_face_recognition.onnx", 34.0,
+               {"steps": 2, "batch_size": 8, "warmup": 1, "photo_pool": 8, "photo_refresh": 1, "world_seeds": "0",
+                "checkpoint_every": 2, "log_every": 1}),
+    BundleStep("tokenizer", "tokenizer", "tokenizer-toy-cpu", "models/toy-tokenizer", 120.0,
+               {"num_frames": 32, "steps": 2, "max_minutes": 0.0, "batch_size": 4, "warmup": 1, "photos_per_character": 1,
+                "checkpoint_every": 2, "log_every": 1}, needs=("clip", "face_embedder"),
+               export_options=TOY_DECODER_SAMPLING),
+    BundleStep("ar", "ar", "ar-toy-cpu", "models/toy-ar", 47.0,
+               {"episodes": 2, "episode_length": 6, "val_episodes": 1, "photos_per_character": 1, "window": 3,
+                "hidden_size": 32, "num_layers": 1, "num_heads": 2, "gmm_components": 2, "steps": 2,
+                "max_minutes": 0.0, "batch_size": 2, "warmup": 1, "checkpoint_every": 2, "eval_every": 0,
+                "eval_windows": 2, "log_every": 1}, needs=("clip", "face_embedder", "tokenizer")),
+    BundleStep("analyser", "analyser", "analyser-toy", "eval/frame_analyser", 21.0,
+               {"pool_size": 16, "refresh_per_step": 1, "val_frames": 8, "steps": 2, "batch_size": 8, "warmup": 1,
+                "checkpoint_every": 2, "log_every": 1}),
+    BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 0.0,
+               {"steps": 2, "max_minutes": 0.0, "checkpoint_every": 2, "log_every": 1},
+               needs=("clip", "face_embedder", "tokenizer")),
+)
+"""The steps in dependency order (each reads only the outputs of the steps above it)."""
+
+EXPECTED_NOTE = ("the full recipes' training times on 2 CPU cores (README's recipe table): clip 24 min, face "
+                 "embedder 34 min, tokenizer its 120-minute budget, keyframe AR its 45-minute budget + 2 min to encode "
+                 "its episodes, analyser 21 min; rendering the training frames and caching features adds minutes "
+                 "to some steps; the video step is not counted")
+
+
+@dataclasses.dataclass
+class StepReport:
+    name: str
+    status: str
+    """``trained``, ``skipped`` (finished earlier), ``not available`` (no such trainer yet) or ``failed``."""
+    minutes: float = 0.0
+    note: str = ""
+
+
+@dataclasses.dataclass
+class BundleReport:
+    out: Path
+    dest: Path | None
+    manifest: Path
+    steps: list[StepReport]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "dest": str(self.dest) if self.dest else None, "manifest": str(self.manifest),
+                "steps": [dataclasses.asdict(s) for s in self.steps]}
+
+
+def git_commit() -> str | None:
+    """The commit of the mdream checkout this runs from (None outside a git checkout)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and len(commit) == 40 else None
+
+
+def registered_trainers() -> list[str]:
+    """The ``mdream train`` commands (the trainer registry of :mod:`mdream.training.cli`)."""
+    from mdream.training.cli import app
+
+    return [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable bundle manifest ({exc}).",
+                         hint="Delete it to retrain every step (finished runs still resume from their checkpoints).") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _write_manifest(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _settings(config_cls: type, step: BundleStep, inputs: dict[str, str], smoke: bool) -> tuple[Any, dict[str, Any]]:
+    """The step's config: the recipe, the staged inputs, then the smoke budgets; and the values given."""
+    from mdream.training.config import load_recipe, with_values
+
+    values: dict[str, Any] = {}
+    if step.recipe is not None:
+        _, values = load_recipe(config_cls, step.recipe, step.trainer)
+    values |= inputs
+    if smoke:
+        values |= step.smoke
+    return with_values(config_cls(), values), values
+
+
+def _seeds(config: Any) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in ("seed", "world_seed", "world_seeds", "data_seed") if hasattr(config, k)}
+
+
+def _resolved(path: Path) -> str:
+    return str(path.resolve())
+
+
+class _Bundle:
+    """The staged assets tree and the steps that fill it."""
+
+    def __init__(self, out: Path, resume: str, smoke: bool, fp16: bool):
+        self.out, self.resume, self.smoke, self.fp16 = out, resume, smoke, fp16
+        self.staged = out / STAGED
+
+    def path(self, name: str) -> Path:
+        step = next(s for s in STEPS if s.name == name)
+        return self.staged / step.output
+
+    # each returns (config values given, the config) after training and exporting into the staged tree
+    def clip(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        from mdream.training.clip import ClipTrainingConfig, train_clip
+        from mdream.training.export import export_model
+
+        config, values = _settings(ClipTrainingConfig, step, {}, self.smoke)
+        final = train_clip(config, self.out / step.name, resume=self.resume, given=list(values))
+        export_model(final, self.path(step.name), fp16=self.fp16)
+        return {}, values, config
+
+    def face_embedder(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        from mdream.training.analyser import FaceTrainingConfig, install_face_embedder, train_face_embedder
+
+        config, values = _settings(FaceTrainingConfig, step, {}, self.smoke)
+        onnx = train_face_embedder(config, self.out / step.name, resume=self.resume, given=list(values))
+        install_face_embedder(onnx, self.path(step.name).parent)
+        return {}, values, config
+
+    def tokenizer(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        from mdream.training.export import export_model
+        from mdream.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
+
+        inputs = {"clip": _resolved(self.path("clip")), "face_embedder": _resolved(self.path("face_embedder"))}
+        config, values = _settings(TokenizerTrainingConfig, step, inputs, self.smoke)
+        checkpoint = train_tokenizer(config, self.out / step.name, resume=self.resume, given=list(values))
+        export_model(checkpoint, self.path(step.name), fp16=self.fp16, **step.export_options)
+        return inputs, values, config
+
+    def ar(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        from mdream.training.ar import ARTrainingConfig, train_ar
+        from mdream.training.export import export_model
+
+        inputs = {"keyframe_encoder": _resolved(self.path("tokenizer") / "encoder"),
+                  "text_encoder": _resolved(self.path("clip")), "face_embedder": _resolved(self.path("face_embedder"))}
+        config, values = _settings(ARTrainingConfig, step, inputs, self.smoke)
+        final = train_ar(config, self.out / step.name, resume=self.resume, given=list(values))
+        export_model(final, self.path(step.name), fp16=self.fp16)
+        return inputs, values, config
+
+    def analyser(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        from mdream.training.analyser import (
+            AnalyserTrainingConfig,
+            install_frame_analyser,
+            train_frame_analyser,
+        )
+
+        config, values = _settings(AnalyserTrainingConfig, step, {}, self.smoke)
+        folder = train_frame_analyser(config, self.out / step.name, resume=self.resume, given=list(values))
+        install_frame_analyser(folder, self.path(step.name).parent, fp16=self.fp16)
+        return {}, values, config
+
+    def video(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """The video trainer, through its command line (its Python API is its own): the recipe, the staged
+        keyframe decoder, and in ``--smoke`` the loop's budget options; then its newest checkpoint exported."""
+        import click
+        import typer
+
+        from mdream.training.cli import app
+        from mdream.training.export import export_model
+
+        run = self.out / step.name
+        args = ["video", "--config", step.recipe or "", "--out", str(run), "--resume", self.resume]
+        command = typer.main.get_command(app)
+        assert isinstance(command, click.Group)
+        video = command.commands["video"]
+        options = {o for p in video.params for o in getattr(p, "opts", [])}
+        inputs = {}
+        for name, target in (("--keyframe-decoder", self.path("tokenizer") / "decoder"),
+                             ("--keyframe-encoder", self.path("tokenizer") / "encoder"),
+                             ("--text-encoder", self.path("clip")), ("--clip", self.path("clip"))):
+            if name in options:
+                args += [name, _resolved(target)]
+                inputs[name[2:].replace("-", "_")] = _resolved(target)
+        if self.smoke:
+            for key, value in step.smoke.items():
+                if f"--{key.replace('_', '-')}" in options:
+                    args += [f"--{key.replace('_', '-')}", str(value)]
+        try:
+            command.main(args, prog_name="mdream train", standalone_mode=False)
+        except typer.Exit as exc:
+            if exc.exit_code:
+                raise InputError(f"`mdream train {' '.join(args)}` stopped with exit code {exc.exit_code}.") from None
+        export_model(run, self.path(step.name), fp16=self.fp16)
+        return inputs, {}, None
+
+
+def _write_dest(staged: Path, dest: Path, done: list[str], fp16: bool) -> None:
+    """Every finished component from the staged tree into DEST, through the export code."""
+    from mdream.training.analyser import install_face_embedder, install_frame_analyser
+    from mdream.training.export import export_model
+
+    by_name = {s.name: s for s in STEPS}
+    for name in done:
+        source, target = staged / by_name[name].output, dest / by_name[name].output
+        if name == "face_embedder":
+            install_face_embedder(source, target.parent)
+        elif name == "analyser":
+            install_frame_analyser(source, target.parent, fp16=fp16)
+        else:
+            # the tokenizer's CLIP reference becomes ../../toy-clip: DEST's CLIP (written first) has its weights
+            export_model(source, target, fp16=fp16, **by_name[name].export_options)
+    if dest.resolve() != ASSETS.resolve():
+        bundle_yaml = dest / "bundles" / "toy" / "bundle.yaml"
+        bundle_yaml.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(TOY_BUNDLE_YAML, bundle_yaml)
+
+
+def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resume: str = "auto", smoke: bool = False,
+                     fp16: bool = True, on_step: Callable[[StepReport], None] | None = None) -> BundleReport:
+    """Train every toy component in dependency order under ``out`` and write them into ``dest`` (None: only the
+    staged tree ``out/bundle``). See the module docstring."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; the bundle's runs go into a folder.")
+    if resume not in ("auto", "never"):
+        raise InputError(f"--resume {resume}: the bundle resumes every step (auto) or none (never).",
+                         hint="Resume one component from a checkpoint with its own `mdream train` command.")
+    dest_path = Path(dest).expanduser() if dest is not None else None
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    manifest = _read_manifest(manifest_path)
+    if manifest and manifest.get("smoke", smoke) != smoke:
+        raise InputError(f"{out} holds a {'smoke' if manifest.get('smoke') else 'full'} bundle run; this one is "
+                         f"{'smoke' if smoke else 'full'}.", hint="Use another --out.")
+    recorded = {s["name"]: s for s in manifest.get("steps", []) if isinstance(s, dict) and "name" in s}
+    manifest = {"bundle": "toy", "smoke": smoke, "fp16": fp16, "git_commit": git_commit(),
+                "dest": str(dest_path) if dest_path else None,
+                "expected_minutes_2_cores": sum(s.expected_minutes for s in STEPS), "expected_note": EXPECTED_NOTE,
+                "steps": []}
+    bundle = _Bundle(out, resume, smoke, fp16)
+    trainers = registered_trainers()
+    reports, done = [], []
+    retrained: set[str] = set()
+    for step in STEPS:
+        entry = recorded.get(step.name, {})
+        output = bundle.path(step.name)
+        if step.trainer not in trainers:
+            report = StepReport(step.name, "not available",
+                                note=f"`mdream train {step.trainer}` does not exist yet: no {step.output} in this bundle")
+        elif resume == "auto" and entry.get("status") == "done" and output.exists() \
+                and not set(step.needs) & retrained:
+            report = StepReport(step.name, "skipped", entry.get("minutes", 0.0), "finished earlier (manifest + output)")
+            done.append(step.name)
+            manifest["steps"].append(entry)
+            reports.append(report)
+            if on_step:
+                on_step(report)
+            continue
+        else:
+            console.rule(f"[bold]toy bundle: {step.name}")
+            start = time.perf_counter()
+            # a step whose inputs were retrained just now starts over: its checkpoints learnt from the old ones
+            bundle.resume = "never" if set(step.needs) & retrained else resume
+            inputs, values, config = getattr(bundle, step.name)(step)
+            retrained.add(step.name)
+            minutes = round((time.perf_counter() - start) / 60, 3)
+            report = StepReport(step.name, "trained", minutes)
+            done.append(step.name)
+            manifest["steps"].append({
+                "name": step.name, "status": "done", "trainer": step.trainer, "recipe": step.recipe,
+                "settings": values, "seeds": _seeds(config) if config is not None else {}, "inputs": inputs,
+                "run": str(out / step.name), "output": str(output), "minutes": minutes,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+            _write_manifest(manifest_path, manifest)
+            reports.append(report)
+            if on_step:
+                on_step(report)
+            continue
+        manifest["steps"].append({"name": step.name, "status": report.status, "note": report.note})
+        reports.append(report)
+        if on_step:
+            on_step(report)
+    if dest_path is not None:
+        console.rule("[bold]toy bundle: writing DEST")
+        _write_dest(bundle.staged, dest_path, done, fp16)
+    _write_manifest(manifest_path, manifest)
+    return BundleReport(out, dest_path, manifest_path, reports)

@@ -1,0 +1,162 @@
+"""The shipped toy weights still fit the code: every model in ``mdream/assets`` is built from its config (and,
+where a packaged recipe made it, from that recipe through the trainer's own builder) and its weights are loaded
+strictly: a missing or unexpected key or a shape mismatch fails. Only loading, no inference.
+
+Also a guard on the package's size (README, "Package size").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ASSETS = Path(__file__).resolve().parent.parent / "mdream" / "assets"
+MODELS = ASSETS / "models"
+EVAL = ASSETS / "eval"
+
+#: The most mdream/assets may hold (bytes): 34.6 MB with the weights in float32, about 18.6 MB in float16.
+ASSETS_LIMIT = 40_000_000
+
+
+def load_strict(model: torch.nn.Module, path: Path, tied: tuple[str, ...] = ()) -> None:
+    """Load ``path`` into ``model``; every key must match in name and shape (``tied``: keys a model ties to others,
+    which its files leave out)."""
+    state = load_file(str(path))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state) - set(tied))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    assert not (missing or unexpected or wrong), (
+        f"{path.relative_to(ASSETS)} no longer fits the code: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+        f"other shapes {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:5]]}")
+    model.load_state_dict(state, strict=not tied)
+
+
+def recipe(config_cls: type, name: str, trainer: str):
+    from mdream.training.config import load_recipe, with_values
+
+    return with_values(config_cls(), load_recipe(config_cls, name, trainer)[1])
+
+
+def test_toy_clip_fits_its_config_and_its_recipe():
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    from mdream.models.toy_clip import build_toy_clip
+    from mdream.training.clip import ClipTrainingConfig
+
+    folder = MODELS / "toy-clip"
+    load_strict(CLIPModel(CLIPConfig.from_pretrained(folder)), folder / "model.safetensors")
+    config = recipe(ClipTrainingConfig, "clip-toy", "clip")
+    model = build_toy_clip(AutoTokenizer.from_pretrained(folder), image_size=config.image_size,
+                           patch_size=config.patch_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
+                           num_heads=config.num_heads, projection_dim=config.projection_dim)
+    load_strict(model, folder / "model.safetensors")
+
+
+def test_toy_tokenizer_fits_its_configs_and_its_recipe():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPConfig
+
+    from mdream.models.compressor import TokenCompressor
+    from mdream.models.decoder import ContextProjector
+    from mdream.training.tokenizer import TokenizerTrainingConfig, build_toy_decoder
+
+    folder = MODELS / "toy-tokenizer"
+    encoder_cfg = json.loads((folder / "encoder" / "keyframe_encoder.json").read_text())
+    clip = CLIPConfig.from_pretrained((folder / "encoder" / encoder_cfg["vision_model"]).resolve())
+    compressor = TokenCompressor.from_config(TokenCompressor.load_config(folder / "encoder" / "compressor"))
+    assert compressor.config.vision_dim == clip.vision_config.hidden_size
+    load_strict(compressor, folder / "encoder" / "compressor" / "diffusion_pytorch_model.safetensors")
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "decoder" / "unet"))
+    load_strict(unet, folder / "decoder" / "unet" / "diffusion_pytorch_model.safetensors")
+    context = ContextProjector.from_config(ContextProjector.load_config(folder / "decoder" / "context"))
+    load_strict(context, folder / "decoder" / "context" / "diffusion_pytorch_model.safetensors")
+    assert context.config.text_dim == clip.projection_dim
+
+    # the recipe through the trainer's builder makes the same decoder, and the same compressor
+    config = recipe(TokenizerTrainingConfig, "tokenizer-toy-cpu", "tokenizer")
+    decoder = build_toy_decoder(config, clip.projection_dim)
+    load_strict(decoder.unet, folder / "decoder" / "unet" / "diffusion_pytorch_model.safetensors")
+    load_strict(decoder.context, folder / "decoder" / "context" / "diffusion_pytorch_model.safetensors")
+    fresh = TokenCompressor(vision_dim=clip.vision_config.hidden_size, num_tokens=config.num_tokens,
+                            token_dim=config.token_dim, width=config.compressor_width,
+                            num_layers=config.compressor_layers)
+    load_strict(fresh, folder / "encoder" / "compressor" / "diffusion_pytorch_model.safetensors")
+
+
+def test_toy_ar_fits_its_config_and_its_recipe():
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from mdream.models.keyframe_ar import KeyframeAR, KeyframeARConfig
+    from mdream.training.ar import ARTrainingConfig
+
+    folder = MODELS / "toy-ar"
+    cfg = json.loads((folder / "keyframe_ar.json").read_text())
+    backbone_cfg = AutoConfig.from_pretrained(folder / cfg["backbone"])
+    backbone = AutoModelForCausalLM.from_config(backbone_cfg)
+    tied = ("lm_head.weight",) if getattr(backbone_cfg, "tie_word_embeddings", False) else ()
+    load_strict(backbone, folder / cfg["backbone"] / "model.safetensors", tied=tied)
+    model = KeyframeAR(backbone, AutoTokenizer.from_pretrained(folder / cfg.get("tokenizer", "tokenizer")),
+                       KeyframeARConfig.from_dict(cfg))
+    own = torch.nn.ModuleDict({"projectors": model.projectors, "head": model.head})
+    load_strict(own, folder / "keyframe_ar.safetensors")
+
+    config = recipe(ARTrainingConfig, "ar-toy-cpu", "ar")
+    assert (backbone_cfg.hidden_size, backbone_cfg.num_hidden_layers, backbone_cfg.num_attention_heads) == (
+        config.hidden_size, config.num_layers, config.num_heads)
+    assert cfg["head"] == config.head
+    assert config.head_config().items() <= cfg["head_config"].items()  # the recipe's; the rest are the head's defaults
+
+
+def test_frame_analyser_fits_its_config():
+    from mdream.eval.frame_analyser import FrameAnalyser, FrameAnalyserConfig
+
+    folder = EVAL / "frame_analyser"
+    config = FrameAnalyserConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    load_strict(FrameAnalyser(config), folder / "model.safetensors")
+
+
+def test_face_embedder_onnx_fits_its_config():
+    import onnx
+    from onnx import numpy_helper
+
+    from mdream.eval.face_embedder import FaceEmbedderConfig, FaceEmbedderNet
+
+    saved = json.loads((EVAL / "toy_face_recognition.json").read_text())
+    fields = FaceEmbedderConfig.__dataclass_fields__
+    config = FaceEmbedderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
+    net = FaceEmbedderNet(config)
+    graph = onnx.load(str(EVAL / "toy_face_recognition.onnx")).graph
+    # the exporter folds batch norms into the convolutions: compare the convolution and linear weights' shapes
+    in_onnx = sorted(tuple(numpy_helper.to_array(t).shape) for t in graph.initializer if len(t.dims) >= 2)
+    in_code = sorted(tuple(v.shape) for k, v in net.state_dict().items() if v.dim() >= 2)
+    assert in_onnx == in_code
+    output = graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim][1:] == [3, 112, 112]
+    assert output[-1].dim_value in (0, config.embedding_dim)
+
+
+def test_every_shipped_weights_file_is_checked():
+    """A new weights file under mdream/assets needs a test above."""
+    checked = {"models/toy-clip/model.safetensors", "models/toy-ar/backbone/model.safetensors",
+               "models/toy-ar/keyframe_ar.safetensors",
+               "models/toy-tokenizer/encoder/compressor/diffusion_pytorch_model.safetensors",
+               "models/toy-tokenizer/decoder/unet/diffusion_pytorch_model.safetensors",
+               "models/toy-tokenizer/decoder/context/diffusion_pytorch_model.safetensors",
+               "eval/frame_analyser/model.safetensors", "eval/toy_face_recognition.onnx"}
+    shipped = {str(p.relative_to(ASSETS)) for p in ASSETS.rglob("*") if p.suffix in (".safetensors", ".onnx", ".bin")}
+    unchecked = sorted(shipped - checked)
+    if unchecked and all(p.startswith("models/toy-video/") for p in unchecked):
+        pytest.skip(f"the toy video model's weights are checked by its own tests: {unchecked}")
+    assert not unchecked, f"shipped weights no test loads: {unchecked}"
+
+
+def test_package_assets_stay_small():
+    size = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
+    assert size <= ASSETS_LIMIT, (
+        f"mdream/assets holds {size / 1e6:.1f} MB, over the {ASSETS_LIMIT / 1e6:.0f} MB the package allows: store the "
+        "weights in float16 (`mdream train export --fp16`) or keep large models out of the package.")

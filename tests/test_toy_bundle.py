@@ -1,0 +1,198 @@
+"""``mdream train bundle``: every toy model trained in dependency order into one bundle, resumable.
+
+The orchestration's rules (order, skipping, restarting what depends on a retrained step) are checked with fake
+trainers (fast); ``--smoke`` runs the real trainers with tiny budgets, then loads the written bundle and makes a
+movie with it (slow).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import small_script_dict, write_script
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from mdream.training import toy_bundle
+from mdream.training.toy_bundle import STEPS, train_toy_bundle
+
+ORDER = ["clip", "face_embedder", "tokenizer", "ar", "analyser", "video"]
+
+
+def test_steps_are_in_dependency_order():
+    assert [s.name for s in STEPS] == ORDER
+    seen: set[str] = set()
+    for step in STEPS:
+        assert set(step.needs) <= seen, f"{step.name} reads {step.needs} before they are trained"
+        seen.add(step.name)
+
+
+class FakeBundle(toy_bundle._Bundle):
+    """Trainers that only write their staged output and record which resume setting they got."""
+
+    calls: list[tuple[str, str]] = []
+
+    def _fake(self, step):
+        FakeBundle.calls.append((step.name, self.resume))
+        path = self.path(step.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix:
+            path.write_text("weights")
+        else:
+            path.mkdir(exist_ok=True)
+        return {"upstream": "x"}, {"steps": 1}, None
+
+    clip = face_embedder = tokenizer = ar = analyser = video = _fake
+
+
+@pytest.fixture
+def fake_steps(monkeypatch):
+    FakeBundle.calls = []
+    monkeypatch.setattr(toy_bundle, "_Bundle", FakeBundle)
+    monkeypatch.setattr(toy_bundle, "registered_trainers", lambda: ["clip", "face-embedder", "tokenizer", "ar", "analyser"])
+    return FakeBundle.calls
+
+
+def test_rerun_skips_finished_steps_and_restarts_what_a_retrained_step_feeds(tmp_path, fake_steps):
+    first = train_toy_bundle(tmp_path / "out", None)
+    assert [(s.name, s.status) for s in first.steps] == [(n, "trained") for n in ORDER[:-1]] + [("video", "not available")]
+    assert [name for name, _ in fake_steps] == ORDER[:-1]
+    assert "does not exist yet" in first.steps[-1].note
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["steps"]] == ORDER
+    assert manifest["steps"][2]["inputs"] == {"upstream": "x"} and manifest["steps"][2]["status"] == "done"
+
+    fake_steps.clear()
+    again = train_toy_bundle(tmp_path / "out", None)
+    assert [s.status for s in again.steps[:-1]] == ["skipped"] * 5 and not fake_steps
+
+    # a lost output of the tokenizer: it is trained again (resuming its run), and the AR model, which reads it,
+    # starts over; the CLIP, face embedder and analyser stay skipped
+    (tmp_path / "out" / "bundle" / "models" / "toy-tokenizer").rmdir()
+    third = train_toy_bundle(tmp_path / "out", None)
+    assert fake_steps == [("tokenizer", "auto"), ("ar", "never")]
+    assert [s.status for s in third.steps] == ["skipped", "skipped", "trained", "trained", "skipped", "not available"]
+
+
+def test_a_smoke_run_folder_is_not_taken_for_a_full_one(tmp_path, fake_steps):
+    train_toy_bundle(tmp_path / "out", None, smoke=True)
+    from mdream.errors import InputError
+
+    with pytest.raises(InputError, match="smoke"):
+        train_toy_bundle(tmp_path / "out", None, smoke=False)
+    with pytest.raises(InputError, match="resume"):
+        train_toy_bundle(tmp_path / "other", None, resume="runs/x")
+
+
+def _dtypes(path: Path) -> set[str]:
+    """The dtypes of a safetensors file's tensors (F16, F32, I64, ...)."""
+    with safe_open(str(path), "pt") as f:
+        return {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+
+
+@pytest.mark.slow
+def test_smoke_bundle_trains_in_order_feeds_each_step_and_makes_a_movie(tmp_path):
+    from mdream.cli.main import app
+    from mdream.models.bundle import ModelBundle
+    from mdream.training.export import weights_key
+
+    out, dest = tmp_path / "out", tmp_path / "dest"
+    seen: list[str] = []
+    report = train_toy_bundle(out, dest, smoke=True, on_step=lambda s: seen.append(s.name))
+    trained = [s.name for s in report.steps if s.status == "trained"]
+    assert seen == ORDER and trained[:5] == ORDER[:5]
+    video_available = "video" in toy_bundle.registered_trainers()
+    assert report.steps[-1].status == ("trained" if video_available else "not available")
+
+    staged = out / "bundle"
+    clip, onnx = staged / "models" / "toy-clip", staged / "eval" / "toy_face_recognition.onnx"
+    encoder = staged / "models" / "toy-tokenizer" / "encoder"
+    manifest = json.loads((out / "manifest.json").read_text())
+    steps = {s["name"]: s for s in manifest["steps"]}
+    assert [s["name"] for s in manifest["steps"]] == ORDER
+    assert manifest["smoke"] is True and manifest["fp16"] is True
+    finished = [steps[n]["finished_at"] for n in ORDER[:5]]
+    assert finished == sorted(finished)
+    assert steps["clip"]["recipe"] == "clip-toy" and steps["clip"]["seeds"] == {"seed": 0, "world_seed": 0}
+
+    # each later step read the earlier steps' fresh outputs (recorded in the manifest and its run's settings)
+    tok_cfg = json.loads((out / "tokenizer" / "train_config.json").read_text())
+    assert tok_cfg["clip"] == str(clip.resolve()) and tok_cfg["face_embedder"] == str(onnx.resolve())
+    assert steps["tokenizer"]["inputs"] == {"clip": str(clip.resolve()), "face_embedder": str(onnx.resolve())}
+    ar_cfg = json.loads((out / "ar" / "train_config.json").read_text())
+    assert ar_cfg["keyframe_encoder"] == str(encoder.resolve())
+    assert ar_cfg["text_encoder"] == str(clip.resolve()) and ar_cfg["face_embedder"] == str(onnx.resolve())
+    ar_data = json.loads((out / "ar" / "data" / "train" / "index.json").read_text())
+    assert ar_data["info"]["keyframe_encoder"] == str(encoder.resolve())
+    assert (staged / "models" / "toy-tokenizer" / "encoder" / "keyframe_encoder.json").is_file()
+    assert json.loads((encoder / "keyframe_encoder.json").read_text())["vision_model"] == "../../toy-clip"
+
+    # DEST: the same models, fp16 on disk, the tokenizer's CLIP reference pointing at DEST's own CLIP
+    assert weights_key(dest / "models" / "toy-clip") == weights_key(clip)
+    assert json.loads((dest / "models" / "toy-tokenizer" / "encoder" / "keyframe_encoder.json").read_text())[
+        "vision_model"] == "../../toy-clip"
+    for weights in [dest / "models" / "toy-clip" / "model.safetensors",
+                    dest / "models" / "toy-ar" / "keyframe_ar.safetensors",
+                    dest / "models" / "toy-tokenizer" / "decoder" / "unet" / "diffusion_pytorch_model.safetensors",
+                    dest / "eval" / "frame_analyser" / "model.safetensors"]:
+        assert "F16" in _dtypes(weights) and "F32" not in _dtypes(weights), weights
+    bundle = ModelBundle.load(dest / "bundles" / "toy" / "bundle.yaml")
+    for name in ("text_encoder", "keyframe_encoder", "keyframe_decoder", "keyframe_ar"):
+        model = bundle.load_component(name)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, name
+    assert bundle.load_component("face_embedder") is not None
+
+    # a movie from a tiny script with the freshly trained bundle
+    data = small_script_dict(n_shots=2)
+    data["output"]["model_bundle"] = str(dest / "bundles" / "toy")
+    script = write_script(tmp_path / "movie", data)
+    result = CliRunner().invoke(app, ["generate", str(script), "-o", str(tmp_path / "movie.mp4"), "--device", "cpu",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "movie.mp4").stat().st_size > 0
+
+    # a rerun (through the command line) skips every finished step and trains nothing
+    checkpoints = sorted(str(p) for p in out.rglob("state.json"))
+    again = CliRunner().invoke(app, ["train", "bundle", "--out", str(out), "--dest", str(dest), "--smoke", "--json"])
+    assert again.exit_code == 0, again.output
+    statuses = {s["name"]: s["status"] for s in json.loads(again.stdout)["steps"]}
+    assert [statuses[n] for n in ORDER[:5]] == ["skipped"] * 5
+    assert sorted(str(p) for p in out.rglob("state.json")) == checkpoints
+
+
+def test_export_fp16_stores_half_weights_that_load_back_into_float32(tmp_path):
+    from mdream.models.encoders import TextEncoder
+    from mdream.training.export import export_model
+
+    shipped = toy_bundle.ASSETS / "models" / "toy-clip"
+    result = export_model(shipped, tmp_path / "toy-clip", fp16=True)
+    assert _dtypes(tmp_path / "toy-clip" / "model.safetensors") <= {"F16", "I64"}
+    assert any("float16" in note for note in result.notes)
+    assert (tmp_path / "toy-clip" / "model.safetensors").stat().st_size < 0.6 * (shipped / "model.safetensors").stat().st_size
+    half, full = TextEncoder.from_pretrained(tmp_path / "toy-clip"), TextEncoder.from_pretrained(shipped)
+    assert {p.dtype for p in half.parameters()} == {torch.float32}
+    texts = ["Ada walks in the harbor.", "An empty forest at noon."]
+    assert torch.allclose(half.encode(texts), full.encode(texts), atol=2e-2)
+
+
+def test_store_half_keeps_what_float16_cannot_hold(tmp_path):
+    from safetensors.torch import save_file
+
+    from mdream.training.export import store_half
+
+    save_file({"small": torch.ones(3), "huge": torch.full((2,), 1e6), "ids": torch.arange(3)}, str(tmp_path / "w.safetensors"))
+    notes: list[str] = []
+    assert store_half(tmp_path, notes) == 1
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "w.safetensors"))
+    assert (state["small"].dtype, state["huge"].dtype, state["ids"].dtype) == (torch.float16, torch.float32, torch.int64)
+    assert "huge" in notes[0]
+    save_file({"h": torch.ones(2, dtype=torch.float16)}, str(tmp_path / "h.safetensors"))
+    half_before = (tmp_path / "h.safetensors").read_bytes()
+    store_half(tmp_path)
+    assert (tmp_path / "h.safetensors").read_bytes() == half_before  # nothing to halve: left byte for byte
+    assert load_file(str(tmp_path / "w.safetensors"))["huge"].dtype == torch.float32
