@@ -85,8 +85,9 @@ def test_shuffled_frames_score_in_between(toy):
     gt, shuffled, noise = (toy["reports"][k] for k in ("gt", "shuffled", "noise"))
     for key in ("scene_accuracy", "cast_accuracy", "cast_set_accuracy", "identity_accuracy", "identity_margin"):
         assert getattr(shuffled, key) < 0.5 * getattr(gt, key), key
-    # Shuffling keeps the frames' distribution: toy-FID and diversity as ground truth, far from noise.
-    assert shuffled.toy_fid < 0.2 * noise.toy_fid
+    # Shuffling keeps the frames' distribution: diversity as ground truth, toy-FID far from noise. Not at ground truth:
+    # each reference takes the hidden palette and trousers read in its frame, which here shows another shot.
+    assert shuffled.toy_fid < 0.5 * noise.toy_fid
     assert shuffled.diversity == pytest.approx(gt.diversity, rel=1e-6)
     assert shuffled.diversity > noise.diversity
     # Identity: shuffled faces are still faces, so consecutive appearances agree more than noise's

@@ -494,15 +494,31 @@ def _score_toy(report: EvalReport, plan, frames, analyser, view: ToyView, seed: 
     if len(mappable) < 2:
         report.notes.append("toy-FID needs at least two shots inside the toy world: n/a")
         return
+    # The script leaves the hidden state open and the movie fills it in: each reference is its shot rendered with the
+    # palette and trousers the analyser reads in the movie's frame, so toy-FID scores how the frames look, not which
+    # (equally right) variants the movie chose; continuity is scored apart.
     references = []
     for shot in mappable:
         h, w = frames[shot.index].shape[:2]
         size = w if h == w and w in TOY_FRAME_SIZES else 64
         rng = np.random.default_rng([seed, 0xF1D, shot.index])
-        references.append(_to_analyser_size(render_keyframe(view.world, view.shot_spec(shot), size, rng)))
+        references.append(_to_analyser_size(render_keyframe(view.world, _as_read(view.shot_spec(shot), predictions,
+                                                                                 shot.index), size, rng)))
     reference_features = analyser.analyse(np.stack(references))["features"]
     movie_features = predictions["features"][[shot.index for shot in mappable]]
     report.toy_fid = metrics.frechet_distance(movie_features, reference_features)
+
+
+def _as_read(spec, predictions: dict[str, np.ndarray], index: int):
+    """The toy ShotSpec with the hidden palette and trousers the analyser read in frame ``index`` (unchanged when the
+    analyser does not read them)."""
+    import dataclasses
+
+    if "palette" not in predictions:
+        return spec
+    trousers = predictions["trousers"][index]  # [3] per position
+    cast = tuple(dataclasses.replace(m, trousers=int(trousers[POSITIONS.index(m.position)])) for m in spec.cast)
+    return dataclasses.replace(spec, cast=cast, palette=int(predictions["palette"][index]))
 
 
 def _trouser_positions(shot, predicted_cast: dict[str, str | None], view: ToyView) -> dict[str, str]:
