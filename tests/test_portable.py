@@ -32,8 +32,9 @@ from mdream.training.cli import app
 CHECKOUT = Path(__file__).resolve().parent.parent
 ASSETS = Path(mdream.__file__).resolve().parent / "assets"
 SAMPLING = {"num_inference_steps", "guidance_scale", "identity_guidance_scale", "scheduler"}
-# an absolute POSIX or Windows path, a home-relative one, or one of the usual machine roots
-MACHINE_PATH = re.compile(r"^(/.|[A-Za-z]:[\\/]|\\\\|~/)")
+# Absolute paths name one machine's layout; a home-relative one (``~/.insightface/...``, where a tool unpacks its
+# models for whoever runs it) does not.
+MACHINE_PATH = re.compile(r"^(/.|[A-Za-z]:[\\/]|\\\\)")
 MACHINE_ROOTS = ("/home", "/work", "/tmp", "/root", "/Users", "C:\\")
 
 runner = CliRunner()
