@@ -39,13 +39,10 @@ from mdream.eval.toy_samples import crop_resized, random_shot, square_box
 from mdream.training.common import (
     console,
     load_cache,
-    make_accelerator,
     parse_int_tuple,
-    resolve_resume,
-    set_threads_from_env,
 )
-from mdream.training.config import ConfigValueError, check_config, resumed_config, save_config
-from mdream.training.loop import LoopConfig, fit
+from mdream.training.config import ConfigValueError
+from mdream.training.loop import LoopConfig, fit, start_run
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "eval"
 
@@ -86,23 +83,6 @@ def degrade(images: torch.Tensor, rng: np.random.Generator, strength: float = 1.
     sigma = torch.rand(b, 1, 1, 1, generator=gen) * 0.15 * strength
     x = x + sigma * torch.randn(x.shape, generator=gen)
     return x.clamp(-1, 1)
-
-
-def _start(config, cls: type, out: Path, resume: str, given):
-    """Check the settings, resolve the checkpoint to resume from, merge the saved settings, make the accelerator."""
-    check_config(config)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads_from_env()
-    start_from = resolve_resume(resume, out)
-    if start_from is not None:
-        config = resumed_config(cls, out / "train_config.json", config, given)
-        check_config(config)
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
-    if accelerator.is_main_process:
-        save_config(config, out / "train_config.json")
-    torch.manual_seed(config.seed)
-    return config, out, start_from, accelerator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +213,7 @@ def train_face_embedder(config: FaceTrainingConfig, out: str | Path, resume: str
     """Train (or resume) the toy face embedder with ArcFace loss; export ``out/toy_face_recognition.onnx``."""
     from mdream.toyworld import make_world
 
-    config, out, start_from, accelerator = _start(config, FaceTrainingConfig, out, resume, given)
+    config, out, start_from, accelerator = start_run(config, FaceTrainingConfig, out, resume, given)
     worlds = [make_world(s) for s in parse_int_tuple(config.world_seeds, "--world-seeds")]
     num_classes = sum(len(w.characters) for w in worlds)
     net = FaceEmbedderNet(FaceEmbedderConfig())
@@ -394,7 +374,7 @@ def train_frame_analyser(config: AnalyserTrainingConfig, out: str | Path, resume
     from mdream.toyworld import make_world
     from mdream.toyworld.world import PALETTES, TROUSER_COLOURS
 
-    config, out, start_from, accelerator = _start(config, AnalyserTrainingConfig, out, resume, given)
+    config, out, start_from, accelerator = start_run(config, AnalyserTrainingConfig, out, resume, given)
     world = make_world(config.world_seed)
     model_config = FrameAnalyserConfig(
         num_scenes=len(world.scenes), num_characters=len(world.characters), world_seed=config.world_seed,

@@ -53,10 +53,10 @@ from mdream.training.ar_data import (
     EncodedEpisodes,
     encoded_episodes,
 )
-from mdream.training.common import console, make_accelerator, resolve_resume, set_threads_from_env
-from mdream.training.config import ConfigValueError, check_config, resumed_config, save_config
+from mdream.training.common import console
+from mdream.training.config import ConfigValueError
 from mdream.training.data import character_text_for_batch
-from mdream.training.loop import LoopConfig, fit
+from mdream.training.loop import LoopConfig, fit, start_run
 
 
 @dataclass
@@ -451,21 +451,8 @@ def train_ar(config: ARTrainingConfig, out: str | Path, resume: str = "auto", ex
 
     On resume the saved settings hold, except the fields named in ``given`` (by default: those not at their defaults).
     """
-    check_config(config)
-    out = Path(out)
-    if export and Path(export).is_dir() and any(Path(export).iterdir()) and not (Path(export) / "keyframe_ar.json").is_file():
-        raise InputError(f"--export {export}: the folder holds other files; it would be replaced by the model.",
-                         hint="Name a new or empty folder, or an earlier export of a keyframe AR model.")
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads_from_env()
-    start_from = resolve_resume(resume, out)
-    if start_from is not None:
-        config = resumed_config(ARTrainingConfig, out / "train_config.json", config, given)
-        check_config(config)
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
-    if accelerator.is_main_process:
-        save_config(config, out / "train_config.json")
-    torch.manual_seed(config.seed)
+    config, out, start_from, accelerator = start_run(config, ARTrainingConfig, out, resume, given, export,
+                                                     "keyframe_ar.json")
     with accelerator.main_process_first():
         train, val = load_data(config, out, progress=accelerator.is_main_process)
     text = model_source(config.text_encoder, TOY_TEXT_ENCODER, "text-encoder")

@@ -37,9 +37,12 @@ from mdream.training.common import (
     console,
     finish_checkpoint,
     lr_at,
+    make_accelerator,
+    resolve_resume,
+    set_threads_from_env,
     training_progress,
 )
-from mdream.training.config import ConfigValueError, Settings
+from mdream.training.config import ConfigValueError, Settings, check_config, resumed_config, save_config
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 
@@ -169,6 +172,33 @@ def check_resumable(checkpoint: Path) -> None:
             f"{checkpoint}: no training state to resume from (train/model.safetensors); this checkpoint was "
             "written in another layout.",
             hint="Its exported models still load; start a new run for training (--resume never, or another --out).")
+
+
+def start_run(config: LoopConfig, cls: type, out: str | Path, resume: str, given,
+              export: str | Path | None = None, export_marker: str | None = None):
+    """What every trainer does before its data: check the settings, refuse an ``export`` folder that holds something
+    other than an earlier export (``export_marker`` names its config file), resolve the checkpoint to resume from and
+    merge the saved settings, save them, seed torch, make the accelerator.
+
+    Returns (config, out, start_from, accelerator).
+    """
+    check_config(config)
+    out = Path(out)
+    if (export and export_marker and Path(export).is_dir() and any(Path(export).iterdir())
+            and not (Path(export) / export_marker).is_file()):
+        raise InputError(f"--export {export}: the folder holds other files; it would be replaced by the model.",
+                         hint=f"Name a new or empty folder, or an earlier export (it holds {export_marker}).")
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads_from_env()
+    start_from = resolve_resume(resume, out)
+    if start_from is not None:
+        config = resumed_config(cls, out / "train_config.json", config, given)
+        check_config(config)
+    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
+    if accelerator.is_main_process:
+        save_config(config, out / "train_config.json")
+    torch.manual_seed(config.seed)
+    return config, out, start_from, accelerator
 
 
 def fit(task: TrainingTask, config: LoopConfig, out: Path, accelerator, *, resume_from: Path | None = None,

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdream.errors import InputError
 from mdream.models.loading import quiet_loading
 from mdream.models.video import ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
-from mdream.training.common import console, make_accelerator, resolve_resume, set_threads_from_env
-from mdream.training.config import ConfigValueError, check_config, resumed_config, save_config
-from mdream.training.loop import LoopConfig, fit
+from mdream.training.common import console
+from mdream.training.config import ConfigValueError
+from mdream.training.loop import LoopConfig, fit, start_run
 
 TOY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-clip"
 
@@ -242,21 +241,8 @@ class VideoTask:
 def train_video(config: VideoTrainingConfig, out: str | Path, resume: str = "auto", export: str | Path | None = None,
                 given: Collection[str] | None = None) -> Path:
     """Train (or resume) the toy video model; returns the exported model folder (``OUT/final`` and ``export``)."""
-    check_config(config)
-    out = Path(out)
-    if export and Path(export).is_dir() and any(Path(export).iterdir()) and not (Path(export) / "video.json").is_file():
-        raise InputError(f"--export {export}: the folder holds other files; it would be replaced by the model.",
-                         hint="Name a new or empty folder, or an earlier export of a video model.")
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads_from_env()
-    start_from = resolve_resume(resume, out)
-    if start_from is not None:
-        config = resumed_config(VideoTrainingConfig, out / "train_config.json", config, given)
-        check_config(config)
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
-    if accelerator.is_main_process:
-        save_config(config, out / "train_config.json")
-    torch.manual_seed(config.seed)
+    config, out, start_from, accelerator = start_run(config, VideoTrainingConfig, out, resume, given, export,
+                                                     "video.json")
     model = new_video_model(config)
     with accelerator.main_process_first():
         clips = load_clips(config, model.config, out)
