@@ -184,7 +184,7 @@ def bundle_cli(
 
 @app.command("export")
 def export_cli(
-    checkpoint: Annotated[Path, typer.Argument(help="A tokenizer, CLIP or keyframe AR checkpoint (RUN/checkpoints/step-N), a CLIP folder (RUN/final) or a run folder (its newest checkpoint).", show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(help="A tokenizer, CLIP, keyframe AR or video checkpoint (RUN/checkpoints/step-N), a model folder (RUN/final) or a run folder (its newest checkpoint).", show_default=False)],
     dest: Annotated[Path, typer.Argument(help="The model folder to write (e.g. mdream/assets/models/toy-tokenizer).", show_default=False)],
     clip_reference: Annotated[str | None, typer.Option(help="Tokenizer: the encoder's CLIP, relative to DEST/encoder (e.g. ../../toy-clip) or a hub id \\[default: a CLIP with the same weights beside DEST, else a copy in DEST/clip].", show_default=False)] = None,
     steps: Annotated[int | None, typer.Option(help="Tokenizer: sampling steps saved with the decoder \\[default: eval.json's, else the decoder's].", show_default=False)] = None,

@@ -6,7 +6,9 @@ promises, checked before anything lands in DEST:
 - a reference to another folder (the keyframe encoder's ``vision_model`` CLIP) is a path relative
   to the component folder that names it (``../../toy-clip``), or a hub id; never an absolute path.
   A local CLIP that does not already sit beside DEST (in DEST's parent folder, with the same
-  weights) is copied into ``DEST/clip``, so the folder still loads after it is moved;
+  weights) is copied into ``DEST/clip``, so the folder still loads after it is moved. A video model
+  holds its frozen image encoder (the CLIP vision tower it was trained with) inside itself
+  (``image_encoder/``, SVD's layout), so it loads from any place without a CLIP beside it;
 - the decoder's ``keyframe_decoder.json`` holds its full ``sampling`` block (num_inference_steps,
   guidance_scale, identity_guidance_scale, scheduler): the explicit options, else the settings its
   ``eval.json`` scores were measured at, else the block the checkpoint already has;
@@ -22,7 +24,10 @@ promises, checked before anything lands in DEST:
 Kinds of CKPT: a keyframe-tokenizer checkpoint (``encoder/`` + ``decoder/``; also an exported
 tokenizer folder), a toy-CLIP checkpoint (``train/model.safetensors`` + ``state.json`` inside a
 ``mdream train clip`` run), a CLIP folder (``config.json`` + ``model.safetensors``, e.g. a CLIP
-run's ``final/``), or a run folder (its newest complete checkpoint).
+run's ``final/``), a keyframe AR checkpoint (``keyframe_ar/``; also its ``final/`` or an exported
+folder), a video checkpoint (``video/``; also its ``final/`` or an exported folder, ``video.json``),
+or a run folder (its newest complete checkpoint). Checkpoints hold the EMA weights (when the run
+keeps an EMA), which is what is exported.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from mdream.models.bundle import hash_file
 from mdream.models.decoder import DECODER_CONFIG, SAMPLING_KEYS, SCHEDULERS
 from mdream.models.encoders import ENCODER_CONFIG
 from mdream.models.loading import read_json, resolve_reference, write_json
+from mdream.models.video import CONFIG_NAME as VIDEO_CONFIG
 from mdream.training.common import latest_checkpoint
 from mdream.training.tokenizer import DEFAULT_FACE_EMBEDDER, TOY_CLIP
 
@@ -53,6 +59,9 @@ TOKENIZER_RECORDS = ("train_config.json", "state.json", "eval.json")
 CLIP_RECORDS = ("train_config.json", "training_summary.json")
 AR_RECORDS = ("train_config.json", "state.json")
 AR_CONFIG = "keyframe_ar.json"
+VIDEO_RECORDS = ("train_config.json", "state.json", "training_summary.json")
+#: The video model's own copy of its image encoder, as the run's ``image_encoder`` setting is recorded.
+VIDEO_IMAGE_ENCODER = "image_encoder"
 #: Where an exported tokenizer keeps a CLIP that does not sit beside it.
 CLIP_FOLDER = "clip"
 
@@ -86,7 +95,7 @@ class ExportResult:
     """What :func:`export_model` wrote."""
 
     kind: str
-    """``tokenizer`` or ``clip``."""
+    """``tokenizer``, ``clip``, ``keyframe-ar`` or ``video``."""
     dest: Path
     source: Path
     """The checkpoint (or folder) that was exported."""
@@ -140,6 +149,14 @@ def _ar_model(folder: Path) -> Path | None:
     return None
 
 
+def _video_model(folder: Path) -> Path | None:
+    """The video model folder of a video checkpoint (``step-N/video``) or the model folder itself."""
+    for candidate in (folder / "video", folder):
+        if (candidate / VIDEO_CONFIG).is_file():
+            return candidate
+    return None
+
+
 def _is_clip_checkpoint(folder: Path) -> bool:
     run = _run_folder(folder)
     return (_clip_weights(folder).is_file() and (folder / "state.json").is_file() and run is not None
@@ -147,8 +164,8 @@ def _is_clip_checkpoint(folder: Path) -> bool:
 
 
 def find_checkpoint(checkpoint: str | Path) -> tuple[Path, str]:
-    """(folder, kind) of what ``checkpoint`` names; kind is ``tokenizer``, ``clip-checkpoint``, ``clip`` or
-    ``keyframe-ar``."""
+    """(folder, kind) of what ``checkpoint`` names; kind is ``tokenizer``, ``clip-checkpoint``, ``clip``,
+    ``keyframe-ar`` or ``video``."""
     source = Path(checkpoint).expanduser()
     if not source.exists():
         raise InputError(f"Checkpoint {source} does not exist.",
@@ -156,7 +173,7 @@ def find_checkpoint(checkpoint: str | Path) -> tuple[Path, str]:
     if not source.is_dir():
         raise InputError(f"Checkpoint {source} is a file; a checkpoint is a folder (RUN/checkpoints/step-N).")
     if (source / "checkpoints").is_dir() and not _is_tokenizer(source) and not _is_clip_folder(source) \
-            and _ar_model(source) is None:
+            and _ar_model(source) is None and _video_model(source) is None:
         newest = latest_checkpoint(source)
         if newest is None:
             raise InputError(f"The run folder {source} holds no complete checkpoint (no checkpoints/step-N with state.json).")
@@ -165,6 +182,8 @@ def find_checkpoint(checkpoint: str | Path) -> tuple[Path, str]:
         return source, "tokenizer"
     if _ar_model(source) is not None:
         return source, "keyframe-ar"
+    if _video_model(source) is not None:
+        return source, "video"
     if _is_clip_checkpoint(source):
         return source, "clip-checkpoint"
     if _is_clip_folder(source):
@@ -173,8 +192,8 @@ def find_checkpoint(checkpoint: str | Path) -> tuple[Path, str]:
         f"{source} is not a checkpoint mdream can export.",
         hint="Give a keyframe-tokenizer checkpoint (encoder/ and decoder/), a toy-CLIP checkpoint "
              "(train/model.safetensors and state.json in a `mdream train clip` run), a CLIP folder (config.json + "
-             "model.safetensors, e.g. RUN/final), a keyframe AR checkpoint (keyframe_ar/) or a run folder holding "
-             "checkpoints/.",
+             "model.safetensors, e.g. RUN/final), a keyframe AR checkpoint (keyframe_ar/), a video checkpoint (video/) "
+             "or a run folder holding checkpoints/.",
     )
 
 
@@ -491,6 +510,38 @@ def _export_ar(source: Path, staging: Path) -> None:
     _copy_records(source, staging, AR_RECORDS)
 
 
+def _export_video(source: Path, staging: Path, notes: list[str]) -> None:
+    """The (EMA) video model of a checkpoint, checked by loading it, with its image encoder and the run's records.
+
+    The run's ``image_encoder`` setting (a CLIP folder on this machine) is recorded as ``toy`` when it is the
+    packaged toy CLIP, else as ``image_encoder``: the copy of its vision tower inside the exported folder.
+    """
+    from mdream.models.video import ImageToVideoModel
+
+    model = _video_model(source)
+    assert model is not None  # find_checkpoint checked it
+    try:
+        ImageToVideoModel.from_pretrained(model)  # a folder that does not load is not exported
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torn weights raise the loaders' own errors (safetensors, torch)
+        raise InputError(f"The video model {model} does not load: {exc}",
+                         hint="Export another checkpoint (RUN/checkpoints/step-N) or the run's final/.") from None
+    shutil.copytree(model, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+    _copy_records(source, staging, VIDEO_RECORDS)
+    settings = staging / "train_config.json"
+    if settings.is_file():
+        cfg = read_json(settings, "training settings")
+        encoder = cfg.get("image_encoder")
+        if isinstance(encoder, str) and encoder:
+            packaged = encoder == "toy" or _is_packaged(encoder, TOY_CLIP)
+            cfg["image_encoder"] = "toy" if packaged else VIDEO_IMAGE_ENCODER
+            if cfg["image_encoder"] != encoder:
+                notes.append(f"train_config.json: image_encoder {encoder} recorded as '{cfg['image_encoder']}'")
+            write_json(settings, cfg)
+        portable_train_config(settings, notes=notes)
+
+
 def _export_clip_folder(source: Path, staging: Path) -> None:
     shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*", "state.pt", "checkpoints"))
     for name in CLIP_RECORDS:
@@ -509,7 +560,8 @@ def export_model(
     scheduler: str | None = None,
     fp16: bool = False,
 ) -> ExportResult:
-    """Export ``checkpoint`` (a tokenizer or CLIP checkpoint, a CLIP folder or a run folder) to ``dest``.
+    """Export ``checkpoint`` (a tokenizer, CLIP, keyframe AR or video checkpoint, a model folder or a run folder) to
+    ``dest``.
 
     Everything is written to a staging folder beside ``dest`` and checked (no machine path in any
     config) before it replaces the exported parts of ``dest``; other files in ``dest`` are left alone,
@@ -524,10 +576,10 @@ def export_model(
     options = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                "identity_guidance_scale": identity_guidance_scale, "scheduler": scheduler}
     if kind != "tokenizer" and (clip_reference is not None or any(v is not None for v in options.values())):
-        what = "a keyframe AR model" if kind == "keyframe-ar" else "a CLIP"
+        what = {"keyframe-ar": "a keyframe AR model", "video": "a video model"}.get(kind, "a CLIP")
         raise InputError(f"{source} is {what}: --clip-reference and the sampling options apply to tokenizer checkpoints.")
-    result = ExportResult(kind=kind if kind in ("tokenizer", "keyframe-ar") else "clip", dest=dest, source=source)
-    records = {"tokenizer": TOKENIZER_RECORDS, "keyframe-ar": AR_RECORDS}.get(kind, CLIP_RECORDS)
+    result = ExportResult(kind=kind if kind in ("tokenizer", "keyframe-ar", "video") else "clip", dest=dest, source=source)
+    records = {"tokenizer": TOKENIZER_RECORDS, "keyframe-ar": AR_RECORDS, "video": VIDEO_RECORDS}.get(kind, CLIP_RECORDS)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.export"
     shutil.rmtree(staging, ignore_errors=True)
@@ -539,6 +591,8 @@ def export_model(
             _export_clip_checkpoint(source, staging)
         elif kind == "keyframe-ar":
             _export_ar(source, staging)
+        elif kind == "video":
+            _export_video(source, staging, result.notes)
         else:
             _export_clip_folder(source, staging)
         make_portable(staging, records, result.notes)

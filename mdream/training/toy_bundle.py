@@ -1,6 +1,6 @@
 """``mdream train bundle``: train every toy model from scratch, in dependency order, into one model bundle.
 
-    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 4 h on 2 cores)
+    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 6 h on 2 cores)
     mdream train bundle --out runs/toy-bundle --dest DIR         # the same models in another folder
     mdream train bundle --out runs/smoke --dest DIR --smoke      # the same orchestration with tiny budgets
 
@@ -20,7 +20,7 @@ ar              keyframe AR model       --keyframe-encoder: the staged tokenizer
                                         the staged CLIP, --face-embedder: the staged ONNX
 analyser        the evaluator's frame   (toy-world renders; independent)
                 analyser
-video           the toy video model     only when ``mdream train video`` exists
+video           the toy video model     --image-encoder: the staged CLIP (its vision tower, frozen)
 ==============  ======================  ====================================================================
 
 Resumable: ``OUT/manifest.json`` records each finished step (its settings, seeds, inputs, output, minutes); a
@@ -99,16 +99,16 @@ STEPS: tuple[BundleStep, ...] = (
     BundleStep("analyser", "analyser", "analyser-toy", "eval/frame_analyser", 21.0,
                {"pool_size": 16, "refresh_per_step": 1, "val_frames": 8, "steps": 2, "batch_size": 8, "warmup": 1,
                 "checkpoint_every": 2, "log_every": 1}),
-    BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 0.0,
-               {"steps": 2, "max_minutes": 0.0, "checkpoint_every": 2, "log_every": 1},
-               needs=("clip", "face_embedder", "tokenizer")),
+    BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 115.0,
+               {"clips": 4, "clip_length": 4, "steps": 2, "max_minutes": 0.0, "batch_size": 2, "warmup": 1,
+                "checkpoint_every": 2, "log_every": 1}, needs=("clip",)),
 )
 """The steps in dependency order (each reads only the outputs of the steps above it)."""
 
 EXPECTED_NOTE = ("the full recipes' training times on 2 CPU cores (README's recipe table): clip 24 min, face "
                  "embedder 34 min, tokenizer its 120-minute budget, keyframe AR its 45-minute budget + 2 min to encode "
-                 "its episodes, analyser 21 min; rendering the training frames and caching features adds minutes "
-                 "to some steps; the video step is not counted")
+                 "its episodes, analyser 21 min, video its 115-minute budget; rendering the training frames and "
+                 "clips and caching features adds minutes to some steps")
 
 
 @dataclasses.dataclass
@@ -249,38 +249,14 @@ class _Bundle:
         return {}, values, config
 
     def video(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        """The video trainer, through its command line (its Python API is its own): the recipe, the staged
-        keyframe decoder, and in ``--smoke`` the loop's budget options; then its newest checkpoint exported."""
-        import click
-        import typer
-
-        from mdream.training.cli import app
         from mdream.training.export import export_model
+        from mdream.training.video import VideoTrainingConfig, train_video
 
-        run = self.out / step.name
-        args = ["video", "--config", step.recipe or "", "--out", str(run), "--resume", self.resume]
-        command = typer.main.get_command(app)
-        assert isinstance(command, click.Group)
-        video = command.commands["video"]
-        options = {o for p in video.params for o in getattr(p, "opts", [])}
-        inputs = {}
-        for name, target in (("--keyframe-decoder", self.path("tokenizer") / "decoder"),
-                             ("--keyframe-encoder", self.path("tokenizer") / "encoder"),
-                             ("--text-encoder", self.path("clip")), ("--clip", self.path("clip"))):
-            if name in options:
-                args += [name, _resolved(target)]
-                inputs[name[2:].replace("-", "_")] = _resolved(target)
-        if self.smoke:
-            for key, value in step.smoke.items():
-                if f"--{key.replace('_', '-')}" in options:
-                    args += [f"--{key.replace('_', '-')}", str(value)]
-        try:
-            command.main(args, prog_name="mdream train", standalone_mode=False)
-        except typer.Exit as exc:
-            if exc.exit_code:
-                raise InputError(f"`mdream train {' '.join(args)}` stopped with exit code {exc.exit_code}.") from None
-        export_model(run, self.path(step.name), fp16=self.fp16)
-        return inputs, {}, None
+        inputs = {"image_encoder": _resolved(self.path("clip"))}
+        config, values = _settings(VideoTrainingConfig, step, inputs, self.smoke)
+        final = train_video(config, self.out / step.name, resume=self.resume, given=list(values))
+        export_model(final, self.path(step.name), fp16=self.fp16)
+        return inputs, values, config
 
 
 def _write_dest(staged: Path, dest: Path, done: list[str], fp16: bool) -> None:

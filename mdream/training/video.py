@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdream.models.loading import quiet_loading
+from mdream.models.loading import load_pretrained
 from mdream.models.video import ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
 from mdream.training.common import console
 from mdream.training.config import ConfigValueError
@@ -67,8 +67,9 @@ class VideoTrainingConfig(LoopConfig):
     """UNet channels of the first level (block_out_channels = channels, 2 * channels); a multiple of 32."""
     layers_per_block: int = 1
     """ResNet layers per UNet level."""
-    image_encoder: str = str(TOY_CLIP)
-    """CLIP folder whose vision tower embeds the anchor frame (frozen)."""
+    image_encoder: str = "toy"
+    """CLIP folder whose vision tower embeds the anchor frame (frozen; copied into the saved model); toy: the shipped
+    toy CLIP."""
     p_mean: float = -0.4
     """Mean of log sigma during training (EDM's P_mean)."""
     p_std: float = 1.4
@@ -97,14 +98,19 @@ class VideoTrainingConfig(LoopConfig):
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1].")
 
 
+def image_encoder_source(setting: str) -> str:
+    """The CLIP folder (or hub id) an ``image_encoder`` setting names: ``toy`` is the shipped toy CLIP."""
+    return str(TOY_CLIP) if setting == "toy" else setting
+
+
 def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
     """A fresh toy model: a small SVD UNet in folded pixel space, the frozen toy CLIP vision tower, an action
     encoder, SVD's Euler scheduler (Karras sigmas up to ``sigma_max``)."""
     from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionModelWithProjection
 
-    with quiet_loading():
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(config.image_encoder)
+    image_encoder = load_pretrained(CLIPVisionModelWithProjection, image_encoder_source(config.image_encoder),
+                                    "video trainer's image encoder (--image-encoder)")
     image_encoder.requires_grad_(False)
     dim = image_encoder.config.projection_dim
     mc = VideoModelConfig(pixel_space=True, patch_size=config.patch_size, height=config.frame_size,
