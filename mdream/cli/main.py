@@ -45,7 +45,7 @@ SUBCOMMANDS = {
         "List model bundles and show each one's components: class, source, size, presence, defaults.",
     ),
     "eval": LazySubcommand(
-        "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, toy-FID, diversity."
+        "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, continuity, toy-FID, diversity."
     ),
 }
 
