@@ -31,7 +31,7 @@ from mdream.stages.registry import names_text
 SUBCOMMANDS = {
     "train": LazySubcommand(
         "mdream.training.cli:app",
-        "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, the evaluator's analyser and face embedder).",
+        "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, video model, the evaluator's analyser and face embedder).",
     ),
     "toyworld": LazySubcommand(
         "mdream.toyworld.cli:app", "The procedural toy movie world: ground-truth scripts, training sets and a preview."

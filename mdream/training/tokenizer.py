@@ -181,7 +181,7 @@ class TokenizerTrainingConfig(RunConfig):
     """Weight of the identity auxiliary loss (predict each slot's face embedding from the tokens; needs the face group)."""
     init: str = ""
     """Fine-tune: start the compressor and the whole decoder (context and UNet) from a trained tokenizer (a folder
-    with encoder/ and decoder/, such as the shipped toy-tokenizer, or a run's checkpoint); the auxiliary heads start fresh."""
+    with encoder/ and decoder/, or a run's checkpoint; toy: the shipped toy tokenizer); the auxiliary heads start fresh."""
     init_unet: str = ""
     """Start the UNet from this run's checkpoint (or a decoder/UNet folder) instead of random weights; the compressor and context start fresh (e.g. after changing the frozen CLIP)."""
     cache_features: bool = True
@@ -488,7 +488,8 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     # a bad --init or --init-unet fails before any data is rendered or embedded
     if config.init and config.init_unet:
         raise InputError("--init starts the whole tokenizer from trained weights, --init-unet only its UNet: give one.")
-    init = _tokenizer_folder(Path(config.init)) if config.init and start_from is None else None
+    init_source = ASSETS / "models" / "toy-tokenizer" if config.init == "toy" else Path(config.init)
+    init = _tokenizer_folder(init_source) if config.init and start_from is None else None
     init_unet = _unet_folder(Path(config.init_unet)) if config.init_unet and start_from is None else None
     config.clip = clip_path
     config.face_embedder = str(face_path) if face_path else "none"
