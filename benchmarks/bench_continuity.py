@@ -12,7 +12,9 @@ For each episode seed (defaults are far beyond the episode numbers of the traini
   analyser's misreadings);
 * independent shots: the same keyframes with every shot's hidden variants drawn anew
   (`mdream toyworld script --independent-hidden`): what shots made one by one keep (the floor: about 1/3);
-* with ``--generate``: `mdream generate` with the toy bundle (the keyframe AR model at temperature 1), and the
+* with ``--generate``: the ground truth through the tokens (the same episode as a storyboard script, every
+  keyframe given: encoded and rendered by the toy tokenizer; what a keyframe model that keeps its history perfectly
+  would reach), and `mdream generate` with the toy bundle (the keyframe AR model at temperature 1), and the
   same with its history masked (every shot planned from its own script alone, `bench_ar_quality.NoHistory`).
   The hidden state is in no script, so only a model that carries it over from earlier keyframes keeps it.
 
@@ -61,13 +63,19 @@ def markdown(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def generated_movies(script: Path, work: Path, device: str) -> dict[str, Path]:
-    """The AR model's movie of ``script`` at temperature 1, and the same with its history masked."""
+def generated_movies(script: Path, work: Path, device: str, seed: int, shots: int, size: int) -> dict[str, Path]:
+    """The ground truth through the tokens (every keyframe given: encoded and rendered, the ceiling of what a keyframe
+    model that copies its history perfectly can keep), the AR model's movie of ``script`` at temperature 1, and the
+    same with its history masked."""
     from benchmarks.bench_ar_quality import NoHistory, with_temperature
     from mdream.stages.options import RunOptions
     from mdream.stages.run import generate, movie_dir_for
 
     movies = {}
+    storyboard = toy_script(work / "storyboard", seed=seed, shots=shots, size=size, given_keyframes=True)
+    movie = work / "tokens" / "movie.mp4"
+    generate(storyboard, movie, RunOptions(cache_dir=work / "cache-tokens", device=device, quiet=True))
+    movies["ground truth through the tokens (ceiling of a keyframe model)"] = (movie_dir_for(movie), storyboard)
     for name, masked in (("AR, temperature 1", False), ("AR without history, temperature 1", True)):
         variant = with_temperature(script, 1.0)
         tag = "masked" if masked else "ar"
@@ -104,7 +112,7 @@ def main() -> None:
             movies = {"ground truth (ceiling)": (script.parent / "groundtruth", script),
                       "independent shots (floor)": (script.parent / "independent", script)}
             if args.generate:
-                movies.update(generated_movies(script, work, args.device))
+                movies.update(generated_movies(script, work, args.device, seed, args.shots, args.size))
             for name, (movie, movie_script) in movies.items():
                 report = evaluate_movie(movie, movie_script, analyser_dir=args.analyser)
                 if report.continuity_unavailable:
