@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 from transformers import AutoTokenizer
 
@@ -405,7 +406,8 @@ def test_the_shipped_toy_model_loads_and_generates():
     folder = Path(__file__).resolve().parents[1] / "mdream" / "assets" / "models" / "toy-ar"
     model = KeyframeAR.from_pretrained(folder).eval()
     cfg = model.config
-    assert cfg.faces and cfg.max_references == 0  # trained before either switch: the defaults
+    recipe = yaml.safe_load((folder.parents[1] / "recipes" / "ar-toy-cpu.yaml").read_text())
+    assert cfg.faces == recipe["faces"] and cfg.max_references == recipe["max_references"]  # as the recipe trains it
     g = torch.Generator().manual_seed(0)
     shots = [ShotCondition("Ana in the village", torch.nn.functional.normalize(torch.randn(cfg.text_dim, generator=g), dim=0),
                            torch.nn.functional.normalize(torch.randn(3, cfg.face_dim, generator=g), dim=-1),
