@@ -31,7 +31,6 @@ the same on the same windows given ``max_references`` reference frames each (``r
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ from mdream.training.ar_data import (
 from mdream.training.common import console
 from mdream.training.config import ConfigValueError
 from mdream.training.data import character_text_for_batch
-from mdream.training.loop import LoopConfig, fit, start_run
+from mdream.training.loop import LoopConfig, fit, publish_final, start_run
 
 
 @dataclass
@@ -461,18 +460,4 @@ def train_ar(config: ARTrainingConfig, out: str | Path, resume: str = "auto", ex
     console.print("held-out baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in task.baselines.items()), highlight=False)
     result = fit(task, config, out, accelerator, resume_from=start_from, name="train ar")
 
-    final = out / "final"
-    if accelerator.is_main_process:
-        # the newest checkpoint's export holds the EMA weights when the run keeps an EMA
-        from shutil import copytree, rmtree
-
-        exported = result.checkpoint / "keyframe_ar"
-        summary = {"steps": result.step, **{k: round(v, 5) for k, v in result.metrics.items()}}
-        for dest in [final, *([Path(export)] if export else [])]:
-            if dest.exists():
-                rmtree(dest)
-            copytree(exported, dest)
-            (dest / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    console.print(f"ar: {result.step} steps -> {final}")
-    return Path(export) if export else final
+    return publish_final(result, accelerator, out, "keyframe_ar", export, "ar")

@@ -201,6 +201,24 @@ def start_run(config: LoopConfig, cls: type, out: str | Path, resume: str, given
     return config, out, start_from, accelerator
 
 
+def publish_final(result, accelerator, out: Path, subfolder: str, export: str | Path | None, name: str) -> Path:
+    """Copy the newest checkpoint's exported model (``CKPT/subfolder``: the EMA weights when the run keeps an EMA) to
+    ``OUT/final`` and ``export``, each with a ``training_summary.json``; returns ``export`` or ``OUT/final``."""
+    import json
+
+    final = out / "final"
+    if accelerator.is_main_process:
+        summary = {"steps": result.step, **{k: round(v, 5) for k, v in result.metrics.items()}}
+        for dest in [final, *([Path(export)] if export else [])]:
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(result.checkpoint / subfolder, dest)
+            (dest / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    console.print(f"{name}: {result.step} steps -> {final}")
+    return Path(export) if export else final
+
+
 def fit(task: TrainingTask, config: LoopConfig, out: Path, accelerator, *, resume_from: Path | None = None,
         name: str = "train") -> FitResult:
     """Train ``task.model`` for ``config.steps`` steps (or its time budget), checkpointing into ``out``."""

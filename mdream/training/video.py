@@ -15,7 +15,6 @@ The loop (optimizer, EMA, checkpoints, resume, time budget) is :func:`mdream.tra
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from mdream.models.loading import load_pretrained
 from mdream.models.video import ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
 from mdream.training.common import console
 from mdream.training.config import ConfigValueError
-from mdream.training.loop import LoopConfig, fit, start_run
+from mdream.training.loop import LoopConfig, fit, publish_final, start_run
 
 TOY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-clip"
 
@@ -254,17 +253,4 @@ def train_video(config: VideoTrainingConfig, out: str | Path, resume: str = "aut
         clips = load_clips(config, model.config, out)
     task = VideoTask(VideoTrainingModel(model), clips, config)
     result = fit(task, config, out, accelerator, resume_from=start_from, name="train video")
-    final = out / "final"
-    if accelerator.is_main_process:
-        from shutil import copytree, rmtree
-
-        exported = result.checkpoint / "video"
-        summary = {"steps": result.step, **{k: round(v, 5) for k, v in result.metrics.items()}}
-        for dest in [final, *([Path(export)] if export else [])]:
-            if dest.exists():
-                rmtree(dest)
-            copytree(exported, dest)
-            (dest / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    console.print(f"video: {result.step} steps -> {final}")
-    return Path(export) if export else final
+    return publish_final(result, accelerator, out, "video", export, "video")
