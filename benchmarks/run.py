@@ -11,6 +11,7 @@ BENCHMARKS = [
     "benchmarks.bench_toyworld",
     "benchmarks.eval_baselines",
     "benchmarks.bench_storyboard",
+    "benchmarks.bench_main_job",
     "benchmarks.bench_ar_scaling",
     "benchmarks.bench_ar_quality",
     "benchmarks.bench_continuity",
