@@ -76,7 +76,7 @@ def main() -> None:
     body = (
         f"`python -m benchmarks.bench_ar_scaling --shots {n}`: the shipped toy keyframe AR model "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, generation window "
-        f"{model.config.context_window} positions) generating {n} keyframes in one session, from random conditioning "
+        f"{model.config.context_window} positions) generating {n} keyframes in one generation run (one MovieSession), from random conditioning "
         "with the encode stage's shapes.\n\n"
         "| measure | value |\n|---|---|\n"
         f"| ms per keyframe, keyframes 11-60 | {early * 1e3:.2f} |\n"

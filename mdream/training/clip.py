@@ -15,10 +15,10 @@ from torch import nn
 from mdream.models.encoders import CLIP_MEAN, CLIP_STD, ClipImagePreprocessor, images_to_float
 from mdream.models.loading import quiet_loading
 from mdream.models.toy_clip import build_toy_clip, build_word_tokenizer, save_clip_folder
-from mdream.training.common import console, make_accelerator, resolve_resume, set_threads_from_env
-from mdream.training.config import check_config, resumed_config, save_config
+from mdream.training.common import console
+from mdream.training.config import check_config
 from mdream.training.data import FrameSet, RunConfig, open_frame_source
-from mdream.training.loop import fit
+from mdream.training.loop import fit, start_run
 
 
 @dataclass
@@ -103,21 +103,11 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
     On resume the saved settings hold, except the fields named in ``given`` (by default: those not at their defaults).
     """
     check_config(config)
-    out = Path(out)
+    # a bad --data fails before anything is written to the run folder
+    open_frame_source(config.data, config.world_seed, config.seed, holdout=config.val_frames)
+    config, out, start_from, accelerator = start_run(config, ClipTrainingConfig, out, resume, given)
     source = open_frame_source(config.data, config.world_seed, config.seed, holdout=config.val_frames)
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads_from_env()
-    start_from = resolve_resume(resume, out)
-    if start_from is not None:
-        # resume with the saved settings; the options given now override them
-        config = resumed_config(ClipTrainingConfig, out / "train_config.json", config, given)
-        check_config(config)
-        source = open_frame_source(config.data, config.world_seed, config.seed, holdout=config.val_frames)
-    accelerator = make_accelerator(config.mixed_precision, config.grad_accum)
-    if accelerator.is_main_process:
-        save_config(config, out / "train_config.json")
     device = accelerator.device
-    torch.manual_seed(config.seed)
 
     # the main process renders the frames and writes the caches; under `accelerate launch` the others read them
     with accelerator.main_process_first():
