@@ -71,3 +71,19 @@ def write_script(folder: Path, data: dict, name: str = "script.yaml") -> Path:
 def small_script(tmp_path: Path) -> Path:
     """A valid 6-shot script with two characters and their face photos."""
     return write_script(tmp_path / "movie", small_script_dict())
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch):
+    """The stage registry holding the fake stages of pipeline_fakes (registered the way a new stage is), not the
+    built-in ones; returns their names in order."""
+    from pipeline_fakes import FakeChained, FakeEncode, FakeRender, FakeVideo
+
+    from mdream.stages import registry
+    from mdream.stages.definitions import ExportStep
+
+    monkeypatch.setattr(registry, "_PIPELINE", [])
+    monkeypatch.setattr(registry, "BUILTIN_MODULES", ())
+    for cls in (FakeEncode, FakeChained, FakeRender, ExportStep, FakeVideo):
+        registry.register_stage(cls)
+    return registry.stage_names()

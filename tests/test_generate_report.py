@@ -7,26 +7,15 @@ import json
 
 import pytest
 from conftest import small_script_dict, write_script
-from pipeline_fakes import FakeChained, FakeEncode, FakeRender, FakeVideo
 from typer.testing import CliRunner
 
 import mdream
 from mdream.cli.main import app
 from mdream.errors import InputError
-from mdream.stages import registry
-from mdream.stages.definitions import ExportStep
 from mdream.stages.options import RunOptions
 from mdream.stages.run import generate_many
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def fake_pipeline(monkeypatch):
-    monkeypatch.setattr(registry, "_PIPELINE", [])
-    monkeypatch.setattr(registry, "BUILTIN_MODULES", ())
-    for cls in (FakeEncode, FakeChained, FakeRender, ExportStep, FakeVideo):
-        registry.register_stage(cls)
 
 
 def test_json_prints_the_report_that_is_written_beside_the_movie(fake_pipeline, small_script, tmp_path):

@@ -9,26 +9,15 @@ import pytest
 import yaml
 from conftest import small_script_dict
 from PIL import Image
-from pipeline_fakes import FakeChained, FakeEncode, FakeRender, FakeVideo
+from pipeline_fakes import FakeRender
 
 from mdream.errors import InputError, NotBuiltError
 from mdream.stages import registry
-from mdream.stages.definitions import ExportStep
 from mdream.stages.options import RunOptions
 from mdream.stages.pipeline import Project, plan_keys
 from mdream.stages.preview import read_video_info
 from mdream.stages.run import generate, movie_dir_for, run_pipeline, run_stages
 from mdream.stages.status import script_status
-
-
-@pytest.fixture
-def fake_pipeline(monkeypatch):
-    """The registry holding fake stages (registered the way a new stage is), not the built-in ones."""
-    monkeypatch.setattr(registry, "_PIPELINE", [])
-    monkeypatch.setattr(registry, "BUILTIN_MODULES", ())
-    for cls in (FakeEncode, FakeChained, FakeRender, ExportStep, FakeVideo):
-        registry.register_stage(cls)
-    return registry.stage_names()
 
 
 def _opts(**kw):
