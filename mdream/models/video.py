@@ -83,6 +83,12 @@ class VideoModelConfig:
     """Scale of the VAE latents the UNet denoises (ignored in pixel space)."""
     decode_chunk_size: int = 8
     """Frames decoded by the temporal VAE at once."""
+    sigma_data: float = 1.0
+    """The data's standard deviation in EDM's preconditioning (SVD: 1)."""
+    residual: bool = False
+    """True: the UNet denoises the clip minus its clean conditioning frame (residual video diffusion, Yang et al.
+    2022, "Diffusion Probabilistic Modeling for Video Generation"), so a clip that holds the keyframe still is the
+    zero residual and the model only draws what moves; False: the clip itself (SVD)."""
     action_vocab: list[str] = field(default_factory=lambda: ["stand", "walk", "wave", "jump", "sit"])
     """Actions the action encoder knows; a cast member's action text matches one when a word starts with it."""
     action_slots: list[str] = field(default_factory=lambda: ["left", "center", "right"])
@@ -255,6 +261,19 @@ class ImageToVideoModel(nn.Module):
             return nn.functional.pixel_unshuffle(frames, self.config.patch_size)
         return self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode()
 
+    def clip_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames in [-1, 1] [N, 3, H, W] -> what the UNet denoises [N, C, h, w] (SVD: the VAE's mode, scaled)."""
+        if self.vae is None:
+            return nn.functional.pixel_unshuffle(frames, self.config.patch_size)
+        return self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode() * self.config.vae_scaling_factor
+
+    def residual_base(self, frames: torch.Tensor, num_frames: int) -> torch.Tensor | None:
+        """With ``residual``: the clean conditioning frames [B, 3, H, W] as denoised latents repeated over the clip
+        [B, T, C, h, w], added to the sampled residual; None otherwise."""
+        if not self.config.residual:
+            return None
+        return self.clip_latents(frames).float().unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Denoised clip [B, T, C, h, w] -> frames in [-1, 1] [B, T, 3, H, W]."""
         b, t = latents.shape[:2]
@@ -276,7 +295,7 @@ class ImageToVideoModel(nn.Module):
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, context: torch.Tensor,
                 time_ids: torch.Tensor) -> torch.Tensor:
-        """EDM-preconditioned denoiser D(x; sigma) of SVD (v-prediction, sigma_data = 1).
+        """EDM-preconditioned denoiser D(x; sigma) of SVD (v-prediction; SVD's sigma_data is 1).
 
         x: noisy clip [B, T, C, h, w]; sigma: scalar or [B]; cond: conditioning latents [B, T, C, h, w];
         context: cross-attention tokens [B, L, D]; time_ids: [B, 3]. Returns the denoised clip [B, T, C, h, w].
@@ -284,7 +303,8 @@ class ImageToVideoModel(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
         s = sigma.view(-1, 1, 1, 1, 1)
-        c_in, c_skip, c_out = 1 / (s**2 + 1).sqrt(), 1 / (s**2 + 1), -s / (s**2 + 1).sqrt()
+        sd = self.config.sigma_data
+        c_in, c_skip, c_out = 1 / (s**2 + sd**2).sqrt(), sd**2 / (s**2 + sd**2), -s * sd / (s**2 + sd**2).sqrt()
         c_noise = 0.25 * sigma.log()  # [B]
         inp = torch.cat([c_in * x, cond], dim=2).to(self.dtype)
         v = self.unet(inp, c_noise.to(self.dtype), encoder_hidden_states=context.to(self.dtype),
@@ -388,7 +408,9 @@ class ImageToVideoPipeline:
                 uncond, full = model.denoise(torch.cat([x, x]), sigma, cond, context, ids).chunk(2)
                 return uncond + scale * (full - uncond)
 
-            clip = model.decode(sample_euler(denoiser, x, sigmas))  # [B, T, 3, H, W]
+            latents = sample_euler(denoiser, x, sigmas)  # [B, T, C, h, w]
+            base = model.residual_base(cond_frame, clip_length)
+            clip = model.decode(latents if base is None else latents + base)  # [B, T, 3, H, W]
             frames.append(clip if i == 0 else clip[:, 1:])
             cond_frame = clip[:, -1]
         # 5. stitch, cut to num_frames, to uint8

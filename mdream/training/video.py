@@ -7,8 +7,9 @@ A training example is a window of ``clip_length`` frames starting at frame 0 (a 
 anchor is the clip's frame 0 (``anchor="first"``) or, with probability ``last_anchor_prob``, the window's first
 frame (``anchor="last"``). The action multi-hot comes from the shot's cast and camera.
 
-Loss: EDM's (Karras et al. 2022) with SVD's preconditioning (v-prediction, sigma_data = 1): sigma log-normal
-(``p_mean``, ``p_std``), weight ``(sigma^2 + 1) / sigma^2`` on the denoised estimate's squared error. The
+Loss: EDM's (Karras et al. 2022) with SVD's preconditioning (v-prediction, ``sigma_data``): sigma log-normal
+(``p_mean``, ``p_std``), weight ``(sigma^2 + sigma_data^2) / (sigma sigma_data)^2`` on the denoised estimate's
+squared error; with ``residual`` the model denoises the clip minus its conditioning frame. The
 conditioning is dropped (zero embedding and zero conditioning frame) with ``cond_dropout`` for guidance.
 The loop (optimizer, EMA, checkpoints, resume, time budget) is :func:`mdream.training.loop.fit`.
 """
@@ -75,6 +76,10 @@ class VideoTrainingConfig(LoopConfig):
     """Std of log sigma during training (EDM's P_std)."""
     sigma_max: float = 80.0
     """Largest sigma of the sampler's schedule (saved with the model)."""
+    sigma_data: float = 1.0
+    """The data's standard deviation in the preconditioning (SVD: 1; the toy clip's residual: about 0.25)."""
+    residual: bool = False
+    """Denoise the clip minus its conditioning frame instead of the clip (see VideoModelConfig.residual)."""
     cond_dropout: float = 0.1
     """Share of examples trained without image conditioning (for classifier-free guidance)."""
     last_anchor_prob: float = 0.3
@@ -114,7 +119,8 @@ def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
     dim = image_encoder.config.projection_dim
     mc = VideoModelConfig(pixel_space=True, patch_size=config.patch_size, height=config.frame_size,
                           width=config.frame_size, num_frames=config.clip_length, fps=config.fps,
-                          num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0)
+                          num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0,
+                          sigma_data=config.sigma_data, residual=config.residual)
     c = 3 * config.patch_size**2
     unet = UNetSpatioTemporalConditionModel(
         sample_size=config.frame_size // config.patch_size, in_channels=2 * c, out_channels=c,
@@ -193,8 +199,10 @@ class VideoTrainingModel(nn.Module):
         noise like the folded clip; aug like cond_frame; keep [B] (0: conditioning dropped). Returns the loss."""
         m, b, t = self.video, clip.shape[0], clip.shape[1]
         with torch.no_grad():
-            x0 = m.to_latents(clip.flatten(0, 1))
+            x0 = m.clip_latents(clip.flatten(0, 1))
             x0 = x0.view(b, t, *x0.shape[1:])  # [B, T, C, h, w]
+            base = m.residual_base(cond_frame, t)
+            x0 = x0 if base is None else x0 - base
             embeds = m.encode_image(anchor_frame)  # [B, 1, D]
         k = keep.view(b, 1, 1, 1)
         cond = m.to_latents(cond_frame + m.config.noise_aug_strength * aug) * k  # [B, C, h, w]
@@ -202,7 +210,8 @@ class VideoTrainingModel(nn.Module):
         context = torch.cat([embeds * keep.view(b, 1, 1), m.encode_actions(actions, b)], dim=1)  # [B, 2, D]
         s = sigma.view(b, 1, 1, 1, 1)
         denoised = m.denoise(x0 + s * noise, sigma, cond, context, m.added_time_ids(b))
-        weight = (s**2 + 1) / s**2
+        sd = m.config.sigma_data
+        weight = (s**2 + sd**2) / (s * sd) ** 2
         return (weight * (denoised - x0) ** 2).mean()
 
 
