@@ -74,14 +74,28 @@ def small_script(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fake_pipeline(monkeypatch):
+def fake_pipeline(monkeypatch, tmp_path):
     """The stage registry holding the fake stages of pipeline_fakes (registered the way a new stage is), not the
-    built-in ones; returns their names in order."""
+    built-in ones; returns their names in order. The fake video stage stands for a video model that is not built, so
+    the shipped toy bundle (which may ship one) has its ``video`` component at a path that does not exist meanwhile."""
+    import dataclasses
+
     from pipeline_fakes import FakeChained, FakeEncode, FakeRender, FakeVideo
 
+    from mdream.models.bundle import BUNDLES_DIR, ModelBundle
     from mdream.stages import registry
     from mdream.stages.definitions import ExportStep
 
+    opened = ModelBundle._from_folder.__func__
+
+    def without_video(cls, folder, path=None):
+        bundle = opened(cls, folder, path)
+        video = bundle.components.get("video")
+        if Path(folder).resolve() == (BUNDLES_DIR / "toy").resolve() and video is not None:
+            bundle.components["video"] = dataclasses.replace(video, path=tmp_path / "video-model-not-built")
+        return bundle
+
+    monkeypatch.setattr(ModelBundle, "_from_folder", classmethod(without_video))
     monkeypatch.setattr(registry, "_PIPELINE", [])
     monkeypatch.setattr(registry, "BUILTIN_MODULES", ())
     for cls in (FakeEncode, FakeChained, FakeRender, ExportStep, FakeVideo):

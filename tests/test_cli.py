@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 import yaml
 from conftest import small_script_dict
 from typer.testing import CliRunner
@@ -68,12 +67,22 @@ def test_schema_is_json():
 
 
 def test_missing_video_model_fails_clearly(small_script, tmp_path):
-    """A bundle without a video model: the video stage says so and how to get one (the toy bundle until one ships)."""
-    from mdream.models.bundle import ModelBundle
+    """A bundle without a video model (the toy bundle's components, its video model at a path not built): the video
+    stage says so and how to get one."""
+    from conftest import write_script
 
-    if ModelBundle.find("toy").components["video"].present:
-        pytest.skip("the toy bundle ships a video model")
-    result = runner.invoke(app, ["video", str(small_script), "--cache-dir", str(tmp_path / "c"), "--device", "cpu"])
+    from mdream.models.bundle import BUNDLES_DIR
+
+    toy = yaml.safe_load((BUNDLES_DIR / "toy" / "bundle.yaml").read_text())
+    components = {name: {"path": str((BUNDLES_DIR / "toy" / spec["path"]).resolve())}
+                  for name, spec in toy["components"].items()}
+    components["video"] = {"path": str(tmp_path / "not-built")}
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "bundle.yaml").write_text(yaml.safe_dump({"name": "no-video", "components": components}))
+    data = small_script_dict()
+    data["output"]["model_bundle"] = str(tmp_path / "bundle")
+    script = write_script(tmp_path / "movie", data)
+    result = runner.invoke(app, ["video", str(script), "--cache-dir", str(tmp_path / "c"), "--device", "cpu"])
     assert result.exit_code == 1
     assert "has no video model" in result.output and "mdream train video" in result.output
 

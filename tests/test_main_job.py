@@ -1,5 +1,6 @@
 """The main job as a user runs it: `mdream generate examples/scripts/short.yaml -o movie.mp4` with the shipped toy
-bundle predicts every keyframe from the script, renders them, and writes the storyboard and the animatic movie."""
+bundle predicts every keyframe from the script, renders them, writes the storyboard and the animatic, and the movie:
+with the bundle's video model, every shot's clip (frames that move, running time x fps); without one, the animatic."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from mdream.cli.main import app
 from mdream.eval.evaluate import evaluate_movie
+from mdream.models.bundle import ModelBundle
 from mdream.script import load_script, plan_script
 from mdream.stages.preview import read_video_info, shot_frame_counts, viewing_size
 
@@ -31,7 +33,13 @@ def decoded_frames(movie: Path) -> list[np.ndarray]:
         reader.close()
 
 
+def toy_bundle_has_video() -> bool:
+    video = ModelBundle.find("toy").components.get("video")
+    return video is not None and video.present
+
+
 def test_generate_makes_a_movie_from_the_short_example(tmp_path):
+    with_video = toy_bundle_has_video()
     work = tmp_path / "examples"
     shutil.copytree(EXAMPLES, work, ignore=shutil.ignore_patterns(".mdream", "*.movie"))
     script = work / "short.yaml"
@@ -40,31 +48,49 @@ def test_generate_makes_a_movie_from_the_short_example(tmp_path):
     result = CliRunner().invoke(app, ["generate", str(script), "-o", str(movie), "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["movie_kind"] == "animatic" and Path(report["output"]) == movie
+    assert report["movie_kind"] == ("video" if with_video else "animatic") and Path(report["output"]) == movie
     stages = {r["stage"]: r for r in report["stages"]}
     assert len(stages["keyframes"]["produced"]) == len(stages["encode"]["produced"]) == 10
+    assert len(stages["video"]["produced"]) == 10 if with_video else "video" not in stages
 
     plan = plan_script(load_script(script))
     out, shots = plan.output, plan.shots
     info = read_video_info(movie)
     per_shot = [round(s.duration * out.fps) for s in shots]
     assert info.frames == round(plan.total_duration * out.fps) and abs(info.frames - sum(per_shot)) <= len(shots)
-    assert info.fps == out.fps and (info.width, info.height) == viewing_size(out.width, out.height) == (256, 256)
+    assert info.fps == out.fps
+    folder = tmp_path / "out" / "short"
+    animatic = read_video_info(folder / "animatic.mp4")  # written with or without a video model
+    assert (animatic.width, animatic.height) == viewing_size(out.width, out.height) == (256, 256)
+    assert animatic.frames == info.frames and animatic.fps == out.fps
+    if not with_video:
+        assert (info.width, info.height) == (animatic.width, animatic.height)
 
-    # every shot holds its own keyframe for its frames (each count within one frame of duration x fps)
+    # each shot's frame count within one frame of duration x fps
     counts = shot_frame_counts([s.duration for s in shots], out.fps)
     assert all(abs(c - p) <= 1 for c, p in zip(counts, per_shot, strict=True))
-    folder = tmp_path / "out" / "short"
     stills = [Image.open(folder / "keyframes" / f"{i:04d}.png").convert("RGB") for i in range(len(shots))]
     assert all(k.size == (out.width, out.height) for k in stills)
     frames = decoded_frames(movie)
-    start = 0
-    for i, count in enumerate(counts):
-        held = np.asarray(stills[i].resize((info.width, info.height), Image.Resampling.LANCZOS), np.float32)
-        for frame in frames[start: start + count]:
-            assert np.abs(frame - held).mean() < 6, f"frame {start} is not shot {shots[i].id}'s keyframe"
-        start += count
-    assert start == len(frames)
+    assert len(frames) == sum(counts)
+    held = [np.asarray(k.resize((info.width, info.height), Image.Resampling.LANCZOS), np.float32) for k in stills]
+    starts = np.cumsum([0, *counts[:-1]])
+    if with_video:
+        # the shot's clip moves (its frames are not all one picture) and shows its own shot: on average a clip is
+        # nearer its own keyframe than the other shots' keyframes
+        own, other = [], []
+        for i, (start, count) in enumerate(zip(starts, counts, strict=True)):
+            clip = np.stack(frames[start: start + count])
+            assert np.abs(clip - clip[:1]).mean(axis=(1, 2, 3)).max() > 1, f"shot {shots[i].id}'s clip does not move"
+            mean = clip.mean(0)
+            distances = [np.abs(mean - k).mean() for k in held]
+            own.append(distances[i])
+            other.append(np.mean(distances[:i] + distances[i + 1:]))
+        assert np.mean(own) < np.mean(other), (own, other)
+    else:  # the animatic: every shot holds its own keyframe for its frames
+        for i, (start, count) in enumerate(zip(starts, counts, strict=True)):
+            for frame in frames[start: start + count]:
+                assert np.abs(frame - held[i]).mean() < 6, f"frame {start} is not shot {shots[i].id}'s keyframe"
 
     # the storyboard: one tile per shot, six to a row, each the shot's keyframe at 192x192 (preview.py's layout:
     # 8 px padding, a 28 px title, 32 px of caption under each tile)
@@ -85,5 +111,5 @@ def test_generate_makes_a_movie_from_the_short_example(tmp_path):
     again = json.loads(CliRunner().invoke(app, ["generate", str(script), "-o", str(movie), "--device", "cpu",
                                                 "--json"]).output)
     assert all(not r["produced"] for r in again["stages"])
-    assert {r["stage"]: len(r["reused"]) for r in again["stages"]} == {"encode": 10, "keyframes": 10, "render": 10,
-                                                                       "export": 1}
+    assert {r["stage"]: len(r["reused"]) for r in again["stages"]} == {
+        "encode": 10, "keyframes": 10, "render": 10, "export": 1, **({"video": 10} if with_video else {})}
