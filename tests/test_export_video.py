@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from test_video import keyframe, tiny_clip
 from typer.testing import CliRunner
 
+from mdream.cache.store import default_mode
 from mdream.cli.main import app
 from mdream.models.video import ImageToVideoModel, ImageToVideoPipeline
 from mdream.training.export import export_model, machine_paths
@@ -102,6 +104,9 @@ def test_fp16_export_stores_half_weights_that_load_back_into_float32(run, tmp_pa
     for weights in (UNET_WEIGHTS, "image_encoder/model.safetensors", "action_encoder/diffusion_pytorch_model.safetensors"):
         with safe_open(str(tmp_path / "half" / weights), "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, weights  # noqa: SIM118
+    # readable as any file the user writes (safetensors itself writes 0600): a shipped model's files go into the wheel
+    modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "half").rglob("*") if p.is_file()}
+    assert set(modes.values()) == {default_mode()}, modes
     half = ImageToVideoModel.from_pretrained(tmp_path / "half")
     assert {p.dtype for p in half.parameters()} == {torch.float32}
     full = ImageToVideoModel.from_pretrained(run / "final")

@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from mdream.cache.store import apply_default_mode
 from mdream.errors import InputError
 from mdream.models.bundle import hash_file
 from mdream.models.decoder import DECODER_CONFIG, SAMPLING_KEYS, SCHEDULERS
@@ -599,6 +600,8 @@ def export_model(
         if fp16:
             halved = store_half(staging, result.notes)
             result.notes.append(f"stored {halved} tensors in float16")
+        for path in staging.rglob("*"):  # safetensors writes its files private (0600); a model folder is shared data
+            apply_default_mode(path, directory=path.is_dir())
         dest.mkdir(exist_ok=True)
         for name in records:
             if (dest / name).is_file() and not (staging / name).exists():
