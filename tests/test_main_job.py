@@ -63,8 +63,8 @@ def test_generate_makes_a_movie_from_the_short_example(tmp_path):
     animatic = read_video_info(folder / "animatic.mp4")  # written with or without a video model
     assert (animatic.width, animatic.height) == viewing_size(out.width, out.height) == (256, 256)
     assert animatic.frames == info.frames and animatic.fps == out.fps
-    # the movie of clips is muxed at the script's output size, the animatic at its viewing size
-    assert (info.width, info.height) == ((out.width, out.height) if with_video else (animatic.width, animatic.height))
+    # the movie (of clips or held keyframes) is muxed at the viewing size, like the animatic
+    assert (info.width, info.height) == (animatic.width, animatic.height)
 
     # each shot's frame count within one frame of duration x fps
     counts = shot_frame_counts([s.duration for s in shots], out.fps)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from mdream.cli.main import app
 from mdream.models.video import ImageToVideoModel, ImageToVideoPipeline, action_vector, sample_euler
-from mdream.stages.preview import read_video_info
+from mdream.stages.preview import read_video_info, viewing_size
 from mdream.training.video import VideoTrainingConfig, new_video_model
 
 runner = CliRunner()
@@ -174,7 +174,8 @@ def test_generate_muxes_the_clips_and_a_rerun_reuses_them(video_bundle, tmp_path
     result = _invoke("generate", script, "-o", movie, "--cache-dir", cache, "--json")
     assert result.exit_code == 0, result.output
     info = read_video_info(movie)
-    assert (info.frames, info.fps, info.width, info.height) == (8 + 6, 8.0, 48, 40)
+    assert (info.frames, info.fps) == (8 + 6, 8.0)
+    assert (info.width, info.height) == viewing_size(48, 40) == (336, 280)  # upscaled for viewing
     assert (tmp_path / "out" / "movie" / "animatic.mp4").is_file()  # the previews are still written
     again = _invoke("video", script, "--cache-dir", cache, "--json")
     assert again.exit_code == 0 and '"produced": []' in again.output.replace("\n", "").replace("  ", "")

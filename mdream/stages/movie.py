@@ -101,7 +101,8 @@ def _clip_frames(art: Artifact, shot_id: str):
 
 def write_movie(project: Project, clips: Sequence[Artifact], path: Path, transition: str = "cut",
                 quality: int = 8) -> Path:
-    """Mux every shot's clip into an H.264 yuv420p mp4 at the script's fps and output size.
+    """Mux every shot's clip into an H.264 yuv420p mp4 at the script's fps and viewing size (the output size,
+    upscaled by an integer factor until its shorter side reaches 256 pixels, like the animatic's).
 
     Frames are upscaled with a Lanczos filter and streamed to ffmpeg (imageio-ffmpeg) one shot at a time,
     never the whole movie in memory. Each shot gets ``round(duration * fps)`` frames (its clip). ``transition``:
@@ -114,11 +115,12 @@ def write_movie(project: Project, clips: Sequence[Artifact], path: Path, transit
 
     from mdream.cache import atomic_path, remove_stale_temp_files
     from mdream.errors import InputError
+    from mdream.stages.preview import viewing_size
 
     if transition not in ("cut", "crossfade"):
         raise InputError(f"Unknown transition {transition!r}.", hint="transitions are: cut, crossfade")
     out, shots = project.plan.output, project.plan.shots
-    width, height = out.width, out.height  # multiples of 8: even, as yuv420p needs
+    width, height = viewing_size(out.width, out.height)  # even, as yuv420p needs
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path.parent, lambda name: name == path.name)
