@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from mdream.errors import CorruptArtifactError, InputError
@@ -158,6 +159,23 @@ def test_per_shot_clips_folder(movies):
     report = evaluate_movie(gt_folder, movies["script"], frames="clips")
     assert report.clips_source == str(gt_folder / "clips")
     assert report.motion_agreement >= 0.75 and report.n_motion_pairs == movies["gt"].n_motion_pairs
+
+
+def test_animatic_of_a_movie_folder_is_the_floor(movies):
+    """The animatic `generate` writes into the movie folder (viewing size, keyframes held) scored with --movie: no
+    moving action and no camera read, like the held-keyframe movie."""
+    from mdream.stages.preview import shot_frame_counts, viewing_size, write_animatic
+
+    plan, gt_folder = movies["plan"], movies["script"].parent / "groundtruth"
+    counts = shot_frame_counts([s.duration for s in plan.shots], plan.output.fps)
+    keyframes = [np.asarray(Image.open(gt_folder / "keyframes" / f"{i:04d}.png").convert("RGB")) for i in range(len(counts))]
+    animatic = write_animatic(zip(keyframes, counts, strict=True), movies["root"] / "animatic.mp4", fps=plan.output.fps,
+                              size=viewing_size(plan.output.width, plan.output.height))
+    report = evaluate_movie(gt_folder, movies["script"], frames="clips", movie=animatic.path)
+    assert report.clips_source == str(animatic.path)
+    assert report.camera_agreement <= 0.2
+    assert report.motion_agreement <= movies["held"].motion_agreement + 0.1
+    assert report.scene_accuracy >= 0.9
 
 
 def test_clip_errors(movies, tmp_path):

@@ -277,9 +277,9 @@ def _movie_file(movie_dir: Path) -> Path | None:
     return None
 
 
-def load_clips(movie_dir: Path, plan, movie: Path | None = None) -> tuple[list[np.ndarray], str]:
-    """Every planned shot's clip, in plan order (uint8 [T, h, w, 3] each, area-averaged to about 64 px), and where
-    they were read.
+def load_clips(movie_dir: Path, plan, movie: Path | None = None, target: int = 64) -> tuple[list[np.ndarray], str]:
+    """Every planned shot's clip, in plan order (uint8 [T, h, w, 3] each, :func:`shrink`-ed towards ``target`` px),
+    and where they were read.
 
     Sources, first found: ``movie`` (an mp4, split into shots by the planned frame counts: round(duration * fps)
     per shot); MOVIE_DIR/clips/NNNN.mp4, one per shot (ground-truth folders); the movie mp4 beside the folder
@@ -296,7 +296,7 @@ def load_clips(movie_dir: Path, plan, movie: Path | None = None) -> tuple[list[n
                 shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
                 raise InputError(f"{len(missing)} of {len(clip_paths)} clips missing in {movie_dir / 'clips'}: {shown}",
                                  hint="Write every shot's clip, or pass the whole movie with --movie PATH.")
-            return [read_video(p) for p in clip_paths], str(movie_dir / "clips")
+            return [read_video(p, target) for p in clip_paths], str(movie_dir / "clips")
         movie = _movie_file(movie_dir)
         if movie is None:
             raise InputError(
@@ -308,7 +308,7 @@ def load_clips(movie_dir: Path, plan, movie: Path | None = None) -> tuple[list[n
     movie = Path(movie)
     if not movie.is_file():
         raise InputError(f"Movie file not found: {movie}", hint="Pass the mp4 that `mdream generate` wrote.")
-    frames = read_video(movie)
+    frames = read_video(movie, target)
     counts = shot_frame_counts([shot.duration for shot in plan.shots], plan.output.fps)
     if len(frames) != sum(counts):
         raise InputError(
@@ -549,7 +549,9 @@ def evaluate_movie(
     plan = _load_plan(script_path)
     clips, source = None, None
     if frames == "clips":
-        clips, source = load_clips(movie_dir, plan, Path(movie) if movie is not None else None)
+        # the toy evaluator reads 64 px (the frame analyser's size); CLIP and face crops want more
+        target = 64 if backend == "toy" else 256
+        clips, source = load_clips(movie_dir, plan, Path(movie) if movie is not None else None, target)
         frame_sets = [sample_frames(clips, point) for point in SAMPLE_POINTS]
     else:
         frame_sets = [load_keyframes(movie_dir, plan)]

@@ -42,7 +42,7 @@ class MotionReaderTrainingConfig(LoopConfig):
     help_panel: ClassVar[str] = "Motion reader"
 
     # LoopConfig's fields, with this run's defaults (their docstrings are LoopConfig's)
-    steps: int = 1500
+    steps: int = 2300
     batch_size: int = 32
     lr: float = 2e-3
     min_lr_ratio: float = 0.02
