@@ -213,3 +213,26 @@ def test_cli_frames_clips(movies):
     assert result.exit_code == 0 and "motion agreement" in result.stdout
     result = CliRunner().invoke(app, ["eval", str(root), "--script", script, "--frames", "clips"])
     assert result.exit_code == 2 and "Traceback" not in result.output and "No clips to score" in result.output
+
+
+def test_the_packaged_recipe_is_how_the_shipped_reader_was_trained():
+    from mdream.training.config import load_recipe
+    from mdream.training.motion_reader import MotionReaderTrainingConfig
+
+    _, values = load_recipe(MotionReaderTrainingConfig, "motion-reader-toy", "motion-reader")
+    reader = MotionReader.from_pretrained(TOY_MOTION_READER)
+    assert values["steps"] == reader.training_facts["steps"]
+    assert values["num_frames"] == reader.config.num_frames and values["frame_size"] == reader.config.frame_size
+
+
+def test_a_generated_animatic_is_named_in_the_notes(movies, tmp_path):
+    """`mdream generate` without a video model publishes the animatic as the movie; its run report says so."""
+    import shutil
+
+    folder = tmp_path / "movie"
+    folder.mkdir()
+    shutil.copy2(movies["root"] / "held.mp4", tmp_path / "movie.mp4")
+    (tmp_path / "movie.report.json").write_text(json.dumps({"movie_kind": "animatic"}))
+    report = evaluate_movie(folder, movies["script"], frames="clips")
+    assert any("is the animatic" in note for note in report.notes)
+    assert report.motion_agreement == movies["held"].motion_agreement
