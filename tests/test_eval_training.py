@@ -47,3 +47,26 @@ def test_analyser_training_saves_a_loadable_model(tmp_path):
     with np.load(pool) as data:
         assert data["frames"].shape[0] == 16
     assert json.loads((folder / "config.json").read_text())["steps"] == 3  # resumed from step 2
+
+
+def test_motion_reader_training_saves_installs_and_resumes(tmp_path):
+    from mdream.eval.motion_reader import MotionReader
+    from mdream.training.motion_reader import (
+        MotionReaderTrainingConfig,
+        install_motion_reader,
+        train_motion_reader,
+    )
+
+    config = MotionReaderTrainingConfig(steps=2, pool_size=16, refresh_per_step=1, batch_size=8, val_clips=8,
+                                        clip_lengths="8,12")
+    folder = train_motion_reader(config, tmp_path / "run")
+    model = MotionReader.from_pretrained(folder)
+    assert model.config.actions == ["stand", "walk", "wave", "jump", "sit"] and model.config.cameras[-1] == "still"
+    facts = model.training_facts
+    assert facts["steps"] == 2 and 0 <= facts["val_action_accuracy"] <= 1 and "held_read_as" in facts
+    installed = install_motion_reader(folder, tmp_path / "eval")
+    again = MotionReader.from_pretrained(installed)  # fp16 on disk, float32 in memory
+    assert next(again.parameters()).dtype == torch.float32
+    config.steps = 3
+    train_motion_reader(config, tmp_path / "run")
+    assert json.loads((folder / "config.json").read_text())["steps"] == 3  # resumed from step 2

@@ -35,6 +35,12 @@ def show_eval_report(report) -> None:
         pairs = ", ".join(f"{name} {getattr(report, short)} short-term / {getattr(report, long)} long-term"
                           for name, short, long in report.CONTINUITY_PAIRS)
         stdout.print(f"continuity pairs: {pairs}", highlight=False)
+    if report.frames == "clips":
+        stdout.print(f"frames: clips from {report.clips_source}; motion pairs: {report.n_motion_pairs} "
+                     f"({report.n_motion_skipped} skipped), camera pairs: {report.n_camera_pairs}", highlight=False)
+        if report.motion_agreement_by_action:
+            by_action = ", ".join(f"{a} {v:.2f}" for a, v in report.motion_agreement_by_action.items())
+            stdout.print(f"motion agreement by action: {by_action}", highlight=False)
     for note in report.notes:
         stdout.print(f"[dim]note: {note}[/]", highlight=False)
 
@@ -52,14 +58,26 @@ def eval_cli(
     analyser: Annotated[
         Path | None, typer.Option("--analyser", help="Toy backend: a frame analyser folder (default: shipped).")
     ] = None,
+    frames: Annotated[
+        str, typer.Option("--frames", help="keyframes (keyframes/NNNN.png) or clips (sampled frames of every shot's "
+                                           "clip, and the motion of the whole clip).")
+    ] = "keyframes",
+    movie: Annotated[
+        Path | None, typer.Option("--movie", help="With --frames clips: the mp4 to score (default: clips/ in the "
+                                                  "folder, else the mp4 beside it, MOVIE_DIR.mp4).")
+    ] = None,
+    motion_reader: Annotated[
+        Path | None, typer.Option("--motion-reader", help="Toy backend: a motion reader folder (default: shipped).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
 ) -> None:
-    """Score a generated movie against its script: adherence, identity consistency, continuity, toy-FID, diversity."""
+    """Score a generated movie against its script: adherence, identity consistency, continuity, toy-FID, diversity;
+    with --frames clips also the motion of every shot (its cast's actions, its camera)."""
     from mdream.eval.evaluate import evaluate_movie
 
     report = run_cli(
         evaluate_movie, movie_dir, script, backend=backend, clip_model=clip_model, face_model=face_model,
-        analyser_dir=analyser, as_json=json_out,
+        analyser_dir=analyser, frames=frames, movie=movie, motion_reader_dir=motion_reader, as_json=json_out,
     )
     if json_out:
         print_json(report.to_dict())

@@ -17,6 +17,15 @@ Backends:
   diversity features; an insightface recognition ONNX (``face_model``) gives identity. Without a
   face detector, faces are cut from the part of the frame where the script puts the character
   (left/center/right third, upper part); scene/cast accuracy and toy-FID are n/a.
+
+Frames (``frames``):
+
+* ``keyframes`` (default): MOVIE_DIR/keyframes/NNNN.png, one frame per shot.
+* ``clips``: the movie's moving frames, one clip per shot (see :func:`load_clips`). The frame metrics above are
+  scored on the first, middle and last frame of every shot (each sample scored like a set of keyframes, then the
+  three averaged; pair counts summed), and the toy backend's motion reader reads every whole clip: motion agreement
+  (the share of cast members whose scripted action it reads at their position) and camera agreement. Held keyframes
+  (the animatic) are its floor, ground-truth clips its ceiling.
 """
 
 from __future__ import annotations
@@ -37,6 +46,10 @@ from mdream.models.face_embedder import FACE_SIZE, FaceIdentityEmbedder
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "eval"
 TOY_FACE_MODEL = ASSETS_DIR / "toy_face_recognition.onnx"
 TOY_ANALYSER = ASSETS_DIR / "frame_analyser"
+TOY_MOTION_READER = ASSETS_DIR / "motion_reader"
+FRAME_SOURCES = ("keyframes", "clips")
+SAMPLE_POINTS = ("first", "middle", "last")
+"""Where in every shot's clip the frame metrics look (``frames="clips"``)."""
 BACKENDS = ("toy", "real")
 POSITIONS = ("left", "center", "right")
 TOY_FRAME_SIZES = (32, 64, 128)
@@ -64,6 +77,10 @@ class ShotResult:
     predicted_trousers: dict[str, int] = field(default_factory=dict)
     """Character id -> the trouser colour read where it stands (index into TROUSER_COLOURS); only the
     characters whose trousers count for continuity (not in close-ups, where the legs are out of frame)."""
+    predicted_actions: dict[str, str | None] = field(default_factory=dict)
+    """The motion reader: position -> the action read in the shot's clip (None: nobody there); clips only."""
+    predicted_camera: str | None = None
+    """The motion reader's camera (a script camera, or ``still``); clips only."""
 
 
 @dataclass
@@ -106,8 +123,24 @@ class EvalReport:
     """Fraction of a character's consecutive appearances (close-ups skipped) whose trousers read the same."""
     trousers_continuity_long_term: float | None = None
     """Fraction of pairs of a character's appearances 20+ shots apart (close-ups skipped) whose trousers read the same."""
+    motion_agreement: float | None = None
+    """Fraction of (shot, cast member) whose scripted action the motion reader reads at the member's position in the
+    shot's clip (toy, ``frames="clips"``; actions outside the reader's vocabulary skipped)."""
+    camera_agreement: float | None = None
+    """Fraction of shots whose camera (wide pans, medium / close-up zoom in) the motion reader reads in the clip."""
     continuity_unavailable: str | None = None
     """Why the continuity of the hidden state is not measured (None: it is, or nothing to measure)."""
+    frames: str = "keyframes"
+    """What was scored: ``keyframes`` (one frame per shot) or ``clips`` (sampled frames of every shot's clip)."""
+    clips_source: str | None = None
+    """Where the clips were read (``frames="clips"``): a clips/ folder or an mp4 split by the planned frame counts."""
+    motion_agreement_by_action: dict[str, float] = field(default_factory=dict)
+    """Scripted action -> its motion agreement (the actions that occur)."""
+    n_motion_pairs: int = 0
+    """(shot, cast member) pairs counted in motion agreement."""
+    n_motion_skipped: int = 0
+    """Positioned cast members of mappable shots skipped: no action, or one the reader does not know."""
+    n_camera_pairs: int = 0
     n_faces: int = 0
     n_short_term_pairs: int = 0
     n_long_term_pairs: int = 0
@@ -135,6 +168,8 @@ class EvalReport:
         ("palette_continuity_long_term", "palette continuity, long-term (20+ shots)", "higher"),
         ("trousers_continuity_short_term", "trousers continuity, short-term (next appearance)", "higher"),
         ("trousers_continuity_long_term", "trousers continuity, long-term (20+ shots)", "higher"),
+        ("motion_agreement", "motion agreement (each cast member's action)", "higher"),
+        ("camera_agreement", "camera agreement (pan / zoom)", "higher"),
     )
     CONTINUITY_PAIRS = (
         ("palette", "n_palette_short_term_pairs", "n_palette_long_term_pairs"),
@@ -164,18 +199,12 @@ def _load_plan(script_path: Path):
     return plan_script(load_script(script_path))
 
 
-def load_keyframes(movie_dir: Path, plan) -> list[np.ndarray]:
-    """MOVIE_DIR/keyframes/NNNN.png for every planned shot, in plan order (uint8 RGB arrays)."""
+def _check_movie_dir(movie_dir: Path, plan) -> None:
+    """The movie folder exists and its shots.json (when there is one) lists the script's shots."""
     if not movie_dir.exists():
         raise InputError(f"Movie folder not found: {movie_dir}", hint="Pass the folder that `mdream generate` wrote.")
     if not movie_dir.is_dir():
         raise InputError(f"{movie_dir} is not a folder.", hint="Pass the movie folder, not a file inside it.")
-    keyframe_dir = movie_dir / "keyframes"
-    if not keyframe_dir.is_dir():
-        raise InputError(
-            f"No keyframes/ folder in {movie_dir}.",
-            hint="A movie folder holds keyframes/0000.png ... (one per shot, see docs/architecture.md).",
-        )
     shots_file = movie_dir / "shots.json"
     if shots_file.is_file():
         try:
@@ -188,6 +217,17 @@ def load_keyframes(movie_dir: Path, plan) -> list[np.ndarray]:
                 f"{shots_file} lists {len(listed)} shots that do not match the script's {len(planned)} shots.",
                 hint="Was this movie generated from another script (or an older version of it)?",
             )
+
+
+def load_keyframes(movie_dir: Path, plan) -> list[np.ndarray]:
+    """MOVIE_DIR/keyframes/NNNN.png for every planned shot, in plan order (uint8 RGB arrays)."""
+    _check_movie_dir(movie_dir, plan)
+    keyframe_dir = movie_dir / "keyframes"
+    if not keyframe_dir.is_dir():
+        raise InputError(
+            f"No keyframes/ folder in {movie_dir}.",
+            hint="A movie folder holds keyframes/0000.png ... (one per shot, see docs/architecture.md).",
+        )
     paths = [keyframe_dir / f"{shot.index:04d}.png" for shot in plan.shots]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
@@ -197,6 +237,93 @@ def load_keyframes(movie_dir: Path, plan) -> list[np.ndarray]:
             hint="Run the keyframe and render stages for every shot first (or check the script).",
         )
     return [read_rgb(p, "keyframe") for p in paths]
+
+
+def shrink(frame: np.ndarray, target: int = 64) -> np.ndarray:
+    """Area-average a decoded frame [H, W, 3] by the integer factor that brings its shorter side nearest above
+    ``target`` (a 256x256 viewing copy of a 64x64 movie -> 64x64; a frame no larger than twice ``target`` is kept)."""
+    h, w = frame.shape[:2]
+    k = max(1, min(h, w) // target)
+    if k == 1:
+        return frame
+    h, w = h // k * k, w // k * k
+    blocks = frame[:h, :w].reshape(h // k, k, w // k, k, 3).astype(np.float32)
+    return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
+
+
+def read_video(path: Path, target: int = 64) -> np.ndarray:
+    """Every frame of a video file, each :func:`shrink`-ed: uint8 [T, h, w, 3]."""
+    import imageio_ffmpeg
+
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        width, height = meta["size"]
+        frames = [shrink(np.frombuffer(raw, np.uint8).reshape(height, width, 3), target) for raw in reader]
+    except (OSError, RuntimeError, StopIteration, KeyError, ValueError) as exc:
+        raise InputError(f"{path} cannot be read as a video: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}",
+                         hint="Pass an mp4 that `mdream generate` (or `mdream toy script --clips`) wrote.") from None
+    if not frames:
+        raise InputError(f"{path} holds no frames.", hint="Was the movie written to the end?")
+    return np.stack(frames)
+
+
+def _movie_file(movie_dir: Path) -> Path | None:
+    """The movie mp4 that goes with a movie folder: ``movie/`` -> ``movie.mp4`` beside it (what `mdream generate`
+    writes), else ``movie/movie.mp4`` (a ground-truth folder)."""
+    for candidate in (movie_dir.with_suffix(".mp4"), movie_dir / "movie.mp4"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_clips(movie_dir: Path, plan, movie: Path | None = None, target: int = 64) -> tuple[list[np.ndarray], str]:
+    """Every planned shot's clip, in plan order (uint8 [T, h, w, 3] each, :func:`shrink`-ed towards ``target`` px),
+    and where they were read.
+
+    Sources, first found: ``movie`` (an mp4, split into shots by the planned frame counts: round(duration * fps)
+    per shot); MOVIE_DIR/clips/NNNN.mp4, one per shot (ground-truth folders); the movie mp4 beside the folder
+    (``movie/`` -> ``movie.mp4``, what `mdream generate` writes) or inside it, split like ``movie``.
+    """
+    from mdream.stages.preview import shot_frame_counts
+
+    _check_movie_dir(movie_dir, plan)
+    if movie is None:
+        clip_paths = [movie_dir / "clips" / f"{shot.index:04d}.mp4" for shot in plan.shots]
+        if (movie_dir / "clips").is_dir():
+            missing = [p.name for p in clip_paths if not p.is_file()]
+            if missing:
+                shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+                raise InputError(f"{len(missing)} of {len(clip_paths)} clips missing in {movie_dir / 'clips'}: {shown}",
+                                 hint="Write every shot's clip, or pass the whole movie with --movie PATH.")
+            return [read_video(p, target) for p in clip_paths], str(movie_dir / "clips")
+        movie = _movie_file(movie_dir)
+        if movie is None:
+            raise InputError(
+                f"No clips to score for {movie_dir}: no clips/0000.mp4 ... in it and no movie mp4 beside it "
+                f"({movie_dir.with_suffix('.mp4').name}) or in it (movie.mp4).",
+                hint="Generate the movie with `mdream generate SCRIPT -o movie.mp4` (its folder is movie/), pass the "
+                     "mp4 with --movie PATH, or score the keyframes with --frames keyframes.",
+            )
+    movie = Path(movie)
+    if not movie.is_file():
+        raise InputError(f"Movie file not found: {movie}", hint="Pass the mp4 that `mdream generate` wrote.")
+    frames = read_video(movie, target)
+    counts = shot_frame_counts([shot.duration for shot in plan.shots], plan.output.fps)
+    if len(frames) != sum(counts):
+        raise InputError(
+            f"{movie} has {len(frames)} frames; the script plans {sum(counts)} ({len(counts)} shots at "
+            f"{plan.output.fps} fps), so its shots cannot be told apart.",
+            hint="Was it made from another script (or another fps)? Pass the movie generated from this script.",
+        )
+    bounds = np.cumsum([0, *counts])
+    return [frames[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], str(movie)
+
+
+def sample_frames(clips: list[np.ndarray], point: str) -> list[np.ndarray]:
+    """One frame of every clip: its ``first``, ``middle`` or ``last``."""
+    index = {"first": lambda n: 0, "middle": lambda n: (n - 1) // 2, "last": lambda n: n - 1}[point]
+    return [clip[index(len(clip))] for clip in clips]
 
 
 def _reference_embeddings(embedder: FaceIdentityEmbedder, plan) -> dict[str, np.ndarray]:
@@ -395,14 +522,24 @@ def evaluate_movie(
     face_model: str | Path | None = None,
     analyser_dir: str | Path | None = None,
     seed: int = 0,
+    frames: str = "keyframes",
+    movie: str | Path | None = None,
+    motion_reader_dir: str | Path | None = None,
 ) -> EvalReport:
-    """Score MOVIE_DIR/keyframes/NNNN.png (plan order) against the script.
+    """Score a movie against the script: MOVIE_DIR/keyframes/NNNN.png (plan order), or with ``frames="clips"`` every
+    shot's clip (:func:`load_clips`; ``movie``: the mp4 to read instead of the one found beside MOVIE_DIR).
 
-    ``face_model`` defaults to the shipped toy embedder on the toy backend; ``analyser_dir`` to the
-    shipped frame analyser. ``seed`` seeds the ground-truth renders of the toy-FID reference set.
+    ``face_model`` defaults to the shipped toy embedder on the toy backend; ``analyser_dir`` and
+    ``motion_reader_dir`` to the shipped frame analyser and motion reader. ``seed`` seeds the ground-truth renders of
+    the toy-FID reference set.
     """
     if backend not in BACKENDS:
         raise InputError(f"Unknown evaluation backend {backend!r}.", hint=f"Use one of: {', '.join(BACKENDS)}.")
+    if frames not in FRAME_SOURCES:
+        raise InputError(f"Unknown frame source {frames!r}.", hint=f"--frames takes one of: {', '.join(FRAME_SOURCES)}.")
+    if movie is not None and frames != "clips":
+        raise InputError("--movie names the mp4 whose clips are scored: it goes with --frames clips.",
+                         hint="Add --frames clips, or leave out --movie to score the keyframes.")
     movie_dir, script_path = Path(movie_dir), Path(script_path)
     if backend == "real" and clip_model is None and face_model is None:
         raise InputError(
@@ -410,7 +547,63 @@ def evaluate_movie(
             hint="Pass --clip-model (hub id or folder) and/or --face-model (an insightface recognition .onnx).",
         )
     plan = _load_plan(script_path)
-    frames = load_keyframes(movie_dir, plan)
+    clips, source = None, None
+    if frames == "clips":
+        # the toy evaluator reads 64 px (the frame analyser's size); CLIP and face crops want more
+        target = 64 if backend == "toy" else 256
+        clips, source = load_clips(movie_dir, plan, Path(movie) if movie is not None else None, target)
+        frame_sets = [sample_frames(clips, point) for point in SAMPLE_POINTS]
+    else:
+        frame_sets = [load_keyframes(movie_dir, plan)]
+
+    if face_model is None and backend == "toy":
+        face_model = TOY_FACE_MODEL
+    embedder = FaceIdentityEmbedder(face_model) if face_model is not None else None
+    analyser = view = scorer = None
+    if backend == "toy":
+        from mdream.eval.frame_analyser import FrameAnalyser
+
+        analyser = FrameAnalyser.from_pretrained(analyser_dir or TOY_ANALYSER)
+        view = ToyView(plan, analyser)
+    elif clip_model is not None:
+        scorer = ClipScorer(clip_model)
+
+    reports = [_score_frames(movie_dir, script_path, plan, frame_set, backend, embedder, analyser, view, scorer, seed)
+               for frame_set in frame_sets]
+    report = reports[0] if len(reports) == 1 else _merge_reports(reports, base=SAMPLE_POINTS.index("middle"))
+    report.frames = frames
+    if clips is not None:
+        report.clips_source = source
+        report.notes.insert(0, f"frame metrics: the mean over the {', '.join(SAMPLE_POINTS)} frame of every shot's "
+                               "clip (pair counts summed; per-shot readings from the middle frame)")
+        kind = _movie_kind(Path(source))
+        if kind == "animatic":
+            report.notes.append(f"{source} is the animatic (held keyframes, no video model): the floor of motion")
+        if view is not None:
+            from mdream.eval.motion_reader import MotionReader
+
+            reader = MotionReader.from_pretrained(motion_reader_dir or TOY_MOTION_READER)
+            _score_motion(report, plan, clips, reader, view)
+        else:
+            report.notes.append("real backend: motion and camera agreement are n/a (the motion reader reads the toy "
+                                "world)")
+    return report
+
+
+def _movie_kind(source: Path) -> str | None:
+    """``animatic`` or ``video`` as the run report beside a generated movie says (None: no report)."""
+    report = source.with_suffix(".report.json")
+    if source.suffix != ".mp4" or not report.is_file():
+        return None
+    try:
+        return json.loads(report.read_text()).get("movie_kind")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _score_frames(movie_dir: Path, script_path: Path, plan, frames: list[np.ndarray], backend: str, embedder,
+                  analyser, view: ToyView | None, scorer: ClipScorer | None, seed: int) -> EvalReport:
+    """The frame metrics of one frame per shot (plan order)."""
     report = EvalReport(backend=backend, movie_dir=str(movie_dir), script=str(script_path), n_shots=len(plan.shots))
     results = [
         ShotResult(
@@ -422,21 +615,13 @@ def evaluate_movie(
     report.shots = results
     report.copy_fraction = metrics.copy_fraction(frames)
 
-    if face_model is None and backend == "toy":
-        face_model = TOY_FACE_MODEL
-    embedder = FaceIdentityEmbedder(face_model) if face_model is not None else None
-
     if backend == "toy":
-        from mdream.eval.frame_analyser import FrameAnalyser
-
-        analyser = FrameAnalyser.from_pretrained(analyser_dir or TOY_ANALYSER)
-        view = ToyView(plan, analyser)
         report.notes.extend(view.notes)
         _score_toy(report, plan, frames, analyser, view, seed)
         boxes_of = view.face_boxes
     else:
-        if clip_model is not None:
-            _score_clip(report, plan, frames, ClipScorer(clip_model))
+        if scorer is not None:
+            _score_clip(report, plan, frames, scorer)
         else:
             report.notes.append("no --clip-model: CLIP score and diversity are n/a")
         report.notes.append("real backend: faces cut from the script's position thirds (no face detector)")
@@ -458,6 +643,56 @@ def evaluate_movie(
     report.n_long_term_pairs = int(consistency["long_term_pairs"])
     report.identity_accuracy = metrics.identity_accuracy(faces, _reference_embeddings(embedder, plan))
     return report
+
+
+_SUMMED = ("n_faces", "n_short_term_pairs", "n_long_term_pairs", "n_palette_short_term_pairs",
+           "n_palette_long_term_pairs", "n_trousers_short_term_pairs", "n_trousers_long_term_pairs")
+
+
+def _merge_reports(reports: list[EvalReport], base: int) -> EvalReport:
+    """One report of several frame samples of the same shots: each metric the mean of its measured values (n/a
+    where none is), pair counts summed, the per-shot readings of ``reports[base]``, every note once."""
+    import dataclasses
+
+    merged = dataclasses.replace(reports[base])
+    for name, _, _ in EvalReport.METRICS:
+        values = [getattr(r, name) for r in reports if getattr(r, name) is not None]
+        setattr(merged, name, float(np.mean(values)) if values else None)
+    for name in _SUMMED:
+        setattr(merged, name, sum(getattr(r, name) for r in reports))
+    merged.notes = list(dict.fromkeys(note for r in reports for note in r.notes))
+    return merged
+
+
+def _score_motion(report: EvalReport, plan, clips: list[np.ndarray], reader, view: ToyView) -> None:
+    """Motion and camera agreement: the reader's reading of every mappable shot's clip against the script."""
+    readings = reader.read(clips)
+    actions, cameras = reader.config.actions, reader.config.cameras
+    motion, camera = [], []
+    for shot, result in zip(plan.shots, report.shots, strict=True):
+        read = readings["actions"][shot.index]
+        result.predicted_actions = {p: (actions[a] if a >= 0 else None) for p, a in zip(POSITIONS, read, strict=True)}
+        result.predicted_camera = cameras[readings["camera"][shot.index]]
+        if not view.maps(shot):
+            continue
+        camera.append(metrics.MotionReading(shot.index, shot.camera or "", result.predicted_camera))
+        given = [m.position for m in shot.cast if m.position is not None]
+        for member in shot.cast:
+            if member.position is None or given.count(member.position) > 1:
+                continue  # no place to read it at, or two figures scripted at one place
+            expected = (member.action or "").strip().lower()
+            motion.append(metrics.MotionReading(shot.index, expected, result.predicted_actions[member.position]))
+    agreement = metrics.motion_agreement(motion, actions)
+    report.motion_agreement = agreement["agreement"]
+    report.n_motion_pairs = int(agreement["pairs"])
+    report.n_motion_skipped = int(agreement["skipped"])
+    report.motion_agreement_by_action = dict(agreement["by_expected"])
+    camera_agreement = metrics.motion_agreement(camera, [c for c in cameras if c != "still"])
+    report.camera_agreement = camera_agreement["agreement"]
+    report.n_camera_pairs = int(camera_agreement["pairs"])
+    if not agreement["pairs"]:
+        report.notes.append("motion agreement: no cast member of a toy-world shot has an action the motion reader "
+                            f"knows ({', '.join(actions)}): n/a")
 
 
 def _score_toy(report: EvalReport, plan, frames, analyser, view: ToyView, seed: int) -> None:

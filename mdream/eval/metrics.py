@@ -121,6 +121,36 @@ def variant_agreement(
     }
 
 
+@dataclass(frozen=True)
+class MotionReading:
+    """What the motion reader read in one shot's clip for one cast member (or for the camera), and what the script
+    asks for. ``read`` is None where the reader saw nobody at the member's position."""
+
+    shot_index: int
+    expected: str
+    """The script's action (a cast member) or camera (the shot)."""
+    read: str | None
+
+
+def motion_agreement(readings: Sequence[MotionReading], known: Sequence[str]) -> dict[str, object]:
+    """The share of readings whose read action (or camera) is the expected one.
+
+    Readings whose expected value is not in ``known`` (the reader's vocabulary: a free-text action such as "reads a
+    book") are skipped, not counted as misses. Returns ``agreement`` (None: nothing to measure), ``pairs`` (readings
+    counted), ``skipped`` and ``by_expected`` (expected value -> its agreement, for the values that occur).
+    """
+    counted = [r for r in readings if r.expected in known]
+    by_expected: dict[str, list[bool]] = {}
+    for r in counted:
+        by_expected.setdefault(r.expected, []).append(r.read == r.expected)
+    return {
+        "agreement": _mean_or_none([r.read == r.expected for r in counted]),
+        "pairs": len(counted),
+        "skipped": len(readings) - len(counted),
+        "by_expected": {value: float(np.mean(hits)) for value, hits in sorted(by_expected.items())},
+    }
+
+
 def identity_accuracy(faces: Sequence[FaceObservation], references: dict[str, np.ndarray]) -> float | None:
     """Fraction of faces whose nearest reference embedding (cosine) belongs to the right character.
 

@@ -67,3 +67,35 @@ def crop_resized(frame: np.ndarray, box: tuple[float, float, float, float], size
         x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
     crop = Image.fromarray(np.ascontiguousarray(frame[y0:y1, x0:x1]))
     return np.asarray(crop.resize((size, size), Image.BILINEAR))
+
+
+def toy_shot_clips(plan, view, size: int = 32, seed: int = 0, held: bool = False) -> list[np.ndarray]:
+    """Ground-truth clips of a planned toy script's shots: each shot mapped onto the toy world by ``view``
+    (:class:`mdream.eval.evaluate.ToyView`) and rendered by ``render_clip`` with its planned frame count
+    (``round(duration * fps)``); with ``held``, its keyframe repeated instead (the animatic). uint8 [T, size, size, 3]
+    each: the ceiling and the floor of the evaluator's motion agreement."""
+    from mdream.stages.preview import shot_frame_counts
+    from mdream.toyworld import render_clip
+
+    counts = shot_frame_counts([shot.duration for shot in plan.shots], plan.output.fps)
+    clips = []
+    for shot, count in zip(plan.shots, counts, strict=True):
+        rng = np.random.default_rng([seed, shot.index, 0xC11])
+        clip = render_clip(view.world, view.shot_spec(shot), size, max(2, count), rng)[:count]
+        clips.append(np.repeat(clip[:1], count, axis=0) if held else clip)
+    return clips
+
+
+def write_clips_movie(plan, clips: list[np.ndarray], path) -> object:
+    """Mux per-shot clips (uint8 [T, H, W, 3], plan order) into ``path`` with the pipeline's own movie writer
+    (:func:`mdream.stages.movie.write_movie`: the script's output size and fps, Lanczos upscale, H.264): a movie as
+    `mdream generate` writes it, from clips made by hand. Returns the path."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mdream.stages.movie import write_movie
+
+    artifacts = [SimpleNamespace(load_tensors=lambda name, c=c: {"frames": torch.from_numpy(np.ascontiguousarray(c))})
+                 for c in clips]
+    return write_movie(SimpleNamespace(plan=plan), artifacts, path)

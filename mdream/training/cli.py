@@ -18,12 +18,12 @@ import typer
 from mdream.cli._apps import mdream_app
 from mdream.cli._common import print_json, run_cli, stdout
 
-app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, video model, the evaluator's analyser and face embedder).")
+app = mdream_app("train", "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, video model, the evaluator's analyser, motion reader and face embedder).")
 
 OUT_HELP = "Run folder: train_config.json and checkpoints/ (checkpoints/latest names the newest) are written here."
 RESUME_HELP = "auto (newest checkpoint under --output, else start fresh), never, or a checkpoint folder."
 CONFIG_HELP = ("A recipe: a YAML file of these settings, or the name of a packaged one (tokenizer-toy-cpu, clip-toy, "
-               "analyser-toy, ar-toy-cpu, video-toy-cpu); options typed here override it.")
+               "analyser-toy, motion-reader-toy, ar-toy-cpu, video-toy-cpu); options typed here override it.")
 
 
 def config_command(name: str, config_cls: type, run: typing.Callable[..., object], help_text: str,
@@ -107,6 +107,11 @@ def _register() -> None:
     )
     from mdream.training.ar import ARTrainingConfig, train_ar
     from mdream.training.clip import ClipTrainingConfig, train_clip
+    from mdream.training.motion_reader import (
+        MotionReaderTrainingConfig,
+        install_motion_reader,
+        train_motion_reader,
+    )
     from mdream.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
     from mdream.training.video import VideoTrainingConfig, train_video
 
@@ -138,6 +143,11 @@ def _register() -> None:
         "analyser", AnalyserTrainingConfig, train_frame_analyser,
         "Train the evaluator's toy frame analyser (scene + who is where) on fresh toy renders.",
         after_options=[install], after=lambda folder, opts: install_frame_analyser(folder) if opts["install"] else None,
+    )
+    config_command(
+        "motion-reader", MotionReaderTrainingConfig, train_motion_reader,
+        "Train the evaluator's toy motion reader (each slot's action, the camera's motion) on toy ground-truth clips.",
+        after_options=[install], after=lambda folder, opts: install_motion_reader(folder) if opts["install"] else None,
     )
     config_command(
         "face-embedder", FaceTrainingConfig, train_face_embedder,
