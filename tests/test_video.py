@@ -118,6 +118,37 @@ def test_sample_euler_is_exact_for_a_point_mass():
     assert torch.allclose(x, c)
 
 
+def test_preconditioning_svd_v_prediction_and_x0(model):
+    """sigma_data 1 with v-prediction is SVD's denoiser; x0-prediction returns the UNet's output as it is."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(1, 4, 48, 8, 8, generator=g), torch.randn(1, 4, 48, 8, 8, generator=g)
+    context, ids = torch.randn(1, 2, 24, generator=g), model.added_time_ids(1)
+    sigma = torch.tensor(2.0)
+    with torch.no_grad():
+        raw = model.unet(torch.cat([x / (sigma**2 + 1).sqrt(), cond], dim=2), 0.25 * sigma.log().view(1),
+                         encoder_hidden_states=context, added_time_ids=ids).sample
+        v = model.denoise(x, sigma, cond, context, ids)
+        assert torch.allclose(v, x / (sigma**2 + 1) - sigma / (sigma**2 + 1).sqrt() * raw, atol=1e-5)
+        x0_model = ImageToVideoModel(dataclasses.replace(model.config, prediction="x0"), model.unet,
+                                     model.image_encoder, model.scheduler, action_encoder=model.action_encoder)
+        assert torch.allclose(x0_model.denoise(x, sigma, cond, context, ids), raw, atol=1e-6)
+
+
+def test_a_residual_model_that_draws_no_motion_holds_its_keyframe(model):
+    """With residual denoising, a UNet that predicts a zero clip (x0) gives the conditioning frame in every frame."""
+    import copy
+    import dataclasses
+
+    still = copy.deepcopy(model)
+    still.config = dataclasses.replace(model.config, residual=True, prediction="x0")
+    torch.nn.init.zeros_(still.unet.conv_out.weight)
+    torch.nn.init.zeros_(still.unet.conv_out.bias)
+    out = ImageToVideoPipeline(still)(keyframe(3), num_frames=7, clip_length=4, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(out.frames[0], np.repeat(keyframe(3), 7, axis=0))
+
+
 def test_a_training_step_runs_and_lowers_the_loss(tmp_path):
     from mdream.training.video import ClipSet, VideoTask, VideoTrainingModel
 

@@ -85,6 +85,9 @@ class VideoModelConfig:
     """Frames decoded by the temporal VAE at once."""
     sigma_data: float = 1.0
     """The data's standard deviation in EDM's preconditioning (SVD: 1)."""
+    prediction: str = "v"
+    """What the UNet predicts: ``v`` (SVD's v-prediction) or ``x0`` (the denoised clip itself: c_skip = 0, c_out = 1,
+    so nothing of the input noise has to pass through the network)."""
     residual: bool = False
     """True: the UNet denoises the clip minus its clean conditioning frame (residual video diffusion, Yang et al.
     2022, "Diffusion Probabilistic Modeling for Video Generation"), so a clip that holds the keyframe still is the
@@ -295,7 +298,7 @@ class ImageToVideoModel(nn.Module):
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, context: torch.Tensor,
                 time_ids: torch.Tensor) -> torch.Tensor:
-        """EDM-preconditioned denoiser D(x; sigma) of SVD (v-prediction; SVD's sigma_data is 1).
+        """EDM-preconditioned denoiser D(x; sigma) (SVD: v-prediction, sigma_data 1; or x0-prediction).
 
         x: noisy clip [B, T, C, h, w]; sigma: scalar or [B]; cond: conditioning latents [B, T, C, h, w];
         context: cross-attention tokens [B, L, D]; time_ids: [B, 3]. Returns the denoised clip [B, T, C, h, w].
@@ -305,6 +308,8 @@ class ImageToVideoModel(nn.Module):
         s = sigma.view(-1, 1, 1, 1, 1)
         sd = self.config.sigma_data
         c_in, c_skip, c_out = 1 / (s**2 + sd**2).sqrt(), sd**2 / (s**2 + sd**2), -s * sd / (s**2 + sd**2).sqrt()
+        if self.config.prediction == "x0":
+            c_skip, c_out = torch.zeros_like(s), torch.ones_like(s)
         c_noise = 0.25 * sigma.log()  # [B]
         inp = torch.cat([c_in * x, cond], dim=2).to(self.dtype)
         v = self.unet(inp, c_noise.to(self.dtype), encoder_hidden_states=context.to(self.dtype),

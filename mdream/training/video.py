@@ -9,7 +9,7 @@ frame (``anchor="last"``). The action multi-hot comes from the shot's cast and c
 
 Loss: EDM's (Karras et al. 2022) with SVD's preconditioning (v-prediction, ``sigma_data``): sigma log-normal
 (``p_mean``, ``p_std``), weight ``(sigma^2 + sigma_data^2) / (sigma sigma_data)^2`` on the denoised estimate's
-squared error; with ``residual`` the model denoises the clip minus its conditioning frame. The
+squared error (with ``prediction: x0``, weight 1); with ``residual`` the model denoises the clip minus its conditioning frame. The
 conditioning is dropped (zero embedding and zero conditioning frame) with ``cond_dropout`` for guidance.
 The loop (optimizer, EMA, checkpoints, resume, time budget) is :func:`mdream.training.loop.fit`.
 """
@@ -78,6 +78,8 @@ class VideoTrainingConfig(LoopConfig):
     """Largest sigma of the sampler's schedule (saved with the model)."""
     sigma_data: float = 1.0
     """The data's standard deviation in the preconditioning (SVD: 1; the toy clip's residual: about 0.25)."""
+    prediction: str = "v"
+    """What the UNet predicts: v (SVD) or x0 (see VideoModelConfig.prediction); x0 is trained with weight 1."""
     residual: bool = False
     """Denoise the clip minus its conditioning frame instead of the clip (see VideoModelConfig.residual)."""
     cond_dropout: float = 0.1
@@ -97,6 +99,8 @@ class VideoTrainingConfig(LoopConfig):
             raise ConfigValueError("clip_length", f"--clip-length must be >= 2, got {self.clip_length}.")
         if self.clips < 1:
             raise ConfigValueError("clips", f"--clips must be >= 1, got {self.clips}.")
+        if self.prediction not in ("v", "x0"):
+            raise ConfigValueError("prediction", f"--prediction must be v or x0, got {self.prediction!r}.")
         for name in ("cond_dropout", "last_anchor_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1].")
@@ -120,7 +124,7 @@ def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
     mc = VideoModelConfig(pixel_space=True, patch_size=config.patch_size, height=config.frame_size,
                           width=config.frame_size, num_frames=config.clip_length, fps=config.fps,
                           num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0,
-                          sigma_data=config.sigma_data, residual=config.residual)
+                          sigma_data=config.sigma_data, residual=config.residual, prediction=config.prediction)
     c = 3 * config.patch_size**2
     unet = UNetSpatioTemporalConditionModel(
         sample_size=config.frame_size // config.patch_size, in_channels=2 * c, out_channels=c,
@@ -211,7 +215,7 @@ class VideoTrainingModel(nn.Module):
         s = sigma.view(b, 1, 1, 1, 1)
         denoised = m.denoise(x0 + s * noise, sigma, cond, context, m.added_time_ids(b))
         sd = m.config.sigma_data
-        weight = (s**2 + sd**2) / (s * sd) ** 2
+        weight = (s**2 + sd**2) / (s * sd) ** 2 if m.config.prediction == "v" else torch.ones_like(s)
         return (weight * (denoised - x0) ** 2).mean()
 
 
