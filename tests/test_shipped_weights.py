@@ -126,6 +126,14 @@ def test_frame_analyser_fits_its_config():
     load_strict(FrameAnalyser(config), folder / "model.safetensors")
 
 
+def test_motion_reader_fits_its_config():
+    from mdream.eval.motion_reader import MotionReader, MotionReaderConfig
+
+    folder = EVAL / "motion_reader"
+    config = MotionReaderConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    load_strict(MotionReader(config), folder / "model.safetensors")
+
+
 def test_face_embedder_onnx_fits_its_config():
     import onnx
     from onnx import numpy_helper
@@ -198,7 +206,8 @@ def test_every_shipped_weights_file_is_checked():
                "models/toy-tokenizer/encoder/compressor/diffusion_pytorch_model.safetensors",
                "models/toy-tokenizer/decoder/unet/diffusion_pytorch_model.safetensors",
                "models/toy-tokenizer/decoder/context/diffusion_pytorch_model.safetensors",
-               "eval/frame_analyser/model.safetensors", "eval/toy_face_recognition.onnx", *VIDEO_WEIGHTS}
+               "eval/frame_analyser/model.safetensors", "eval/motion_reader/model.safetensors",
+               "eval/toy_face_recognition.onnx", *VIDEO_WEIGHTS}
     shipped = {str(p.relative_to(ASSETS)) for p in ASSETS.rglob("*") if p.suffix in (".safetensors", ".onnx", ".bin")}
     unchecked = sorted(shipped - checked)
     assert not unchecked, f"shipped weights no test loads: {unchecked}"
