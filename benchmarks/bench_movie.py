@@ -181,7 +181,7 @@ def time_table(results: list[dict], threads: int) -> str:
         lines.append(f"| {r['name']}.yaml | {r['shots']} | {r['duration']:g} s ({r['fps']} fps) | "
                      f"{r['video_seconds']:.1f} s | {r['video_seconds'] / r['duration']:.2f} s | "
                      f"{r['generate_seconds']:.1f} s | {r['wall']:.1f} s |")
-    return "\n".join(lines) + f"\n\n({threads} torch threads, CPU.)"
+    return "\n".join(lines) + f"\n\n({threads} torch thread{'s' if threads != 1 else ''}, CPU.)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.without_movie and not has_video_model(video):
         print(f"no video model at {SHIPPED_VIDEO}: skipping the movie benchmark (the toy bundle's movie is the "
               "animatic; train one with `mdream train video --config video-toy-cpu` and export it there with "
-              f"`mdream train export RUN/final {SHIPPED_VIDEO.relative_to(ROOT)} --fp16`)")
+              "`mdream train export RUN/final mdream/assets/models/toy-video --fp16`)")
         return
 
     import torch
