@@ -16,6 +16,7 @@ BENCHMARKS = [
     "benchmarks.bench_ar_quality",
     "benchmarks.bench_continuity",
     "benchmarks.bench_video",  # the shipped toy video model (says so and skips while none ships)
+    "benchmarks.bench_movie",  # the movie's scores between animatic and ground truth (skips while no video model ships)
 ]
 # full-size timings: only where a GPU is present (a full SDXL UNet on 2 CPU cores would take hours)
 GPU_BENCHMARKS = ["benchmarks.bench_sdxl_render"]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from mdream.training import toy_bundle
 from mdream.training.toy_bundle import STEPS, train_toy_bundle
 
-ORDER = ["clip", "face_embedder", "tokenizer", "ar", "analyser", "video"]
+ORDER = ["clip", "face_embedder", "tokenizer", "tokenizer_hidden", "ar", "analyser", "motion_reader", "video"]
 
 
 def test_steps_are_in_dependency_order():
@@ -45,14 +45,15 @@ class FakeBundle(toy_bundle._Bundle):
             path.mkdir(exist_ok=True)
         return {"upstream": "x"}, {"steps": 1}, None
 
-    clip = face_embedder = tokenizer = ar = analyser = video = _fake
+    clip = face_embedder = tokenizer = tokenizer_hidden = ar = analyser = motion_reader = video = _fake
 
 
 @pytest.fixture
 def fake_steps(monkeypatch):
     FakeBundle.calls = []
     monkeypatch.setattr(toy_bundle, "_Bundle", FakeBundle)
-    monkeypatch.setattr(toy_bundle, "registered_trainers", lambda: ["clip", "face-embedder", "tokenizer", "ar", "analyser"])
+    monkeypatch.setattr(toy_bundle, "registered_trainers", lambda: ["clip", "face-embedder", "tokenizer", "ar", "analyser",
+                                                                         "motion-reader"])
     return FakeBundle.calls
 
 
@@ -67,14 +68,58 @@ def test_rerun_skips_finished_steps_and_restarts_what_a_retrained_step_feeds(tmp
 
     fake_steps.clear()
     again = train_toy_bundle(tmp_path / "out", None)
-    assert [s.status for s in again.steps[:-1]] == ["skipped"] * 5 and not fake_steps
+    assert [s.status for s in again.steps[:-1]] == ["skipped"] * 7 and not fake_steps
 
-    # a lost output of the tokenizer: it is trained again (resuming its run), and the AR model, which reads it,
-    # starts over; the CLIP, face embedder and analyser stay skipped
-    (tmp_path / "out" / "bundle" / "models" / "toy-tokenizer").rmdir()
+    # a lost output of the from-scratch tokenizer: it is trained again (resuming its run), and its fine-tuning and
+    # the AR model, which read it, start over; the CLIP, face embedder and evaluator models stay skipped
+    (tmp_path / "out" / "bundle" / "models" / "toy-tokenizer-base").rmdir()
     third = train_toy_bundle(tmp_path / "out", None)
-    assert fake_steps == [("tokenizer", "auto"), ("ar", "never")]
-    assert [s.status for s in third.steps] == ["skipped", "skipped", "trained", "trained", "skipped", "not available"]
+    assert fake_steps == [("tokenizer", "auto"), ("tokenizer_hidden", "never"), ("ar", "never")]
+    assert [s.status for s in third.steps] == ["skipped", "skipped", "trained", "trained", "trained", "skipped",
+                                               "skipped", "not available"]
+
+    # a lost fine-tuned tokenizer: only the fine-tuning (resuming) and the AR model (over) are trained again
+    fake_steps.clear()
+    (tmp_path / "out" / "bundle" / "models" / "toy-tokenizer").rmdir()
+    train_toy_bundle(tmp_path / "out", None)
+    assert fake_steps == [("tokenizer_hidden", "auto"), ("ar", "never")]
+
+
+def test_the_intermediate_tokenizer_is_staged_but_not_shipped(tmp_path, fake_steps, monkeypatch):
+    by_name = {s.name: s for s in STEPS}
+    assert not by_name["tokenizer"].ships and by_name["tokenizer_hidden"].output == "models/toy-tokenizer"
+    assert by_name["tokenizer_hidden"].recipe == "tokenizer-toy-hidden" and "tokenizer" in by_name["tokenizer_hidden"].needs
+    assert all(s.ships for s in STEPS if s.name != "tokenizer")
+    import mdream.training.analyser
+    import mdream.training.export
+    import mdream.training.motion_reader
+
+    written: list[str] = []
+    record = lambda source, target, *a, **k: written.append(Path(target).name)  # noqa: E731
+    for module, name in [(mdream.training.export, "export_model"), (mdream.training.analyser, "install_face_embedder"),
+                         (mdream.training.analyser, "install_frame_analyser"),
+                         (mdream.training.motion_reader, "install_motion_reader")]:
+        monkeypatch.setattr(module, name, record)
+    train_toy_bundle(tmp_path / "out", tmp_path / "dest")
+    assert (tmp_path / "out" / "bundle" / "models" / "toy-tokenizer-base").is_dir()
+    # the evaluator's models are installed into DEST/eval, the rest exported by name
+    assert written == ["toy-clip", "eval", "toy-tokenizer", "toy-ar", "eval", "eval"]
+
+
+def test_expected_minutes_follow_the_recipes():
+    import yaml
+
+    from mdream.training.config import recipe_path
+    from mdream.training.toy_bundle import EXPECTED_NOTE
+
+    budgets = {s.name: yaml.safe_load(recipe_path(s.recipe).read_text()).get("max_minutes") for s in STEPS if s.recipe}
+    assert budgets["tokenizer"] == 120 and budgets["tokenizer_hidden"] == 40 and budgets["video"] == 100
+    for step in STEPS:
+        if budgets.get(step.name):
+            # the budget, plus the AR step's 6 minutes of encoding its episodes
+            assert budgets[step.name] <= step.expected_minutes <= budgets[step.name] + 6, step.name
+    total = sum(s.expected_minutes for s in STEPS)
+    assert f"{total:.0f} min ({total // 60:.0f} h {total % 60:.0f} min)" in EXPECTED_NOTE
 
 
 def test_a_smoke_run_folder_is_not_taken_for_a_full_one(tmp_path, fake_steps):
@@ -119,6 +164,16 @@ def test_smoke_bundle_trains_in_order_feeds_each_step_and_makes_a_movie(tmp_path
     tok_cfg = json.loads((out / "tokenizer" / "train_config.json").read_text())
     assert tok_cfg["clip"] == str(clip.resolve()) and tok_cfg["face_embedder"] == str(onnx.resolve())
     assert steps["tokenizer"]["inputs"] == {"clip": str(clip.resolve()), "face_embedder": str(onnx.resolve())}
+    # the fine-tuning started from the staged from-scratch tokenizer (not the shipped one), with its recipe's settings
+    base = staged / "models" / "toy-tokenizer-base"
+    hidden_cfg = json.loads((out / "tokenizer_hidden" / "train_config.json").read_text())
+    assert hidden_cfg["init"] == str(base.resolve()) and hidden_cfg["lr"] == 0.0003
+    assert hidden_cfg["clip"] == str(clip.resolve()) and hidden_cfg["face_embedder"] == str(onnx.resolve())
+    assert steps["tokenizer_hidden"]["recipe"] == "tokenizer-toy-hidden"
+    assert steps["tokenizer_hidden"]["inputs"]["init"] == str(base.resolve())
+    assert not (dest / "models" / "toy-tokenizer-base").exists()
+    assert (dest / "eval" / "motion_reader" / "model.safetensors").is_file()
+    assert steps["motion_reader"]["recipe"] == "motion-reader-toy"
     ar_cfg = json.loads((out / "ar" / "train_config.json").read_text())
     assert ar_cfg["keyframe_encoder"] == str(encoder.resolve())
     assert ar_cfg["text_encoder"] == str(clip.resolve()) and ar_cfg["face_embedder"] == str(onnx.resolve())
@@ -139,6 +194,7 @@ def test_smoke_bundle_trains_in_order_feeds_each_step_and_makes_a_movie(tmp_path
                     dest / "models" / "toy-ar" / "keyframe_ar.safetensors",
                     dest / "models" / "toy-tokenizer" / "decoder" / "unet" / "diffusion_pytorch_model.safetensors",
                     dest / "eval" / "frame_analyser" / "model.safetensors",
+                    dest / "eval" / "motion_reader" / "model.safetensors",
                     dest / "models" / "toy-video" / "unet" / "diffusion_pytorch_model.safetensors",
                     dest / "models" / "toy-video" / "image_encoder" / "model.safetensors"]:
         assert "F16" in _dtypes(weights) and "F32" not in _dtypes(weights), weights
@@ -154,6 +210,9 @@ def test_smoke_bundle_trains_in_order_feeds_each_step_and_makes_a_movie(tmp_path
         model = bundle.load_component(name)
         assert {p.dtype for p in model.parameters()} == {torch.float32}, name
     assert bundle.load_component("face_embedder") is not None
+    from mdream.eval.motion_reader import MotionReader
+
+    assert MotionReader.from_pretrained(dest / "eval" / "motion_reader").training_facts["steps"] == 2
 
     # a movie from a tiny script with the freshly trained bundle
     data = small_script_dict(n_shots=2)

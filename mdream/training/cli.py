@@ -168,8 +168,9 @@ def bundle_cli(
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Store the shipped weights as float16 safetensors (they load back into float32).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
 ) -> None:
-    """Train every toy model from scratch in dependency order (CLIP, face embedder, tokenizer, keyframe AR, frame
-    analyser, video when its trainer exists) and write them into one toy bundle; rerun to resume."""
+    """Train every toy model from scratch in dependency order (CLIP, face embedder, tokenizer and its fine-tuning for
+    the hidden state, keyframe AR, frame analyser, motion reader, video) and write them into one toy bundle; rerun to
+    resume."""
     from rich.table import Table
 
     from mdream.training.toy_bundle import ASSETS, STEPS, train_toy_bundle

@@ -1,27 +1,32 @@
 """``mdream train bundle``: train every toy model from scratch, in dependency order, into one model bundle.
 
-    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 6 h on 2 cores)
+    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 7 h on 2 cores)
     mdream train bundle --out runs/toy-bundle --dest DIR         # the same models in another folder
     mdream train bundle --out runs/smoke --dest DIR --smoke      # the same orchestration with tiny budgets
 
 Each step trains one component with its packaged recipe (its seeds are the recipe's), in its own run folder
 ``OUT/<step>/``, and exports the result into the staged assets tree ``OUT/bundle/`` (the layout of
-``mdream/assets``: ``models/toy-clip``, ``eval/toy_face_recognition.onnx``, ...). Every later step reads the
-*staged* models, never the shipped ones:
+``mdream/assets``: ``models/toy-clip``, ``eval/toy_face_recognition.onnx``, ...; plus the from-scratch tokenizer
+``models/toy-tokenizer-base``, which only the fine-tuning reads). Every later step reads the *staged* models, never
+the shipped ones:
 
-==============  ======================  ====================================================================
-step            trains                  reads
-==============  ======================  ====================================================================
-clip            toy CLIP                (toy-world renders)
-face_embedder   the face embedder ONNX  (toy-world renders)
-tokenizer       keyframe encoder +      --clip: the staged CLIP, --face-embedder: the staged ONNX
-                decoder
-ar              keyframe AR model       --keyframe-encoder: the staged tokenizer's encoder, --text-encoder:
-                                        the staged CLIP, --face-embedder: the staged ONNX
-analyser        the evaluator's frame   (toy-world renders; independent)
-                analyser
-video           the toy video model     --image-encoder: the staged CLIP (its vision tower, frozen)
-==============  ======================  ====================================================================
+================  ======================  ==================================================================
+step              trains                  reads
+================  ======================  ==================================================================
+clip              toy CLIP                (toy-world renders)
+face_embedder     the face embedder ONNX  (toy-world renders)
+tokenizer         keyframe encoder +      --clip: the staged CLIP, --face-embedder: the staged ONNX; staged as
+                  decoder, from scratch   ``models/toy-tokenizer-base`` (not written into DEST)
+tokenizer_hidden  the same, fine-tuned    --init: the staged ``toy-tokenizer-base``, --clip, --face-embedder:
+                  for the hidden state    the staged CLIP and ONNX (recipe ``tokenizer-toy-hidden``)
+ar                keyframe AR model       --keyframe-encoder: the fine-tuned tokenizer's encoder,
+                                          --text-encoder: the staged CLIP, --face-embedder: the staged ONNX
+analyser          the evaluator's frame   (toy-world renders; independent)
+                  analyser
+motion_reader     the evaluator's motion  (toy-world clips; independent)
+                  reader
+video             the toy video model     --image-encoder: the staged CLIP (its vision tower, frozen)
+================  ======================  ==================================================================
 
 Resumable: ``OUT/manifest.json`` records each finished step (its settings, seeds, inputs, output, minutes); a
 step recorded as done whose staged output exists is skipped, and an unfinished one resumes from its newest
@@ -72,6 +77,8 @@ class BundleStep:
     """The steps whose outputs it reads."""
     export_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Options of its export (``export_model``)."""
+    ships: bool = True
+    """False: an intermediate model that a later step starts from; staged, but not written into DEST."""
 
 
 #: The sampling the toy decoder is shipped with (the settings its eval.json was measured at); a freshly trained
@@ -80,6 +87,9 @@ TOY_DECODER_SAMPLING = {"num_inference_steps": 20, "guidance_scale": 1.0, "ident
                         "scheduler": "ddim"}
 
 
+_TOKENIZER_SMOKE = {"num_frames": 32, "steps": 2, "max_minutes": 0.0, "batch_size": 4, "warmup": 1,
+                    "photos_per_character": 1, "checkpoint_every": 2, "log_every": 1}
+
 STEPS: tuple[BundleStep, ...] = (
     BundleStep("clip", "clip", "clip-toy", "models/toy-clip", 24.0,
                {"num_frames": 48, "val_frames": 16, "steps": 2, "batch_size": 8, "warmup": 1, "checkpoint_every": 2,
@@ -87,28 +97,34 @@ STEPS: tuple[BundleStep, ...] = (
     BundleStep("face_embedder", "face-embedder", None, "eval/toy_face_recognition.onnx", 34.0,
                {"steps": 2, "batch_size": 8, "warmup": 1, "photo_pool": 8, "photo_refresh": 1, "world_seeds": "0",
                 "checkpoint_every": 2, "log_every": 1}),
-    BundleStep("tokenizer", "tokenizer", "tokenizer-toy-cpu", "models/toy-tokenizer", 120.0,
-               {"num_frames": 32, "steps": 2, "max_minutes": 0.0, "batch_size": 4, "warmup": 1, "photos_per_character": 1,
-                "checkpoint_every": 2, "log_every": 1}, needs=("clip", "face_embedder"),
-               export_options=TOY_DECODER_SAMPLING),
-    BundleStep("ar", "ar", "ar-toy-cpu", "models/toy-ar", 47.0,
+    BundleStep("tokenizer", "tokenizer", "tokenizer-toy-cpu", "models/toy-tokenizer-base", 120.0, _TOKENIZER_SMOKE,
+               needs=("clip", "face_embedder"), export_options=TOY_DECODER_SAMPLING, ships=False),
+    BundleStep("tokenizer_hidden", "tokenizer", "tokenizer-toy-hidden", "models/toy-tokenizer", 40.0, _TOKENIZER_SMOKE,
+               needs=("clip", "face_embedder", "tokenizer"), export_options=TOY_DECODER_SAMPLING),
+    BundleStep("ar", "ar", "ar-toy-cpu", "models/toy-ar", 56.0,
                {"episodes": 2, "episode_length": 6, "val_episodes": 1, "photos_per_character": 1, "window": 3,
                 "hidden_size": 32, "num_layers": 1, "num_heads": 2, "gmm_components": 2, "steps": 2,
                 "max_minutes": 0.0, "batch_size": 2, "warmup": 1, "checkpoint_every": 2, "eval_every": 0,
-                "eval_windows": 2, "log_every": 1}, needs=("clip", "face_embedder", "tokenizer")),
-    BundleStep("analyser", "analyser", "analyser-toy", "eval/frame_analyser", 21.0,
+                "eval_windows": 2, "log_every": 1}, needs=("clip", "face_embedder", "tokenizer_hidden")),
+    BundleStep("analyser", "analyser", "analyser-toy", "eval/frame_analyser", 30.0,
                {"pool_size": 16, "refresh_per_step": 1, "val_frames": 8, "steps": 2, "batch_size": 8, "warmup": 1,
                 "checkpoint_every": 2, "log_every": 1}),
-    BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 115.0,
+    BundleStep("motion_reader", "motion-reader", "motion-reader-toy", "eval/motion_reader", 10.0,
+               {"pool_size": 16, "refresh_per_step": 1, "val_clips": 8, "clip_lengths": "8,12", "steps": 2,
+                "batch_size": 8, "warmup": 1, "checkpoint_every": 2, "log_every": 1}),
+    BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 100.0,
                {"clips": 4, "clip_length": 4, "steps": 2, "max_minutes": 0.0, "batch_size": 2, "warmup": 1,
                 "checkpoint_every": 2, "log_every": 1}, needs=("clip",)),
 )
 """The steps in dependency order (each reads only the outputs of the steps above it)."""
 
-EXPECTED_NOTE = ("the full recipes' training times on 2 CPU cores (README's recipe table): clip 24 min, face "
-                 "embedder 34 min, tokenizer its 120-minute budget, keyframe AR its 45-minute budget + 2 min to encode "
-                 "its episodes, analyser 21 min, video its 115-minute budget; rendering the training frames and "
-                 "clips and caching features adds minutes to some steps")
+EXPECTED_NOTE = ("the full recipes' training times on 2 CPU cores (benchmarks/RESULTS.md, training cost; the recipes' "
+                 "budgets): clip 24 min, face embedder 34 min, tokenizer its 120-minute budget, its fine-tuning for "
+                 "the hidden state its 40-minute budget, keyframe AR its 50-minute budget + 6 min to encode its "
+                 "episodes, analyser 30 min, motion reader 10 min (its budget; 8 min 17 s measured + 1.5 min "
+                 "rendering its pool), video its 100-minute budget: 414 min (6 h 54 min); rendering the training "
+                 "frames and clips and caching features adds minutes to some steps (about 3.5 min to each tokenizer "
+                 "step's 30,000 frames)")
 
 
 @dataclasses.dataclass
@@ -215,21 +231,29 @@ class _Bundle:
         install_face_embedder(onnx, self.path(step.name).parent)
         return {}, values, config
 
-    def tokenizer(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    def _tokenizer(self, step: BundleStep, inputs: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], Any]:
         from mdream.training.export import export_model
         from mdream.training.tokenizer import TokenizerTrainingConfig, train_tokenizer
 
-        inputs = {"clip": _resolved(self.path("clip")), "face_embedder": _resolved(self.path("face_embedder"))}
+        inputs = {"clip": _resolved(self.path("clip")), "face_embedder": _resolved(self.path("face_embedder")),
+                  **inputs}
         config, values = _settings(TokenizerTrainingConfig, step, inputs, self.smoke)
         checkpoint = train_tokenizer(config, self.out / step.name, resume=self.resume, given=list(values))
         export_model(checkpoint, self.path(step.name), fp16=self.fp16, **step.export_options)
         return inputs, values, config
 
+    def tokenizer(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        return self._tokenizer(step, {})
+
+    def tokenizer_hidden(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        # the recipe's `init: toy` (the shipped tokenizer) becomes the tokenizer staged by the step before
+        return self._tokenizer(step, {"init": _resolved(self.path("tokenizer"))})
+
     def ar(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
         from mdream.training.ar import ARTrainingConfig, train_ar
         from mdream.training.export import export_model
 
-        inputs = {"keyframe_encoder": _resolved(self.path("tokenizer") / "encoder"),
+        inputs = {"keyframe_encoder": _resolved(self.path("tokenizer_hidden") / "encoder"),
                   "text_encoder": _resolved(self.path("clip")), "face_embedder": _resolved(self.path("face_embedder"))}
         config, values = _settings(ARTrainingConfig, step, inputs, self.smoke)
         final = train_ar(config, self.out / step.name, resume=self.resume, given=list(values))
@@ -248,6 +272,18 @@ class _Bundle:
         install_frame_analyser(folder, self.path(step.name).parent, fp16=self.fp16)
         return {}, values, config
 
+    def motion_reader(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        from mdream.training.motion_reader import (
+            MotionReaderTrainingConfig,
+            install_motion_reader,
+            train_motion_reader,
+        )
+
+        config, values = _settings(MotionReaderTrainingConfig, step, {}, self.smoke)
+        folder = train_motion_reader(config, self.out / step.name, resume=self.resume, given=list(values))
+        install_motion_reader(folder, self.path(step.name).parent, fp16=self.fp16)
+        return {}, values, config
+
     def video(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
         from mdream.training.export import export_model
         from mdream.training.video import VideoTrainingConfig, train_video
@@ -263,14 +299,19 @@ def _write_dest(staged: Path, dest: Path, done: list[str], fp16: bool) -> None:
     """Every finished component from the staged tree into DEST, through the export code."""
     from mdream.training.analyser import install_face_embedder, install_frame_analyser
     from mdream.training.export import export_model
+    from mdream.training.motion_reader import install_motion_reader
 
     by_name = {s.name: s for s in STEPS}
     for name in done:
+        if not by_name[name].ships:
+            continue
         source, target = staged / by_name[name].output, dest / by_name[name].output
         if name == "face_embedder":
             install_face_embedder(source, target.parent)
         elif name == "analyser":
             install_frame_analyser(source, target.parent, fp16=fp16)
+        elif name == "motion_reader":
+            install_motion_reader(source, target.parent, fp16=fp16)
         else:
             # the tokenizer's CLIP reference becomes ../../toy-clip: DEST's CLIP (written first) has its weights
             export_model(source, target, fp16=fp16, **by_name[name].export_options)
