@@ -113,7 +113,6 @@ def test_expected_minutes_follow_the_recipes():
     from mdream.training.toy_bundle import EXPECTED_NOTE
 
     budgets = {s.name: yaml.safe_load(recipe_path(s.recipe).read_text()).get("max_minutes") for s in STEPS if s.recipe}
-    assert budgets["tokenizer"] == 120 and budgets["tokenizer_hidden"] == 40 and budgets["video"] == 100
     for step in STEPS:
         if budgets.get(step.name):
             # the budget, plus the AR step's 6 minutes of encoding its episodes

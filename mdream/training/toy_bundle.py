@@ -1,6 +1,6 @@
 """``mdream train bundle``: train every toy model from scratch, in dependency order, into one model bundle.
 
-    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 7 h on 2 cores)
+    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 7.5 h on 2 cores)
     mdream train bundle --out runs/toy-bundle --dest DIR         # the same models in another folder
     mdream train bundle --out runs/smoke --dest DIR --smoke      # the same orchestration with tiny budgets
 
@@ -101,7 +101,7 @@ STEPS: tuple[BundleStep, ...] = (
                needs=("clip", "face_embedder"), export_options=TOY_DECODER_SAMPLING, ships=False),
     BundleStep("tokenizer_hidden", "tokenizer", "tokenizer-toy-hidden", "models/toy-tokenizer", 40.0, _TOKENIZER_SMOKE,
                needs=("clip", "face_embedder", "tokenizer"), export_options=TOY_DECODER_SAMPLING),
-    BundleStep("ar", "ar", "ar-toy-cpu", "models/toy-ar", 56.0,
+    BundleStep("ar", "ar", "ar-toy-cpu", "models/toy-ar", 116.0,
                {"episodes": 2, "episode_length": 6, "val_episodes": 1, "photos_per_character": 1, "window": 3,
                 "hidden_size": 32, "num_layers": 1, "num_heads": 2, "gmm_components": 2, "steps": 2,
                 "max_minutes": 0.0, "batch_size": 2, "warmup": 1, "checkpoint_every": 2, "eval_every": 0,
@@ -112,7 +112,7 @@ STEPS: tuple[BundleStep, ...] = (
     BundleStep("motion_reader", "motion-reader", "motion-reader-toy", "eval/motion_reader", 10.0,
                {"pool_size": 16, "refresh_per_step": 1, "val_clips": 8, "clip_lengths": "8,12", "steps": 2,
                 "batch_size": 8, "warmup": 1, "checkpoint_every": 2, "log_every": 1}),
-    BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 100.0,
+    BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 75.0,
                {"clips": 4, "clip_length": 4, "steps": 2, "max_minutes": 0.0, "batch_size": 2, "warmup": 1,
                 "checkpoint_every": 2, "log_every": 1}, needs=("clip",)),
 )
@@ -120,9 +120,9 @@ STEPS: tuple[BundleStep, ...] = (
 
 EXPECTED_NOTE = ("the full recipes' training times on 2 CPU cores (benchmarks/RESULTS.md, training cost; the recipes' "
                  "budgets): clip 24 min, face embedder 34 min, tokenizer its 120-minute budget, its fine-tuning for "
-                 "the hidden state its 40-minute budget, keyframe AR its 50-minute budget + 6 min to encode its "
+                 "the hidden state its 40-minute budget, keyframe AR its 110-minute budget + 6 min to encode its "
                  "episodes, analyser 30 min, motion reader 10 min (its budget; 8 min 17 s measured + 1.5 min "
-                 "rendering its pool), video its 100-minute budget: 414 min (6 h 54 min); rendering the training "
+                 "rendering its pool), video its 75-minute budget: 449 min (7 h 29 min); rendering the training "
                  "frames and clips and caching features adds minutes to some steps (about 3.5 min to each tokenizer "
                  "step's 30,000 frames)")
 
