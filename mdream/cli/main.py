@@ -31,7 +31,7 @@ from mdream.stages.registry import names_text
 SUBCOMMANDS = {
     "train": LazySubcommand(
         "mdream.training.cli:app",
-        "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, video model, the evaluator's analyser and face embedder).",
+        "Train mdream's models (toy CLIP, keyframe tokenizer, keyframe AR model, video model, the evaluator's analyser, motion reader and face embedder).",
     ),
     "toyworld": LazySubcommand(
         "mdream.toyworld.cli:app", "The procedural toy movie world: ground-truth scripts, training sets and a preview."
@@ -45,7 +45,7 @@ SUBCOMMANDS = {
         "List model bundles and show each one's components: class, source, size, presence, defaults.",
     ),
     "eval": LazySubcommand(
-        "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, continuity, toy-FID, diversity."
+        "mdream.eval.cli:app", "Score a generated movie against its script: adherence, identity consistency, continuity, toy-FID, diversity; with --frames clips also the motion of every shot (its cast's actions, its camera)."
     ),
 }
 
