@@ -42,6 +42,12 @@ def bundle(tmp_path_factory) -> Path:
     """The shipped toy bundle's components (absolute paths) plus a tiny random video model."""
     root = tmp_path_factory.mktemp("bundle")
     tiny_video_model(root / "v", clip_length=4)
+    # more sampling steps than the tiny model's 2: a shot's clip takes long enough for a signal sent when the
+    # stage's first artifact appears to land mid-stage even on a busy machine
+    config_file = root / "v" / "video" / "video.json"
+    config = json.loads(config_file.read_text())
+    config["num_inference_steps"] = 24
+    config_file.write_text(json.dumps(config))
     data = yaml.safe_load((TOY_BUNDLE / "bundle.yaml").read_text())
     for component in data["components"].values():
         component["path"] = str((TOY_BUNDLE / component["path"]).resolve())
