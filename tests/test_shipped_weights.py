@@ -154,10 +154,8 @@ def test_face_embedder_onnx_fits_its_config():
     assert output[-1].dim_value in (0, config.embedding_dim)
 
 
-@pytest.mark.xfail(strict=True, reason="no toy video model ships yet")
 def test_the_toy_bundle_ships_a_video_model():
-    """The toy bundle names ``video: ../../models/toy-video``; once that model ships this passes, and the xfail mark
-    must go (strict: an unexpected pass fails the suite)."""
+    """The toy bundle names ``video: ../../models/toy-video``, and the package holds it."""
     from mdream.models.bundle import ModelBundle
 
     video = ModelBundle.find("toy").components["video"]
