@@ -170,7 +170,7 @@ def generate(
         result = GenerateResult(reports, movie_dir if exported else None)
     else:
         video = project.bundle.components.get("video")
-        if video is not None and video.present:
+        if video is not None and video.present and "video" in stage_names():  # clips to mux
             from mdream.stages.movie import write_movie
             from mdream.stages.pipeline import ArtifactSequence, plan_keys
 
