@@ -244,3 +244,15 @@ def test_video_without_a_video_model_says_so_and_generate_keeps_the_animatic(tmp
     assert result.exit_code == 1 and "has no video model" in result.output and "Traceback" not in result.output
     result = _invoke("generate", script, "-o", tmp_path / "movie.mp4", "--cache-dir", tmp_path / "c")
     assert result.exit_code == 0 and (tmp_path / "movie.mp4").is_file()
+
+
+def test_a_video_json_with_an_unknown_prediction_is_a_clear_error(model, tmp_path):
+    import json
+
+    from mdream.errors import InputError
+
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "video.json").read_text())
+    (tmp_path / "m" / "video.json").write_text(json.dumps({**config, "prediction": "eps"}))
+    with pytest.raises(InputError, match="prediction must be one of v, x0"):
+        ImageToVideoModel.from_pretrained(tmp_path / "m")

@@ -47,6 +47,8 @@ from mdream.models.registry import register_model
 
 CONFIG_NAME = "video.json"
 ANCHORS = ("first", "last")
+PREDICTIONS = ("v", "x0")
+"""What the UNet may predict (VideoModelConfig.prediction)."""
 #: CLIP's image normalisation (SVD's feature extractor)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -180,6 +182,9 @@ class ImageToVideoModel(nn.Module):
         if not config.pixel_space and vae is None:
             raise InputError("The video model works in VAE latents (pixel_space: false) but has no VAE.",
                              hint="add a vae/ folder (AutoencoderKLTemporalDecoder) or set pixel_space: true")
+        if config.prediction not in PREDICTIONS:
+            raise InputError(f"The video model's prediction must be one of {', '.join(PREDICTIONS)}, got "
+                             f"{config.prediction!r}.", hint="fix `prediction` in its video.json")
         self.config, self.unet, self.image_encoder, self.vae = config, unet, image_encoder, vae
         self.action_encoder = action_encoder
         self.scheduler = scheduler
@@ -266,9 +271,8 @@ class ImageToVideoModel(nn.Module):
 
     def clip_latents(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames in [-1, 1] [N, 3, H, W] -> what the UNet denoises [N, C, h, w] (SVD: the VAE's mode, scaled)."""
-        if self.vae is None:
-            return nn.functional.pixel_unshuffle(frames, self.config.patch_size)
-        return self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode() * self.config.vae_scaling_factor
+        latents = self.to_latents(frames)
+        return latents if self.vae is None else latents * self.config.vae_scaling_factor
 
     def residual_base(self, frames: torch.Tensor, num_frames: int) -> torch.Tensor | None:
         """With ``residual``: the clean conditioning frames [B, 3, H, W] as denoised latents repeated over the clip

@@ -104,9 +104,10 @@ def train_clip(config: ClipTrainingConfig, out: str | Path, resume: str = "auto"
     """
     check_config(config)
     # a bad --data fails before anything is written to the run folder
-    open_frame_source(config.data, config.world_seed, config.seed, holdout=config.val_frames)
-    config, out, start_from, accelerator = start_run(config, ClipTrainingConfig, out, resume, given)
     source = open_frame_source(config.data, config.world_seed, config.seed, holdout=config.val_frames)
+    config, out, start_from, accelerator = start_run(config, ClipTrainingConfig, out, resume, given)
+    if start_from is not None:  # resumed with the saved settings: their data
+        source = open_frame_source(config.data, config.world_seed, config.seed, holdout=config.val_frames)
     device = accelerator.device
 
     # the main process renders the frames and writes the caches; under `accelerate launch` the others read them

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mdream.models.loading import load_pretrained
-from mdream.models.video import ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
+from mdream.models.video import PREDICTIONS, ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
 from mdream.training.common import console
 from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, publish_final, start_run
@@ -99,8 +99,9 @@ class VideoTrainingConfig(LoopConfig):
             raise ConfigValueError("clip_length", f"--clip-length must be >= 2, got {self.clip_length}.")
         if self.clips < 1:
             raise ConfigValueError("clips", f"--clips must be >= 1, got {self.clips}.")
-        if self.prediction not in ("v", "x0"):
-            raise ConfigValueError("prediction", f"--prediction must be v or x0, got {self.prediction!r}.")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigValueError("prediction", f"--prediction must be one of {', '.join(PREDICTIONS)}, "
+                                                 f"got {self.prediction!r}.")
         for name in ("cond_dropout", "last_anchor_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1].")
