@@ -11,17 +11,14 @@ Saved the diffusers way: ``config.json`` (constructor arguments + the world it w
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mdream.errors import CorruptArtifactError, InputError
+from mdream.eval.saved_model import SavedReader
 
 ANALYSER_SIZE = 64
 POSITIONS = ("left", "center", "right")
@@ -59,8 +56,12 @@ class FrameAnalyserConfig:
         return cls(**known)
 
 
-class FrameAnalyser(nn.Module):
+class FrameAnalyser(SavedReader, nn.Module):
     """64x64 RGB frame -> scene logits [B, S], per-position character logits [B, 3, C+1], features."""
+
+    config_class = FrameAnalyserConfig
+    display_name = "frame analyser"
+    train_command = "analyser"
 
     def __init__(self, config: FrameAnalyserConfig):
         super().__init__()
@@ -148,32 +149,3 @@ class FrameAnalyser(nn.Module):
         result = {name: torch.cat(parts).numpy() for name, parts in out.items()}
         result["features"] = result["features"].astype(np.float32)
         return result
-
-    def save_pretrained(self, folder: str | Path, **extra: object) -> None:
-        """Write ``config.json`` (+ training facts in ``extra``) and ``model.safetensors``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = asdict(self.config)
-        config["widths"] = list(config["widths"])
-        (folder / "config.json").write_text(json.dumps({**config, **extra}, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> FrameAnalyser:
-        folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise InputError(
-                f"No frame analyser in {folder} (need config.json and model.safetensors).",
-                hint="Train one with `mdream train analyser --out DIR`.",
-            )
-        try:
-            saved = json.loads((folder / "config.json").read_text())
-            config = FrameAnalyserConfig.from_dict(saved)
-            model = cls(config)
-            model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        except Exception as exc:
-            raise CorruptArtifactError(f"Could not load the frame analyser in {folder}: {exc}") from exc
-        # what save_pretrained's ``extra`` recorded (steps, validation accuracy): which analyser scored a report
-        model.training_facts = {k: v for k, v in saved.items() if k not in FrameAnalyserConfig.__dataclass_fields__}
-        return model.eval()

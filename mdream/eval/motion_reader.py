@@ -17,17 +17,14 @@ folder (the shipped one is ``mdream/assets/eval/motion_reader/``, next to the fr
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mdream.errors import CorruptArtifactError, InputError
+from mdream.eval.saved_model import SavedReader
 
 POSITIONS = ("left", "center", "right")
 NOBODY = -1  # "nobody at this slot" in labels and readings; class index len(actions) in the head
@@ -67,8 +64,12 @@ def _conv_bn(conv: nn.Module, channels: int, dims: int) -> list[nn.Module]:
     return [conv, norm, nn.ReLU(inplace=True)]
 
 
-class MotionReader(nn.Module):
+class MotionReader(SavedReader, nn.Module):
     """Clip [B, T, 3, S, S] in [-1, 1] -> per-slot action logits [B, 3, A+1], camera logits [B, K], features."""
+
+    config_class = MotionReaderConfig
+    display_name = "motion reader"
+    train_command = "motion-reader"
 
     def __init__(self, config: MotionReaderConfig):
         super().__init__()
@@ -160,30 +161,3 @@ class MotionReader(nn.Module):
         if not actions:
             return {"actions": np.zeros((0, 3), np.int64), "camera": np.zeros(0, np.int64)}
         return {"actions": torch.cat(actions).numpy(), "camera": torch.cat(cameras).numpy()}
-
-    def save_pretrained(self, folder: str | Path, **extra: object) -> None:
-        """Write ``config.json`` (+ training facts in ``extra``) and ``model.safetensors``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = asdict(self.config)
-        config["widths"] = list(config["widths"])
-        (folder / "config.json").write_text(json.dumps({**config, **extra}, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> MotionReader:
-        folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise InputError(
-                f"No motion reader in {folder} (need config.json and model.safetensors).",
-                hint="Train one with `mdream train motion-reader --out DIR`.",
-            )
-        try:
-            saved = json.loads((folder / "config.json").read_text())
-            model = cls(MotionReaderConfig.from_dict(saved))
-            model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        except Exception as exc:
-            raise CorruptArtifactError(f"Could not load the motion reader in {folder}: {exc}") from exc
-        model.training_facts = {k: v for k, v in saved.items() if k not in MotionReaderConfig.__dataclass_fields__}
-        return model.eval()
