@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from mdream.cache import atomic_write
 from mdream.eval.face_embedder import (
     FACE_SIZE,
     ArcMarginHead,
@@ -38,8 +37,8 @@ from mdream.eval.frame_analyser import ANALYSER_SIZE, FrameAnalyser, FrameAnalys
 from mdream.eval.toy_samples import crop_resized, random_shot, square_box
 from mdream.training.common import (
     console,
-    load_cache,
     parse_int_tuple,
+    rendered_pool,
 )
 from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, start_run
@@ -344,29 +343,9 @@ class AnalyserTask:
 
 def _analyser_pool(world, config: AnalyserTrainingConfig, path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The pool of rendered frames and their labels, cached in the run folder (a damaged cache is rendered again)."""
-    from rich.progress import Progress
-
-    def load_pool(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        with np.load(path) as data:
-            return data["frames"], {name: data[name] for name in LABELS}
-
-    pool = load_cache(path, load_pool)
-    if pool is not None and len(pool[0]) == config.pool_size:
-        return pool
     rng = np.random.default_rng([config.seed, 0])
-    frames = np.empty((config.pool_size, ANALYSER_SIZE, ANALYSER_SIZE, 3), np.uint8)
-    labels: dict[str, np.ndarray] = {}
-    chunk = 500
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("rendering pool", total=config.pool_size)
-        for start in range(0, config.pool_size, chunk):
-            n = min(chunk, config.pool_size - start)
-            frames[start:start + n], fresh = render_analyser_samples(world, n, rng)
-            for name, values in fresh.items():
-                labels.setdefault(name, np.empty((config.pool_size, *values.shape[1:]), np.int64))[start:start + n] = values
-            progress.update(task, completed=start + n)
-    atomic_write(path, lambda f: np.savez(f, frames=frames, **labels))
-    return frames, labels
+    return rendered_pool(path, config.pool_size, "frames", LABELS, lambda n: render_analyser_samples(world, n, rng),
+                         chunk=500, fits=lambda frames: len(frames) == config.pool_size)
 
 
 def train_frame_analyser(config: AnalyserTrainingConfig, out: str | Path, resume: str = "auto", given=None) -> Path:
@@ -415,10 +394,10 @@ def install_face_embedder(onnx_path: Path, eval_dir: Path = ASSETS_DIR) -> Path:
     return eval_dir / onnx_path.name
 
 
-def install_frame_analyser(folder: Path, eval_dir: Path = ASSETS_DIR, fp16: bool = False) -> Path:
-    """Copy a trained analyser (config.json + model.safetensors) into ``eval_dir/frame_analyser`` (default: the
+def install_reader(folder: Path, subfolder: str, eval_dir: Path = ASSETS_DIR, fp16: bool = False) -> Path:
+    """Copy a trained evaluator reader (config.json + model.safetensors) into ``eval_dir/subfolder`` (default: the
     package's assets); ``fp16``: its weights stored as float16 (they load back into float32). Returns the folder."""
-    target = eval_dir / "frame_analyser"
+    target = eval_dir / subfolder
     target.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(folder / name, target / name)
@@ -427,3 +406,8 @@ def install_frame_analyser(folder: Path, eval_dir: Path = ASSETS_DIR, fp16: bool
 
         store_half(target)
     return target
+
+
+def install_frame_analyser(folder: Path, eval_dir: Path = ASSETS_DIR, fp16: bool = False) -> Path:
+    """Copy a trained analyser into ``eval_dir/frame_analyser`` (see :func:`install_reader`)."""
+    return install_reader(folder, "frame_analyser", eval_dir, fp16)

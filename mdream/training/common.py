@@ -78,6 +78,38 @@ def load_cache(path: Path, load: Callable[[Path], T]) -> T | None:
         return None
 
 
+def rendered_pool(path: Path, size: int, name: str, labels: tuple[str, ...],
+                  render: Callable[[int], tuple[np.ndarray, dict[str, np.ndarray]]], chunk: int,
+                  fits: Callable[[np.ndarray], bool]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A pool of ``size`` rendered samples and their integer labels, cached at ``path`` (npz: the samples as
+    ``name``, each label by its name). A cache that is damaged, or whose samples do not ``fit`` the run's settings,
+    is rendered again: ``render(n)`` -> (samples [n, ...], labels), ``chunk`` at a time under a progress bar."""
+    from rich.progress import Progress
+
+    def load_pool(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with np.load(path) as data:
+            return data[name], {label: data[label] for label in labels}
+
+    pool = load_cache(path, load_pool)
+    if pool is not None and fits(pool[0]):
+        return pool
+    samples: np.ndarray | None = None
+    values: dict[str, np.ndarray] = {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("rendering pool", total=size)
+        for start in range(0, size, chunk):
+            n = min(chunk, size - start)
+            part, fresh = render(n)
+            if samples is None:
+                samples = np.empty((size, *part.shape[1:]), part.dtype)
+            samples[start:start + n] = part
+            for label, value in fresh.items():
+                values.setdefault(label, np.empty((size, *value.shape[1:]), np.int64))[start:start + n] = value
+            progress.update(task, completed=start + n)
+    atomic_write(path, lambda f: np.savez(f, **{name: samples}, **values))
+    return samples, values
+
+
 def content_key(*parts: Any) -> str:
     """A sha256 over what a cache is made from: arrays by dtype, shape and bytes, anything else by its repr."""
     digest = hashlib.sha256()

@@ -14,7 +14,6 @@ their held versions; those numbers go into its ``config.json``.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdream.cache import atomic_write
 from mdream.eval.motion_reader import NOBODY, STILL, MotionReader, MotionReaderConfig
-from mdream.training.common import console, load_cache, parse_int_tuple
+from mdream.training.analyser import install_reader
+from mdream.training.common import console, parse_int_tuple, rendered_pool
 from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, start_run
 
@@ -202,31 +201,12 @@ class MotionReaderTask:
 
 def _motion_pool(world, config: MotionReaderTrainingConfig, path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The pool of rendered clips and their labels, cached in the run folder (a damaged cache is rendered again)."""
-    from rich.progress import Progress
-
-    def load_pool(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        with np.load(path) as data:
-            return data["clips"], {name: data[name] for name in LABELS}
-
-    pool = load_cache(path, load_pool)
-    if pool is not None and pool[0].shape[:2] == (config.pool_size, config.num_frames):
-        return pool
     rng = np.random.default_rng([config.seed, 0])
     lengths = parse_int_tuple(config.clip_lengths, "--clip-lengths")
-    s = config.frame_size
-    clips = np.empty((config.pool_size, config.num_frames, s, s, 3), np.uint8)
-    labels: dict[str, np.ndarray] = {}
-    chunk = 250
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("rendering pool", total=config.pool_size)
-        for start in range(0, config.pool_size, chunk):
-            n = min(chunk, config.pool_size - start)
-            clips[start:start + n], fresh = render_motion_samples(world, n, rng, s, config.num_frames, lengths)
-            for name, values in fresh.items():
-                labels.setdefault(name, np.empty((config.pool_size, *values.shape[1:]), np.int64))[start:start + n] = values
-            progress.update(task, completed=start + n)
-    atomic_write(path, lambda f: np.savez(f, clips=clips, **labels))
-    return clips, labels
+    return rendered_pool(
+        path, config.pool_size, "clips", LABELS,
+        lambda n: render_motion_samples(world, n, rng, config.frame_size, config.num_frames, lengths),
+        chunk=250, fits=lambda clips: clips.shape[:2] == (config.pool_size, config.num_frames))
 
 
 def measure_motion_reader(model: MotionReader, clips: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, object]:
@@ -283,14 +263,6 @@ def train_motion_reader(config: MotionReaderTrainingConfig, out: str | Path, res
 
 
 def install_motion_reader(folder: Path, eval_dir: Path = ASSETS_DIR, fp16: bool = True) -> Path:
-    """Copy a trained reader (config.json + model.safetensors) into ``eval_dir/motion_reader`` (default: the
-    package's assets); ``fp16``: its weights stored as float16 (they load back into float32). Returns the folder."""
-    target = eval_dir / "motion_reader"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy2(folder / name, target / name)
-    if fp16:
-        from mdream.training.export import store_half
-
-        store_half(target)
-    return target
+    """Copy a trained reader into ``eval_dir/motion_reader`` (see :func:`mdream.training.analyser.install_reader`;
+    stored as float16 by default)."""
+    return install_reader(folder, "motion_reader", eval_dir, fp16)
