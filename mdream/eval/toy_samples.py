@@ -88,7 +88,7 @@ def toy_shot_clips(plan, view, size: int = 32, seed: int = 0, held: bool = False
 
 def write_clips_movie(plan, clips: list[np.ndarray], path) -> object:
     """Mux per-shot clips (uint8 [T, H, W, 3], plan order) into ``path`` with the pipeline's own movie writer
-    (:func:`mdream.stages.movie.write_movie`: the script's output size and fps, Lanczos upscale, H.264): a movie as
+    (:func:`mdream.stages.movie.write_movie`: the script's fps, upscaled with Lanczos to the viewing size, H.264): a movie as
     `mdream generate` writes it, from clips made by hand. Returns the path."""
     from types import SimpleNamespace
 
