@@ -130,7 +130,7 @@ def reference(tmp_path_factory, bundle) -> dict:
     assert report["movie_kind"] == "video"
     ids = [f"arc{a + 1}-{s + 1:03d}" for a, s in PICK]
     assert made(report) == {"encode": ids, "keyframes": ids, "render": ids, "export": [str(movie.with_suffix(""))],
-                            "video": ids}
+                            "video": ids, "mux": [str(movie)]}
     return {"script": script, "movie": movie, "cache": cache, "ids": ids, "report": report,
             "seconds": time.perf_counter() - clock}
 
@@ -215,9 +215,26 @@ def test_a_rerun_of_a_finished_movie_makes_nothing_and_keeps_the_movie(reference
     seconds = time.perf_counter() - clock
     assert all(not produced for produced in made(report).values()), made(report)
     assert reused(report)["video"] == reference["ids"] and reused(report)["export"]
+    assert reused(report)["mux"] == [str(reference["movie"])]  # the movie file is not written again
     assert movie_frames(reference["movie"]) == before
     # loose: the goal (a few per cent of the first run) is measured by benchmarks/bench_main_job.py
     assert seconds < reference["seconds"]
+
+
+def test_the_movie_is_muxed_again_only_when_its_file_is_gone_or_changed_or_elsewhere(reference, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(reference["cache"], cache)
+    movie = tmp_path / "out" / "movie.mp4"
+    assert made(generate(reference["script"], movie, cache))["mux"] == [str(movie)]  # another file: muxed for it
+    assert_same_movie(movie, reference["movie"])
+    assert made(generate(reference["script"], movie, cache))["mux"] == []
+    movie.unlink()
+    assert made(generate(reference["script"], movie, cache))["mux"] == [str(movie)]
+    movie.write_bytes(b"not a movie")  # replaced by something else: written again
+    assert made(generate(reference["script"], movie, cache))["mux"] == [str(movie)]
+    assert_same_movie(movie, reference["movie"])
+    report = generate(reference["script"], movie, cache, "--transition", "crossfade")  # another transition
+    assert made(report)["mux"] == [str(movie)] and made(report)["video"] == []
 
 
 def test_editing_one_shots_descriptor_remakes_that_shot_and_the_keyframes_chained_after_it(reference, bundle, tmp_path):
@@ -255,6 +272,7 @@ def test_from_stage_recomputes_that_stage_and_the_later_ones_only(reference, tmp
     report = generate(reference["script"], movie, cache, "--from-stage", "video")
     assert made(report)["video"] == ids and all(made(report)[s] == [] for s in ("encode", "keyframes", "render"))
     assert made(report)["export"] == []  # the movie folder is still what the reused renders make
+    assert made(report)["mux"] == [str(movie)]
 
 
 @pytest.mark.slow

@@ -170,6 +170,48 @@ def test_a_training_step_runs_and_lowers_the_loss(tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_drift_augmentation_degrades_only_continuations_conditioning_frames(tmp_path):
+    from mdream.training.video import ClipSet, VideoTask, VideoTrainingModel, drift_frames
+
+    frames = torch.rand(6, 3, 32, 32) * 2 - 1
+    drifted = drift_frames(frames, np.random.default_rng(0))
+    assert drifted.shape == frames.shape and drifted.abs().max() <= 1
+    assert torch.equal(drifted, drift_frames(frames, np.random.default_rng(0)))  # seeded
+    assert (drifted - frames).abs().mean(dim=(1, 2, 3)).min() > 0  # every frame changed
+
+    config = VideoTrainingConfig(image_encoder=str(tiny_clip(tmp_path)), clip_length=4, drift_prob=1.0,
+                                 last_anchor_prob=0.0)
+    model = new_video_model(config)
+    rng = np.random.default_rng(0)
+    clips = ClipSet(rng.integers(0, 256, (8, 7, 32, 32, 3), dtype=np.uint8), np.zeros((8, model.config.action_dim), np.float32))
+    batch = VideoTask(VideoTrainingModel(model), clips, config).sample(np.random.default_rng(3), 32)
+    changed = (batch["cond_frame"] - batch["clip"][:, 0]).abs().flatten(1).amax(1) > 0  # [B]
+    # a shot's first clip starts from its keyframe as it is; a continuation from a drifted frame, anchored on frame 0
+    continuation = (batch["anchor_frame"] - batch["clip"][:, 0]).abs().flatten(1).amax(1) > 0
+    assert changed.any() and (~changed).any()
+    assert torch.equal(changed, continuation)
+
+
+def test_init_starts_from_a_trained_model_and_refuses_another_shape(tmp_path):
+    from mdream.errors import InputError
+    from mdream.training.video import load_init
+
+    trained = tiny_video_model(tmp_path / "a")
+    config = VideoTrainingConfig(image_encoder=str(tmp_path / "a" / "clip"), clip_length=4, sample_steps=2)
+    torch.manual_seed(1)
+    fresh = new_video_model(config)
+    assert not torch.equal(fresh.unet.conv_in.weight, trained.unet.conv_in.weight)
+    load_init(fresh, str(tmp_path / "a" / "video"))
+    assert torch.equal(fresh.unet.conv_in.weight, trained.unet.conv_in.weight)
+    assert torch.equal(fresh.action_encoder.net[0].weight, trained.action_encoder.net[0].weight)
+
+    wider = new_video_model(VideoTrainingConfig(image_encoder=str(tmp_path / "a" / "clip"), clip_length=4, channels=64))
+    with pytest.raises(InputError, match="does not match this config"):
+        load_init(wider, str(tmp_path / "a" / "video"))
+    with pytest.raises(InputError, match="does not exist"):
+        load_init(wider, str(tmp_path / "nowhere"))
+
+
 # ---- the stage --------------------------------------------------------------------------------------
 
 

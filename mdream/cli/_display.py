@@ -47,7 +47,8 @@ def show_generate(result) -> None:
     for col in ("stage", "time", "made", "reused", "by other process", "outputs"):
         table.add_column(col)
     for r in result.reports:
-        outputs = f"{len(r.outputs)} files in {safe(result.movie_dir)}/" if r.outputs else "-"
+        outputs = "-" if not r.outputs else safe(r.outputs[0]) if len(r.outputs) == 1 else \
+            f"{len(r.outputs)} files in {safe(result.movie_dir)}/"
         table.add_row(r.stage, f"{r.seconds:.1f} s", str(len(r.produced)), str(len(r.reused)),
                       str(len(r.by_other_process)), outputs)
     if result.output is not None and result.output.is_file():

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -421,45 +421,55 @@ def outputs_intact(artifact: Artifact) -> bool:
 
 
 def _run_movie_step(project: Project, step: MovieStep, stages: Sequence[Stage]) -> StageReport:
-    start = time.perf_counter()
     keys = plan_keys(project, stages)
-    key = keys[step.name][0]
-    store, report = project.store, StageReport(step.name)
-    target = str(project.movie_dir)
+
+    def produce() -> list[Path]:
+        upstream = {
+            up: ArtifactSequence(project, up, project.plan.shots, keys[up], step.name) for up in step.upstream_stages
+        }
+        return step.produce_movie(project, upstream, project.movie_dir)
+
+    report = produce_outputs(project, step.name, keys[step.name][0], str(project.movie_dir), produce,
+                             force=project.options.forces(step.name))
+    _record_run(project, step, keys, report)
+    return report
+
+
+def produce_outputs(project: Project, name: str, key: str, target: str, produce: Callable[[], list[Path]],
+                    force: bool = False) -> StageReport:
+    """Files written outside the cache (a movie folder, a movie file) as a cached step: skipped when the cache holds
+    a record under ``key`` whose every listed file is still there, unchanged (size and mtime); otherwise
+    ``produce()`` writes them and the record of what it wrote is committed (an error publishes no record, so the
+    next run redoes it). Returns the step's report (``target``: what the report names)."""
+    start = time.perf_counter()
+    store, report = project.store, StageReport(name)
     report.keys = {target: key}
-    force = project.options.forces(step.name)
-    existing = None if force else store.open(step.name, key)
+    existing = None if force else store.open(name, key)
     if existing is not None and outputs_intact(existing):
         report.reused.append(target)
     else:
         # Replace the record when it is there but its outputs are not (deleted or edited since).
-        writer = store.claim(step.name, key, wait=True, force=force or existing is not None)
+        writer = store.claim(name, key, wait=True, force=force or existing is not None)
         if writer is None:  # another process finished it while we waited for the lock
-            done = store.open(step.name, key)
+            done = store.open(name, key)
             if done is not None and outputs_intact(done):
                 report.by_other_process.append(target)
             else:
-                writer = store.claim(step.name, key, wait=True, force=True)
+                writer = store.claim(name, key, wait=True, force=True)
         if writer is not None:
             with writer:  # commits on a clean exit; an error publishes no record, so the next run redoes it
                 writer.metadata.update(
-                    {"stage": step.name, "script": str(project.script_path), "target": target,
+                    {"stage": name, "script": str(project.script_path), "target": target,
                      "host": socket.gethostname()}
                 )
-                upstream = {
-                    up: ArtifactSequence(project, up, project.plan.shots, keys[up], step.name)
-                    for up in step.upstream_stages
-                }
-                written = step.produce_movie(project, upstream, Path(target))
                 files = {}
-                for path in written:
+                for path in produce():
                     st = Path(path).stat()
                     files[str(Path(path).resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
                 writer.save_json(OUTPUTS_RECORD, {"target": target, "files": files})
             report.produced.append(target)
             report.outputs = sorted(files)
     report.seconds = time.perf_counter() - start
-    _record_run(project, step, keys, report)
     return report
 
 

@@ -171,13 +171,8 @@ def generate(
     else:
         video = project.bundle.components.get("video")
         if video is not None and video.present and "video" in stage_names():  # clips to mux
-            from mdream.stages.movie import write_movie
-            from mdream.stages.pipeline import ArtifactSequence, plan_keys
-
             _, reports = run_pipeline(script_path, until, options, movie_dir=movie_dir, project=project)
-            keys = plan_keys(project, new_stages(until))
-            clips = ArtifactSequence(project, "video", project.plan.shots, keys["video"], "movie")
-            write_movie(project, clips, output, transition or project.plan.output.transition)
+            reports.append(mux_movie(project, output, transition or project.plan.output.transition))
             result = GenerateResult(reports, movie_dir, output, "video")
         else:
             _, reports = run_pipeline(script_path, "export", options, movie_dir=movie_dir, project=project)
@@ -188,6 +183,29 @@ def generate(
     result.info = _run_info(project, started, time.perf_counter() - clock)
     _write_report(result)
     return result
+
+
+#: The version of the movie mux (part of its cache key).
+MUX_VERSION = "1"
+
+
+def mux_movie(project: Project, output: Path, transition: str) -> StageReport:
+    """The ``mux`` step of ``generate``: mux every shot's clip into ``output`` (:func:`mdream.stages.movie.write_movie`) as a cached step: its key
+    derives from every clip's key, the transition, the output settings and the file's path, and a rerun whose
+    movie file is still the one it wrote (size and mtime) skips the mux. ``--force video`` muxes again."""
+    from mdream.cache import artifact_key
+    from mdream.stages.movie import write_movie
+    from mdream.stages.pipeline import ArtifactSequence, plan_keys, produce_outputs
+
+    keys = plan_keys(project, new_stages("video"))["video"]
+    key = artifact_key(stage="mux", stage_version=MUX_VERSION, bundle_id="",
+                       inputs={"output": str(output.resolve()), "transition": transition,
+                               "settings": project.plan.output.model_dump(mode="json")},
+                       seed=0, upstream=keys)
+    clips = ArtifactSequence(project, "video", project.plan.shots, keys, "mux")
+    return produce_outputs(project, "mux", key, str(output),
+                           lambda: [write_movie(project, clips, output, transition)],
+                           force=project.options.forces("video"))
 
 
 def generate_many(

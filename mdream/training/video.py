@@ -7,6 +7,11 @@ A training example is a window of ``clip_length`` frames starting at frame 0 (a 
 anchor is the clip's frame 0 (``anchor="first"``) or, with probability ``last_anchor_prob``, the window's first
 frame (``anchor="last"``). The action multi-hot comes from the shot's cast and camera.
 
+Drift augmentation (``drift_prob``): in that share of continuation examples the conditioning frame is degraded the
+way an extended clip's last frame drifts (blurred, its colours shifted), while the target stays the true clip and the
+``first`` anchor the true frame 0; so the model learns to pull a drifting shot back towards its anchor, which only
+the first frame's embedding can tell it (an ``anchor="last"`` example's anchor is the degraded frame itself).
+
 Loss: EDM's (Karras et al. 2022) with SVD's preconditioning (v-prediction, ``sigma_data``): sigma log-normal
 (``p_mean``, ``p_std``), weight ``(sigma^2 + sigma_data^2) / (sigma sigma_data)^2`` on the denoised estimate's
 squared error (with ``prediction: x0``, weight 1); with ``residual`` the model denoises the clip minus its conditioning frame. The
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mdream.errors import InputError
 from mdream.models.loading import load_pretrained
 from mdream.models.video import PREDICTIONS, ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
 from mdream.training.common import console
@@ -32,6 +38,7 @@ from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, publish_final, start_run
 
 TOY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-clip"
+TOY_VIDEO = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-video"
 
 
 @dataclass
@@ -88,6 +95,12 @@ class VideoTrainingConfig(LoopConfig):
     """Share of continuation examples whose anchor is the window's first frame (anchor="last")."""
     sample_steps: int = 20
     """Euler steps per clip saved with the model."""
+    drift_prob: float = 0.0
+    """Share of continuation examples whose conditioning frame is degraded like a drifted clip's last frame (blur,
+    colour shift; strength uniform per example), the target and the first-frame anchor kept true."""
+    init: str = ""
+    """Start from a trained video model (a folder of `mdream train export` or a run's final/video; toy: the shipped
+    toy-video) instead of random weights: its UNet and action encoder must match this config."""
 
     def check(self) -> None:
         super().check()
@@ -102,9 +115,59 @@ class VideoTrainingConfig(LoopConfig):
         if self.prediction not in PREDICTIONS:
             raise ConfigValueError("prediction", f"--prediction must be one of {', '.join(PREDICTIONS)}, "
                                                  f"got {self.prediction!r}.")
-        for name in ("cond_dropout", "last_anchor_prob"):
+        for name in ("cond_dropout", "last_anchor_prob", "drift_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1].")
+
+
+def init_source(setting: str) -> Path:
+    """The video model folder an ``init`` setting names: ``toy`` is the shipped toy video model."""
+    return TOY_VIDEO if setting == "toy" else Path(setting)
+
+
+def load_init(model: ImageToVideoModel, setting: str) -> None:
+    """Copy a trained model's UNet and action encoder into ``model`` (refusing different shapes)."""
+    folder = init_source(setting)
+    if (folder / "video").is_dir() and not (folder / "unet").is_dir():
+        folder = folder / "video"
+    trained = ImageToVideoModel.from_pretrained(folder, torch_dtype=torch.float32)
+    for name in ("unet", "action_encoder"):
+        mine, theirs = getattr(model, name), getattr(trained, name)
+        if theirs is None:
+            raise InputError(f"--init {setting}: the video model there has no {name.replace('_', ' ')}.",
+                             hint="start from a model trained by `mdream train video`")
+        want = {k: v.shape for k, v in mine.state_dict().items()}
+        have = {k: v.shape for k, v in theirs.state_dict().items()}
+        if want != have:
+            differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+            raise InputError(f"--init {setting}: its {name.replace('_', ' ')} does not match this config's "
+                             f"({len(differ)} tensors differ, e.g. {differ[0]}).",
+                             hint="train with the settings the model was trained with (its train_config.json)")
+        mine.load_state_dict(theirs.state_dict())
+    console.print(f"UNet and action encoder initialised from {folder}")
+
+
+def drift_frames(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Degrade frames [B, 3, S, S] in [-1, 1] like an extended clip's drifting last frame: a Gaussian blur (sigma up
+    to 1.5 px) and a per-channel gain and offset (std up to 0.2), each example at a uniform random strength."""
+    b = frames.shape[0]
+    strength = rng.random(b)
+    out = torch.empty_like(frames)
+    taps = torch.arange(-3, 4, dtype=torch.float32)
+    for i in range(b):
+        sigma = 1.5 * strength[i]
+        x = frames[i: i + 1]
+        if sigma > 0.2:
+            k = torch.exp(-0.5 * (taps / sigma) ** 2)
+            k = (k / k.sum()).to(frames.dtype)
+            x = nn.functional.pad(x, (3, 3, 3, 3), mode="replicate")
+            x = nn.functional.conv2d(x, k.view(1, 1, 1, 7).expand(3, 1, 1, 7), groups=3)  # along width
+            x = nn.functional.conv2d(x, k.view(1, 1, 7, 1).expand(3, 1, 7, 1), groups=3)  # along height
+        gain = 1 + 0.2 * strength[i] * rng.standard_normal(3)
+        offset = 0.2 * strength[i] * rng.standard_normal(3)
+        x = x * torch.from_numpy(gain).float().view(1, 3, 1, 1) + torch.from_numpy(offset).float().view(1, 3, 1, 1)
+        out[i] = x[0].clamp(-1, 1)
+    return out
 
 
 def image_encoder_source(setting: str) -> str:
@@ -237,15 +300,20 @@ class VideoTask:
         frames = np.stack([self.clips.frames[i, s: s + L] for i, s in zip(idx, start, strict=True)])
         clip = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1  # [B, L, 3, S, S]
         first = torch.from_numpy(self.clips.frames[idx, 0]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, S, S]
+        cond = clip[:, 0]
+        drifted = (start > 0) & (rng.random(size) < c.drift_prob) if c.drift_prob > 0 else np.zeros(size, bool)
+        if drifted.any():
+            cond = cond.clone()
+            cond[torch.from_numpy(drifted)] = drift_frames(cond[torch.from_numpy(drifted)], rng)
         last_anchor = torch.from_numpy((start > 0) & (rng.random(size) < c.last_anchor_prob)).view(-1, 1, 1, 1)
-        anchor = torch.where(last_anchor, clip[:, 0], first)
+        anchor = torch.where(last_anchor, cond, first)
         sigma = torch.from_numpy(np.exp(c.p_mean + c.p_std * rng.standard_normal(size))).float()
         p = c.patch_size
         noise = torch.from_numpy(rng.standard_normal((size, L, 3 * p * p, c.frame_size // p, c.frame_size // p))).float()
         aug = torch.from_numpy(rng.standard_normal((size, 3, c.frame_size, c.frame_size))).float()
         keep = torch.from_numpy(rng.random(size) >= c.cond_dropout).float()
         device = self.model.video.device
-        batch = {"clip": clip, "cond_frame": clip[:, 0], "anchor_frame": anchor,
+        batch = {"clip": clip, "cond_frame": cond, "anchor_frame": anchor,
                  "actions": torch.from_numpy(self.clips.actions[idx]), "sigma": sigma, "noise": noise, "aug": aug,
                  "keep": keep}
         return {k: v.to(device) for k, v in batch.items()}
@@ -263,6 +331,8 @@ def train_video(config: VideoTrainingConfig, out: str | Path, resume: str = "aut
     config, out, start_from, accelerator = start_run(config, VideoTrainingConfig, out, resume, given, export,
                                                      "video.json")
     model = new_video_model(config)
+    if config.init and start_from is None:
+        load_init(model, config.init)
     with accelerator.main_process_first():
         clips = load_clips(config, model.config, out)
     task = VideoTask(VideoTrainingModel(model), clips, config)
