@@ -170,6 +170,26 @@ def test_a_training_step_runs_and_lowers_the_loss(tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_patch_anchor_tokens_start_with_the_pooled_embedding_and_draw_clips(tmp_path):
+    torch.manual_seed(0)
+    config = VideoTrainingConfig(image_encoder=str(tiny_clip(tmp_path)), clip_length=4, sample_steps=2,
+                                 anchor_tokens="patches")
+    new_video_model(config).save_pretrained(tmp_path / "video")
+    patches = ImageToVideoModel.from_pretrained(tmp_path / "video")
+    assert patches.config.anchor_tokens == "patches"
+    frame = ImageToVideoPipeline.prepare_image(keyframe())
+    tokens = patches.encode_image(frame)
+    assert tokens.shape == (1, 1 + (32 // 8) ** 2, 24)  # the class token, then 4 x 4 patches
+    patches.config.anchor_tokens = "pooled"
+    pooled = patches.encode_image(frame)
+    patches.config.anchor_tokens = "patches"
+    assert torch.allclose(tokens[:, :1], pooled, atol=1e-5)
+    out = ImageToVideoPipeline(patches)(keyframe(), num_frames=7, generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (1, 7, 32, 32, 3)
+    with pytest.raises(Exception, match="anchor-tokens"):
+        VideoTrainingConfig(anchor_tokens="all").check()
+
+
 def test_drift_augmentation_degrades_only_continuations_conditioning_frames(tmp_path):
     from mdream.training.video import ClipSet, VideoTask, VideoTrainingModel, drift_frames
 

@@ -49,6 +49,8 @@ CONFIG_NAME = "video.json"
 ANCHORS = ("first", "last")
 PREDICTIONS = ("v", "x0")
 """What the UNet may predict (VideoModelConfig.prediction)."""
+ANCHOR_TOKENS = ("pooled", "patches")
+"""What of the anchor frame the cross-attention sees (VideoModelConfig.anchor_tokens)."""
 #: CLIP's image normalisation (SVD's feature extractor)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -94,6 +96,11 @@ class VideoModelConfig:
     """True: the UNet denoises the clip minus its clean conditioning frame (residual video diffusion, Yang et al.
     2022, "Diffusion Probabilistic Modeling for Video Generation"), so a clip that holds the keyframe still is the
     zero residual and the model only draws what moves; False: the clip itself (SVD)."""
+    anchor_tokens: str = "pooled"
+    """What of the anchor frame the cross-attention sees: ``pooled``, SVD's one CLIP image embedding (global: colour,
+    who, where only as a summary), or ``patches``, every token of the vision tower's last layer through its final
+    layer norm and projection (the pooled embedding first, then one token per image patch), so the anchor also says
+    what stood where."""
     action_vocab: list[str] = field(default_factory=lambda: ["stand", "walk", "wave", "jump", "sit"])
     """Actions the action encoder knows; a cast member's action text matches one when a word starts with it."""
     action_slots: list[str] = field(default_factory=lambda: ["left", "center", "right"])
@@ -185,6 +192,9 @@ class ImageToVideoModel(nn.Module):
         if config.prediction not in PREDICTIONS:
             raise InputError(f"The video model's prediction must be one of {', '.join(PREDICTIONS)}, got "
                              f"{config.prediction!r}.", hint="fix `prediction` in its video.json")
+        if config.anchor_tokens not in ANCHOR_TOKENS:
+            raise InputError(f"The video model's anchor_tokens must be one of {', '.join(ANCHOR_TOKENS)}, got "
+                             f"{config.anchor_tokens!r}.", hint="fix `anchor_tokens` in its video.json")
         self.config, self.unet, self.image_encoder, self.vae = config, unet, image_encoder, vae
         self.action_encoder = action_encoder
         self.scheduler = scheduler
@@ -244,7 +254,8 @@ class ImageToVideoModel(nn.Module):
 
     # ---- the parts SVD's pipeline calls ----------------------------------------------------------
     def encode_image(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames in [-1, 1] [B, 3, H, W] -> CLIP image embeddings [B, 1, D] (resized to the encoder's size)."""
+        """Frames in [-1, 1] [B, 3, H, W] -> the anchor's cross-attention tokens (resized to the encoder's size):
+        CLIP's image embedding [B, 1, D], or with ``anchor_tokens: patches`` [B, 1 + P, D] (P image patches)."""
         size = self.image_encoder.config.image_size
         x = (frames.float() + 1) / 2
         if x.shape[-2:] != (size, size):
@@ -252,7 +263,12 @@ class ImageToVideoModel(nn.Module):
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(self.image_encoder.dtype)
-        return self.image_encoder(pixel_values=x).image_embeds.unsqueeze(1)  # [B, 1, D]
+        out = self.image_encoder(pixel_values=x)
+        if self.config.anchor_tokens == "pooled":
+            return out.image_embeds.unsqueeze(1)  # [B, 1, D]
+        # the pooled embedding is the class token through these two; the patch tokens go the same way
+        hidden = self.image_encoder.vision_model.post_layernorm(out.last_hidden_state)  # [B, 1 + P, W]
+        return self.image_encoder.visual_projection(hidden)  # [B, 1 + P, D]
 
     def encode_actions(self, actions: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """Action multi-hots [B, A] -> tokens [B, n, D]; None when the model has no action encoder."""

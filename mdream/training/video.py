@@ -32,7 +32,7 @@ from torch import nn
 
 from mdream.errors import InputError
 from mdream.models.loading import load_pretrained
-from mdream.models.video import PREDICTIONS, ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
+from mdream.models.video import ANCHOR_TOKENS, PREDICTIONS, ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
 from mdream.training.common import console
 from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, publish_final, start_run
@@ -95,6 +95,9 @@ class VideoTrainingConfig(LoopConfig):
     """Share of continuation examples whose anchor is the window's first frame (anchor="last")."""
     sample_steps: int = 20
     """Euler steps per clip saved with the model."""
+    anchor_tokens: str = "pooled"
+    """What of the anchor frame the cross-attention sees: pooled (SVD's one image embedding) or patches (every patch
+    token too; see VideoModelConfig.anchor_tokens)."""
     drift_prob: float = 0.0
     """Share of continuation examples whose conditioning frame is degraded like a drifted clip's last frame (blur,
     colour shift; strength uniform per example), the target and the first-frame anchor kept true."""
@@ -112,6 +115,9 @@ class VideoTrainingConfig(LoopConfig):
             raise ConfigValueError("clip_length", f"--clip-length must be >= 2, got {self.clip_length}.")
         if self.clips < 1:
             raise ConfigValueError("clips", f"--clips must be >= 1, got {self.clips}.")
+        if self.anchor_tokens not in ANCHOR_TOKENS:
+            raise ConfigValueError("anchor_tokens", f"--anchor-tokens must be one of {', '.join(ANCHOR_TOKENS)}, "
+                                                    f"got {self.anchor_tokens!r}.")
         if self.prediction not in PREDICTIONS:
             raise ConfigValueError("prediction", f"--prediction must be one of {', '.join(PREDICTIONS)}, "
                                                  f"got {self.prediction!r}.")
@@ -188,7 +194,8 @@ def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
     mc = VideoModelConfig(pixel_space=True, patch_size=config.patch_size, height=config.frame_size,
                           width=config.frame_size, num_frames=config.clip_length, fps=config.fps,
                           num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0,
-                          sigma_data=config.sigma_data, residual=config.residual, prediction=config.prediction)
+                          sigma_data=config.sigma_data, residual=config.residual, prediction=config.prediction,
+                          anchor_tokens=config.anchor_tokens)
     c = 3 * config.patch_size**2
     unet = UNetSpatioTemporalConditionModel(
         sample_size=config.frame_size // config.patch_size, in_channels=2 * c, out_channels=c,
@@ -271,11 +278,11 @@ class VideoTrainingModel(nn.Module):
             x0 = x0.view(b, t, *x0.shape[1:])  # [B, T, C, h, w]
             base = m.residual_base(cond_frame, t)
             x0 = x0 if base is None else x0 - base
-            embeds = m.encode_image(anchor_frame)  # [B, 1, D]
+            embeds = m.encode_image(anchor_frame)  # [B, n, D]
         k = keep.view(b, 1, 1, 1)
         cond = m.to_latents(cond_frame + m.config.noise_aug_strength * aug) * k  # [B, C, h, w]
         cond = cond.unsqueeze(1).expand(-1, t, -1, -1, -1)
-        context = torch.cat([embeds * keep.view(b, 1, 1), m.encode_actions(actions, b)], dim=1)  # [B, 2, D]
+        context = torch.cat([embeds * keep.view(b, 1, 1), m.encode_actions(actions, b)], dim=1)  # [B, n + 1, D]
         s = sigma.view(b, 1, 1, 1, 1)
         denoised = m.denoise(x0 + s * noise, sigma, cond, context, m.added_time_ids(b))
         sd = m.config.sigma_data
