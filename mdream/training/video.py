@@ -32,7 +32,14 @@ from torch import nn
 
 from mdream.errors import InputError
 from mdream.models.loading import load_pretrained
-from mdream.models.video import ANCHOR_TOKENS, PREDICTIONS, ActionEncoder, ImageToVideoModel, VideoModelConfig, action_vector
+from mdream.models.video import (
+    ANCHOR_TOKENS,
+    PREDICTIONS,
+    ActionEncoder,
+    ImageToVideoModel,
+    VideoModelConfig,
+    action_vector,
+)
 from mdream.training.common import console
 from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, publish_final, start_run
