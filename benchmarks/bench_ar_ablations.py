@@ -229,6 +229,22 @@ def config_changes(folders: dict[str, Path]) -> dict[str, str]:
     return out
 
 
+#: A training config's data settings and the training set's ``info`` names for them.
+DATA_SETTINGS = {"world_seed": "world_seed", "data_seed": "seed", "episodes": "episodes", "episode_length": "length",
+                 "frame_size": "frame_size"}
+
+
+def other_training_data(folder: Path, info: dict) -> str:
+    """The data settings in which this model's training run differs from the ``--train-data`` set ("" where none
+    differ or the run's config is not found): its copies are then measured against a set it was not trained on."""
+    path = _first_file(folder, "train_config.json", 3)
+    if path is None:
+        return ""
+    config = json.loads(path.read_text())
+    return ", ".join(f"{k}: {config[k]} (set: {info[v]})" for k, v in DATA_SETTINGS.items()
+                     if k in config and v in info and config[k] != info[v])
+
+
 # ---- the table -------------------------------------------------------------------------------------------
 
 
@@ -298,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     folders = dict(args.ar)
     train = info = encoder = None
+    notes: list[str] = []
     if args.train_data is not None:
         train, info = training_tokens(args.train_data)
         info.setdefault("frame_size", args.size)
@@ -307,6 +324,11 @@ def main(argv: list[str] | None = None) -> None:
             if (cfg.get("num_tokens"), cfg.get("token_dim")) != tuple(train.shape[1:]):
                 raise SystemExit(f"{name}: the model predicts {cfg.get('num_tokens')} tokens of {cfg.get('token_dim')}, "
                                  f"the training set holds {tuple(train.shape[1:])}")
+        for name, folder in folders.items():
+            if other := other_training_data(folder, info):
+                notes.append(f"{name} was trained on other data than `--train-data` ({other}): its copy columns "
+                             "compare it with a set it did not see.")
+                print(f"note: {notes[-1]}", flush=True)
         print(f"training set: {len(train)} keyframes of tokens {tuple(train.shape[1:])} "
               f"(frame size {info['frame_size']})", flush=True)
     names = ["ground truth", *folders]
@@ -354,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         f"agreement pooled over the scripts (short: a scene's next shot / a character's next appearance; long: 20+ "
         f"shots apart). {copies}Held-out token cos: the training run's own teacher-forced measurement "
         f"(its last records). Generation: {'; '.join(f'{n}: {s:.0f} s' for n, s in seconds.items())}; "
-        f"{total:.0f} s in all.\n\n" + markdown(rows)
+        f"{total:.0f} s in all." + "".join(f" Note: {n}" for n in notes) + "\n\n" + markdown(rows)
     )
     print(body)
     if args.json:

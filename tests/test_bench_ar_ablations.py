@@ -98,3 +98,16 @@ def test_the_table_shows_dashes_without_training_data():
     table = bench.markdown({"ground truth": with_copies, "x": without}).splitlines()
     assert table[2].startswith("| ground truth | 0.500 | 1.000 | - |") and "| 0.333 | 2.00 | 0.900 |" in table[2]
     assert table[3].endswith("| - | - | - |")
+
+
+def test_a_run_trained_on_other_data_is_named(tmp_path):
+    info = {"world_seed": 0, "seed": 0, "episodes": 500, "length": 64, "frame_size": 32}
+    same = _model(tmp_path / "same" / "final")
+    (tmp_path / "same" / "train_config.json").write_text(json.dumps(
+        {"world_seed": 0, "data_seed": 0, "episodes": 500, "episode_length": 64, "frame_size": 32, "dropout": 0.0}))
+    other = _model(tmp_path / "other" / "final")
+    (tmp_path / "other" / "train_config.json").write_text(json.dumps(
+        {"world_seed": 0, "data_seed": 0, "episodes": 300, "episode_length": 40, "frame_size": 32}))
+    assert bench.other_training_data(same, info) == ""
+    assert bench.other_training_data(other, info) == "episodes: 300 (set: 500), episode_length: 40 (set: 64)"
+    assert bench.other_training_data(_model(tmp_path / "bare"), info) == ""
