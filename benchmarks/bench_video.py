@@ -45,7 +45,6 @@ import torch
 TITLE = "Video model: drift over extensions, anchor first vs last (toy)"
 SHIPPED = Path(__file__).resolve().parent.parent / "mdream" / "assets" / "models" / "toy-video"
 BENCH_TAG = 0xB1D  # the trainer's shots use 0x71D in this place of the seed
-ANCHORS = ("first", "last")
 METRICS = (  # key, column title
     ("colour_drift", "colour drift"),
     ("scene_kept", "scene kept"),
@@ -182,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=900_001, help="Seed of the held-out shot stream.")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--colour-coherence", type=float, default=1.0,
+                        help="The colour coherence of the third row set (anchor=first with the continuing clips' "
+                             "conditioning frames pulled to the keyframe's colour statistics).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
     args = parser.parse_args(argv)
 
@@ -208,17 +210,19 @@ def main(argv: list[str] | None = None) -> None:
     shots = [held_out_shot(world, args.seed, s, c.width, 2 * L - 1) for s in range(args.shots)]
     truth = pooled([reader.read(shot, clip[[0, L - 1, 2 * L - 2]]) for shot, clip in shots])
     anchors: dict[str, dict] = {}
-    for anchor in ANCHORS:
+    coherence = args.colour_coherence
+    for variant, (anchor, colour) in variants(coherence).items():
         per_shot, seconds = [], 0.0
         for s, (shot, clip) in enumerate(shots):
             actions = shot_action(c, shot)[None]
             start = time.perf_counter()
             frames = pipe(clip[:1], n_frames, actions=actions, anchor=anchor, fps=args.fps,
-                          num_inference_steps=args.steps, generator=torch.Generator().manual_seed(s)).frames[0]
+                          num_inference_steps=args.steps, colour_coherence=colour,
+                          generator=torch.Generator().manual_seed(s)).frames[0]
             seconds += time.perf_counter() - start
             ends = frames[[L - 1 + e * (L - 1) for e in range(args.extensions + 1)]]  # each clip's last frame
             per_shot.append(reader.read(shot, np.concatenate([clip[:1], ends])))
-        anchors[anchor] = {"readings": pooled(per_shot),
+        anchors[variant] = {"anchor": anchor, "colour_coherence": colour, "readings": pooled(per_shot),
                            "seconds_per_video_second": round(seconds / (args.shots * n_frames / args.fps), 3)}
     threads = torch.get_num_threads()
     report = {"model": str(folder), "shots": args.shots, "extensions": args.extensions, "clip_length": L,
@@ -241,11 +245,10 @@ def main(argv: list[str] | None = None) -> None:
         f"even in the ground truth; on the keyframe itself that share is "
         f"{_fmt(truth['identity_accuracy'][0])}). {report['seconds']:.0f} s in all.",
     ]
-    for anchor in ANCHORS:
-        a = anchors[anchor]
-        body.append(f"**anchor={anchor}**: {a['seconds_per_video_second']:.2f} s of sampling per second of video "
+    for variant, a in anchors.items():
+        body.append(f"**{variant}**: {a['seconds_per_video_second']:.2f} s of sampling per second of video "
                     f"at {args.fps} fps ({threads} torch threads, {args.device}).\n\n"
-                    + markdown(f"anchor={anchor}", a["readings"], ext, range(1, args.extensions + 1)))
+                    + markdown(variant, a["readings"], ext, range(1, args.extensions + 1)))
     body.append("Ground truth (the true render's own change as it moves; only 2 clips exist):\n\n"
                 + markdown("ground truth", truth, [0, 1], None))
     body = "\n\n".join(body)
@@ -254,8 +257,17 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.results import update_section
 
         command = f"OMP_NUM_THREADS={threads} python -m benchmarks.bench_video --shots {args.shots} " \
-                  f"--extensions {args.extensions}" + (f" --device {args.device}" if args.device != "cpu" else "")
+                  f"--extensions {args.extensions}" + \
+                  (f" --colour-coherence {coherence}" if coherence != 1.0 else "") + (f" --device {args.device}" if args.device != "cpu" else "")
         update_section(TITLE, body, command)
+
+
+def variants(coherence: float) -> dict[str, tuple[str, float]]:
+    """The row sets: label -> (anchor, colour coherence): the first frame through the cross-attention alone, the same
+    with the continuing clips' conditioning frames pulled to its colours, and the previous clip's last frame."""
+    return {"anchor=first (cross-attention only)": ("first", 0.0),
+            f"anchor=first + colour coherence {coherence:g}": ("first", coherence),
+            "anchor=last": ("last", 0.0)}
 
 
 def _fmt(v) -> str:

@@ -190,6 +190,30 @@ def test_patch_anchor_tokens_start_with_the_pooled_embedding_and_draw_clips(tmp_
         VideoTrainingConfig(anchor_tokens="all").check()
 
 
+def test_colour_coherence_pulls_continuations_to_the_anchors_colours_only(model):
+    from mdream.errors import InputError
+    from mdream.models.video import match_colour
+
+    frames, reference = torch.rand(2, 3, 8, 8) * 0.5 - 0.5, torch.rand(2, 3, 8, 8) * 0.8
+    matched = match_colour(frames, reference, 1.0)
+    assert torch.allclose(matched.mean(dim=(2, 3)), reference.mean(dim=(2, 3)), atol=1e-4)
+    assert torch.allclose(matched.std(dim=(2, 3)), reference.std(dim=(2, 3)), atol=1e-4)
+    assert torch.equal(match_colour(frames, reference, 0.0), frames)
+
+    pipe = ImageToVideoPipeline(model)
+
+    def draw(**kw):
+        return pipe(keyframe(), num_frames=10, clip_length=4, generator=torch.Generator().manual_seed(0), **kw).frames
+
+    plain, coherent = draw(colour_coherence=0.0), draw(colour_coherence=1.0)
+    assert np.array_equal(plain[:, :4], coherent[:, :4])  # the first clip starts from the keyframe itself
+    assert not np.array_equal(plain[:, 4:], coherent[:, 4:])
+    # anchor="last": the anchor is the conditioning frame itself, so there is nothing to pull towards
+    assert np.array_equal(draw(anchor="last", colour_coherence=0.0), draw(anchor="last", colour_coherence=1.0))
+    with pytest.raises(InputError, match="colour_coherence"):
+        draw(colour_coherence=1.5)
+
+
 def test_drift_augmentation_degrades_only_continuations_conditioning_frames(tmp_path):
     from mdream.training.video import ClipSet, VideoTask, VideoTrainingModel, drift_frames
 

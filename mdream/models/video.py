@@ -101,6 +101,10 @@ class VideoModelConfig:
     who, where only as a summary), or ``patches``, every token of the vision tower's last layer through its final
     layer norm and projection (the pooled embedding first, then one token per image patch), so the anchor also says
     what stood where."""
+    colour_coherence: float = 0.0
+    """How far each continuing clip's conditioning frame is pulled to the anchor frame's colour statistics (per-channel
+    mean and std; 0: not at all, 1: matched), so that colours cannot drift clip after clip. With ``anchor="last"``
+    the anchor is that frame itself, so nothing changes."""
     action_vocab: list[str] = field(default_factory=lambda: ["stand", "walk", "wave", "jump", "sit"])
     """Actions the action encoder knows; a cast member's action text matches one when a word starts with it."""
     action_slots: list[str] = field(default_factory=lambda: ["left", "center", "right"])
@@ -161,6 +165,16 @@ class ActionEncoder(ModelMixin, ConfigMixin):
     def forward(self, actions: torch.Tensor) -> torch.Tensor:
         b = actions.shape[0]
         return self.net(actions).view(b, self.config.num_tokens, self.config.cross_attention_dim)  # [B, n, D]
+
+
+def match_colour(frames: torch.Tensor, reference: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Pull frames [B, 3, H, W] towards the per-channel mean and std of ``reference`` [B, 3, H, W] (both in [-1, 1]):
+    ``strength`` 1 matches them (Reinhard et al. 2001, "Color Transfer between Images", here in RGB), 0 is the
+    identity."""
+    mean, std = frames.mean(dim=(2, 3), keepdim=True), frames.std(dim=(2, 3), keepdim=True)  # [B, 3, 1, 1]
+    ref_mean, ref_std = reference.mean(dim=(2, 3), keepdim=True), reference.std(dim=(2, 3), keepdim=True)
+    matched = (frames - mean) / std.clamp_min(1e-3) * ref_std + ref_mean
+    return (frames + strength * (matched - frames)).clamp(-1, 1)
 
 
 def sample_euler(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -356,8 +370,10 @@ class ImageToVideoPipeline:
         self.model = model
 
     def check_inputs(self, image: torch.Tensor, num_frames: int, clip_length: int, anchor: str,
-                     actions: torch.Tensor | None, num_inference_steps: int) -> None:
+                     actions: torch.Tensor | None, num_inference_steps: int, colour_coherence: float = 0.0) -> None:
         c = self.model.config
+        if not 0 <= colour_coherence <= 1:
+            raise InputError(f"colour_coherence must be in [0, 1], got {colour_coherence}.")
         if image.ndim != 4 or image.shape[1] != 3:
             raise InputError(f"The keyframe batch must be [B, 3, H, W], got {tuple(image.shape)}.")
         if tuple(image.shape[-2:]) != (c.height, c.width):
@@ -388,15 +404,17 @@ class ImageToVideoPipeline:
     def __call__(self, image: np.ndarray | torch.Tensor, num_frames: int, actions: torch.Tensor | None = None,
                  clip_length: int | None = None, anchor: str = "first", num_inference_steps: int | None = None,
                  min_guidance_scale: float | None = None, max_guidance_scale: float | None = None,
+                 colour_coherence: float | None = None,
                  fps: int | None = None, generator: torch.Generator | None = None) -> VideoPipelineOutput:
         model, c = self.model, self.model.config
         clip_length = clip_length or c.num_frames
         steps = num_inference_steps or c.num_inference_steps
         lo = c.min_guidance_scale if min_guidance_scale is None else min_guidance_scale
         hi = c.max_guidance_scale if max_guidance_scale is None else max_guidance_scale
+        coherence = c.colour_coherence if colour_coherence is None else colour_coherence
         # 1. check inputs
         image = self.prepare_image(image).to(model.device)
-        self.check_inputs(image, num_frames, clip_length, anchor, actions, steps)
+        self.check_inputs(image, num_frames, clip_length, anchor, actions, steps, coherence)
         b = image.shape[0]
         # 2. encode the anchor (the first frame) and the action: the cross-attention context
         first_embeds = model.encode_image(image)  # [B, 1, D]
@@ -415,6 +433,8 @@ class ImageToVideoPipeline:
         for i in range(n_clips):
             if i > 0 and anchor == "last":
                 anchor_embeds = model.encode_image(cond_frame)
+            elif i > 0 and coherence > 0:  # the anchor's colours (anchor="last": the frame's own)
+                cond_frame = match_colour(cond_frame, image, coherence)
             conditions.append(cond_frame)
             anchors.append(anchor_embeds)
             noise_aug = torch.randn(cond_frame.shape, generator=generator).to(model.device)

@@ -105,6 +105,9 @@ class VideoTrainingConfig(LoopConfig):
     anchor_tokens: str = "pooled"
     """What of the anchor frame the cross-attention sees: pooled (SVD's one image embedding) or patches (every patch
     token too; see VideoModelConfig.anchor_tokens)."""
+    colour_coherence: float = 0.0
+    """Saved with the model: how far continuing clips' conditioning frames are pulled to the anchor's colour statistics
+    when sampling (see VideoModelConfig.colour_coherence)."""
     drift_prob: float = 0.0
     """Share of continuation examples whose conditioning frame is degraded like a drifted clip's last frame (blur,
     colour shift; strength uniform per example), the target and the first-frame anchor kept true."""
@@ -128,7 +131,7 @@ class VideoTrainingConfig(LoopConfig):
         if self.prediction not in PREDICTIONS:
             raise ConfigValueError("prediction", f"--prediction must be one of {', '.join(PREDICTIONS)}, "
                                                  f"got {self.prediction!r}.")
-        for name in ("cond_dropout", "last_anchor_prob", "drift_prob"):
+        for name in ("cond_dropout", "last_anchor_prob", "drift_prob", "colour_coherence"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1].")
 
@@ -202,7 +205,7 @@ def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
                           width=config.frame_size, num_frames=config.clip_length, fps=config.fps,
                           num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0,
                           sigma_data=config.sigma_data, residual=config.residual, prediction=config.prediction,
-                          anchor_tokens=config.anchor_tokens)
+                          anchor_tokens=config.anchor_tokens, colour_coherence=config.colour_coherence)
     c = 3 * config.patch_size**2
     unet = UNetSpatioTemporalConditionModel(
         sample_size=config.frame_size // config.patch_size, in_channels=2 * c, out_channels=c,
