@@ -194,7 +194,8 @@ def test_toy_video_fits_its_configs_and_its_recipe():
     built = fresh.config
     assert (config.patch_size, config.width, config.height, config.num_frames, config.fps) == (
         built.patch_size, built.width, built.height, built.num_frames, built.fps)
-    assert (config.residual, config.sigma_data) == (built.residual, built.sigma_data)
+    assert (config.residual, config.sigma_data, config.prediction) == (built.residual, built.sigma_data, built.prediction)
+    assert (config.anchor_tokens, config.colour_coherence) == (built.anchor_tokens, built.colour_coherence)
 
 
 def test_every_shipped_weights_file_is_checked():
