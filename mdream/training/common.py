@@ -110,6 +110,17 @@ def rendered_pool(path: Path, size: int, name: str, labels: tuple[str, ...],
     return samples, values
 
 
+def check_same_shapes(fresh: torch.nn.Module, trained: torch.nn.Module, source: str, what: str) -> None:
+    """Refuse --init weights (``what``: the part, e.g. "decoder") whose shapes differ from the model the config
+    builds."""
+    ours = {k: v.shape for k, v in fresh.state_dict().items()}
+    theirs = {k: v.shape for k, v in trained.state_dict().items()}
+    if ours != theirs:
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))[:3]
+        raise InputError(f"--init {source}: its {what} does not match this config's ({', '.join(differ)} differ).",
+                         hint="Fine-tune with the settings the model was trained with (its train_config.json).")
+
+
 def content_key(*parts: Any) -> str:
     """A sha256 over what a cache is made from: arrays by dtype, shape and bytes, anything else by its repr."""
     digest = hashlib.sha256()

@@ -35,6 +35,7 @@ from mdream.models.decoder import POSITION_CHANNEL_CHOICES, ContextProjector, Ke
 from mdream.models.encoders import KeyframeEncoder, TextEncoder, images_to_float
 from mdream.models.loading import load_pretrained, quiet_loading
 from mdream.training.common import (
+    check_same_shapes,
     console,
     content_key,
     load_keyed_cache,
@@ -330,16 +331,6 @@ def _tokenizer_folder(source: Path) -> Path:
                      hint="Name a folder such as mdream/assets/models/toy-tokenizer, or a run's checkpoint.")
 
 
-def _check_same_shapes(fresh: torch.nn.Module, trained: torch.nn.Module, source: str) -> None:
-    """Refuse --init weights whose shapes differ from the model the config builds."""
-    ours = {k: v.shape for k, v in fresh.state_dict().items()}
-    theirs = {k: v.shape for k, v in trained.state_dict().items()}
-    if ours != theirs:
-        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))[:3]
-        raise InputError(f"--init {source}: its decoder does not match this config's ({', '.join(differ)} differ).",
-                         hint="Fine-tune with the settings the model was trained with (its train_config.json).")
-
-
 def _face_embedder_path(setting: str) -> Path | None:
     if setting == "none":
         return None
@@ -536,7 +527,7 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
         with quiet_loading():
             trained = KeyframeDecoder.from_pretrained(init / "decoder")
             compressor = load_pretrained(TokenCompressor, str(init / "encoder" / "compressor"), "token compressor")
-        _check_same_shapes(decoder, trained, config.init)
+        check_same_shapes(decoder, trained, config.init, "decoder")
         decoder = KeyframeDecoder(trained.unet, trained.context, decoder.scheduler, None, "ddim",
                                   position_channels=config.position_channels)
         console.print(f"compressor and decoder initialised from {config.init}")

@@ -260,6 +260,14 @@ class _Bundle:
         export_model(final, self.path(step.name), fp16=self.fp16)
         return inputs, values, config
 
+    def _reader(self, step: BundleStep, config_cls: type, train: Callable, install: Callable,
+                ) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """An evaluator reader (no inputs from other steps): trained, then installed into the staged eval folder."""
+        config, values = _settings(config_cls, step, {}, self.smoke)
+        folder = train(config, self.out / step.name, resume=self.resume, given=list(values))
+        install(folder, self.path(step.name).parent, fp16=self.fp16)
+        return {}, values, config
+
     def analyser(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
         from mdream.training.analyser import (
             AnalyserTrainingConfig,
@@ -267,10 +275,7 @@ class _Bundle:
             train_frame_analyser,
         )
 
-        config, values = _settings(AnalyserTrainingConfig, step, {}, self.smoke)
-        folder = train_frame_analyser(config, self.out / step.name, resume=self.resume, given=list(values))
-        install_frame_analyser(folder, self.path(step.name).parent, fp16=self.fp16)
-        return {}, values, config
+        return self._reader(step, AnalyserTrainingConfig, train_frame_analyser, install_frame_analyser)
 
     def motion_reader(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
         from mdream.training.motion_reader import (
@@ -279,10 +284,7 @@ class _Bundle:
             train_motion_reader,
         )
 
-        config, values = _settings(MotionReaderTrainingConfig, step, {}, self.smoke)
-        folder = train_motion_reader(config, self.out / step.name, resume=self.resume, given=list(values))
-        install_motion_reader(folder, self.path(step.name).parent, fp16=self.fp16)
-        return {}, values, config
+        return self._reader(step, MotionReaderTrainingConfig, train_motion_reader, install_motion_reader)
 
     def video(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
         from mdream.training.export import export_model

@@ -40,7 +40,7 @@ from mdream.models.video import (
     VideoModelConfig,
     action_vector,
 )
-from mdream.training.common import console
+from mdream.training.common import check_same_shapes, console
 from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, publish_final, start_run
 
@@ -152,13 +152,7 @@ def load_init(model: ImageToVideoModel, setting: str) -> None:
         if theirs is None:
             raise InputError(f"--init {setting}: the video model there has no {name.replace('_', ' ')}.",
                              hint="start from a model trained by `mdream train video`")
-        want = {k: v.shape for k, v in mine.state_dict().items()}
-        have = {k: v.shape for k, v in theirs.state_dict().items()}
-        if want != have:
-            differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-            raise InputError(f"--init {setting}: its {name.replace('_', ' ')} does not match this config's "
-                             f"({len(differ)} tensors differ, e.g. {differ[0]}).",
-                             hint="train with the settings the model was trained with (its train_config.json)")
+        check_same_shapes(mine, theirs, setting, name.replace("_", " "))
         mine.load_state_dict(theirs.state_dict())
     console.print(f"UNet and action encoder initialised from {folder}")
 
