@@ -294,16 +294,11 @@ def markdown(rows: dict[str, dict]) -> str:
 def generate_movie(script: Path, ar: Path, work: Path, device: str) -> tuple[Path, Path, Path]:
     """The script's movie by the toy bundle with ``ar`` at temperature 1, keyframes + render + export only.
     Returns (movie folder, the script variant it was made from, its cache)."""
-    from benchmarks.bench_ar_quality import bundle_with_ar, with_temperature
-    from mdream.stages.options import RunOptions
-    from mdream.stages.run import generate, movie_dir_for
+    from benchmarks.bench_ar_quality import bundle_with_ar, keyframe_movie
 
     bundle = bundle_with_ar(work / "bundle", ar)
-    variant = with_temperature(script, 1.0, bundle)  # beside the script (its face photos), one per model
-    variant = variant.rename(variant.with_name(f"{script.stem}-{work.name}.yaml"))
-    movie, cache = work / "movie.mp4", work / "cache"
-    generate(variant, movie, RunOptions(cache_dir=cache, device=device, quiet=True), until="export")
-    return movie_dir_for(movie), variant, cache
+    folder, variant = keyframe_movie(script, 1.0, work.name, work / "movie.mp4", work / "cache", device, bundle=bundle)
+    return folder, variant, work / "cache"
 
 
 def main(argv: list[str] | None = None) -> None:

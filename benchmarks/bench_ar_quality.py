@@ -26,6 +26,7 @@ follows the references (``DIR/runs.json`` lists the runs and their movie folders
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
@@ -84,6 +85,20 @@ class NoHistory:
 
     def __exit__(self, *exc):
         definitions.KeyframesStage.produce = self.original
+
+
+def keyframe_movie(source: Path, temperature: float, tag: str, movie: Path, cache: Path, device: str = "cpu",
+                   bundle: Path | None = None, masked: bool = False) -> tuple[Path, Path]:
+    """`generate` the script ``source`` at ``temperature`` (with ``bundle``'s models; ``masked``: the history masked)
+    into ``movie``, up to its movie folder: keyframes, render and export, no clips (these benchmarks score keyframes).
+    The script variant is written beside ``source`` (its face photos), named by ``tag``. Returns (movie folder,
+    variant)."""
+    variant = with_temperature(source, temperature, bundle)
+    variant = variant.rename(variant.with_name(f"{variant.stem}-{tag}.yaml"))
+    options = RunOptions(cache_dir=cache, device=device, quiet=True)
+    with NoHistory() if masked else contextlib.nullcontext():
+        generate(variant, movie, options, until="export")
+    return movie_dir_for(movie), variant
 
 
 def trained_references(bundle: Path | None) -> int:
@@ -246,19 +261,13 @@ def main() -> None:
         for name, temperature, masked, bundle, source in runs:
             if source == few and trained_references(bundle) == 0:
                 print(f"note: {name}: the AR model was trained without reference frames and leaves them out")
-            variant = with_temperature(source, temperature, bundle)
-            variant = variant.rename(variant.with_name(f"{variant.stem}-{len(seconds)}.yaml"))
             movie = tmp / name.replace(" ", "-").replace(",", "") / "movie.mp4"
-            options = RunOptions(cache_dir=tmp / f"cache-{len(seconds)}", device="cpu", quiet=True)
             t0 = time.perf_counter()
-            if masked:
-                with NoHistory():
-                    generate(variant, movie, options)
-            else:
-                generate(variant, movie, options)
+            folder, variant = keyframe_movie(source, temperature, str(len(seconds)), movie,
+                                             tmp / f"cache-{len(seconds)}", bundle=bundle, masked=masked)
             seconds[name] = time.perf_counter() - t0
-            reports[name] = evaluate_movie(movie_dir_for(movie), variant)
-            folders[name] = str(movie_dir_for(movie))
+            reports[name] = evaluate_movie(folder, variant)
+            folders[name] = str(folder)
         if args.out is not None:
             (tmp / "runs.json").write_text(json.dumps(
                 {"references": args.references, "hidden_state": str(tmp / "script" / "hidden_state.json")

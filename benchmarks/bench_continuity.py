@@ -67,27 +67,19 @@ def generated_movies(script: Path, work: Path, device: str, seed: int, shots: in
     """The ground truth through the tokens (every keyframe given: encoded and rendered, the ceiling of what a keyframe
     model that copies its history perfectly can keep), the AR model's movie of ``script`` at temperature 1, and the
     same with its history masked."""
-    from benchmarks.bench_ar_quality import NoHistory, with_temperature
+    from benchmarks.bench_ar_quality import keyframe_movie
     from mdream.stages.options import RunOptions
     from mdream.stages.run import generate, movie_dir_for
 
     movies = {}
     storyboard = toy_script(work / "storyboard", seed=seed, shots=shots, size=size, given_keyframes=True)
     movie = work / "tokens" / "movie.mp4"
-    generate(storyboard, movie, RunOptions(cache_dir=work / "cache-tokens", device=device, quiet=True))
+    generate(storyboard, movie, RunOptions(cache_dir=work / "cache-tokens", device=device, quiet=True), until="export")
     movies["ground truth through the tokens (ceiling of a keyframe model)"] = (movie_dir_for(movie), storyboard)
     for name, masked in (("AR, temperature 1", False), ("AR without history, temperature 1", True)):
-        variant = with_temperature(script, 1.0)
         tag = "masked" if masked else "ar"
-        variant = variant.rename(variant.with_name(f"{variant.stem}-{tag}.yaml"))
-        movie = work / tag / "movie.mp4"
-        options = RunOptions(cache_dir=work / f"cache-{tag}", device=device, quiet=True)
-        if masked:
-            with NoHistory():
-                generate(variant, movie, options)
-        else:
-            generate(variant, movie, options)
-        movies[name] = (movie_dir_for(movie), variant)
+        movies[name] = keyframe_movie(script, 1.0, tag, work / tag / "movie.mp4", work / f"cache-{tag}", device,
+                                      masked=masked)
     return movies
 
 
