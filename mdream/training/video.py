@@ -314,8 +314,9 @@ class VideoTask:
         cond = clip[:, 0]
         drifted = (start > 0) & (rng.random(size) < c.drift_prob) if c.drift_prob > 0 else np.zeros(size, bool)
         if drifted.any():
+            mask = torch.from_numpy(drifted)
             cond = cond.clone()
-            cond[torch.from_numpy(drifted)] = drift_frames(cond[torch.from_numpy(drifted)], rng)
+            cond[mask] = drift_frames(cond[mask], rng)
         last_anchor = torch.from_numpy((start > 0) & (rng.random(size) < c.last_anchor_prob)).view(-1, 1, 1, 1)
         anchor = torch.where(last_anchor, cond, first)
         sigma = torch.from_numpy(np.exp(c.p_mean + c.p_std * rng.standard_normal(size))).float()
