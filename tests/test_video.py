@@ -214,6 +214,59 @@ def test_colour_coherence_pulls_continuations_to_the_anchors_colours_only(model)
         draw(colour_coherence=1.5)
 
 
+def test_action_guidance_pushes_away_from_the_cast_standing_still(model):
+    from mdream.errors import InputError
+    from mdream.models.video import still_actions
+
+    c = model.config
+    walk = action_vector(c, [("left", "walks"), ("right", "waves")], "close-up")
+    still = still_actions(c, walk[None])[0]
+    assert torch.equal(still, action_vector(c, [("left", "stands"), ("right", "stands")], "close-up"))
+    assert torch.equal(still_actions(c, still[None])[0], still)  # a still cast stays still
+
+    pipe = ImageToVideoPipeline(model)
+
+    def draw(actions, **kw):
+        return pipe(keyframe(), num_frames=7, clip_length=4, actions=actions[None],
+                    generator=torch.Generator().manual_seed(0), **kw).frames
+
+    plain, guided = draw(walk), draw(walk, action_guidance_scale=3.0)
+    assert not np.array_equal(plain, guided)
+    assert np.array_equal(draw(walk, action_guidance_scale=1.0), plain)
+    # a shot whose cast stands already has nothing to push away from
+    assert np.array_equal(draw(still), draw(still, action_guidance_scale=3.0))
+    # with the image guidance too: both apply, in one batch
+    both = draw(walk, action_guidance_scale=3.0, min_guidance_scale=2.0, max_guidance_scale=2.0)
+    assert not np.array_equal(both, guided)
+    with pytest.raises(InputError, match="action_guidance_scale"):
+        draw(walk, action_guidance_scale=0.5)
+
+
+def test_the_motion_weight_weighs_only_what_moves(tmp_path):
+    from mdream.training.video import VideoTrainingModel
+
+    torch.manual_seed(0)
+    config = VideoTrainingConfig(image_encoder=str(tiny_clip(tmp_path)), clip_length=4, residual=True, prediction="x0")
+    model = new_video_model(config)
+    torch.nn.init.zeros_(model.unet.conv_out.weight)  # the UNet predicts a zero residual: "nothing moves"
+    torch.nn.init.zeros_(model.unet.conv_out.bias)
+    still = torch.rand(1, 3, 32, 32) * 2 - 1
+    clip = still.unsqueeze(1).repeat(1, 4, 1, 1, 1)  # [1, 4, 3, 32, 32]
+    clip[:, 1:, :, :8, :8] = -clip[:, 1:, :, :8, :8]  # one corner moves
+    rng = torch.Generator().manual_seed(0)
+    batch = {"clip": clip, "cond_frame": still, "anchor_frame": still, "actions": torch.zeros(1, model.config.action_dim),
+             "sigma": torch.tensor([0.5]), "noise": torch.randn(1, 4, 48, 8, 8, generator=rng),
+             "aug": torch.zeros(1, 3, 32, 32), "keep": torch.ones(1)}
+    plain = VideoTrainingModel(model)(**batch)
+    weighted = VideoTrainingModel(model, motion_weight=4.0)(**batch)
+    # the error is all in the moving corner, so it weighs 1 + 4 there
+    assert torch.allclose(weighted, 5 * plain, rtol=1e-5)
+    batch["clip"] = still.unsqueeze(1).repeat(1, 4, 1, 1, 1)  # nothing moves: no error, nothing to weigh
+    assert VideoTrainingModel(model, motion_weight=4.0)(**batch).item() == 0.0
+    with pytest.raises(Exception, match="motion-weight"):
+        VideoTrainingConfig(motion_weight=-1.0).check()
+
+
 def test_drift_augmentation_degrades_only_continuations_conditioning_frames(tmp_path):
     from mdream.training.video import ClipSet, VideoTask, VideoTrainingModel, drift_frames
 

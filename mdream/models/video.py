@@ -105,8 +105,13 @@ class VideoModelConfig:
     """How far each continuing clip's conditioning frame is pulled to the anchor frame's colour statistics (per-channel
     mean and std; 0: not at all, 1: matched), so that colours cannot drift clip after clip. With ``anchor="last"``
     the anchor is that frame itself, so nothing changes."""
+    action_guidance_scale: float = 1.0
+    """Classifier-free guidance on the action (1 = none): each denoised estimate is pushed away from the same shot
+    with its cast standing still (:func:`still_actions`), ``D_still + s (D - D_still)``, so scripted motion is drawn
+    more strongly; a shot without actions is unchanged."""
     action_vocab: list[str] = field(default_factory=lambda: ["stand", "walk", "wave", "jump", "sit"])
-    """Actions the action encoder knows; a cast member's action text matches one when a word starts with it."""
+    """Actions the action encoder knows; a cast member's action text matches one when a word starts with it. The first
+    is the still one (what :func:`still_actions` sets)."""
     action_slots: list[str] = field(default_factory=lambda: ["left", "center", "right"])
     """Positions of the cast, one block of the action multi-hot each (unpositioned members fill free slots)."""
     cameras: list[str] = field(default_factory=lambda: ["wide", "medium", "close-up"])
@@ -149,6 +154,16 @@ def action_vector(config: VideoModelConfig, cast: Sequence[tuple[str | None, str
     if camera in config.cameras:
         vec[len(slots) * len(vocab) + config.cameras.index(camera)] = 1.0
     return vec
+
+
+def still_actions(config: VideoModelConfig, actions: torch.Tensor) -> torch.Tensor:
+    """The same shots with every cast member standing still: action multi-hots [B, A] whose occupied slots hold the
+    first action of the vocabulary (``stand``); the camera is kept. The negative of action guidance."""
+    n_slots, n_vocab = len(config.action_slots), len(config.action_vocab)
+    slots = actions[:, : n_slots * n_vocab].reshape(-1, n_slots, n_vocab)  # [B, S, V]
+    still = torch.zeros_like(slots)
+    still[..., 0] = (slots.sum(dim=-1) > 0).to(actions.dtype)
+    return torch.cat([still.flatten(1), actions[:, n_slots * n_vocab:]], dim=1)  # [B, A]
 
 
 class ActionEncoder(ModelMixin, ConfigMixin):
@@ -370,8 +385,11 @@ class ImageToVideoPipeline:
         self.model = model
 
     def check_inputs(self, image: torch.Tensor, num_frames: int, clip_length: int, anchor: str,
-                     actions: torch.Tensor | None, num_inference_steps: int, colour_coherence: float = 0.0) -> None:
+                     actions: torch.Tensor | None, num_inference_steps: int, colour_coherence: float = 0.0,
+                     action_guidance_scale: float = 1.0) -> None:
         c = self.model.config
+        if action_guidance_scale < 1:
+            raise InputError(f"action_guidance_scale must be >= 1 (1: no action guidance), got {action_guidance_scale}.")
         if not 0 <= colour_coherence <= 1:
             raise InputError(f"colour_coherence must be in [0, 1], got {colour_coherence}.")
         if image.ndim != 4 or image.shape[1] != 3:
@@ -404,7 +422,7 @@ class ImageToVideoPipeline:
     def __call__(self, image: np.ndarray | torch.Tensor, num_frames: int, actions: torch.Tensor | None = None,
                  clip_length: int | None = None, anchor: str = "first", num_inference_steps: int | None = None,
                  min_guidance_scale: float | None = None, max_guidance_scale: float | None = None,
-                 colour_coherence: float | None = None,
+                 colour_coherence: float | None = None, action_guidance_scale: float | None = None,
                  fps: int | None = None, generator: torch.Generator | None = None) -> VideoPipelineOutput:
         model, c = self.model, self.model.config
         clip_length = clip_length or c.num_frames
@@ -412,13 +430,19 @@ class ImageToVideoPipeline:
         lo = c.min_guidance_scale if min_guidance_scale is None else min_guidance_scale
         hi = c.max_guidance_scale if max_guidance_scale is None else max_guidance_scale
         coherence = c.colour_coherence if colour_coherence is None else colour_coherence
+        action_scale = c.action_guidance_scale if action_guidance_scale is None else action_guidance_scale
         # 1. check inputs
         image = self.prepare_image(image).to(model.device)
-        self.check_inputs(image, num_frames, clip_length, anchor, actions, steps, coherence)
+        self.check_inputs(image, num_frames, clip_length, anchor, actions, steps, coherence, action_scale)
         b = image.shape[0]
         # 2. encode the anchor (the first frame) and the action: the cross-attention context
         first_embeds = model.encode_image(image)  # [B, 1, D]
         action_tokens = model.encode_actions(actions, b)  # [B, n, D] or None
+        still_tokens = None  # the negative of action guidance: the same shot, its cast standing still
+        if action_scale > 1 and action_tokens is not None and actions is not None:
+            still_multi_hot = still_actions(c, actions.to(model.device))  # [B, A]
+            if not torch.equal(still_multi_hot, actions.to(model.device)):  # a still cast: nothing to push from
+                still_tokens = model.encode_actions(still_multi_hot, b)  # [B, n, D]
         time_ids = model.added_time_ids(b, fps)  # [B, 3]
         # 3. the sigmas (SVD's Euler scheduler: Karras spacing)
         model.scheduler.set_timesteps(steps, device="cpu")
@@ -426,7 +450,6 @@ class ImageToVideoPipeline:
         guided = max(lo, hi) > 1
         scale = torch.linspace(lo, hi, clip_length, device=model.device).view(1, clip_length, 1, 1, 1)
         # 4. clip by clip: each continuing clip adds clip_length - 1 frames after its conditioning frame
-        ids = torch.cat([time_ids, time_ids]) if guided else time_ids
         n_clips = 1 + max(0, math.ceil((num_frames - clip_length) / (clip_length - 1)))
         frames, conditions, anchors = [], [], []
         cond_frame, anchor_embeds = image, first_embeds
@@ -441,16 +464,27 @@ class ImageToVideoPipeline:
             cond = model.to_latents(cond_frame + c.noise_aug_strength * noise_aug)  # [B, C, h, w]
             cond = cond.float().unsqueeze(1).repeat(1, clip_length, 1, 1, 1)  # [B, T, C, h, w]
             context = anchor_embeds if action_tokens is None else torch.cat([anchor_embeds, action_tokens], dim=1)
+            still = None if still_tokens is None else torch.cat([anchor_embeds, still_tokens], dim=1)
             if guided:  # SVD's unconditional branch: zero image embedding and zero conditioning latents
                 cond = torch.cat([torch.zeros_like(cond), cond])
                 context = torch.cat([torch.zeros_like(context), context])
             shape = (b, clip_length, cond.shape[2], cond.shape[3], cond.shape[4])
             x = torch.randn(shape, generator=generator).to(model.device) * sigmas[0]
 
-            def denoiser(x, sigma, cond=cond, context=context):
+            action_guided = still is not None
+            if action_guided:  # still-cast branch(es) after the others: [(uncond,) full, (uncond-still,) still]
+                still = torch.cat([torch.zeros_like(still), still]) if guided else still
+                cond, context = torch.cat([cond, cond]), torch.cat([context, still])
+            n = (2 if guided else 1) * (2 if action_guided else 1)  # branches in one batch
+
+            def denoiser(x, sigma, cond=cond, context=context, n=n, ids=time_ids.repeat(n, 1), action_guided=action_guided):
+                out = model.denoise(torch.cat([x] * n), sigma, cond, context, ids).chunk(n)
+                full = out[1] if guided else out[0]
+                if action_guided:  # action guidance (on each branch), then the image guidance
+                    full = out[-1] + action_scale * (full - out[-1])
                 if not guided:
-                    return model.denoise(x, sigma, cond, context, time_ids)
-                uncond, full = model.denoise(torch.cat([x, x]), sigma, cond, context, ids).chunk(2)
+                    return full
+                uncond = out[2] + action_scale * (out[0] - out[2]) if action_guided else out[0]
                 return uncond + scale * (full - uncond)
 
             latents = sample_euler(denoiser, x, sigmas)  # [B, T, C, h, w]

@@ -45,6 +45,8 @@ from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, publish_final, start_run
 
 TOY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-clip"
+MOTION_THRESHOLD = 2.5 / 127.5
+"""A change of more than 2.5 grey levels (frames in [-1, 1]) counts as motion for ``motion_weight``."""
 TOY_VIDEO = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-video"
 
 
@@ -108,6 +110,10 @@ class VideoTrainingConfig(LoopConfig):
     colour_coherence: float = 0.0
     """Saved with the model: how far continuing clips' conditioning frames are pulled to the anchor's colour statistics
     when sampling (see VideoModelConfig.colour_coherence)."""
+    motion_weight: float = 0.0
+    """Extra loss weight on what moves: each pixel block whose true clip differs from the conditioning frame (by more
+    than 2.5 grey levels) weighs 1 + motion_weight, the rest 1; so the few moving pixels are not outweighed by the
+    still background (0: plain EDM loss)."""
     drift_prob: float = 0.0
     """Share of continuation examples whose conditioning frame is degraded like a drifted clip's last frame (blur,
     colour shift; strength uniform per example), the target and the first-frame anchor kept true."""
@@ -131,6 +137,8 @@ class VideoTrainingConfig(LoopConfig):
         if self.prediction not in PREDICTIONS:
             raise ConfigValueError("prediction", f"--prediction must be one of {', '.join(PREDICTIONS)}, "
                                                  f"got {self.prediction!r}.")
+        if self.motion_weight < 0:
+            raise ConfigValueError("motion_weight", f"--motion-weight must be >= 0, got {self.motion_weight}.")
         for name in ("cond_dropout", "last_anchor_prob", "drift_prob", "colour_coherence"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1].")
@@ -269,9 +277,10 @@ def load_clips(config: VideoTrainingConfig, model_config: VideoModelConfig, out:
 class VideoTrainingModel(nn.Module):
     """The trainable parts behind one forward: the EDM loss of a batch."""
 
-    def __init__(self, model: ImageToVideoModel):
+    def __init__(self, model: ImageToVideoModel, motion_weight: float = 0.0):
         super().__init__()
         self.video = model
+        self.motion_weight = motion_weight
 
     def forward(self, clip, cond_frame, anchor_frame, actions, sigma, noise, aug, keep):
         """clip [B, T, 3, S, S], cond_frame / anchor_frame [B, 3, S, S] in [-1, 1]; actions [B, A]; sigma [B];
@@ -282,6 +291,11 @@ class VideoTrainingModel(nn.Module):
             x0 = x0.view(b, t, *x0.shape[1:])  # [B, T, C, h, w]
             base = m.residual_base(cond_frame, t)
             x0 = x0 if base is None else x0 - base
+            pixel_weight = 1.0
+            if self.motion_weight > 0:  # 1 + motion_weight where the clip differs from its conditioning frame
+                still = m.clip_latents(cond_frame).unsqueeze(1)  # [B, 1, C, h, w]
+                change = (x0 if base is not None else x0 - still).abs().amax(dim=2, keepdim=True)  # [B, T, 1, h, w]
+                pixel_weight = 1 + self.motion_weight * (change > MOTION_THRESHOLD).float()
             embeds = m.encode_image(anchor_frame)  # [B, n, D]
         k = keep.view(b, 1, 1, 1)
         cond = m.to_latents(cond_frame + m.config.noise_aug_strength * aug) * k  # [B, C, h, w]
@@ -291,7 +305,7 @@ class VideoTrainingModel(nn.Module):
         denoised = m.denoise(x0 + s * noise, sigma, cond, context, m.added_time_ids(b))
         sd = m.config.sigma_data
         weight = (s**2 + sd**2) / (s * sd) ** 2 if m.config.prediction == "v" else torch.ones_like(s)
-        return (weight * (denoised - x0) ** 2).mean()
+        return (weight * pixel_weight * (denoised - x0) ** 2).mean()
 
 
 class VideoTask:
@@ -347,6 +361,6 @@ def train_video(config: VideoTrainingConfig, out: str | Path, resume: str = "aut
         load_init(model, config.init)
     with accelerator.main_process_first():
         clips = load_clips(config, model.config, out)
-    task = VideoTask(VideoTrainingModel(model), clips, config)
+    task = VideoTask(VideoTrainingModel(model, config.motion_weight), clips, config)
     result = fit(task, config, out, accelerator, resume_from=start_from, name="train video")
     return publish_final(result, accelerator, out, "video", export, "video")
