@@ -45,9 +45,9 @@ from mdream.training.config import ConfigValueError
 from mdream.training.loop import LoopConfig, fit, publish_final, start_run
 
 TOY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-clip"
+TOY_VIDEO = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-video"
 MOTION_THRESHOLD = 2.5 / 127.5
 """A change of more than 2.5 grey levels (frames in [-1, 1]) counts as motion for ``motion_weight``."""
-TOY_VIDEO = Path(__file__).resolve().parent.parent / "assets" / "models" / "toy-video"
 
 
 @dataclass
@@ -293,8 +293,9 @@ class VideoTrainingModel(nn.Module):
             x0 = x0 if base is None else x0 - base
             pixel_weight = 1.0
             if self.motion_weight > 0:  # 1 + motion_weight where the clip differs from its conditioning frame
-                still = m.clip_latents(cond_frame).unsqueeze(1)  # [B, 1, C, h, w]
-                change = (x0 if base is not None else x0 - still).abs().amax(dim=2, keepdim=True)  # [B, T, 1, h, w]
+                # with residual, x0 already is the clip minus its conditioning frame
+                change = x0 if base is not None else x0 - m.clip_latents(cond_frame).unsqueeze(1)  # [B, T, C, h, w]
+                change = change.abs().amax(dim=2, keepdim=True)  # [B, T, 1, h, w]
                 pixel_weight = 1 + self.motion_weight * (change > MOTION_THRESHOLD).float()
             embeds = m.encode_image(anchor_frame)  # [B, n, D]
         k = keep.view(b, 1, 1, 1)
