@@ -471,3 +471,40 @@ def test_export_removes_temp_files_a_killed_export_left(tmp_path):
         path.write_bytes(b"partial")
     export_keyframes(project, [store.open("render", "r" * 64)], out)
     assert sorted(p.name for p in out.rglob("*")) == ["0000.png", "keyframes", "shots.json"]
+
+
+def test_a_ctrl_c_swallowed_by_a_weakref_callback_still_interrupts_the_stage():
+    """A KeyboardInterrupt raised inside a weakref callback is only printed by Python ("Exception ignored in"); while a
+    stage runs, the hook delivers the signal again so that the stage still stops."""
+    import weakref
+
+    from mdream.cli._common import redeliver_swallowed_interrupt
+
+    class Thing:
+        pass
+
+    def callback(_ref):
+        raise KeyboardInterrupt
+
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    old_handler, old_hook = signal.signal(signal.SIGINT, signal.default_int_handler), sys.unraisablehook
+    sys.unraisablehook = redeliver_swallowed_interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            del thing  # the callback's KeyboardInterrupt is unraisable; the signal comes again
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                pass
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+        sys.unraisablehook = old_hook
+    assert ref() is None
+    # any other unraisable exception still goes to Python's own hook
+    seen = []
+    sys.__unraisablehook__, original = seen.append, sys.__unraisablehook__
+    try:
+        redeliver_swallowed_interrupt(SimpleNamespace(exc_type=ValueError))
+    finally:
+        sys.__unraisablehook__ = original
+    assert len(seen) == 1

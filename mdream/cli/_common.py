@@ -84,6 +84,22 @@ def print_error(err: MdreamError, as_json: bool = False) -> None:
         stderr.print(f"[dim]hint: {safe(err.hint)}[/]", highlight=False)
 
 
+def redeliver_swallowed_interrupt(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while a stage runs: a Ctrl-C whose KeyboardInterrupt landed where Python cannot raise it
+    (a weakref callback, a ``__del__``: "Exception ignored in ...") is delivered again, so that it still stops the
+    stage instead of being printed and lost; anything else goes to Python's own hook. The signal is sent again from
+    a timer thread a moment later: raised here, it would land in this hook and be swallowed once more."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        import os
+        import threading
+
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: Any) -> T:
     """Call a stage function; turn known errors into a message and an exit code.
 
@@ -94,8 +110,10 @@ def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: A
     from mdream.cli import exit_on_interrupt
 
     orderly = signal.getsignal(signal.SIGINT) is exit_on_interrupt
+    unraisable_hook = sys.unraisablehook
     if orderly:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = redeliver_swallowed_interrupt
     try:
         return fn(*args, **kwargs)
     except MdreamError as err:
@@ -125,6 +143,7 @@ def run_cli(fn: Callable[..., T], *args: Any, as_json: bool = False, **kwargs: A
     finally:
         if orderly:
             signal.signal(signal.SIGINT, exit_on_interrupt)
+            sys.unraisablehook = unraisable_hook
 
 
 def print_json(data: Any) -> None:
