@@ -272,7 +272,7 @@ def test_kv_cache_matches_recomputation(backbone_folder, window, rebuilds):
     shots, tokens = movie(6, seed=2)
     given = [None, tokens[1], None, None, tokens[4], None]
     kwargs = {"given": given, "references": tokens[:1], "prefix_text": "harbor", "window": window, "temperature": 0.8}
-    cached = model.generate_movie(shots, generator=torch.Generator().manual_seed(1), **kwargs)
+    cached = model.generate_movie(shots, generator=torch.Generator().manual_seed(1), slide="recompute", **kwargs)
     full = model.generate_movie(shots, generator=torch.Generator().manual_seed(1), use_cache=False, **kwargs)
     torch.testing.assert_close(cached.tokens, full.tokens, rtol=1e-4, atol=1e-4)
     assert torch.equal(cached.tokens[1], tokens[1]) and torch.equal(cached.tokens[4], tokens[4])
@@ -285,7 +285,8 @@ def test_cache_stays_bounded_over_300_shots(backbone_folder):
     model = make_model(backbone_folder, "gmm").eval()
     g = torch.Generator().manual_seed(0)
     window = 64
-    session = model.start_movie(references=torch.randn(1, N, D, generator=g), prefix_text="harbor", window=window)
+    session = model.start_movie(references=torch.randn(1, N, D, generator=g), prefix_text="harbor", window=window,
+                                slide="recompute")
     generator = torch.Generator().manual_seed(0)
     for i in range(300):
         session.step(shot(i, g), temperature=1.0, generator=generator)
@@ -296,6 +297,56 @@ def test_cache_stays_bounded_over_300_shots(backbone_folder):
     # slide halves the history, which amortises the recomputation)
     assert 300 * 7 // window <= session.rebuilds <= 300 // 2
     assert sum(e.shape[0] for e in session.shots) == session.history
+
+
+def test_a_shifting_window_slides_without_recomputing(backbone_folder):
+    model = make_model(backbone_folder, "gmm").eval()
+    g = torch.Generator().manual_seed(0)
+    window = 64
+    session = model.start_movie(references=torch.randn(1, N, D, generator=g), prefix_text="harbor", window=window)
+    assert session.slide == "shift"  # "auto" on a Llama backbone
+    generator = torch.Generator().manual_seed(0)
+    for i in range(300):
+        session.step(shot(i, g), temperature=1.0, generator=generator)
+        assert session.cache.get_seq_length() == session.cache_length <= window
+        assert session.cache_length == session.prefix.shape[0] + session.history - 1  # the last token is pending
+        assert session.prefix.shape[0] + session.history <= window
+    assert len(session.cache_lengths) == 300 and max(session.cache_lengths) <= window
+    # as with recomputation, each slide halves the history, but cuts the cache instead of a pass over it
+    assert session.rebuilds == 0 and 300 * 7 // window <= session.shifts <= 300 // 2
+    assert sum(e.shape[0] for e in session.shots) == session.history
+
+
+def test_a_shifted_cache_holds_the_positions_a_recomputation_gives(backbone_folder):
+    """Layer 0's keys and values depend only on each position's input and its rotary position: after cuts
+    they must equal a fresh pass over prefix + kept shots (a wrong rotation or an off-by-one cut fails)."""
+    model = make_model(backbone_folder).eval()
+    g = torch.Generator().manual_seed(0)
+    refs = torch.randn(2, N, D, generator=g)
+    session = model.start_movie(references=refs, window=48, slide="shift")
+    generator = torch.Generator().manual_seed(3)
+    for i in range(30):
+        session.step(shot(i, g), given=torch.randn(N, D, generator=g) if i % 3 == 0 else None, temperature=1.0,
+                     generator=generator)
+    assert session.shifts >= 3 and session.rebuilds == 0
+    context = torch.cat([session.prefix, *session.shots])[:-1]  # [P + history - 1, H]
+    with torch.no_grad():
+        _, fresh = model.run_backbone(context[None], use_cache=True)
+    shifted, recomputed = session.cache.layers[0], fresh.layers[0]
+    assert shifted.keys.shape == recomputed.keys.shape
+    torch.testing.assert_close(shifted.keys, recomputed.keys, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(shifted.values, recomputed.values, rtol=1e-4, atol=1e-5)
+    # deeper layers still carry the shots cut out (what StreamingLLM keeps), so they differ from a recomputation
+    assert not torch.allclose(session.cache.layers[-1].values, fresh.layers[-1].values, atol=1e-4)
+
+
+def test_slide_modes_are_checked(backbone_folder):
+    model = make_model(backbone_folder).eval()
+    with pytest.raises(InputError, match="slide must be"):
+        model.start_movie(slide="drop")
+    with pytest.raises(InputError, match="needs a KV cache"):
+        model.start_movie(use_cache=False, slide="shift")
+    assert model.start_movie(use_cache=False).slide == "recompute"
 
 
 # ---- LoRA --------------------------------------------------------------------------------------
@@ -357,7 +408,7 @@ def test_the_fixed_prefix_keeps_references_through_window_slides(backbone_folder
     g = torch.Generator().manual_seed(0)
     shots = [shot(i, g) for i in range(30)]
     refs_a, refs_b = torch.randn(2, 2, N, D, generator=g)
-    sessions = [model.start_movie(references=r, window=48) for r in (refs_a, refs_b)]
+    sessions = [model.start_movie(references=r, window=48, slide="recompute") for r in (refs_a, refs_b)]
     prefixes = [s.prefix.clone() for s in sessions]
     for i, sh in enumerate(shots[:-1]):  # the same history (given tokens) in both
         for s in sessions:

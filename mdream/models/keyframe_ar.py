@@ -198,6 +198,63 @@ def _cache_argument(decoder: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+#: Backbones whose attention rotates queries and keys with Llama's ``rotate_half`` rotary embedding.
+ROPE_SHIFT_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def rope_shift_supported(decoder: nn.Module) -> bool:
+    """True when cached keys of ``decoder`` can be moved to other positions exactly by a rotation.
+
+    That holds for Llama-style attention with the plain rotary embedding (``rope_type`` default, no
+    attention scaling): the key at position p is ``R(p) k`` and ``R(-d) R(p) k = R(p - d) k``.
+    """
+    rotary = getattr(decoder, "rotary_emb", None)
+    config = getattr(decoder, "config", None)
+    return (getattr(config, "model_type", None) in ROPE_SHIFT_MODEL_TYPES and rotary is not None
+            and getattr(rotary, "rope_type", None) == "default"
+            and float(getattr(rotary, "attention_scaling", 0.0)) == 1.0)
+
+
+def _cache_layers(cache) -> list[tuple[object, str, str]]:
+    """(holder, key attribute, value attribute) per layer of a transformers dynamic KV cache."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56: one DynamicLayer per layer
+        return [(layer, "keys", "values") for layer in cache.layers]
+    if hasattr(cache, "key_cache"):  # older DynamicCache: per-layer lists
+        return [(_ListSlot(cache.key_cache, cache.value_cache, i), "keys", "values") for i in range(len(cache.key_cache))]
+    raise TypeError(f"Cannot cut positions out of a {type(cache).__name__}.")
+
+
+class _ListSlot:
+    """One layer of an older DynamicCache's key/value lists, seen as ``.keys`` and ``.values``."""
+
+    def __init__(self, keys: list, values: list, index: int):
+        self._k, self._v, self._i = keys, values, index
+
+    keys = property(lambda self: self._k[self._i], lambda self, t: self._k.__setitem__(self._i, t))
+    values = property(lambda self: self._v[self._i], lambda self, t: self._v.__setitem__(self._i, t))
+
+
+def shift_cache(cache, decoder: nn.Module, start: int, count: int) -> None:
+    """Cut positions ``[start, start + count)`` out of a KV cache, in place, and rotate the keys after
+    them back by ``count`` positions, so that they are the keys a recomputation would cache there.
+
+    keys, values: ``[B, heads, L, head_dim]`` per layer -> ``[B, heads, L - count, head_dim]``.
+    Keys are cached after the rotary embedding, ``R(p) k``; ``R(-count)`` moves them to ``p - count``.
+    """
+    if count <= 0:
+        return
+    for holder, k_name, v_name in _cache_layers(cache):
+        keys, values = getattr(holder, k_name), getattr(holder, v_name)
+        later = keys[..., start + count :, :]  # [B, h, L', hd]
+        position = torch.full((1, 1), -count, device=later.device, dtype=torch.long)
+        cos, sin = decoder.rotary_emb(later, position)  # [1, 1, hd] each
+        half = later.shape[-1] // 2
+        rotated_half = torch.cat([-later[..., half:], later[..., :half]], dim=-1)
+        later = later * cos[:, None] + rotated_half * sin[:, None]
+        setattr(holder, k_name, torch.cat([keys[..., :start, :], later], dim=-2))
+        setattr(holder, v_name, torch.cat([values[..., :start, :], values[..., start + count :, :]], dim=-2))
+
+
 def build_toy_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                     num_kv_heads: int | None = None, intermediate_size: int | None = None,
                     max_position_embeddings: int = 4096, **ids) -> LlamaForCausalLM:
@@ -508,9 +565,13 @@ class KeyframeAR(nn.Module):
 
     # ---- generation ---------------------------------------------------------------------------
     def start_movie(self, references: torch.Tensor | None = None, prefix_text: str | None = None,
-                    window: int | None = None, use_cache: bool = True) -> MovieSession:
-        """A generation session: call ``step(shot, given=None, ...)`` once per shot, in order."""
-        return MovieSession(self, references, prefix_text, window or self.config.context_window, use_cache)
+                    window: int | None = None, use_cache: bool = True, slide: str = "auto") -> MovieSession:
+        """A generation session: call ``step(shot, given=None, ...)`` once per shot, in order.
+
+        ``slide``: how the window lets the oldest shots go (``auto``, ``shift`` or ``recompute``; see
+        :class:`MovieSession`).
+        """
+        return MovieSession(self, references, prefix_text, window or self.config.context_window, use_cache, slide)
 
     @torch.no_grad()
     def generate_movie(
@@ -523,17 +584,19 @@ class KeyframeAR(nn.Module):
         prefix_text: str | None = None,
         window: int | None = None,
         use_cache: bool = True,
+        slide: str = "auto",
     ) -> MovieTokens:
         """Every shot's keyframe tokens, predicted one by one (or taken as given), with a sliding KV cache.
 
         ``given[i]`` ``[N, d]``: shot i's tokens are known (an encoded storyboard frame) and are fed as
         they are; None = predict. ``window``: positions the context may hold (prefix + recent shots;
         default ``config.context_window``). ``use_cache=False`` recomputes the whole context at every
-        step (the reference the cached path is tested against). Call ``eval()`` first.
+        step (the reference the cached path is tested against, with ``slide="recompute"``). ``slide``: see
+        :class:`MovieSession`. Call ``eval()`` first.
         """
         if given is not None and len(given) != len(shots):
             raise InputError(f"given must have one entry per shot ({len(shots)}), got {len(given)}.")
-        session = self.start_movie(references, prefix_text, window, use_cache)
+        session = self.start_movie(references, prefix_text, window, use_cache, slide)
         out = []
         for i, shot in enumerate(shots):
             out.append(session.step(shot, None if given is None else given[i], temperature, generator))
@@ -550,13 +613,34 @@ class MovieSession:
     last token, which is fed together with the next shot's conditioning (one backbone call per shot
     for the conditioning, then one per predicted token). When a new shot would overflow the window,
     the oldest shots are dropped until the kept history fills at most half of the room left by the
-    prefix, and the cache is recomputed over prefix + kept shots: one full pass per half window of
-    shots, so the cost per keyframe stays flat (StreamingLLM, Xiao et al. 2023, keeps a fixed
-    prefix the same way; recomputing rather than shifting the cache keeps rotary positions exact).
+    prefix (a step's cost grows with the context, as the cache is concatenated at every call, so the
+    context averages three quarters of the window), in one of two ways (``slide``):
+
+    - ``"shift"``: the dropped shots are cut out of the cache and the keys after them are rotated
+      back by the positions cut (rotary embeddings compose: ``R(p - d) k = R(-d) R(p) k``), so every
+      kept position sits where a recomputation would put it. The kept shots' deeper-layer keys and
+      values still carry what they saw of the shots cut out, as in StreamingLLM (Xiao et al. 2023,
+      "Efficient Streaming Language Models with Attention Sinks"), which keeps a fixed prefix the
+      same way. No pass over the window, so the cost per keyframe stays flat. Needs a Llama-style
+      rotary backbone (:func:`rope_shift_supported`).
+    - ``"recompute"``: the cache is recomputed over prefix + kept shots (exactly what a model that
+      never saw the dropped shots computes): one full pass per half window of shots.
+
+    ``"auto"`` (the default) shifts where the backbone allows it and recomputes otherwise; without a
+    KV cache (``use_cache=False``) every step recomputes anyway, so the slide is ``"recompute"``.
     """
 
     def __init__(self, model: KeyframeAR, references: torch.Tensor | None, prefix_text: str | None,
-                 window: int, use_cache: bool):
+                 window: int, use_cache: bool, slide: str = "auto"):
+        if slide not in ("auto", "shift", "recompute"):
+            raise InputError(f"slide must be auto, shift or recompute, got {slide!r}.")
+        if slide == "shift" and not (use_cache and rope_shift_supported(model.decoder)):
+            raise InputError("slide='shift' needs a KV cache and a Llama-style rotary backbone "
+                             f"({type(model.decoder).__name__} with use_cache={use_cache}).",
+                             hint="Use slide='recompute'.")
+        if slide == "auto":
+            slide = "shift" if use_cache and rope_shift_supported(model.decoder) else "recompute"
+        self.slide = slide
         self.model = model
         self.use_cache = use_cache
         with torch.no_grad():
@@ -572,7 +656,8 @@ class MovieSession:
         self.cache = None
         self.cache_length = 0
         self.cache_lengths: list[int] = []
-        self.rebuilds = 0
+        self.rebuilds = 0  # full passes over prefix + kept shots (slide="recompute")
+        self.shifts = 0  # cuts of the cache (slide="shift")
 
     def _run(self, chunk: torch.Tensor) -> torch.Tensor:
         """Feed ``chunk`` [L, H] after the context; returns its hidden states [L, H]."""
@@ -587,8 +672,19 @@ class MovieSession:
         return hidden[0, -chunk.shape[0] :]
 
     def _slide(self, incoming: int) -> None:
-        """Drop the oldest shots and recompute the context over prefix + the shots kept."""
+        """Make room for ``incoming`` positions: drop the oldest shots (see the class docstring)."""
         target = min(self.room // 2, self.room - incoming)
+        if self.slide == "shift":
+            cut, kept = 0, list(self.shots)
+            while kept and self.history - cut > target:
+                cut += kept.pop(0).shape[0]
+            if kept:  # the newest shot (its last token is pending) stays: cut the others out of the cache
+                shift_cache(self.cache, self.model.decoder, self.prefix.shape[0], cut)
+                del self.shots[: len(self.shots) - len(kept)]
+                self.history -= cut
+                self.cache_length -= cut
+                self.shifts += 1
+                return
         while self.shots and self.history > target:
             self.history -= self.shots.pop(0).shape[0]
         self.cache, self.cache_length, self.fed = None, 0, []
