@@ -13,9 +13,9 @@ backend:
 * AR without history: the same model and seeds, its context reset before every shot (each keyframe planned from
   its own shot's script alone: the per-shot baseline).
 
-Few-shot (``--references K``): the episode is made K shots longer, the script keeps its first ``--shots`` shots,
-and the ground-truth keyframes of the K shots after them (never generated) become the script's
-``style.reference_frames``. The same script is then generated zero-shot (no references) and few-shot (with them),
+Few-shot (``--references K``): the episode is made ``--pool`` shots longer, the script keeps its first ``--shots``
+shots, and the ground-truth keyframes of K of the shots after them (never generated), picked to show as many of the
+script's scenes and characters as they can, become the script's ``style.reference_frames``. The same script is then generated zero-shot (no references) and few-shot (with them),
 by each AR model. With ``--out DIR`` every movie folder is kept (``DIR/<run>/movie/keyframes/NNNN.png``, the
 ground truth in ``DIR/script/groundtruth``) beside ``DIR/script/hidden_state.json``: per generated shot the episode's hidden
 variants it should show (its scene's palette, each cast member's trousers) and whether the references show that
@@ -43,6 +43,7 @@ from mdream.models.bundle import BUNDLES_DIR
 from mdream.stages import definitions
 from mdream.stages.options import RunOptions
 from mdream.stages.run import generate, movie_dir_for
+from mdream.toyworld import CAMERAS
 from mdream.toyworld.commands import toy_script
 
 TITLE = "Keyframe AR model: movies from a script (toy)"
@@ -109,13 +110,44 @@ def trained_references(bundle: Path | None) -> int:
     return int(json.loads((Path(ar) / "keyframe_ar.json").read_text()).get("max_references", 0))
 
 
-def few_shot_script(folder: Path, seed: int, shots: int, references: int) -> tuple[Path, Path]:
-    """A toy script of the first ``shots`` shots of a ``shots + references``-shot episode, and the same script with
-    the ground truth of the other shots as its ``style.reference_frames``; writes ``hidden_state.json`` beside them.
+def pick_references(labelled: list[dict], shots: int, references: int) -> list[int]:
+    """Indices of ``references`` shots after the first ``shots`` (the pool) that show as much of the script as they
+    can: greedily, each pick adds the most scenes of the script not yet shown (counted twice: a scene's palette is
+    what the tokens carry best), then characters of the script whose trousers are not yet shown (not in a close-up).
+    """
+    script_scenes = {s["scene"] for s in labelled[:shots]}
+    script_chars = {c for s in labelled[:shots] for c in s["chars"] if c >= 0}
+    pool = list(range(shots, len(labelled)))
+    picked, scenes, chars = [], set(), set()
+
+    def gain(i: int, scenes: set, chars: set) -> tuple[int, int]:
+        s = labelled[i]
+        new_scene = int(s["scene"] in script_scenes and s["scene"] not in scenes)
+        shown = {c for c in s["chars"] if c >= 0} if s["camera"] != CLOSE_UP else set()
+        return 2 * new_scene + len((shown & script_chars) - chars), -i  # ties: the earliest shot
+
+    for _ in range(min(references, len(pool))):
+        best = max((i for i in pool if i not in picked), key=lambda i: gain(i, scenes, chars))  # noqa: B023
+        picked.append(best)
+        scenes.add(labelled[best]["scene"])
+        if labelled[best]["camera"] != CLOSE_UP:
+            chars |= {c for c in labelled[best]["chars"] if c >= 0}
+    return sorted(picked)
+
+
+#: The toy world's camera index of a close-up (it crops the trousers).
+CLOSE_UP = CAMERAS.index("close-up")
+
+
+def few_shot_script(folder: Path, seed: int, shots: int, references: int, pool: int) -> tuple[Path, Path]:
+    """A toy script of the first ``shots`` shots of a ``shots + pool``-shot episode, and the same script with the
+    ground truth of ``references`` of the other shots (:func:`pick_references`) as its ``style.reference_frames``;
+    writes ``hidden_state.json`` beside them.
 
     Returns (zero-shot script, few-shot script); the ground truth of the kept shots is in ``folder/groundtruth``.
     """
-    long = toy_script(folder / "episode", seed=seed, shots=shots + references, size=64)
+    long = toy_script(folder / "episode", seed=seed, shots=shots + pool, size=64)
+    chosen = pick_references(json.loads((long.parent / "toyworld.json").read_text())["shots"], shots, references)
     data = yaml.safe_load(long.read_text())
     kept, arcs = 0, []
     for arc in data["arcs"]:
@@ -134,7 +166,7 @@ def few_shot_script(folder: Path, seed: int, shots: int, references: int) -> tup
     (truth / "shots.json").write_text(json.dumps({"shots": listed[:shots]}, indent=1))
     (folder / "refs").mkdir()
     frames = []
-    for i in range(shots, shots + references):
+    for i in chosen:
         shutil.copy(truth_in / "keyframes" / f"{i:04d}.png", folder / "refs" / f"{i:04d}.png")
         frames.append(f"refs/{i:04d}.png")
     zero = folder / "script.yaml"
@@ -142,13 +174,14 @@ def few_shot_script(folder: Path, seed: int, shots: int, references: int) -> tup
     few = folder / "script-references.yaml"
     few.write_text(yaml.safe_dump({**data, "style": {**(data.get("style") or {"text": "toy"}),
                                                      "reference_frames": frames}}, sort_keys=False))
-    (folder / "hidden_state.json").write_text(json.dumps(hidden_state(long.parent / "toyworld.json", shots), indent=1))
+    (folder / "hidden_state.json").write_text(json.dumps(hidden_state(long.parent / "toyworld.json", shots, chosen),
+                                                         indent=1))
     return zero, few
 
 
-def hidden_state(toyworld_json: Path, shots: int) -> dict:
+def hidden_state(toyworld_json: Path, shots: int, chosen: list[int]) -> dict:
     """Per generated shot (the first ``shots``): the hidden variants its frame should show and whether the reference
-    frames (the shots after them) show its scene / each cast member; the references' own readings too."""
+    frames (the shots ``chosen`` after them) show its scene / each cast member; the references' own readings too."""
     from mdream.toyworld import CAMERAS, make_world
 
     meta = json.loads(toyworld_json.read_text())
@@ -161,7 +194,7 @@ def hidden_state(toyworld_json: Path, shots: int) -> dict:
         return {"index": s["index"], "id": s["id"], "scene": world.scenes[s["scene"]].id, "palette": int(s["palette"]),
                 "camera": CAMERAS[s["camera"]], "cast": cast}
 
-    references = [reading(s) for s in labelled[shots:]]
+    references = [reading(labelled[i]) for i in chosen]
     seen_scenes = {r["scene"] for r in references}
     seen_characters = {m["id"] for r in references for m in r["cast"]}
     # trousers show in wide and medium shots; a close-up crops them
@@ -182,34 +215,37 @@ def hidden_state(toyworld_json: Path, shots: int) -> dict:
 FEW_SHOT_TITLE = "Keyframe AR model: few-shot reference frames (toy)"
 
 
-def reference_following(report, hidden: dict) -> dict[str, tuple[float | None, int]]:
-    """How often a movie's frames show the hidden variants the reference frames show, as the analyser reads them.
+def reference_following(movies: list[tuple[object, dict]]) -> dict[str, tuple[float | None, int]]:
+    """How often movies' frames show the hidden variants the reference frames show, as the analyser reads them,
+    pooled over ``movies`` (each an evaluation report and its script's ``hidden_state.json``).
 
     palette: over the shots whose scene a reference shows, the share read with the episode's palette; trousers: over
     the (shot, cast member) pairs whose trousers a reference shows and the shot shows too (not a close-up), the share
     read with the episode's trousers. Returns {attribute: (share or None, pairs)}.
     """
-    by_index = {shot.index: shot for shot in report.shots}
     palette, trousers = [], []
-    for row in hidden["shots"]:
-        shot = by_index.get(row["index"])
-        if shot is None:
-            continue
-        if row["scene_in_references"] and shot.predicted_palette is not None:
-            palette.append(shot.predicted_palette == row["palette"])
-        for member in row["cast"]:
-            read = shot.predicted_trousers.get(member["id"])
-            if member["trousers_in_references"] and member["trousers_visible"] and read is not None:
-                trousers.append(read == member["trousers"])
+    for report, hidden in movies:
+        by_index = {shot.index: shot for shot in report.shots}
+        for row in hidden["shots"]:
+            shot = by_index.get(row["index"])
+            if shot is None:
+                continue
+            if row["scene_in_references"] and shot.predicted_palette is not None:
+                palette.append(shot.predicted_palette == row["palette"])
+            for member in row["cast"]:
+                read = shot.predicted_trousers.get(member["id"])
+                if member["trousers_in_references"] and member["trousers_visible"] and read is not None:
+                    trousers.append(read == member["trousers"])
     return {name: (float(np.mean(values)) if values else None, len(values))
             for name, values in (("palette", palette), ("trousers", trousers))}
 
 
-def following_table(reports: dict, hidden: dict) -> str:
+def following_table(reports: dict[str, list], hiddens: list[dict]) -> str:
+    """One row per movie name: its reports (one per script) against the scripts' hidden states, pooled."""
     lines = ["| movie | palette as the references show it | trousers as the references show them |", "|---|---:|---:|"]
-    for name, report in reports.items():
+    for name, per_script in reports.items():
         cells = []
-        for share, pairs in reference_following(report, hidden).values():
+        for share, pairs in reference_following(list(zip(per_script, hiddens, strict=True))).values():
             cells.append("-" if share is None else f"{share:.3f} ({pairs})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -217,8 +253,9 @@ def following_table(reports: dict, hidden: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=900007,
-                        help="Episode seed of the toy script (the default is far from the AR model's training episodes).")
+    parser.add_argument("--seed", type=int, action="append", default=None,
+                        help="Episode seed of the toy script (default 900007, far from the AR model's training "
+                             "episodes); repeatable with --references, whose shares are then pooled over the scripts.")
     parser.add_argument("--shots", type=int, default=60)
     parser.add_argument("--ar", type=Path, action="append", default=[], metavar="NAME=FOLDER",
                         help="Also score the movie of another keyframe AR model folder (e.g. an ablation's "
@@ -228,22 +265,72 @@ def main() -> None:
                         help="Few-shot: give the AR model K ground-truth frames of the same episode (shots after the "
                              "generated ones) as reference frames, beside the same movie zero-shot, and score how often "
                              "the movies show the hidden variants the references show (its own RESULTS.md section).")
+    parser.add_argument("--pool", type=int, default=40, metavar="P",
+                        help="Few-shot: the references are picked among the P shots of the episode after the generated "
+                             "ones, to show as many of the script's scenes and characters as they can.")
     parser.add_argument("--out", type=Path, default=None,
                         help="Keep the scripts, movies, ground truth and (with --references) hidden_state.json here.")
     args = parser.parse_args()
+    seeds = args.seed or [900007]
     if args.references < 0:
         parser.error("--references must be >= 0")
+    if args.references and args.pool < args.references:
+        parser.error("--pool must be at least --references")
+    if len(seeds) > 1 and not args.references:
+        parser.error("several --seed need --references (the quality table is one script's)")
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out}: the folder is not empty")
+    per_seed, hiddens, picked = [], [], []
+    for seed in seeds:
+        out = args.out / f"seed-{seed}" if args.out is not None and len(seeds) > 1 else args.out
+        reports, seconds, hidden, chosen = score_script(args, seed, out)
+        per_seed.append(reports)
+        if hidden is not None:
+            hiddens.append(hidden)
+            picked.append(chosen)
+    if hiddens:
+        pooled = {name: [reports[name] for reports in per_seed] for name in per_seed[0]}
+        shown = "; ".join(f"seed {seed}: shots {', '.join(str(i) for i in chosen)}"
+                          for seed, chosen in zip(seeds, picked, strict=True))
+        scenes = sum(len({r["scene"] for r in h["references"]}) for h in hiddens)
+        follow = (
+            f"{len(seeds)} toy script{'s' if len(seeds) > 1 else ''} of {args.shots} shots at 64x64 (episode seeds "
+            f"{', '.join(map(str, seeds))}); each script's references are the ground-truth keyframes of "
+            f"{args.references} of the {args.pool} shots after it in its episode (never generated), picked to show as "
+            f"many of the script's scenes and characters as they can ({shown}; {scenes} scenes in all). Share of "
+            "readings (pairs in brackets, pooled over the scripts) that show the episode's hidden variant where a "
+            "reference shows it: chance is 1/3.\n\n" + following_table(pooled, hiddens)
+        )
+        if not args.ar:
+            update_section(FEW_SHOT_TITLE, follow, "python -m benchmarks.bench_ar_quality "
+                                                   + " ".join(f"--seed {s}" for s in seeds)
+                                                   + f" --shots {args.shots} --references {args.references} "
+                                                   f"--pool {args.pool}")
+        print(follow)
+    if len(seeds) == 1:
+        timing = "; ".join(f"{name}: {s:.0f} s" for name, s in seconds.items())
+        body = (
+            f"{args.shots} shots at 64x64, held-out episode seed {seeds[0]}; each AR movie made "
+            f"from the script alone by `generate` with the shipped toy bundle, from an empty cache ({timing}).\n\n"
+            + markdown_table(per_seed[0])
+        )
+        if not args.ar and not args.references:
+            update_section(TITLE, body, f"python -m benchmarks.bench_ar_quality --seed {seeds[0]} --shots {args.shots}")
+        print(body)
+
+
+def score_script(args, seed: int, out: Path | None) -> tuple[dict, dict, dict | None, list[int]]:
+    """One toy script's movies scored: (reports by movie name, seconds by run, the few-shot hidden state or None,
+    the reference shots picked)."""
     reports, seconds, folders = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp) if args.out is None else args.out
+        tmp = Path(tmp) if out is None else out
         tmp.mkdir(parents=True, exist_ok=True)
         few = None
         if args.references:
-            script, few = few_shot_script(tmp / "script", args.seed, args.shots, args.references)
+            script, few = few_shot_script(tmp / "script", seed, args.shots, args.references, args.pool)
         else:
-            script = toy_script(tmp / "script", seed=args.seed, shots=args.shots, size=64)
+            script = toy_script(tmp / "script", seed=seed, shots=args.shots, size=64)
         reports["ground truth"] = evaluate_movie(script.parent / "groundtruth", script)
         folders["ground truth"] = str(script.parent / "groundtruth")
         runs = [("AR, temperature 1", 1.0, False, None, script), ("AR, temperature 0", 0.0, False, None, script),
@@ -268,31 +355,14 @@ def main() -> None:
             seconds[name] = time.perf_counter() - t0
             reports[name] = evaluate_movie(folder, variant)
             folders[name] = str(folder)
-        if args.out is not None:
+        if out is not None:
             (tmp / "runs.json").write_text(json.dumps(
                 {"references": args.references, "hidden_state": str(tmp / "script" / "hidden_state.json")
                  if few is not None else None, "movies": folders,
                  "reports": {k: r.to_dict() for k, r in reports.items()}}, indent=1))
         hidden = json.loads((tmp / "script" / "hidden_state.json").read_text()) if few is not None else None
-    timing = "; ".join(f"{name}: {s:.0f} s" for name, s in seconds.items())
-    if hidden is not None:
-        follow = (
-            f"{args.shots} shots at 64x64, episode seed {args.seed}; the references are the ground-truth keyframes of "
-            f"the {args.references} shots after them (never generated). Share of readings (pairs in brackets) that show "
-            "the episode's hidden variant where a reference shows it: chance is 1/3.\n\n" + following_table(reports, hidden)
-        )
-        if not args.ar:
-            update_section(FEW_SHOT_TITLE, follow, f"python -m benchmarks.bench_ar_quality --seed {args.seed} "
-                                                   f"--shots {args.shots} --references {args.references}")
-        print(follow)
-    body = (
-        f"{args.shots} shots at 64x64, held-out episode seed {args.seed}; each AR movie made "
-        f"from the script alone by `generate` with the shipped toy bundle, from an empty cache ({timing}).\n\n"
-        + markdown_table(reports)
-    )
-    if not args.ar and not args.references:
-        update_section(TITLE, body, f"python -m benchmarks.bench_ar_quality --seed {args.seed} --shots {args.shots}")
-    print(body)
+    chosen = [r["index"] for r in hidden["references"]] if hidden is not None else []
+    return reports, seconds, hidden, chosen
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ BENCHMARKS = [
     "benchmarks.bench_main_job",
     "benchmarks.bench_ar_scaling",
     "benchmarks.bench_ar_quality",
+    "benchmarks.bench_ar_quality --seed 900007 --seed 900008 --seed 900009 --references 4",  # few-shot
     "benchmarks.bench_continuity",
     "benchmarks.bench_video",  # the shipped toy video model (says so and skips while none ships)
     "benchmarks.bench_movie",  # the movie's scores between animatic and ground truth (skips while no video model ships)
@@ -31,7 +33,7 @@ def main() -> None:
         print(f"no GPU: skipping {', '.join(GPU_BENCHMARKS)}", flush=True)
     for module in modules:
         print(f"== {module}", flush=True)
-        if subprocess.call([sys.executable, "-m", module]) != 0:
+        if subprocess.call([sys.executable, "-m", *shlex.split(module)]) != 0:
             failed.append(module)
     if failed:
         sys.exit(f"benchmarks failed: {', '.join(failed)}")
