@@ -18,7 +18,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "mdream" / "assets"
 MODELS = ASSETS / "models"
 EVAL = ASSETS / "eval"
 
-#: The most mdream/assets may hold (bytes): 23.3 MB with every weight in float16, the toy video model's 4.2 MB
+#: The most mdream/assets may hold (bytes): 23.2 MB with every weight in float16, the toy video model's 4.2 MB
 #: (its UNet, the toy CLIP vision tower it embeds the anchor with, its action encoder) included, with room for a
 #: video model up to about 10 MB.
 ASSETS_LIMIT = 30_000_000
