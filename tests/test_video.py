@@ -395,3 +395,35 @@ def test_a_video_json_with_an_unknown_prediction_is_a_clear_error(model, tmp_pat
     (tmp_path / "m" / "video.json").write_text(json.dumps({**config, "prediction": "eps"}))
     with pytest.raises(InputError, match="prediction must be one of v, x0"):
         ImageToVideoModel.from_pretrained(tmp_path / "m")
+
+
+def test_the_bundles_steps_and_guidance_reach_the_video_model_and_its_keys(video_bundle, tmp_path, monkeypatch):
+    from mdream.models.video import ImageToVideoPipeline
+
+    calls = []
+    original = ImageToVideoPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        calls.append((kwargs.get("num_inference_steps"), kwargs.get("max_guidance_scale")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageToVideoPipeline, "__call__", recording)
+    tuned = tmp_path / "tuned"
+    shutil.copytree(video_bundle, tuned)
+    data = yaml.safe_load((tuned / "bundle.yaml").read_text())
+    data["components"]["video"].update({"steps": 1, "guidance": 1.5})
+    (tuned / "bundle.yaml").write_text(yaml.safe_dump(data))
+    cache = tmp_path / "c"
+    plain = _invoke("generate", _script(tmp_path / "a", video_bundle), "-o", tmp_path / "a.mp4", "--cache-dir", cache)
+    assert plain.exit_code == 0, plain.output
+    assert calls == [(None, None)] * 2  # the model's own video.json settings
+    calls.clear()
+    changed = _invoke("generate", _script(tmp_path / "b", tuned), "-o", tmp_path / "b.mp4", "--cache-dir", cache)
+    assert changed.exit_code == 0, changed.output
+    assert calls == [(1, 1.5)] * 2  # both shots drawn again: the settings are part of the clips' keys
+
+    data["components"]["video"]["sampler"] = "ddim"
+    (tuned / "bundle.yaml").write_text(yaml.safe_dump(data))
+    refused = _invoke("generate", _script(tmp_path / "d", tuned), "-o", tmp_path / "d.mp4", "--cache-dir", cache)
+    assert refused.exit_code != 0 and "samples with Euler steps" in refused.output
+    assert "Traceback" not in refused.output

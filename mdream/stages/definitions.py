@@ -449,6 +449,13 @@ class VideoStage(Stage):
                 hint="train one with `mdream train video --config video-toy-cpu --export DIR` and name it as the "
                      "bundle's `video` component; meanwhile `mdream generate` writes the animatic as the movie",
             )
+        if ref.sampler not in (None, "euler"):
+            raise InputError(f"The model bundle {project.bundle.name!r} gives its video model the sampler "
+                             f"{ref.sampler!r}, and the video model samples with Euler steps (SVD's sampler) only.",
+                             hint="leave `sampler` out of the bundle's `video` component, or set it to euler")
+        # bundle.yaml's steps and guidance (SVD's largest guidance scale, reached at the clip's last frame) override
+        # what the model's video.json records; both are part of the component's identity, so of the clips' keys
+        self.steps, self.guidance = ref.steps, ref.guidance
         model = project.bundle.load("video", device=resolve_device(project.options.device))
         self.pipeline = ImageToVideoPipeline(model)
 
@@ -466,6 +473,7 @@ class VideoStage(Stage):
         generator = torch.Generator().manual_seed(project.shot_seed(self.name, shot))
         frames = self.pipeline(np.asarray(keyframe)[None], clip_frame_count(shot.duration, out.fps), actions=actions,
                                clip_length=out.clip_length, anchor=VIDEO_ANCHOR, fps=out.fps,
+                               num_inference_steps=self.steps, max_guidance_scale=self.guidance,
                                generator=generator).frames[0]  # uint8 [T, h, w, 3]
         writer.save_tensors("clip", {"frames": torch.from_numpy(np.ascontiguousarray(frames))})
 
