@@ -466,3 +466,16 @@ def test_the_shipped_toy_model_loads_and_generates():
              for _ in range(2)]
     out = model.generate_movie(shots, generator=torch.Generator().manual_seed(0))
     assert out.tokens.shape == (2, cfg.num_tokens, cfg.token_dim) and torch.isfinite(out.tokens).all()
+
+
+def test_a_cache_that_cannot_be_cut_falls_back_to_recomputing(backbone_folder, monkeypatch):
+    import mdream.models.keyframe_ar as keyframe_ar
+
+    model = make_model(backbone_folder).eval()
+    g = torch.Generator().manual_seed(0)
+    shots = [shot(i, g) for i in range(20)]
+    monkeypatch.setattr(keyframe_ar, "cache_is_shiftable", lambda cache: False)
+    fallback = model.generate_movie(shots, window=48, temperature=0.0, slide="shift")
+    recomputed = model.generate_movie(shots, window=48, temperature=0.0, slide="recompute")
+    assert fallback.rebuilds == recomputed.rebuilds > 0
+    torch.testing.assert_close(fallback.tokens, recomputed.tokens)

@@ -215,6 +215,13 @@ def rope_shift_supported(decoder: nn.Module) -> bool:
             and float(getattr(rotary, "attention_scaling", 0.0)) == 1.0)
 
 
+def cache_is_shiftable(cache) -> bool:
+    """True for a plain dynamic KV cache (every layer a growing key/value pair, no sliding-window bookkeeping)."""
+    if hasattr(cache, "layers"):
+        return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+    return hasattr(cache, "key_cache") and hasattr(cache, "value_cache")
+
+
 def _cache_layers(cache) -> list[tuple[object, str, str]]:
     """(holder, key attribute, value attribute) per layer of a transformers dynamic KV cache."""
     if hasattr(cache, "layers"):  # transformers >= 4.56: one DynamicLayer per layer
@@ -678,7 +685,7 @@ class MovieSession:
             cut, kept = 0, list(self.shots)
             while kept and self.history - cut > target:
                 cut += kept.pop(0).shape[0]
-            if kept:  # the newest shot (its last token is pending) stays: cut the others out of the cache
+            if kept and cache_is_shiftable(self.cache):  # the newest shot (its last token is pending) stays
                 shift_cache(self.cache, self.model.decoder, self.prefix.shape[0], cut)
                 del self.shots[: len(self.shots) - len(kept)]
                 self.history -= cut
