@@ -8,6 +8,7 @@ movie with it (slow).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -237,7 +238,14 @@ def test_export_fp16_stores_half_weights_that_load_back_into_float32(tmp_path):
     from mdream.models.encoders import TextEncoder
     from mdream.training.export import export_model
 
-    shipped = toy_bundle.ASSETS / "models" / "toy-clip"
+    from safetensors.torch import load_file, save_file
+
+    # a float32 copy of the shipped toy CLIP (which ships in float16), as a training run leaves it
+    shipped = tmp_path / "float32"
+    shutil.copytree(toy_bundle.ASSETS / "models" / "toy-clip", shipped)
+    weights = load_file(str(shipped / "model.safetensors"))
+    save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, str(shipped / "model.safetensors"))
+    assert _dtypes(shipped / "model.safetensors") <= {"F32", "I64"}
     result = export_model(shipped, tmp_path / "toy-clip", fp16=True)
     assert _dtypes(tmp_path / "toy-clip" / "model.safetensors") <= {"F16", "I64"}
     assert any("float16" in note for note in result.notes)
