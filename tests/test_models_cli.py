@@ -165,3 +165,11 @@ def test_validate_and_generate_with_the_full_bundle_name_what_is_missing(offline
     error = json.loads(result.output)
     assert error["error"] == "NotBuiltError" and "never downloads" in error["message"]
     assert not (tmp_path / "movie" / ".mdream").exists()  # failed before any work
+
+
+def test_the_video_models_sampling_is_read_from_its_video_json():
+    toy = ModelBundle.find("toy")
+    recorded = json.loads((toy.components["video"].path / "video.json").read_text())
+    sampling = toy.sampling("video")
+    assert sampling["steps"] == recorded["num_inference_steps"] == 4
+    assert sampling["guidance"] == recorded["max_guidance_scale"] and sampling["sampler"] == "euler"

@@ -271,6 +271,9 @@ class ModelBundle:
             config = _read_config(ref.path / f"{name}.json")
             recorded = config.get("sampling") if isinstance(config.get("sampling"), dict) else {}
             recorded = {**recorded, "scheduler": recorded.get("scheduler", config.get("scheduler"))}
+            if name == "video":  # video.json records its sampling at the top level, SVD's way; Euler only
+                recorded = {"num_inference_steps": config.get("num_inference_steps"),
+                            "guidance_scale": config.get("max_guidance_scale"), "scheduler": "euler"}
         out = {
             "steps": recorded.get("num_inference_steps"),
             "guidance": recorded.get("guidance_scale"),
