@@ -235,10 +235,10 @@ def test_smoke_bundle_trains_in_order_feeds_each_step_and_makes_a_movie(tmp_path
 
 
 def test_export_fp16_stores_half_weights_that_load_back_into_float32(tmp_path):
+    from safetensors.torch import load_file, save_file
+
     from mdream.models.encoders import TextEncoder
     from mdream.training.export import export_model
-
-    from safetensors.torch import load_file, save_file
 
     # a float32 copy of the shipped toy CLIP (which ships in float16), as a training run leaves it
     shipped = tmp_path / "float32"
