@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -54,15 +55,16 @@ def test_encoded_episodes_match_the_encode_stage_and_the_keyframe_encoder(encode
     assert train.tokens.shape == (15, 2, 128) and train.descriptor_embeds.shape == (15, 64)
     assert train.face_bank.shape == (28, 2, 512) and train.character_text.shape == (28, 64)
     # the same rows as the toy world renders them, encoded as the keyframes and encode stages encode them
-    frames, chars, identifiers, descriptors = render_episodes(0, 0, 0, 3, 5, 32, progress=False)
+    frames, chars, identifiers, descriptors, scenes = render_episodes(0, 0, 0, 3, 5, 32, progress=False)
     assert identifiers == train.identifiers and np.array_equal(chars, train.chars.numpy())
+    assert np.array_equal(scenes, train.scenes.numpy()) and (scenes >= 0).all()  # saved and read back
     tokens = KeyframeEncoder.from_pretrained(TOY_KEYFRAME_ENCODER).encode(frames[:4])
     assert torch.allclose(tokens, train.tokens[:4], atol=1e-5)
     text = TextEncoder.from_pretrained(TOY_TEXT_ENCODER).encode([descriptors[3], identifiers[3]])
     assert torch.allclose(text[0], train.descriptor_embeds[3], atol=1e-5)
     assert torch.allclose(text[1], train.identifier_embeds[3], atol=1e-5)
     # held out: other episodes, other face photos of the same characters
-    _, _, val_ids, _ = render_episodes(0, 0, 3, 1, 5, 32, progress=False)
+    _, _, val_ids, _, _ = render_episodes(0, 0, 3, 1, 5, 32, progress=False)
     assert val.identifiers == val_ids
     assert not torch.allclose(train.face_bank, val.face_bank)
     assert (train.face_bank * val.face_bank).sum(-1).mean() > 0.5  # the same people
@@ -206,7 +208,7 @@ def test_flipped_episodes_flip_pixels_words_and_positions(encoded, flipped):
     _, train, _ = encoded
     assert not train.has_flips and flipped.has_flips
     assert torch.equal(flipped.tokens, train.tokens) and flipped.key != train.key  # the same set, plus its flips
-    frames, chars, identifiers, descriptors = render_episodes(0, 0, 0, 3, 5, 32, progress=False)
+    frames, chars, identifiers, descriptors, _ = render_episodes(0, 0, 0, 3, 5, 32, progress=False)
     encoder = KeyframeEncoder.from_pretrained(TOY_KEYFRAME_ENCODER)
     mirrored = encoder.encode(np.ascontiguousarray(frames[:4, :, ::-1]))
     assert torch.allclose(flipped.flipped_tokens[:4], mirrored, atol=1e-5)
@@ -250,6 +252,47 @@ def test_reference_frames_are_other_frames_of_the_same_episode(encoded):
     assert sample_window(train, np.random.default_rng(0), 3).sample.references is None  # off by default
     # a window covering its whole episode has no frame left to show
     assert sample_window(train, np.random.default_rng(0), 5, reference_prob=1.0, max_references=2).reference_rows is None
+
+
+def test_scene_reference_windows_start_the_episode_and_show_the_windows_scenes(encoded):
+    _, train, _ = encoded
+    # episode e's shots play scenes [0, 0, 0, 2, 0]: a 3-shot window from its start shows scene 0, and of the two
+    # frames outside it only the last one shows scene 0
+    data = dataclasses.replace(train, scenes=torch.tensor([0, 0, 0, 2, 0] * 3))
+    for seed in range(20):
+        w = sample_window(data, np.random.default_rng(seed), 3, max_references=2, reference_scene_prob=1.0)
+        first = int(w.rows[0])
+        assert first % 5 == 0 and w.rows.tolist() == [first, first + 1, first + 2]
+        assert w.reference_rows.tolist() == [first + 4]
+    # when no frame outside the window shows its scenes, any frame outside it does
+    other = dataclasses.replace(train, scenes=torch.tensor([0, 0, 0, 2, 3] * 3))
+    refs = {int(r) % 5 for s in range(20) for r in sample_window(other, np.random.default_rng(s), 3, max_references=2,
+                                                                  reference_scene_prob=1.0).reference_rows}
+    assert refs == {3, 4}
+    # unknown scenes (-1) never count as the window's
+    unknown = dataclasses.replace(train, scenes=None)
+    assert (unknown.scenes == -1).all()
+    refs = {int(r) % 5 for s in range(20) for r in sample_window(unknown, np.random.default_rng(s), 3, max_references=2,
+                                                                    reference_scene_prob=1.0).reference_rows}
+    assert refs == {3, 4}
+
+
+def test_init_starts_from_a_trained_model_and_refuses_other_sizes(tmp_path):
+    first = tmp_path / "first"
+    invoke("ar", "--out", str(first), *TINY, "--steps", "1")
+    trained = KeyframeAR.from_pretrained(first / "final")
+    second = tmp_path / "second"
+    result = invoke("ar", "--out", str(second), *TINY, "--steps", "1", "--lr", "0", "--warmup", "0",
+                    "--init", str(first / "final"))
+    assert "initialised from" in result.output
+    tuned = KeyframeAR.from_pretrained(second / "final")
+    for (name, a), b in zip(trained.state_dict().items(), tuned.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-3), name  # learning rate 0: the weights it started from
+    wider = runner.invoke(app, ["ar", "--out", str(tmp_path / "third"), *TINY, "--hidden-size", "64", "--steps", "1",
+                                "--init", str(first / "final")])
+    assert wider.exit_code == 2 and "does not match this run's sizes" in wider.output
+    missing = runner.invoke(app, ["ar", "--out", str(tmp_path / "fourth"), *TINY, "--init", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "no keyframe AR model there" in missing.output
 
 
 def test_the_switches_reach_the_model_and_the_sequence(encoded):

@@ -138,6 +138,10 @@ class ARTrainingConfig(LoopConfig):
     """Share of windows given reference frames in the prefix: random frames of the same episode outside the window."""
     max_references: int = 4
     """Most reference frames per window (each such window draws 1..max_references); saved in the model as what it was trained with."""
+    reference_scene_prob: float = 0.0
+    """Share of windows that start at their episode's first shot and get references showing the window's scenes (frames outside the window whose scene the window shows), so that the references are where a scene's unscripted look first shows; needs scenes in the encoded set (toy-world sets have them)."""
+    init: str = ""
+    """A keyframe AR model folder to start from (fine-tuning; its sizes must match this run's); empty: fresh weights."""
     faces: bool = True
     """Face embeddings in the sequence (off: the no-face-embeddings ablation; generation then leaves them out too)."""
 
@@ -165,20 +169,21 @@ class ARTrainingConfig(LoopConfig):
             raise ConfigValueError("head", f"--head must be one of {', '.join(TOKEN_HEADS)}, got '{self.head}'.")
         if self.head_width < 0:
             raise ConfigValueError("head_width", f"--head-width must be >= 0, got {self.head_width}.")
-        for name in ("mean_face_share", "dropout", "token_mask_prob", "reverse_prob", "flip_prob", "reference_prob"):
+        for name in ("mean_face_share", "dropout", "token_mask_prob", "reverse_prob", "flip_prob", "reference_prob",
+                     "reference_scene_prob"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1], got {value}.")
-        if self.max_references < 0 or (self.reference_prob > 0 and self.max_references < 1):
-            raise ConfigValueError("max_references", f"--max-references must be >= 1 when --reference-prob is above 0, "
-                                                     f"got {self.max_references}.")
+        if self.max_references < 0 or (self.reference_prob + self.reference_scene_prob > 0 and self.max_references < 1):
+            raise ConfigValueError("max_references", f"--max-references must be >= 1 when --reference-prob or "
+                                                     f"--reference-scene-prob is above 0, got {self.max_references}.")
         if not self.eval_temperature >= 0:
             raise ConfigValueError("eval_temperature", f"--eval-temperature must be >= 0, got {self.eval_temperature}.")
 
     @property
     def model_references(self) -> int:
         """Reference frames the model is trained with (0 when no window gets any)."""
-        return self.max_references if self.reference_prob > 0 else 0
+        return self.max_references if self.reference_prob + self.reference_scene_prob > 0 else 0
 
     def head_config(self) -> dict:
         """The token head's keyword arguments."""
@@ -216,18 +221,22 @@ class TrainingWindow:
 def sample_window(data: EncodedEpisodes, rng: np.random.Generator, window: int, *, randomise_faces: bool = True,
                   mean_face_share: float = 0.0, token_mask_prob: float = 0.0, reverse_prob: float = 0.0,
                   character_text: bool = True, flip_prob: float = 0.0, reference_prob: float = 0.0,
-                  max_references: int = 0) -> TrainingWindow:
+                  max_references: int = 0, reference_scene_prob: float = 0.0) -> TrainingWindow:
     """A random window of up to ``window`` consecutive shots of a random episode (episodes weighted by length).
 
     ``flip_prob``: share of windows mirrored as a whole (``data`` must hold its flips). ``reference_prob``: share of
     windows given 1..``max_references`` reference frames: other frames of the same episode, outside the window (as
-    many as the episode has when it has fewer), mirrored with the window.
+    many as the episode has when it has fewer), mirrored with the window. ``reference_scene_prob``: share of windows
+    that start at their episode's first shot and get 1..``max_references`` references drawn from the frames outside
+    the window that show one of the window's scenes (any frames outside it when none does).
     """
     row = int(rng.integers(len(data)))
     e = int(torch.searchsorted(data.episode_starts, torch.tensor(row), right=True)) - 1
     first, end = data.episode_rows(e)
     w = min(window, end - first)
-    start = int(rng.integers(first, end - w + 1))
+    # drawn only when the option is on, so that a run without it samples the windows it always did
+    scene_refs = bool(reference_scene_prob and max_references > 0 and rng.random() < reference_scene_prob)
+    start = first if scene_refs else int(rng.integers(first, end - w + 1))
     rows = np.arange(start, start + w)
     if reverse_prob and rng.random() < reverse_prob:
         rows = rows[::-1].copy()
@@ -256,8 +265,12 @@ def sample_window(data: EncodedEpisodes, rng: np.random.Generator, window: int, 
     masked = torch.from_numpy(rng.random(w) < token_mask_prob) if token_mask_prob else torch.zeros(w, dtype=torch.bool)
     masked[-1] = False  # the last shot's tokens feed no later shot
     reference_rows = references = None
-    if reference_prob and max_references > 0 and rng.random() < reference_prob:
+    if scene_refs or (reference_prob and max_references > 0 and rng.random() < reference_prob):
         outside = np.setdiff1d(np.arange(first, end), rows)  # never a frame the window has to predict
+        if scene_refs:
+            scenes = data.scenes.numpy()
+            showing = outside[np.isin(scenes[outside], scenes[rows][scenes[rows] >= 0])]
+            outside = showing if len(showing) else outside
         count = min(int(rng.integers(1, max_references + 1)), len(outside))
         if count:
             reference_rows = rng.choice(outside, size=count, replace=False)
@@ -335,7 +348,8 @@ class ARTask:
         return [sample_window(self.train, rng, c.window, randomise_faces=c.face_randomisation,
                               mean_face_share=c.mean_face_share, token_mask_prob=c.token_mask_prob,
                               reverse_prob=c.reverse_prob, character_text=c.character_text, flip_prob=c.flip_prob,
-                              reference_prob=c.reference_prob, max_references=c.max_references)
+                              reference_prob=c.reference_prob, max_references=c.max_references,
+                              reference_scene_prob=c.reference_scene_prob)
                 for _ in range(size)]
 
     def loss(self, model: nn.Module, batch: list[TrainingWindow]) -> dict[str, torch.Tensor]:
@@ -429,6 +443,24 @@ def build_model(config: ARTrainingConfig, train: EncodedEpisodes, text_encoder: 
     return model
 
 
+def load_init(model: KeyframeAR, setting: str) -> None:
+    """Copy a trained keyframe AR model's weights into ``model`` (refusing other names or shapes)."""
+    folder = Path(setting)
+    if not (folder / "keyframe_ar.json").is_file():
+        raise InputError(f"--init {setting}: no keyframe AR model there (no keyframe_ar.json).",
+                         hint="name a folder `mdream train export` wrote, or a run's final/")
+    with quiet_loading():
+        trained = KeyframeAR.from_pretrained(folder)
+    mine, theirs = model.state_dict(), trained.state_dict()
+    wrong = sorted(k for k in set(mine) | set(theirs) if k not in mine or k not in theirs
+                   or mine[k].shape != theirs[k].shape)
+    if wrong:
+        raise InputError(f"--init {setting}: the model there does not match this run's sizes ({', '.join(wrong[:4])}).",
+                         hint="start from a model trained with the same recipe sizes")
+    model.load_state_dict({k: v.float() for k, v in theirs.items()})
+    console.print(f"keyframe AR model initialised from {folder}", highlight=False)
+
+
 def load_data(config: ARTrainingConfig, out: Path, progress: bool = True) -> tuple[EncodedEpisodes, EncodedEpisodes]:
     """The training and held-out episodes, encoded or read from ``OUT/data``."""
     encoder = model_source(config.keyframe_encoder, TOY_KEYFRAME_ENCODER, "keyframe-encoder")
@@ -455,7 +487,10 @@ def train_ar(config: ARTrainingConfig, out: str | Path, resume: str = "auto", ex
     with accelerator.main_process_first():
         train, val = load_data(config, out, progress=accelerator.is_main_process)
     text = model_source(config.text_encoder, TOY_TEXT_ENCODER, "text-encoder")
-    model = ARTrainingModel(build_model(config, train, text))
+    ar = build_model(config, train, text)
+    if config.init and start_from is None:
+        load_init(ar, config.init)
+    model = ARTrainingModel(ar)
     task = ARTask(model, train, val, config)
     console.print("held-out baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in task.baselines.items()), highlight=False)
     result = fit(task, config, out, accelerator, resume_from=start_from, name="train ar")

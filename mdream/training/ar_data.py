@@ -52,7 +52,7 @@ TOY_KEYFRAME_ENCODER = ASSETS / "models" / "toy-tokenizer" / "encoder"
 TOY_TEXT_ENCODER = ASSETS / "models" / "toy-clip"
 DEFAULT_FACE_EMBEDDER = ASSETS / "eval" / "toy_face_recognition.onnx"
 INDEX = "index.json"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -85,6 +85,12 @@ class EncodedEpisodes:
     """float32 ``[M, D]``: each descriptor with left and right swapped, through the text encoder."""
     flipped_identifiers: list[str] | None = None
     """Each identifier with left and right swapped."""
+    scenes: torch.Tensor | None = None
+    """int64 ``[M]``: each shot's scene (the toy world's scene index; -1 where unknown; None: all unknown)."""
+
+    def __post_init__(self) -> None:
+        if self.scenes is None:
+            self.scenes = torch.full((len(self),), -1, dtype=torch.long)
 
     @property
     def has_flips(self) -> bool:
@@ -132,9 +138,10 @@ def swap_left_right(text: str) -> str:
 
 
 def render_episodes(world_seed: int, seed: int, first: int, count: int, length: int, size: int,
-                    progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray]:
     """Episodes ``first .. first + count - 1`` of ``length`` shots: frames uint8 ``[M, size, size, 3]``, chars
-    ``[M, 3]``, identifiers and descriptors (the rows ``mdream toyworld dataset`` writes for the same seeds)."""
+    ``[M, 3]``, identifiers, descriptors (the rows ``mdream toyworld dataset`` writes for the same seeds) and each
+    shot's world scene index ``[M]``."""
     from mdream.toyworld import make_world, render_keyframe, shot_labels, shot_text
     from mdream.toyworld.episode import episode_seed, make_episode
 
@@ -142,6 +149,7 @@ def render_episodes(world_seed: int, seed: int, first: int, count: int, length: 
     m = count * length
     frames = np.empty((m, size, size, 3), np.uint8)
     chars = np.empty((m, 3), np.int64)
+    scenes = np.empty(m, np.int64)
     identifiers, descriptors = [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"rendering {count} episodes x {length} shots", total=count)
@@ -150,12 +158,13 @@ def render_episodes(world_seed: int, seed: int, first: int, count: int, length: 
             for s, shot in enumerate(episode.shots):
                 row = i * length + s
                 frames[row] = render_keyframe(world, shot, size, np.random.default_rng([seed, world_seed, e, s]))
-                chars[row] = shot_labels(world, shot)["chars"]
+                labels = shot_labels(world, shot)
+                chars[row], scenes[row] = labels["chars"], labels["scene"]
                 identifier, descriptor = shot_text(world, shot)
                 identifiers.append(identifier)
                 descriptors.append(descriptor)
             bar.update(task, completed=i + 1)
-    return frames, chars, identifiers, descriptors
+    return frames, chars, identifiers, descriptors, scenes
 
 
 def episode_set_key(world_seed: int, seed: int, first: int, count: int, length: int, frame_size: int,
@@ -179,8 +188,8 @@ def encode_episodes(world_seed: int, seed: int, first: int, count: int, length: 
     from mdream.training.data import character_text_embeddings, face_embedding_bank
 
     start = time.perf_counter()
-    frames, chars, identifiers, descriptors = render_episodes(world_seed, seed, first, count, length, frame_size,
-                                                              progress)
+    frames, chars, identifiers, descriptors, scenes = render_episodes(world_seed, seed, first, count, length,
+                                                                      frame_size, progress)
     rendered = time.perf_counter()
     with quiet_loading():
         encoder = KeyframeEncoder.from_pretrained(keyframe_encoder).eval()
@@ -207,7 +216,8 @@ def encode_episodes(world_seed: int, seed: int, first: int, count: int, length: 
             "encode_s": round(time.perf_counter() - rendered, 2)}
     data = EncodedEpisodes(tokens.float().contiguous(), embeds[:m].contiguous(), embeds[m:].contiguous(),
                            torch.from_numpy(chars), identifiers, starts, torch.from_numpy(bank).contiguous(),
-                           torch.as_tensor(described, dtype=torch.float32).contiguous(), info=info)
+                           torch.as_tensor(described, dtype=torch.float32).contiguous(), info=info,
+                           scenes=torch.from_numpy(scenes))
     if flip:
         data.flipped_tokens = flipped_tokens.float().contiguous()
         data.flipped_descriptor_embeds = table[torch.tensor([row[t] for t in flipped_descriptors])].contiguous()
@@ -215,7 +225,7 @@ def encode_episodes(world_seed: int, seed: int, first: int, count: int, length: 
     return data
 
 
-PER_SHOT = ("tokens", "descriptor_embeds", "identifier_embeds", "chars")
+PER_SHOT = ("tokens", "descriptor_embeds", "identifier_embeds", "chars", "scenes")
 FLIPPED_PER_SHOT = ("flipped_tokens", "flipped_descriptor_embeds")
 
 
@@ -264,7 +274,7 @@ def load_encoded_episodes(folder: Path, key: str) -> EncodedEpisodes | None:
         return None
     data = EncodedEpisodes(arrays["tokens"], arrays["descriptor_embeds"], arrays["identifier_embeds"],
                            arrays["chars"], list(index["identifiers"]), starts, common["face_bank"],
-                           common["character_text"], key, dict(index.get("info", {})))
+                           common["character_text"], key, dict(index.get("info", {})), scenes=arrays["scenes"])
     if flips:
         data.flipped_tokens = arrays["flipped_tokens"]
         data.flipped_descriptor_embeds = arrays["flipped_descriptor_embeds"]
