@@ -177,6 +177,9 @@ class ARTrainingConfig(LoopConfig):
         if self.max_references < 0 or (self.reference_prob + self.reference_scene_prob > 0 and self.max_references < 1):
             raise ConfigValueError("max_references", f"--max-references must be >= 1 when --reference-prob or "
                                                      f"--reference-scene-prob is above 0, got {self.max_references}.")
+        if self.init and not (Path(self.init) / "keyframe_ar.json").is_file():
+            raise ConfigValueError("init", f"--init {self.init}: no keyframe AR model there (no keyframe_ar.json); "
+                                           "name a folder `mdream train export` wrote, or a run's final/.")
         if not self.eval_temperature >= 0:
             raise ConfigValueError("eval_temperature", f"--eval-temperature must be >= 0, got {self.eval_temperature}.")
 
