@@ -110,6 +110,10 @@ def trained_references(bundle: Path | None) -> int:
     return int(json.loads((Path(ar) / "keyframe_ar.json").read_text()).get("max_references", 0))
 
 
+#: The toy world's camera index of a close-up (it crops the trousers).
+CLOSE_UP = CAMERAS.index("close-up")
+
+
 def pick_references(labelled: list[dict], shots: int, references: int) -> list[int]:
     """Indices of ``references`` shots after the first ``shots`` (the pool) that show as much of the script as they
     can: greedily, each pick adds the most scenes of the script not yet shown (counted twice: a scene's palette is
@@ -118,25 +122,22 @@ def pick_references(labelled: list[dict], shots: int, references: int) -> list[i
     script_scenes = {s["scene"] for s in labelled[:shots]}
     script_chars = {c for s in labelled[:shots] for c in s["chars"] if c >= 0}
     pool = list(range(shots, len(labelled)))
-    picked, scenes, chars = [], set(), set()
+    picked, scenes, chars = [], set(), set()  # the picks, and the scenes and trousers they show so far
 
-    def gain(i: int, scenes: set, chars: set) -> tuple[int, int]:
+    def trousers_shown(i: int) -> set[int]:
         s = labelled[i]
-        new_scene = int(s["scene"] in script_scenes and s["scene"] not in scenes)
-        shown = {c for c in s["chars"] if c >= 0} if s["camera"] != CLOSE_UP else set()
-        return 2 * new_scene + len((shown & script_chars) - chars), -i  # ties: the earliest shot
+        return {c for c in s["chars"] if c >= 0} if s["camera"] != CLOSE_UP else set()
+
+    def gain(i: int) -> tuple[int, int]:
+        new_scene = int(labelled[i]["scene"] in script_scenes - scenes)
+        return 2 * new_scene + len((trousers_shown(i) & script_chars) - chars), -i  # ties: the earliest shot
 
     for _ in range(min(references, len(pool))):
-        best = max((i for i in pool if i not in picked), key=lambda i: gain(i, scenes, chars))  # noqa: B023
+        best = max((i for i in pool if i not in picked), key=gain)
         picked.append(best)
         scenes.add(labelled[best]["scene"])
-        if labelled[best]["camera"] != CLOSE_UP:
-            chars |= {c for c in labelled[best]["chars"] if c >= 0}
+        chars |= trousers_shown(best)
     return sorted(picked)
-
-
-#: The toy world's camera index of a close-up (it crops the trousers).
-CLOSE_UP = CAMERAS.index("close-up")
 
 
 def few_shot_script(folder: Path, seed: int, shots: int, references: int, pool: int) -> tuple[Path, Path]:
@@ -182,7 +183,7 @@ def few_shot_script(folder: Path, seed: int, shots: int, references: int, pool: 
 def hidden_state(toyworld_json: Path, shots: int, chosen: list[int]) -> dict:
     """Per generated shot (the first ``shots``): the hidden variants its frame should show and whether the reference
     frames (the shots ``chosen`` after them) show its scene / each cast member; the references' own readings too."""
-    from mdream.toyworld import CAMERAS, make_world
+    from mdream.toyworld import make_world
 
     meta = json.loads(toyworld_json.read_text())
     world = make_world(meta["world_seed"])

@@ -6,6 +6,7 @@ Tiny random SVD-shaped models built from configs, saved to a folder and loaded t
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -416,7 +417,9 @@ def test_the_bundles_steps_and_guidance_reach_the_video_model_and_its_keys(video
     cache = tmp_path / "c"
     plain = _invoke("generate", _script(tmp_path / "a", video_bundle), "-o", tmp_path / "a.mp4", "--cache-dir", cache)
     assert plain.exit_code == 0, plain.output
-    assert calls == [(None, None)] * 2  # the model's own video.json settings
+    recorded = json.loads((video_bundle / "video" / "video.json").read_text())
+    own = (recorded["num_inference_steps"], recorded["max_guidance_scale"])
+    assert own != (1, 1.5) and calls == [own] * 2  # the model's own video.json settings
     calls.clear()
     changed = _invoke("generate", _script(tmp_path / "b", tuned), "-o", tmp_path / "b.mp4", "--cache-dir", cache)
     assert changed.exit_code == 0, changed.output

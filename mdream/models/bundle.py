@@ -269,11 +269,12 @@ class ModelBundle:
         recorded: dict[str, Any] = {}
         if ref is not None and ref.path is not None and ref.path.is_dir():
             config = _read_config(ref.path / f"{name}.json")
-            recorded = config.get("sampling") if isinstance(config.get("sampling"), dict) else {}
-            recorded = {**recorded, "scheduler": recorded.get("scheduler", config.get("scheduler"))}
             if name == "video":  # video.json records its sampling at the top level, SVD's way; Euler only
                 recorded = {"num_inference_steps": config.get("num_inference_steps"),
                             "guidance_scale": config.get("max_guidance_scale"), "scheduler": "euler"}
+            else:
+                recorded = config.get("sampling") if isinstance(config.get("sampling"), dict) else {}
+                recorded = {**recorded, "scheduler": recorded.get("scheduler", config.get("scheduler"))}
         out = {
             "steps": recorded.get("num_inference_steps"),
             "guidance": recorded.get("guidance_scale"),

@@ -52,6 +52,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import rotate_half
 
 from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, resolve_reference, write_json
@@ -215,20 +216,20 @@ def rope_shift_supported(decoder: nn.Module) -> bool:
             and float(getattr(rotary, "attention_scaling", 0.0)) == 1.0)
 
 
-def cache_is_shiftable(cache) -> bool:
-    """True for a plain dynamic KV cache (every layer a growing key/value pair, no sliding-window bookkeeping)."""
-    if hasattr(cache, "layers"):
-        return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
-    return hasattr(cache, "key_cache") and hasattr(cache, "value_cache")
-
-
-def _cache_layers(cache) -> list[tuple[object, str, str]]:
-    """(holder, key attribute, value attribute) per layer of a transformers dynamic KV cache."""
+def _cache_layers(cache) -> list | None:
+    """Each layer of a plain transformers dynamic KV cache as an object with ``.keys`` and ``.values``; None for any
+    other cache (sliding-window layers keep bookkeeping that cutting positions out would break)."""
     if hasattr(cache, "layers"):  # transformers >= 4.56: one DynamicLayer per layer
-        return [(layer, "keys", "values") for layer in cache.layers]
-    if hasattr(cache, "key_cache"):  # older DynamicCache: per-layer lists
-        return [(_ListSlot(cache.key_cache, cache.value_cache, i), "keys", "values") for i in range(len(cache.key_cache))]
-    raise TypeError(f"Cannot cut positions out of a {type(cache).__name__}.")
+        plain = all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+        return list(cache.layers) if plain else None
+    if hasattr(cache, "key_cache") and hasattr(cache, "value_cache"):  # older DynamicCache: per-layer lists
+        return [_ListSlot(cache.key_cache, cache.value_cache, i) for i in range(len(cache.key_cache))]
+    return None
+
+
+def cache_is_shiftable(cache) -> bool:
+    """True for a plain dynamic KV cache, whose positions :func:`shift_cache` can cut out."""
+    return _cache_layers(cache) is not None
 
 
 class _ListSlot:
@@ -250,16 +251,16 @@ def shift_cache(cache, decoder: nn.Module, start: int, count: int) -> None:
     """
     if count <= 0:
         return
-    for holder, k_name, v_name in _cache_layers(cache):
-        keys, values = getattr(holder, k_name), getattr(holder, v_name)
-        later = keys[..., start + count :, :]  # [B, h, L', hd]
+    layers = _cache_layers(cache)
+    if layers is None:
+        raise TypeError(f"Cannot cut positions out of a {type(cache).__name__}.")
+    for layer in layers:
+        later = layer.keys[..., start + count :, :]  # [B, h, L', hd]
         position = torch.full((1, 1), -count, device=later.device, dtype=torch.long)
         cos, sin = decoder.rotary_emb(later, position)  # [1, 1, hd] each
-        half = later.shape[-1] // 2
-        rotated_half = torch.cat([-later[..., half:], later[..., :half]], dim=-1)
-        later = later * cos[:, None] + rotated_half * sin[:, None]
-        setattr(holder, k_name, torch.cat([keys[..., :start, :], later], dim=-2))
-        setattr(holder, v_name, torch.cat([values[..., :start, :], values[..., start + count :, :]], dim=-2))
+        later = later * cos[:, None] + rotate_half(later) * sin[:, None]  # Llama's apply_rotary_pos_emb, on keys
+        layer.keys = torch.cat([layer.keys[..., :start, :], later], dim=-2)
+        layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., start + count :, :]], dim=-2)
 
 
 def build_toy_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,

@@ -449,13 +449,15 @@ class VideoStage(Stage):
                 hint="train one with `mdream train video --config video-toy-cpu --export DIR` and name it as the "
                      "bundle's `video` component; meanwhile `mdream generate` writes the animatic as the movie",
             )
-        if ref.sampler not in (None, "euler"):
-            raise InputError(f"The model bundle {project.bundle.name!r} gives its video model the sampler "
-                             f"{ref.sampler!r}, and the video model samples with Euler steps (SVD's sampler) only.",
-                             hint="leave `sampler` out of the bundle's `video` component, or set it to euler")
         # bundle.yaml's steps and guidance (SVD's largest guidance scale, reached at the clip's last frame) override
-        # what the model's video.json records; both are part of the component's identity, so of the clips' keys
-        self.steps, self.guidance = ref.steps, ref.guidance
+        # what the model's video.json records; bundle.yaml's settings are part of the component's identity, so of
+        # the clips' keys
+        sampling = project.bundle.sampling("video")
+        if sampling["sampler"] != "euler":
+            raise InputError(f"The model bundle {project.bundle.name!r} gives its video model the sampler "
+                             f"{sampling['sampler']!r}, and the video model samples with Euler steps (SVD's sampler) "
+                             "only.", hint="leave `sampler` out of the bundle's `video` component, or set it to euler")
+        self.steps, self.guidance = sampling["steps"], sampling["guidance"]
         model = project.bundle.load("video", device=resolve_device(project.options.device))
         self.pipeline = ImageToVideoPipeline(model)
 

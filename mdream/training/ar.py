@@ -237,7 +237,7 @@ def sample_window(data: EncodedEpisodes, rng: np.random.Generator, window: int, 
     e = int(torch.searchsorted(data.episode_starts, torch.tensor(row), right=True)) - 1
     first, end = data.episode_rows(e)
     w = min(window, end - first)
-    # drawn only when the option is on, so that a run without it samples the windows it always did
+    # drawn only when the option is on: without it, a seed gives the windows the shipped recipes were trained on
     scene_refs = bool(reference_scene_prob and max_references > 0 and rng.random() < reference_scene_prob)
     start = first if scene_refs else int(rng.integers(first, end - w + 1))
     rows = np.arange(start, start + w)
@@ -447,11 +447,9 @@ def build_model(config: ARTrainingConfig, train: EncodedEpisodes, text_encoder: 
 
 
 def load_init(model: KeyframeAR, setting: str) -> None:
-    """Copy a trained keyframe AR model's weights into ``model`` (refusing other names or shapes)."""
+    """Copy a trained keyframe AR model's weights into ``model`` (refusing other names or shapes); that ``setting``
+    names a model folder is :meth:`ARTrainingConfig.check`'s."""
     folder = Path(setting)
-    if not (folder / "keyframe_ar.json").is_file():
-        raise InputError(f"--init {setting}: no keyframe AR model there (no keyframe_ar.json).",
-                         hint="name a folder `mdream train export` wrote, or a run's final/")
     with quiet_loading():
         trained = KeyframeAR.from_pretrained(folder)
     mine, theirs = model.state_dict(), trained.state_dict()
