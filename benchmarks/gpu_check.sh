@@ -5,9 +5,13 @@
 #   2. the full-size SDXL-config render benchmark (writes its section of benchmarks/RESULTS.md);
 #   3. the main job, `make demo`'s commands with --device cuda: the bundled storyboard through every built stage with
 #      the shipped toy models, timed, then `mdream eval`; its keyframes are packed into $OUT/gpu-demo.tgz when $OUT
-#      is set, to compare with a CPU run's pixels.
+#      is set, to compare with a CPU run's pixels;
+#   4. --offload on the GPU: the short example with and without it (every stage's peak GPU memory from the run
+#      reports, and whether the two movies' frames are the same), then tests/test_offload.py where pytest is
+#      importable (its model-level tests run on cuda too there).
 # Usage: bash benchmarks/gpu_check.sh [RUN_FOLDER]   (about 3 minutes on an H200, most of it building the SDXL UNet;
-#        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 skip steps 1 / 2 / 3; step 1 takes about a minute)
+#        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 / _OFFLOAD=0 skip steps 1 / 2 / 3 / 4; step 1 takes about a
+#        minute)
 # insightface, diffusers and pydantic, where missing, are installed from the wheels in .gpuwheels/ (gpu_wheels.sh
 # says how to make that folder).
 set -u
@@ -44,4 +48,25 @@ if [ "${MDREAM_GPU_CHECK_DEMO:-1}" != 0 ]; then
       -o "$DEMO/storyboard.mp4" --until render --device cuda || exit 1
   python3 -m mdream eval "$DEMO/storyboard" --script examples/scripts/storyboard.yaml || exit 1
   [ -n "${OUT:-}" ] && tar czf "$OUT/gpu-demo.tgz" -C "$DEMO" storyboard
+fi
+if [ "${MDREAM_GPU_CHECK_OFFLOAD:-1}" != 0 ]; then
+  for mode in plain offload; do
+    flag=$([ "$mode" = offload ] && echo --offload)
+    mkdir -p "$RUN/$mode"
+    python3 -m mdream generate examples/scripts/short.yaml -o "$RUN/$mode/short.mp4" --cache-dir "$RUN/$mode/cache" \
+        --device cuda $flag --json > "$RUN/$mode.json" || exit 1
+    python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[2], [(s['stage'], round(s['seconds'], 1), \
+s['peak_gpu_bytes']) for s in r['stages']])" "$RUN/$mode.json" "$mode"
+  done
+  python3 - "$RUN" <<'PY'
+import sys
+import imageio_ffmpeg
+def frames(path):
+    reader = imageio_ffmpeg.read_frames(path)
+    next(reader)
+    return [bytes(f) for f in reader]
+a, b = (frames(f"{sys.argv[1]}/{m}/short.mp4") for m in ("plain", "offload"))
+print("offloaded movie frames identical:", len(a), "frames,", a == b)
+PY
+  python3 -c "import pytest" 2>/dev/null && python3 -m pytest -q tests/test_offload.py -p no:cacheprovider
 fi

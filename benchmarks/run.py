@@ -18,6 +18,7 @@ BENCHMARKS = [
     "benchmarks.bench_ar_quality --seed 900007 --seed 900008 --seed 900009 --references 4",  # few-shot
     "benchmarks.bench_continuity",
     "benchmarks.bench_video",  # the shipped toy video model (says so and skips while none ships)
+    "benchmarks.bench_stage_memory",  # full-size weights per stage, with and without --offload (meta device)
     "benchmarks.bench_movie",  # the movie's scores between animatic and ground truth (skips while no video model ships)
 ]
 # full-size timings: only where a GPU is present (a full SDXL UNet on 2 CPU cores would take hours)

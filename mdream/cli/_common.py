@@ -41,6 +41,7 @@ FromStageOpt = Annotated[
                  help=f"Recompute from this stage on: {names_text()} \\[default: reuse every valid artifact]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+OffloadOpt = Annotated[bool, typer.Option("--offload", help="Keep models in CPU memory and move their large parts to the GPU one at a time, while they run (for smaller GPUs; slower; same outputs).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
 ScriptArg = Annotated[Path, typer.Argument(help="The movie script (YAML or JSON).", show_default=False)]
 

@@ -44,15 +44,18 @@ def show_generate(result) -> None:
 
     title = f"{result.info.get('title') or ''}  ({result.script})" if result.script else "stages"
     table = Table(title=safe(title))
-    for col in ("stage", "time", "made", "reused", "by other process", "outputs"):
+    gpu = any(r.peak_gpu_bytes is not None for r in result.reports)  # a CUDA run: each stage's peak GPU memory
+    for col in ("stage", "time", "made", "reused", "by other process", *(["peak GPU"] if gpu else []), "outputs"):
         table.add_column(col)
     for r in result.reports:
         outputs = "-" if not r.outputs else safe(r.outputs[0]) if len(r.outputs) == 1 else \
             f"{len(r.outputs)} files in {safe(result.movie_dir)}/"
+        peak = [human_size(r.peak_gpu_bytes) if r.peak_gpu_bytes is not None else ""] if gpu else []
         table.add_row(r.stage, f"{r.seconds:.1f} s", str(len(r.produced)), str(len(r.reused)),
-                      str(len(r.by_other_process)), outputs)
+                      str(len(r.by_other_process)), *peak, outputs)
     if result.output is not None and result.output.is_file():
-        table.add_row("movie", "", "", "", "", f"{safe(result.output)} ({human_size(result.output.stat().st_size)})")
+        table.add_row("movie", "", "", "", "", *([""] if gpu else []),
+                      f"{safe(result.output)} ({human_size(result.output.stat().st_size)})")
     stdout.print(table)
     if result.movie_dir is not None:
         stdout.print(f"[green]wrote[/] {safe(result.movie_dir)}/ (keyframes, storyboard.png, animatic.mp4)")

@@ -17,6 +17,7 @@ from mdream.cli._common import (
     ForceOpt,
     FromStageOpt,
     JsonOpt,
+    OffloadOpt,
     QuietOpt,
     ScriptArg,
     SeedOpt,
@@ -93,11 +94,12 @@ def _root(
     """Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video."""
 
 
-def _options(cache_dir, device, seed, force, from_stage, quiet):
+def _options(cache_dir, device, seed, force, from_stage, quiet, offload=False):
     """A factory, so that bad option values raise inside run_cli (located message, exit 2)."""
     from mdream.stages.options import RunOptions
 
-    return lambda: RunOptions(cache_dir=cache_dir, device=device, seed=seed, force=force, from_stage=from_stage, quiet=quiet)
+    return lambda: RunOptions(cache_dir=cache_dir, device=device, seed=seed, force=force, from_stage=from_stage,
+                              quiet=quiet, offload=offload)
 
 
 @app.command("script-validate")
@@ -144,13 +146,14 @@ def _stage_cli(stage: str):
         script: ScriptArg,
         cache_dir: CacheDirOpt = None,
         device: DeviceOpt = "auto",
+        offload: OffloadOpt = False,
         seed: SeedOpt = None,
         force: ForceOpt = False,
         from_stage: FromStageOpt = None,
         json_out: JsonOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
-        _call_stage(stage, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        _call_stage(stage, script, _options(cache_dir, device, seed, force, from_stage, quiet or json_out, offload), json_out, quiet)
 
     return command
 
@@ -180,6 +183,7 @@ def encode_cli(
     ] = 1,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
+    offload: OffloadOpt = False,
     seed: SeedOpt = None,
     force: ForceOpt = False,
     from_stage: FromStageOpt = None,
@@ -190,7 +194,7 @@ def encode_cli(
     from mdream.stages.media import encode_media, is_script
 
     if len(inputs) == 1 and is_script(inputs[0]):
-        _call_stage("encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out), json_out, quiet)
+        _call_stage("encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out, offload), json_out, quiet)
         return
     report = run_cli(
         lambda: encode_media(inputs, output, bundle, cache_dir, device, keyframes_per_shot, force), as_json=json_out
@@ -214,6 +218,7 @@ def render_cli(
     sampler: Annotated[str | None, typer.Option("--sampler", help="Tokens mode: ddim, ddpm, euler or dpmpp \\[default: the bundle's].", show_default=False)] = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
+    offload: OffloadOpt = False,
     seed: SeedOpt = None,
     force: ForceOpt = False,
     from_stage: FromStageOpt = None,
@@ -241,7 +246,7 @@ def render_cli(
                                   "its cache keys and `mdream status` see them.")
 
         run_cli(refuse, as_json=json_out)
-    options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)
+    options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out, offload)
     _call_stage("render", source, options, json_out, quiet, movie_dir=out)
 
 
@@ -283,6 +288,7 @@ def generate_cli(
     ] = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
+    offload: OffloadOpt = False,
     seed: SeedOpt = None,
     force: ForceOpt = False,
     from_stage: FromStageOpt = None,
@@ -298,7 +304,7 @@ def generate_cli(
     from mdream.stages.run import generate_many
 
     def call():
-        options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out)()
+        options = _options(cache_dir, device, seed, force, from_stage, quiet or json_out, offload)()
         return generate_many(scripts, output, options, until, transition)
 
     results = run_cli(call, as_json=json_out)

@@ -38,6 +38,7 @@ from torch import nn
 
 from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, write_json
+from mdream.models.offload import execution_device
 from mdream.models.registry import register_model
 
 DECODER_CONFIG = "keyframe_decoder.json"
@@ -225,6 +226,9 @@ class KeyframeDecoder(nn.Module):
     ``scheduler/`` and, for latent models, ``vae/``, each a diffusers folder.
     """
 
+    #: large sub-models that ``--offload`` moves to the device one at a time (mdream.models.offload)
+    offload_units = ("unet", "vae")
+
     def __init__(
         self,
         unet: UNet2DConditionModel,
@@ -341,7 +345,7 @@ class KeyframeDecoder(nn.Module):
     # ---- properties ---------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return execution_device(self, self.unet.device)
 
     @property
     def prediction_type(self) -> str:

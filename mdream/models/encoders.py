@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjecti
 from mdream.errors import InputError
 from mdream.models.compressor import TokenCompressor
 from mdream.models.loading import load_pretrained, read_json, resolve_reference, write_json
+from mdream.models.offload import execution_device
 from mdream.models.registry import register_model
 
 # OpenAI CLIP's preprocessing constants; used when the folder has no preprocessor_config.json.
@@ -91,6 +92,9 @@ class KeyframeEncoder(torch.nn.Module):
     ``compressor/`` (config.json + safetensors); ``vision/`` when the vision tower is saved here.
     """
 
+    #: large sub-models that ``--offload`` moves to the device one at a time (mdream.models.offload)
+    offload_units = ("vision_model",)
+
     def __init__(
         self,
         vision_model: CLIPVisionModel,
@@ -157,7 +161,7 @@ class KeyframeEncoder(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.compressor.proj_out.weight.device
+        return execution_device(self, self.compressor.proj_out.weight.device)
 
     # ---- encoding -----------------------------------------------------------------------------
     def vision_features(self, images: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +171,8 @@ class KeyframeEncoder(torch.nn.Module):
         """
         # on the vision tower's device, which training sets apart from the compressor's (accelerate moves that later)
         vision = next(self.vision_model.parameters())
-        pixels = self.preprocessor.to(vision.device)(images_to_float(images).to(vision.device))
+        device = execution_device(self, vision.device)
+        pixels = self.preprocessor.to(device)(images_to_float(images).to(device))
         dtype = vision.dtype
         with torch.no_grad():
             out = self.vision_model(pixel_values=pixels.to(dtype), output_hidden_states=self.vision_feature_layer != -1)
@@ -195,6 +200,9 @@ class TextEncoder(torch.nn.Module):
     ``CLIPTextModelWithProjection`` or ``CLIPTextModel`` weights + tokenizer files), or a folder with
     ``text_encoder.json`` whose ``model`` names such a folder (relative) or a hub id.
     """
+
+    #: large sub-models that ``--offload`` moves to the device one at a time (mdream.models.offload)
+    offload_units = ("text_model",)
 
     def __init__(self, tokenizer, text_model: CLIPTextModel | CLIPTextModelWithProjection, source: str | None = None):
         super().__init__()
@@ -228,7 +236,7 @@ class TextEncoder(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.text_model.parameters()).device
+        return execution_device(self, next(self.text_model.parameters()).device)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(

@@ -56,6 +56,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, resolve_reference, write_json
+from mdream.models.offload import execution_device, onload
 from mdream.models.registry import register_model
 from mdream.models.token_heads import TokenHead, build_head
 
@@ -279,6 +280,9 @@ def build_toy_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2,
 class KeyframeAR(nn.Module):
     """Causal-LM backbone + projectors + token head: script and past keyframes -> next keyframe's tokens."""
 
+    #: large sub-models that ``--offload`` moves to the device one at a time (mdream.models.offload)
+    offload_units = ("decoder",)
+
     def __init__(self, backbone: nn.Module, tokenizer, config: KeyframeARConfig | None = None,
                  backbone_reference: str | None = None):
         super().__init__()
@@ -428,7 +432,7 @@ class KeyframeAR(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.projectors.frame_start.device
+        return execution_device(self, self.projectors.frame_start.device)
 
     @property
     def embed_dtype(self) -> torch.dtype:
@@ -446,8 +450,12 @@ class KeyframeAR(nn.Module):
         """Text -> the backbone's own token embeddings ``[L, H]`` (no special tokens)."""
         ids = self.tokenizer(text, add_special_tokens=False, truncation=max_tokens is not None,
                              max_length=max_tokens)["input_ids"]
-        ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        return self.causal_lm.get_input_embeddings()(ids)
+        return self.id_embeds(torch.tensor(ids, dtype=torch.long))
+
+    def id_embeds(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[L]`` -> the backbone's embeddings ``[L, H]`` (its table is inside the offload unit)."""
+        onload(self.decoder)
+        return self.causal_lm.get_input_embeddings()(ids.to(self.device))
 
     def token_embeds(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Keyframe tokens ``[n, d]`` (indices ``start..start+n-1`` of a frame) -> ``[n, H]``."""
@@ -459,7 +467,7 @@ class KeyframeAR(nn.Module):
         parts = []
         bos = getattr(self.tokenizer, "bos_token_id", None)
         if bos is not None:
-            parts.append(self.causal_lm.get_input_embeddings()(torch.tensor([bos], device=self.device)))
+            parts.append(self.id_embeds(torch.tensor([bos])))
         if prefix_text:
             parts.append(self.text_embeds(prefix_text))
         if references is not None:

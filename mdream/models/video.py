@@ -43,6 +43,7 @@ from torch import nn
 
 from mdream.errors import InputError
 from mdream.models.loading import load_pretrained, read_json, write_json
+from mdream.models.offload import execution_device
 from mdream.models.registry import register_model
 
 CONFIG_NAME = "video.json"
@@ -212,6 +213,9 @@ def sample_euler(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 class ImageToVideoModel(nn.Module):
     """SVD-class image-to-video model: UNet, image encoder, scheduler, optional VAE and action encoder."""
 
+    #: large sub-models that ``--offload`` moves to the device one at a time (mdream.models.offload)
+    offload_units = ("image_encoder", "unet", "vae")
+
     def __init__(self, config: VideoModelConfig, unet: UNetSpatioTemporalConditionModel, image_encoder,
                  scheduler: EulerDiscreteScheduler, vae=None, action_encoder: ActionEncoder | None = None):
         super().__init__()
@@ -230,7 +234,7 @@ class ImageToVideoModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return execution_device(self, next(self.unet.parameters()).device)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -7,7 +7,8 @@ in the order of this file: the CLI gets one command per per-shot stage, ``status
 Keys depend only on these declarations, so ``mdream status`` can tell done / stale / missing for
 every stage, built or not. A stage whose model is not built yet fails in :meth:`prepare` with a
 clear :class:`~mdream.errors.NotBuiltError` (exit 1), never silently. Stages load their models with
-``project.bundle.load(COMPONENT, device=...)`` (the model registry picks the class).
+:meth:`~mdream.stages.pipeline.Stage.load_model` (the model registry picks the class; ``--offload`` keeps them
+in CPU memory), and the runner releases them when the stage ends.
 
 Heavy libraries (numpy, PIL, torch) are imported inside the methods: the CLI imports this module at
 start-up to list the stages.
@@ -86,7 +87,7 @@ class EncodeStage(Stage):
     def prepare(self, project: Project) -> None:
         bundle = project.bundle
         self.faces = bundle.load("face_embedder")
-        self.text = bundle.load("text_encoder", device=resolve_device(project.options.device))
+        self.text = self.load_model(project, "text_encoder")
         self._character_embeddings: dict[str, np.ndarray] = {}
         self._character_texts: dict[str, object] = {}
 
@@ -215,7 +216,6 @@ class KeyframesStage(Stage):
     def prepare(self, project: Project) -> None:
         import torch
 
-        device = resolve_device(project.options.device)
         to_predict = [s.id for s in project.plan.shots if s.keyframe is None]
         ar = project.bundle.components.get("keyframe_ar")
         if to_predict and (ar is None or not ar.present):
@@ -226,8 +226,8 @@ class KeyframesStage(Stage):
                 hint="use a bundle with a keyframe_ar component (`mdream train ar --export DIR`), or give every shot "
                      "a `keyframe:` image (e.g. `mdream toyworld script -o DIR --given-keyframes`)",
             )
-        self.encoder = project.bundle.load("keyframe_encoder", device=device)
-        self.ar = project.bundle.load("keyframe_ar", device=device).eval() if to_predict else None
+        self.encoder = self.load_model(project, "keyframe_encoder")
+        self.ar = self.load_model(project, "keyframe_ar").eval() if to_predict else None
         if self.ar is not None:
             cfg, enc = self.ar.config, self.encoder.compressor.config
             if (cfg.num_tokens, cfg.token_dim) != (enc.num_tokens, enc.token_dim):
@@ -349,7 +349,7 @@ class RenderStage(Stage):
     def prepare(self, project: Project) -> None:
         ref = project.bundle.component("keyframe_decoder")
         self.device = resolve_device(project.options.device)
-        self.decoder = project.bundle.load("keyframe_decoder", device=self.device)
+        self.decoder = self.load_model(project, "keyframe_decoder")
         self.steps, self.guidance, self.identity_guidance = sampling_defaults(ref.location, ref)
         sampling = project.plan.output.sampling
         self.steps = sampling.steps if sampling.steps is not None else self.steps
@@ -458,8 +458,7 @@ class VideoStage(Stage):
                              f"{sampling['sampler']!r}, and the video model samples with Euler steps (SVD's sampler) "
                              "only.", hint="leave `sampler` out of the bundle's `video` component, or set it to euler")
         self.steps, self.guidance = sampling["steps"], sampling["guidance"]
-        model = project.bundle.load("video", device=resolve_device(project.options.device))
-        self.pipeline = ImageToVideoPipeline(model)
+        self.pipeline = ImageToVideoPipeline(self.load_model(project, "video"))
 
     def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Any], writer: ArtifactWriter) -> None:
         import numpy as np

@@ -28,6 +28,10 @@ class RunOptions:
     """Recompute from this stage on (earlier stages are reused from the cache); a name from the pipeline."""
     quiet: bool = False
     """No progress bars or summaries (errors are still printed)."""
+    offload: bool = False
+    """Keep each stage's models in CPU memory and move their large parts (UNet, VAE, image or text tower,
+    transformer backbone) to the device one at a time, while they run: for a GPU with less memory than a stage's
+    models need; slower. The outputs are the same."""
 
     def __post_init__(self) -> None:
         check_device(self.device)

@@ -166,6 +166,45 @@ class Stage:
     def prepare(self, project: Project) -> None:
         """Load models once before the loop (raise NotBuiltError when a component is missing)."""
 
+    def load_model(self, project: Project, component: str) -> Any:
+        """Load a bundle component for this stage, on the run's device.
+
+        With ``--offload`` a torch model stays in CPU memory and its large parts (``offload_units``) move to the
+        device only while they run, one at a time across every model this stage loads
+        (:mod:`mdream.models.offload`). The runner lets go of it after the stage (:meth:`prepared`).
+        """
+        from mdream.stages.options import resolve_device
+
+        device = resolve_device(project.options.device)
+        if not project.options.offload:
+            return project.bundle.load(component, device=device)
+        import torch
+
+        from mdream.models.offload import OffloadGroup
+
+        model = project.bundle.load(component, device="cpu")
+        if isinstance(model, torch.nn.Module):
+            group = self.__dict__.setdefault("_offload_group", OffloadGroup(device))
+            group.add(component, model)
+        return model
+
+    @contextlib.contextmanager
+    def prepared(self, project: Project):
+        """The stage with its models loaded (:meth:`prepare`) for the block. Afterwards, ended or failed, every
+        attribute that :meth:`prepare` and the shots set on the stage is dropped and the memory freed, so that the
+        next stage loads its models into a device that holds none of this one's."""
+        before = dict(vars(self))
+        try:
+            self.prepare(project)
+            yield self
+        finally:
+            group = vars(self).get("_offload_group")
+            if group is not None:
+                group.release()
+            vars(self).clear()
+            vars(self).update(before)
+            free_memory()
+
     def produce(self, project: Project, shot: PlannedShot, upstream: dict[str, Any], writer: ArtifactWriter) -> None:
         """Write ``shot``'s artifact files into ``writer``.
 
@@ -274,6 +313,8 @@ class StageReport:
     """Shot id (a per-movie step: its target folder) -> the artifact's cache key."""
     outputs: list[str] = field(default_factory=list)
     """Files a per-movie step wrote outside the cache (empty for per-shot stages and when reused)."""
+    peak_gpu_bytes: int | None = None
+    """The most GPU memory torch held while the stage ran (a CUDA run that produced something; else None)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -284,6 +325,7 @@ class StageReport:
             "seconds": round(self.seconds, 3),
             "keys": self.keys,
             "outputs": self.outputs,
+            "peak_gpu_bytes": self.peak_gpu_bytes,
         }
 
 
@@ -314,10 +356,6 @@ def run_stage(project: Project, stage: Stage, stages: Sequence[Stage]) -> StageR
     """
     if stage.per_movie:
         return _run_movie_step(project, stage, stages)  # type: ignore[arg-type]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from mdream.cache import ArtifactStatus
-
     start = time.perf_counter()
     keys = plan_keys(project, stages)
     store, report = project.store, StageReport(stage.name)
@@ -329,8 +367,49 @@ def run_stage(project: Project, stage: Stage, stages: Sequence[Stage]) -> StageR
             report.reused.append(shot.id)
         else:
             todo.append(shot)
-    if todo:
-        stage.prepare(project)
+    gpu = _cuda_device(project) if todo else None
+    if gpu is not None:
+        gpu.reset_peak_memory_stats()
+    with stage.prepared(project) if todo else contextlib.nullcontext():
+        _produce_todo(project, stage, keys, report, todo, force)
+    if gpu is not None:
+        report.peak_gpu_bytes = int(gpu.max_memory_allocated())
+    report.seconds = time.perf_counter() - start
+    _record_run(project, stage, keys, report)
+    return report
+
+
+def _cuda_device(project: Project):
+    """``torch.cuda`` when the run computes on a CUDA device (to read its peak memory), else None."""
+    from mdream.stages.options import resolve_device
+
+    if not resolve_device(project.options.device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached device memory back (after a stage lets go of its models)."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _produce_todo(project: Project, stage: Stage, keys: dict[str, list[str]], report: StageReport,
+                  todo: list[PlannedShot], force: bool) -> None:
+    """Claim and produce every shot of ``todo`` (the runner's loop, with its progress bar; the shots already
+    reused count as done)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mdream.cache import ArtifactStatus
+
+    store = project.store
     deferred: list[PlannedShot] = []
     with Progress(
         TextColumn(f"[bold]{stage.name}[/]"),
@@ -371,9 +450,6 @@ def run_stage(project: Project, stage: Stage, stages: Sequence[Stage]) -> StageR
                 if len(batch) >= stage.batch_size:
                     flush()
             flush()
-    report.seconds = time.perf_counter() - start
-    _record_run(project, stage, keys, report)
-    return report
 
 
 def _fill_batch(
