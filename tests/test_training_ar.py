@@ -277,6 +277,25 @@ def test_scene_reference_windows_start_the_episode_and_show_the_windows_scenes(e
     assert refs == {3, 4}
 
 
+def test_scene_reference_windows_may_start_anywhere_with_references_from_before_and_after(encoded):
+    _, train, _ = encoded
+    data = dataclasses.replace(train, scenes=torch.tensor([0, 1, 1, 2, 0] * 3))
+    starts, before = set(), 0
+    for seed in range(40):
+        w = sample_window(data, np.random.default_rng(seed), 2, max_references=1, reference_scene_prob=1.0,
+                          reference_scene_start="anywhere")
+        first = int(w.rows[0])
+        starts.add(first % 5)
+        shown = {int(data.scenes[r]) for r in w.rows}
+        (ref,) = w.reference_rows.tolist()
+        assert ref not in w.rows.tolist() and ref // 5 == first // 5  # outside the window, in its episode
+        if any(int(data.scenes[r]) in shown for r in range(first - first % 5, first - first % 5 + 5)
+               if r not in w.rows.tolist()):
+            assert int(data.scenes[ref]) in shown  # a frame of a scene the window shows, where there is one
+        before += ref < first
+    assert len(starts) > 1 and before > 0
+
+
 def test_init_starts_from_a_trained_model_and_refuses_other_sizes(tmp_path):
     first = tmp_path / "first"
     invoke("ar", "--out", str(first), *TINY, "--steps", "1")

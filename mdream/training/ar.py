@@ -139,7 +139,9 @@ class ARTrainingConfig(LoopConfig):
     max_references: int = 4
     """Most reference frames per window (each such window draws 1..max_references); saved in the model as what it was trained with."""
     reference_scene_prob: float = 0.0
-    """Share of windows that start at their episode's first shot and get references showing the window's scenes (frames outside the window whose scene the window shows), so that the references are where a scene's unscripted look first shows; needs scenes in the encoded set (toy-world sets have them)."""
+    """Share of windows that get references showing the window's scenes (frames outside the window whose scene the window shows), so that the references are where a scene's unscripted look first shows; needs scenes in the encoded set (toy-world sets have them)."""
+    reference_scene_start: str = "first"
+    """Where those windows start: first (at their episode's first shot, so every reference is from later in the episode) or anywhere (like the other windows; references from before and after them)."""
     init: str = ""
     """A keyframe AR model folder to start from (fine-tuning; its sizes must match this run's); empty: fresh weights."""
     faces: bool = True
@@ -174,6 +176,9 @@ class ARTrainingConfig(LoopConfig):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1], got {value}.")
+        if self.reference_scene_start not in ("first", "anywhere"):
+            raise ConfigValueError("reference_scene_start", "--reference-scene-start must be first or anywhere, got "
+                                                            f"'{self.reference_scene_start}'.")
         if self.max_references < 0 or (self.reference_prob + self.reference_scene_prob > 0 and self.max_references < 1):
             raise ConfigValueError("max_references", f"--max-references must be >= 1 when --reference-prob or "
                                                      f"--reference-scene-prob is above 0, got {self.max_references}.")
@@ -224,14 +229,16 @@ class TrainingWindow:
 def sample_window(data: EncodedEpisodes, rng: np.random.Generator, window: int, *, randomise_faces: bool = True,
                   mean_face_share: float = 0.0, token_mask_prob: float = 0.0, reverse_prob: float = 0.0,
                   character_text: bool = True, flip_prob: float = 0.0, reference_prob: float = 0.0,
-                  max_references: int = 0, reference_scene_prob: float = 0.0) -> TrainingWindow:
+                  max_references: int = 0, reference_scene_prob: float = 0.0,
+                  reference_scene_start: str = "first") -> TrainingWindow:
     """A random window of up to ``window`` consecutive shots of a random episode (episodes weighted by length).
 
     ``flip_prob``: share of windows mirrored as a whole (``data`` must hold its flips). ``reference_prob``: share of
     windows given 1..``max_references`` reference frames: other frames of the same episode, outside the window (as
     many as the episode has when it has fewer), mirrored with the window. ``reference_scene_prob``: share of windows
-    that start at their episode's first shot and get 1..``max_references`` references drawn from the frames outside
-    the window that show one of the window's scenes (any frames outside it when none does).
+    that get 1..``max_references`` references drawn from the frames outside the window that show one of the window's
+    scenes (any frames outside it when none does); ``reference_scene_start``: those windows start at their episode's
+    first shot (``first``) or anywhere (``anywhere``).
     """
     row = int(rng.integers(len(data)))
     e = int(torch.searchsorted(data.episode_starts, torch.tensor(row), right=True)) - 1
@@ -239,7 +246,8 @@ def sample_window(data: EncodedEpisodes, rng: np.random.Generator, window: int, 
     w = min(window, end - first)
     # drawn only when the option is on: without it, a seed gives the windows the shipped recipes were trained on
     scene_refs = bool(reference_scene_prob and max_references > 0 and rng.random() < reference_scene_prob)
-    start = first if scene_refs else int(rng.integers(first, end - w + 1))
+    at_first = scene_refs and reference_scene_start == "first"
+    start = first if at_first else int(rng.integers(first, end - w + 1))
     rows = np.arange(start, start + w)
     if reverse_prob and rng.random() < reverse_prob:
         rows = rows[::-1].copy()
@@ -352,7 +360,8 @@ class ARTask:
                               mean_face_share=c.mean_face_share, token_mask_prob=c.token_mask_prob,
                               reverse_prob=c.reverse_prob, character_text=c.character_text, flip_prob=c.flip_prob,
                               reference_prob=c.reference_prob, max_references=c.max_references,
-                              reference_scene_prob=c.reference_scene_prob)
+                              reference_scene_prob=c.reference_scene_prob,
+                              reference_scene_start=c.reference_scene_start)
                 for _ in range(size)]
 
     def loss(self, model: nn.Module, batch: list[TrainingWindow]) -> dict[str, torch.Tensor]:
