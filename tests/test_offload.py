@@ -233,3 +233,23 @@ def test_a_cuda_run_reports_each_stages_peak_gpu_memory(monkeypatch, tmp_path, c
     assert "peak GPU" in capsys.readouterr().out
     again = generate(script, tmp_path / "movie.mp4", RunOptions(device="cpu", quiet=True), until="render")
     assert all(r.peak_gpu_bytes is None for r in again.reports)  # nothing to do: nothing measured
+
+
+def test_media_modes_take_offload_too(tmp_path):
+    """`mdream encode IMAGES --offload` and `mdream render TOKENS --offload` write what they write without it."""
+    from typer.testing import CliRunner
+
+    from mdream.cli.main import app
+
+    for i, colour in enumerate([(200, 60, 60), (60, 160, 90)]):
+        _frame(tmp_path / "frames" / f"{i}.png", colour)
+    outputs = {}
+    for flag in ([], ["--offload"]):
+        name = "offloaded" if flag else "plain"
+        tokens = tmp_path / f"{name}.safetensors"
+        for args in (["encode", str(tmp_path / "frames"), "-o", str(tokens), "--cache-dir", str(tmp_path / name)],
+                     ["render", str(tokens), "-o", str(tmp_path / name / "pngs"), "--steps", "2"]):
+            result = CliRunner().invoke(app, [*args, "--device", "cpu", *flag])
+            assert result.exit_code == 0, result.output
+        outputs[name] = [tokens.read_bytes()] + [p.read_bytes() for p in sorted((tmp_path / name / "pngs").glob("*.png"))]
+    assert len(outputs["plain"]) == 3 and outputs["plain"] == outputs["offloaded"]

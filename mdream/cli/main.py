@@ -197,7 +197,8 @@ def encode_cli(
         _call_stage("encode", inputs[0], _options(cache_dir, device, seed, force, from_stage, quiet or json_out, offload), json_out, quiet)
         return
     report = run_cli(
-        lambda: encode_media(inputs, output, bundle, cache_dir, device, keyframes_per_shot, force), as_json=json_out
+        lambda: encode_media(inputs, output, bundle, cache_dir, device, keyframes_per_shot, force, offload),
+        as_json=json_out
     )
     if json_out:
         print_json(report.to_dict())
@@ -231,7 +232,8 @@ def render_cli(
         from mdream.stages.media import render_tokens
 
         target = out or source.with_suffix("")
-        paths = run_cli(lambda: render_tokens(source, target, bundle, device, seed or 0, steps, guidance_scale, sampler),
+        paths = run_cli(lambda: render_tokens(source, target, bundle, device, seed or 0, steps, guidance_scale, sampler,
+                                              offload),
                         as_json=json_out)
         if json_out:
             print_json({"images": [str(p) for p in paths]})

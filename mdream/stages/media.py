@@ -29,6 +29,15 @@ SCRIPT_SUFFIXES = {".yaml", ".yml", ".json"}
 MEDIA_STAGE, MEDIA_STAGE_VERSION = "encode-media", "1"
 
 
+def place(model, name: str, device: str, offload: bool):
+    """``model`` on ``device``, or with ``offload`` kept in CPU memory with its large parts moved there while they run."""
+    if not offload:
+        return model.to(device)
+    from mdream.models.offload import OffloadGroup
+
+    return OffloadGroup(device).add(name, model)
+
+
 @dataclass(frozen=True)
 class MediaItem:
     """One keyframe to encode: a still image, or one frame of a video shot."""
@@ -126,8 +135,10 @@ def encode_media(
     device: str = "auto",
     keyframes_per_shot: int = 1,
     force: bool = False,
+    offload: bool = False,
 ) -> MediaEncodeReport:
-    """Encode images / folders / videos into ``output`` (safetensors ``tokens [M, N, d]`` + ``.json``)."""
+    """Encode images / folders / videos into ``output`` (safetensors ``tokens [M, N, d]`` + ``.json``); ``offload``:
+    the encoder's vision tower waits in CPU memory between uses (:mod:`mdream.models.offload`)."""
     import torch
     from safetensors.torch import save
 
@@ -148,7 +159,8 @@ def encode_media(
         art = None if force else store.open(MEDIA_STAGE, key)
         if art is None:
             if encoder is None:
-                encoder = model_bundle.load("keyframe_encoder", device=resolve_device(device))
+                encoder = place(model_bundle.load("keyframe_encoder"), "keyframe_encoder", resolve_device(device),
+                                offload)
             tokens = encoder.encode(read_item(item)[None])[0]  # [N, d]
             writer = store.claim(MEDIA_STAGE, key, wait=True, force=force)
             if writer is not None:  # None: another process published the same tokens meanwhile
@@ -177,8 +189,10 @@ def render_tokens(
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
     sampler: str | None = None,
+    offload: bool = False,
 ) -> list[Path]:
-    """Render every row of a tokens file to ``out_dir/NNNN.png`` (tokens only; seeded per row).
+    """Render every row of a tokens file to ``out_dir/NNNN.png`` (tokens only; seeded per row; ``offload``: the
+    decoder's UNet and VAE take turns on the device, :mod:`mdream.models.offload`).
 
     ``num_inference_steps``, ``guidance_scale`` and ``sampler`` default to the bundle's tuned settings.
     """
@@ -201,7 +215,7 @@ def render_tokens(
         type(decoder).make_scheduler(sampler, decoder.scheduler.config)  # an unknown name fails before any work
     default_steps, default_guidance, _ = sampling_defaults(ref.location, ref)  # identity guidance needs faces: none here
     dev = resolve_device(device)
-    decoder.to(dev)
+    decoder = place(decoder, "keyframe_decoder", dev, offload)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for start in range(0, len(tokens), 16):
