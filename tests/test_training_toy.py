@@ -457,3 +457,48 @@ def test_exported_settings_name_the_packaged_models_portably(tmp_path):
     assert json.loads(record.read_text()) == {"clip": "toy", "face_embedder": "auto", "data": "frames.npz"}
     shipped = json.loads((TOY_CLIP.parent / "toy-tokenizer" / "train_config.json").read_text())
     assert (shipped["clip"], shipped["face_embedder"]) == ("toy", "auto")
+
+
+def test_the_hidden_state_head_learns_the_labels_and_needs_toy_frames(clip_run, tmp_path):
+    import torch
+
+    from mdream.training.data import frame_set
+    from mdream.training.tokenizer import TokenHiddenHead
+
+    # renders carry the hidden-state labels
+    frames = frame_set("", 0, 6, 32, 0, None)
+    assert frames.palette.shape == (6,) and frames.trousers.shape == (6, 3)
+    assert ((frames.trousers >= 0) == (frames.chars >= 0)).all()
+    # the head's loss: the palette's cross-entropy plus that of each worn pair of trousers; it falls when trained
+    torch.manual_seed(0)
+    head = TokenHiddenHead(num_tokens=2, token_dim=4, palettes=3, trousers=3)
+    tokens = torch.randn(8, 2, 4)
+    palette, trousers = torch.randint(0, 3, (8,)), torch.randint(-1, 3, (8, 3))
+    logits_p, logits_t = head(tokens)
+    worn = trousers >= 0
+    expected = torch.nn.functional.cross_entropy(logits_p, palette) + torch.nn.functional.cross_entropy(
+        logits_t[worn], trousers[worn])
+    assert torch.allclose(head.loss(tokens, palette, trousers), expected)
+    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2)
+    first = head.loss(tokens, palette, trousers).item()
+    for _ in range(50):
+        optimiser.zero_grad()
+        head.loss(tokens, palette, trousers).backward()
+        optimiser.step()
+    assert head.loss(tokens, palette, trousers).item() < 0.5 * first
+    # a training run logs it; frames without labels are refused before any step
+    out = tmp_path / "tok"
+    result = invoke(["tokenizer", "--out", str(out), "--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--steps", "2",
+                     "--hidden-weight", "1"])
+    assert "hidden" in result.output
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["hidden_weight"] == 1.0
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (32, 32), (40 * i, 90, 120)).save(images / f"{i}.png")
+    refused = runner.invoke(app, ["tokenizer", "--out", str(tmp_path / "refused"), "--clip", str(clip_run / "final"),
+                                  *TINY_TOKENIZER, "--steps", "1", "--hidden-weight", "1", "--data", str(images)])
+    assert refused.exit_code == 2 and "hidden-state labels" in refused.output

@@ -70,6 +70,10 @@ class FrameSet:
     lookalike_shares: np.ndarray | None = None
     """float32 [M, S, S]: the pixels that tell the cast from their look-alikes, each pair an equal part of 1
     (``toyworld.lookalike_shares``; saved)."""
+    palette: np.ndarray | None = None
+    """int64 [M]: the toy world's hidden palette of each frame's scene (toy-world frames; saved)."""
+    trousers: np.ndarray | None = None
+    """int64 [M, 3]: the hidden trousers of the character at left/center/right, -1 where empty (toy-world frames; saved)."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -79,8 +83,10 @@ class FrameSet:
         figures = self.figures[index] if self.figures is not None else None
         heads = self.heads[index] if self.heads is not None else None
         shares = self.lookalike_shares[index] if self.lookalike_shares is not None else None
+        palette = self.palette[index] if self.palette is not None else None
+        trousers = self.trousers[index] if self.trousers is not None else None
         return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index],
-                        self.world_seed, shots, figures, heads, shares)
+                        self.world_seed, shots, figures, heads, shares, palette, trousers)
 
     def save(self, path: Path, key: str) -> None:
         """Written through a temporary file (an interrupted run never leaves a truncated frame cache), with the key
@@ -91,6 +97,8 @@ class FrameSet:
         if self.lookalike_shares is not None:
             # float16 keeps a part as small as one of 5 pairs over 600 pixels (3e-4) to 3 digits, at half the size
             extra["lookalike_shares"] = self.lookalike_shares.astype(np.float16)
+        if self.palette is not None and self.trousers is not None:
+            extra["palette"], extra["trousers"] = self.palette, self.trousers
         save_keyed_cache(path, key, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
                          descriptors=np.array(json.dumps(self.descriptors)), **extra)
 
@@ -102,8 +110,9 @@ class FrameSet:
         heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
         # (a cache holding a bool "lookalikes" mask without the parts is not read, so it is rendered again)
         shares = z["lookalike_shares"].astype(np.float32) if "lookalike_shares" in z else None
+        hidden = {"palette": z["palette"], "trousers": z["trousers"]} if "palette" in z and "trousers" in z else {}
         return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
-                   figures=figures, heads=heads, lookalike_shares=shares)
+                   figures=figures, heads=heads, lookalike_shares=shares, **hidden)
 
     @classmethod
     def load(cls, path: Path) -> FrameSet:
@@ -119,18 +128,24 @@ def load_toy_dataset(data_dir: str | Path, size: int | None = None, limit: int |
     if not (data_dir / "dataset.json").is_file():
         raise InputError(f"{data_dir} is not a toy dataset (no dataset.json).", hint="Write one with `mdream toyworld dataset`.")
     ds = ToyDataset(data_dir, cache_shards=1)
-    frames, scene, chars, texts = [], [], [], []
+    frames, scene, chars, texts, palette, trousers = [], [], [], [], [], []
     for k, shard in enumerate(ds.info.shards):
         arrays = ds.shard_arrays(k)
         lines = (data_dir / f"{shard['name']}.jsonl").read_text().splitlines()
         frames.append(arrays["frames"])
         scene.append(arrays["scene"])
         chars.append(arrays["chars"])
+        if "palette" in arrays and "trousers" in arrays:
+            palette.append(arrays["palette"])
+            trousers.append(arrays["trousers"])
         texts.extend(json.loads(line)["descriptor"] for line in lines)
         if limit is not None and sum(len(f) for f in frames) >= limit:
             break
+    hidden = len(palette) == len(frames)  # a dataset written before the toy world had hidden state has none
     out = FrameSet(np.concatenate(frames), texts, np.concatenate(scene).astype(np.int64),
-                   np.concatenate(chars).astype(np.int64), ds.info.world_seed)
+                   np.concatenate(chars).astype(np.int64), ds.info.world_seed,
+                   palette=np.concatenate(palette).astype(np.int64) if hidden else None,
+                   trousers=np.concatenate(trousers).astype(np.int64) if hidden else None)
     if limit is not None:
         out = out.subset(np.arange(min(limit, len(out))))
     if size is not None and out.frames.shape[1] != size:
@@ -169,6 +184,8 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     frames = np.empty((n, size, size, 3), np.uint8)
     scene = np.empty(n, np.int64)
     chars = np.empty((n, 3), np.int64)
+    palette = np.empty(n, np.int64)
+    trousers = np.empty((n, 3), np.int64)
     masks = np.zeros((n, size, size), bool) if figures else None
     head_masks = np.zeros((n, size, size), bool) if figures else None
     lookalike_maps = np.zeros((n, size, size), np.float32) if lookalikes else None
@@ -187,11 +204,12 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
                 lookalike_maps[i] = lookalike_shares(world, shot, size, before, frames[i])
             labels = shot_labels(world, shot)
             scene[i], chars[i] = labels["scene"], labels["chars"]
+            palette[i], trousers[i] = labels["palette"], labels["trousers"]
             texts.append(shot_text(world, shot)[1])
             shots.append(shot)
             if i % 256 == 0:
                 bar.update(task, completed=i)
-    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks, lookalike_maps)
+    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks, lookalike_maps, palette, trousers)
 
 
 def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
@@ -204,11 +222,12 @@ def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
 
 
 def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None,
-              figures: bool = False, heads: bool = False, lookalikes: bool = False) -> FrameSet:
+              figures: bool = False, heads: bool = False, lookalikes: bool = False, hidden: bool = False) -> FrameSet:
     """A dataset folder when given, else random renders (cached in ``cache`` so a resume sees the same frames).
 
-    ``figures`` / ``heads`` / ``lookalikes``: the renders must carry those masks; a cache written without
-    them is rendered again (the same seeds give the same frames) and replaced.
+    ``figures`` / ``heads`` / ``lookalikes``: the renders must carry those masks; ``hidden``: the hidden-state
+    labels (palette, trousers). A cache written without them is rendered again (the same seeds give the same
+    frames) and replaced.
     """
     figures = figures or heads
     if data:
@@ -219,7 +238,7 @@ def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, c
     arrays = load_keyed_cache(cache, key) if cache is not None else None
     cached = FrameSet.from_arrays(arrays) if arrays is not None else None
     if (cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads)
-            and (cached.lookalike_shares is not None or not lookalikes)):
+            and (cached.lookalike_shares is not None or not lookalikes) and (cached.palette is not None or not hidden)):
         return cached
     frames = render_random_frames(world_seed, n, size, seed, figures=figures, lookalikes=lookalikes)
     if cache is not None:
@@ -301,7 +320,8 @@ class FrameSource(ABC):
     @abstractmethod
     def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
         """``n`` training frames (0: all) at ``size`` x ``size`` px; ``cache``: a run-folder file a source may keep
-        them in, so a resume sees the same frames; ``masks``: the masks to render with them ("figures", "lookalikes")."""
+        them in, so a resume sees the same frames; ``masks``: the masks to render with them ("figures", "lookalikes")
+        and "hidden": the toy world's hidden-state labels."""
 
     @abstractmethod
     def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
@@ -328,7 +348,7 @@ class ToyWorldFrames(FrameSource):
 
     def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
         return frame_set("", self.world_seed, n, size, self.seed, cache, figures="figures" in masks,
-                         lookalikes="lookalikes" in masks)
+                         lookalikes="lookalikes" in masks, hidden="hidden" in masks)
 
     def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
         return frame_set("", self.world_seed, n, size, self.seed + 1_000_003, cache)
@@ -346,7 +366,7 @@ class ToyDatasetFrames(FrameSource):
         return str(self.folder)
 
     def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
-        self.check(masks=bool(masks))
+        self.check(masks=bool(set(masks) - {"hidden"}))  # its episodes carry the hidden-state labels
         return load_toy_dataset(self.folder, size=size, limit=n or None)
 
     def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:

@@ -180,6 +180,8 @@ class TokenizerTrainingConfig(RunConfig):
     """Weight of the auxiliary loss (predict CLIP's patch tokens and image embedding from the tokens)."""
     identity_weight: float = 1.0
     """Weight of the identity auxiliary loss (predict each slot's face embedding from the tokens; needs the face group)."""
+    hidden_weight: float = 0.0
+    """Weight of the hidden-state auxiliary loss: predict the toy world's hidden labels (the scene's palette, each slot's trousers) from the tokens, so that the tokens carry them (toy-world frames only)."""
     init: str = ""
     """Fine-tune: start the compressor and the whole decoder (context and UNet) from a trained tokenizer (a folder
     with encoder/ and decoder/, or a run's checkpoint; toy: the shipped toy tokenizer); the auxiliary heads start fresh."""
@@ -198,23 +200,55 @@ class TokenizerTrainingConfig(RunConfig):
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}.")
 
 
+class TokenHiddenHead(nn.Module):
+    """Training-only auxiliary head for toy-world runs: read the hidden state off the tokens, the scene's palette and
+    each cast slot's trousers, as classes (cross-entropy on the toy world's labels), so that the compressor packs
+    them into its few tokens: neither the diffusion loss (a wide shot's legs are a few pixels) nor the other heads ask
+    for them."""
+
+    def __init__(self, num_tokens: int, token_dim: int, palettes: int, trousers: int, slots: int = 3,
+                 hidden_dim: int = 256):
+        super().__init__()
+        self.palettes, self.trousers, self.slots = palettes, trousers, slots
+        self.trunk = nn.Sequential(nn.Linear(num_tokens * token_dim, hidden_dim), nn.GELU(),
+                                   nn.Linear(hidden_dim, hidden_dim), nn.GELU())
+        self.palette_head = nn.Linear(hidden_dim, palettes)
+        self.trousers_head = nn.Linear(hidden_dim, slots * trousers)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # tokens [B, N, D] -> palette logits [B, P], trousers logits [B, slots, T]
+        hidden = self.trunk(tokens.flatten(1).float())
+        return self.palette_head(hidden), self.trousers_head(hidden).view(-1, self.slots, self.trousers)
+
+    def loss(self, tokens: torch.Tensor, palette: torch.Tensor, trousers: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the palette [B] plus that of each occupied slot's trousers [B, slots] (-1: empty)."""
+        palette_logits, trousers_logits = self(tokens)
+        loss = F.cross_entropy(palette_logits, palette)
+        worn = trousers >= 0
+        if worn.any():
+            loss = loss + F.cross_entropy(trousers_logits[worn], trousers[worn])
+        return loss
+
+
 class TokenizerModel(nn.Module):
     """Everything that trains, behind one forward() so accelerate/DDP can wrap it."""
 
     def __init__(self, compressor: TokenCompressor, decoder: KeyframeDecoder, aux_head: TokenReconstructionHead | None,
-                 identity_head: TokenIdentityHead | None = None):
+                 identity_head: TokenIdentityHead | None = None, hidden_head: TokenHiddenHead | None = None):
         super().__init__()
         self.compressor = compressor
         self.decoder = decoder
         self.aux_head = aux_head
         self.identity_head = identity_head
+        self.hidden_head = hidden_head
 
     def forward(self, images, patches, image_embeds, faces, face_mask, text, identity_target, config: TokenizerTrainingConfig,
-                pixel_weight=None, character_text=None):
+                pixel_weight=None, character_text=None, hidden_target=None):
         # images [B, 3, S, S] in [-1, 1]; patches [B, 1+P, Dv] frozen CLIP states; image_embeds [B, Dv]
         # identity_target [B, 3, 512] reference face embedding of the character in each slot (or None)
         # pixel_weight [B, 1, S, S] loss weight per pixel (or None: uniform)
         # character_text [B, 3, Dt] description embedding of the character in each slot (or None)
+        # hidden_target (palette [B], trousers [B, 3]) the toy world's hidden labels (or None)
         tokens = self.compressor(patches)
         diffusion = self.decoder.diffusion_loss(
             images, tokens, faces, face_mask, text,
@@ -232,8 +266,11 @@ class TokenizerModel(nn.Module):
         identity = torch.zeros((), device=images.device)
         if self.identity_head is not None and identity_target is not None:
             identity = self.identity_head.loss(tokens, identity_target, face_mask)
-        loss = diffusion + config.aux_weight * aux + config.identity_weight * identity
-        return loss, diffusion.detach(), aux.detach(), identity.detach()
+        hidden = torch.zeros((), device=images.device)
+        if self.hidden_head is not None and hidden_target is not None:
+            hidden = self.hidden_head.loss(tokens, *hidden_target)
+        loss = diffusion + config.aux_weight * aux + config.identity_weight * identity + config.hidden_weight * hidden
+        return loss, diffusion.detach(), aux.detach(), identity.detach(), hidden.detach()
 
 
 def check_unet_settings(config: TokenizerTrainingConfig) -> tuple[tuple[int, ...], int]:
@@ -424,12 +461,22 @@ class TokenizerTask:
                 "faces": torch.from_numpy(faces).to(device) if with_faces else None,
                 "face_mask": torch.from_numpy(face_mask).to(device) if with_faces else None,
                 "text": torch.from_numpy(self.text_embeds[idx]).to(device), "identity": identity,
-                "pixel_weight": loss_pixel_weight(train, idx, self.config.toy_loss, device), "described": described}
+                "pixel_weight": loss_pixel_weight(train, idx, self.config.toy_loss, device), "described": described,
+                "hidden": self.hidden_labels(idx)}
+
+    def hidden_labels(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(palette [B], trousers [B, 3]) of the frames ``idx`` for the hidden-state head, or None without it."""
+        if self.model.hidden_head is None:
+            return None
+        train, device = self.train, self.device
+        return (torch.from_numpy(train.palette[idx]).to(device), torch.from_numpy(train.trousers[idx]).to(device))
 
     def loss(self, model: nn.Module, b: dict) -> dict[str, torch.Tensor]:
-        loss, diffusion, aux, identity = model(b["images"], b["patches"], b["pooled"], b["faces"], b["face_mask"], b["text"],
-                                               b["identity"], self.config, b["pixel_weight"], b["described"])
-        return {"loss": loss, "diffusion": diffusion, "aux": aux, "identity": identity}
+        loss, diffusion, aux, identity, hidden = model(
+            b["images"], b["patches"], b["pooled"], b["faces"], b["face_mask"], b["text"], b["identity"], self.config,
+            b["pixel_weight"], b["described"], b["hidden"])
+        out = {"loss": loss, "diffusion": diffusion, "aux": aux, "identity": identity}
+        return {**out, "hidden": hidden} if self.model.hidden_head is not None else out
 
     def save(self, folder: Path, model: TokenizerModel) -> None:
         """The training-only heads and the compressor they read, raw (``tokenizer-eval`` reads identities with them)."""
@@ -499,7 +546,16 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     # Under `accelerate launch` the main process renders and embeds once and writes the caches; the
     # others then read them, instead of every process writing the same files at once.
     with accelerator.main_process_first():
-        train = source.load(config.num_frames, config.image_size, out / "frames.npz", masks=config.toy_loss.masks())
+        if config.hidden_weight > 0 and not source.toy:
+            raise InputError(f"--hidden-weight {config.hidden_weight} reads the toy world's hidden-state labels, which "
+                             f"the frames in {source.describe()} do not carry.", hint="Set --hidden-weight 0.")
+        masks = (*config.toy_loss.masks(), *(["hidden"] if config.hidden_weight > 0 else []))
+        train = source.load(config.num_frames, config.image_size, out / "frames.npz", masks=masks)
+        if config.hidden_weight > 0 and (train.palette is None or train.trousers is None):
+            raise InputError(f"--hidden-weight {config.hidden_weight}: the training frames ({source.describe()}) carry "
+                             "no hidden-state labels (palette, trousers).",
+                             hint="Train on toy-world renders (leave --data out) or a toy dataset written with "
+                                  "hidden state, or set --hidden-weight 0.")
         text_encoder = TextEncoder.from_pretrained(clip_path)
         # each cache is keyed by what it was made from, so one copied from another run is rebuilt, not reused
         text_cache = out / "descriptor_embeds.npz"
@@ -554,7 +610,13 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     if bank is not None and config.identity_weight > 0:
         identity_head = TokenIdentityHead(num_tokens=config.num_tokens, token_dim=config.token_dim, max_faces=3,
                                           face_dim=bank.shape[-1])
-    model = TokenizerModel(encoder.compressor, decoder, aux_head, identity_head)
+    hidden_head = None
+    if config.hidden_weight > 0:
+        from mdream.toyworld.world import HIDDEN_ATTRIBUTES
+
+        hidden_head = TokenHiddenHead(config.num_tokens, config.token_dim, len(HIDDEN_ATTRIBUTES["palette"]),
+                                      len(HIDDEN_ATTRIBUTES["trousers"]))
+    model = TokenizerModel(encoder.compressor, decoder, aux_head, identity_head, hidden_head)
     console.print(f"training on {len(train)} frames ({source.describe()}); faces: {bank is not None}", highlight=False)
     encoder.vision_model.to(device)
     encoder.preprocessor.to(device)
