@@ -22,6 +22,7 @@ from test_models_fullsize import conditions, sdxl_decoder
 from torch import nn
 
 from mdream.models import registry
+from mdream.models.bundle import ModelBundle
 from mdream.models.offload import OffloadGroup, execution_device, onload
 from mdream.stages.options import RunOptions
 from mdream.stages.run import generate
@@ -253,3 +254,30 @@ def test_media_modes_take_offload_too(tmp_path):
             assert result.exit_code == 0, result.output
         outputs[name] = [tokens.read_bytes()] + [p.read_bytes() for p in sorted((tmp_path / name / "pngs").glob("*.png"))]
     assert len(outputs["plain"]) == 3 and outputs["plain"] == outputs["offloaded"]
+
+
+def test_an_offloaded_ar_session_slides_its_window_with_the_encoder_taking_turns(monkeypatch, tmp_path_factory):
+    """The keyframes stage's pattern: the keyframe encoder runs between the AR model's steps (given keyframes), and
+    the shifting window rotates cached keys with the backbone's rotary embedding, outside any forward."""
+    from test_models_keyframe_ar import backbone_folder, make_model, shot
+
+    folder = backbone_folder.__wrapped__(tmp_path_factory)
+    groups, wrong = watch_residency(monkeypatch)
+    runs = []
+    for offload in (False, True):
+        encoder, model = ModelBundle.find("toy").load("keyframe_encoder"), make_model(folder).eval()
+        if offload:
+            group = OffloadGroup("cpu")
+            group.add("keyframe_encoder", encoder)
+            group.add("keyframe_ar", model)
+        g, generator = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+        session = model.start_movie(window=48, slide="shift")
+        tokens = []
+        for i in range(24):
+            image = torch.randint(0, 256, (1, 32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+            given = encoder.encode(image)[0] if i % 4 == 0 else None
+            tokens.append(session.step(shot(i, g), given=given, temperature=1.0, generator=generator))
+        assert session.shifts >= 2
+        runs.append(torch.stack(tokens))
+    assert torch.equal(*runs)
+    assert not wrong and groups[0].moves > 10  # the encoder and the backbone took turns

@@ -255,6 +255,7 @@ def shift_cache(cache, decoder: nn.Module, start: int, count: int) -> None:
     layers = _cache_layers(cache)
     if layers is None:
         raise TypeError(f"Cannot cut positions out of a {type(cache).__name__}.")
+    onload(decoder)  # its rotary embedding runs here, outside a forward (under --offload, mdream.models.offload)
     for layer in layers:
         later = layer.keys[..., start + count :, :]  # [B, h, L', hd]
         position = torch.full((1, 1), -count, device=later.device, dtype=torch.long)
