@@ -217,14 +217,15 @@ def test_a_cuda_run_reports_each_stages_peak_gpu_memory(monkeypatch, tmp_path, c
     class Peaks:
         resets = 0
 
-        def reset_peak_memory_stats(self):
+        def reset_peak_memory_stats(self, device):
+            assert device == "cuda:1"
             self.resets += 1
 
-        def max_memory_allocated(self):
+        def max_memory_allocated(self, device):
             return 1_500_000_000 + self.resets
 
     peaks = Peaks()
-    monkeypatch.setattr(pipeline, "_cuda_device", lambda project: peaks)
+    monkeypatch.setattr(pipeline, "_cuda_device", lambda project: (peaks, "cuda:1"))
     script = write_script(tmp_path / "movie", small_script_dict(2))
     result = generate(script, tmp_path / "movie.mp4", RunOptions(device="cpu", quiet=True), until="render")
     worked = {r.stage: r.peak_gpu_bytes for r in result.reports if r.stage in ("encode", "keyframes", "render")}

@@ -367,27 +367,29 @@ def run_stage(project: Project, stage: Stage, stages: Sequence[Stage]) -> StageR
             report.reused.append(shot.id)
         else:
             todo.append(shot)
-    gpu = _cuda_device(project) if todo else None
+    gpu, device = _cuda_device(project) if todo else (None, None)
     if gpu is not None:
-        gpu.reset_peak_memory_stats()
+        gpu.reset_peak_memory_stats(device)
     with stage.prepared(project) if todo else contextlib.nullcontext():
         _produce_todo(project, stage, keys, report, todo, force)
     if gpu is not None:
-        report.peak_gpu_bytes = int(gpu.max_memory_allocated())
+        report.peak_gpu_bytes = int(gpu.max_memory_allocated(device))
     report.seconds = time.perf_counter() - start
     _record_run(project, stage, keys, report)
     return report
 
 
-def _cuda_device(project: Project):
-    """``torch.cuda`` when the run computes on a CUDA device (to read its peak memory), else None."""
+def _cuda_device(project: Project) -> tuple[Any, str | None]:
+    """(``torch.cuda``, the device) when the run computes on a CUDA device (to read its peak memory), else (None,
+    None)."""
     from mdream.stages.options import resolve_device
 
-    if not resolve_device(project.options.device).startswith("cuda"):
-        return None
+    device = resolve_device(project.options.device)
+    if not device.startswith("cuda"):
+        return None, None
     import torch
 
-    return torch.cuda
+    return torch.cuda, device
 
 
 def free_memory() -> None:
