@@ -8,10 +8,12 @@
 #      is set, to compare with a CPU run's pixels;
 #   4. --offload on the GPU: the short example with and without it (every stage's peak GPU memory from the run
 #      reports, and whether the two movies' frames are the same), then tests/test_offload.py where pytest is
-#      importable (its model-level tests run on cuda too there).
+#      importable (its model-level tests run on cuda too there);
+#   5. the full-size keyframe AR decoding benchmark (a random LLaMA-2-7B-config backbone in bf16: ms per keyframe
+#      against one read of its weights; writes its section of benchmarks/RESULTS.md).
 # Usage: bash benchmarks/gpu_check.sh [RUN_FOLDER]   (about 3 minutes on an H200, most of it building the SDXL UNet;
-#        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 / _OFFLOAD=0 skip steps 1 / 2 / 3 / 4; step 1 takes about a
-#        minute)
+#        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 / _OFFLOAD=0 / _AR=0 skip steps 1 / 2 / 3 / 4 / 5; step 1 takes
+#        about a minute)
 # insightface, diffusers and pydantic, where missing, are installed from the wheels in .gpuwheels/ (gpu_wheels.sh
 # says how to make that folder).
 set -u
@@ -69,4 +71,7 @@ a, b = (frames(f"{sys.argv[1]}/{m}/short.mp4") for m in ("plain", "offload"))
 print("offloaded movie frames identical:", len(a), "frames,", a == b)
 PY
   python3 -c "import pytest" 2>/dev/null && python3 -m pytest -q tests/test_offload.py -p no:cacheprovider
+fi
+if [ "${MDREAM_GPU_CHECK_AR:-1}" != 0 ]; then
+  python3 -m benchmarks.bench_ar_decode --device cuda
 fi
