@@ -55,7 +55,8 @@ TINY_SVD_VAE = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderB
 #: stage -> its components, in the pipeline's order
 STAGES = {"encode": ["text_encoder"], "keyframes": ["keyframe_encoder", "keyframe_ar"],
           "render": ["keyframe_decoder"], "video": ["video"]}
-DTYPE_BYTES = {"text_encoder": 2, "keyframe_encoder": 2, "keyframe_ar": 2, "keyframe_decoder": 2, "video": 2}
+#: bytes per weight in the full template's dtypes (float16; the LLaMA backbone bfloat16)
+BYTES_PER_WEIGHT = 2
 
 
 def build(size: str) -> dict[str, torch.nn.Module]:
@@ -134,9 +135,9 @@ def stage_rows(models: dict[str, torch.nn.Module]) -> list[dict]:
         total = rest = largest = 0
         units = []
         for name in names:
-            model, per = models[name], DTYPE_BYTES[name]
-            size = weight_bytes(model, per)
-            parts = {attr: weight_bytes(unit, per) for attr, unit in offload_units(model).items()}
+            model = models[name]
+            size = weight_bytes(model, BYTES_PER_WEIGHT)
+            parts = {attr: weight_bytes(unit, BYTES_PER_WEIGHT) for attr, unit in offload_units(model).items()}
             total += size
             rest += size - sum(parts.values())
             largest = max([largest, *parts.values()])

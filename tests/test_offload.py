@@ -1,7 +1,7 @@
 """``--offload`` and freeing models between stages.
 
 With ``--offload`` a stage's models wait in CPU memory and their large parts (``offload_units``) take turns on the
-device. This machine has no GPU, so the execution device here is the CPU too: what these tests check is the
+device. Without a GPU the execution device is the CPU too: what these tests check is the
 bookkeeping that decides the device's contents (one unit at a time, each sub-module called only while its unit
 is the one on the device, which is what a GPU needs) and that the outputs do not change.
 """

@@ -94,7 +94,7 @@ def _root(
     """Turn a multimodal movie script into a movie: encode -> keyframes -> render -> video."""
 
 
-def _options(cache_dir, device, seed, force, from_stage, quiet, offload=False):
+def _options(cache_dir, device, seed, force, from_stage, quiet, offload):
     """A factory, so that bad option values raise inside run_cli (located message, exit 2)."""
     from mdream.stages.options import RunOptions
 

@@ -74,7 +74,7 @@ class OffloadGroup:
         self.device = torch.device(device)
         self.units: dict[str, torch.nn.Module] = {}
         self.resident: str | None = None  # the unit on the device now
-        self.moves = 0  # units moved onto the device (for tests and reports)
+        self.moves = 0  # units moved onto the device so far
         self.models: list[torch.nn.Module] = []
 
     def add(self, name: str, model: torch.nn.Module) -> torch.nn.Module:
@@ -118,14 +118,5 @@ def _move_except(module: torch.nn.Module, device: torch.device, skip: set[int]) 
         return
     for child in module.children():
         _move_except(child, device, skip)
-    _move_own(module, device)
-
-
-def _move_own(module: torch.nn.Module, device: torch.device) -> None:
-    for param in module._parameters.values():
-        if param is not None and param.device != device:
-            param.data = param.data.to(device)
-    for key, buffer in module._buffers.items():
-        if buffer is not None and buffer.device != device:
-            module._buffers[key] = buffer.to(device)
+    module._apply(lambda t: t.to(device), recurse=False)  # what Module.to does, for this module's own tensors
 

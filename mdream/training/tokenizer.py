@@ -523,6 +523,9 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     if face_path is not None and not source.toy:
         raise InputError(f"--data {config.data}: the face group needs each frame's cast (toy-world labels), which "
                          "these frames do not carry.", hint="Add --face-embedder none --no-character-text.")
+    if config.hidden_weight > 0 and not source.toy:
+        raise InputError(f"--hidden-weight {config.hidden_weight} reads the toy world's hidden-state labels, which "
+                         f"the frames in {source.describe()} do not carry.", hint="Set --hidden-weight 0.")
     # a bad --init or --init-unet fails before any data is rendered or embedded
     if config.init and config.init_unet:
         raise InputError("--init starts the whole tokenizer from trained weights, --init-unet only its UNet: give one.")
@@ -546,9 +549,6 @@ def train_tokenizer(config: TokenizerTrainingConfig, out: str | Path, resume: st
     # Under `accelerate launch` the main process renders and embeds once and writes the caches; the
     # others then read them, instead of every process writing the same files at once.
     with accelerator.main_process_first():
-        if config.hidden_weight > 0 and not source.toy:
-            raise InputError(f"--hidden-weight {config.hidden_weight} reads the toy world's hidden-state labels, which "
-                             f"the frames in {source.describe()} do not carry.", hint="Set --hidden-weight 0.")
         masks = (*config.toy_loss.masks(), *(["hidden"] if config.hidden_weight > 0 else []))
         train = source.load(config.num_frames, config.image_size, out / "frames.npz", masks=masks)
         if config.hidden_weight > 0 and (train.palette is None or train.trousers is None):
