@@ -9,8 +9,10 @@
 #   4. --offload on the GPU: the short example with and without it (every stage's peak GPU memory from the run
 #      reports, and whether the two movies' frames are the same), then tests/test_offload.py where pytest is
 #      importable (its model-level tests run on cuda too there);
-#   5. the full-size keyframe AR decoding benchmark (a random LLaMA-2-7B-config backbone in bf16: ms per keyframe
-#      against one read of its weights; writes its section of benchmarks/RESULTS.md).
+#   5. tests/test_models_static_decode.py (the static KV cache and its CUDA graphs against the dynamic cache), then
+#      the full-size keyframe AR decoding benchmark (a random LLaMA-2-7B-config backbone in bf16, with the dynamic
+#      cache, the static cache and CUDA graphs: ms per keyframe against one read of its weights; writes its section
+#      of benchmarks/RESULTS.md).
 # Usage: bash benchmarks/gpu_check.sh [RUN_FOLDER]   (about 3 minutes on an H200, most of it building the SDXL UNet;
 #        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 / _OFFLOAD=0 / _AR=0 skip steps 1 / 2 / 3 / 4 / 5; step 1 takes
 #        about a minute)
@@ -73,5 +75,6 @@ PY
   python3 -c "import pytest" 2>/dev/null && python3 -m pytest -q tests/test_offload.py -p no:cacheprovider
 fi
 if [ "${MDREAM_GPU_CHECK_AR:-1}" != 0 ]; then
+  python3 -c "import pytest" 2>/dev/null && python3 -m pytest -q tests/test_models_static_decode.py -p no:cacheprovider
   python3 -m benchmarks.bench_ar_decode --device cuda
 fi

@@ -58,6 +58,7 @@ from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, resolve_reference, write_json
 from mdream.models.offload import execution_device, onload
 from mdream.models.registry import register_model
+from mdream.models.static_decode import StaticDecoder
 from mdream.models.token_heads import TokenHead, build_head
 
 KEYFRAME_AR_CONFIG = "keyframe_ar.json"
@@ -582,13 +583,15 @@ class KeyframeAR(nn.Module):
 
     # ---- generation ---------------------------------------------------------------------------
     def start_movie(self, references: torch.Tensor | None = None, prefix_text: str | None = None,
-                    window: int | None = None, use_cache: bool = True, slide: str = "auto") -> MovieSession:
+                    window: int | None = None, use_cache: bool = True, slide: str = "auto",
+                    decode: str = "dynamic") -> MovieSession:
         """A generation session: call ``step(shot, given=None, ...)`` once per shot, in order.
 
-        ``slide``: how the window lets the oldest shots go (``auto``, ``shift`` or ``recompute``; see
-        :class:`MovieSession`).
+        ``slide``: how the window lets the oldest shots go (``auto``, ``shift`` or ``recompute``); ``decode``: the
+        KV cache (``dynamic``, ``static``, or ``graphs``: static with CUDA graphs); see :class:`MovieSession`.
         """
-        return MovieSession(self, references, prefix_text, window or self.config.context_window, use_cache, slide)
+        return MovieSession(self, references, prefix_text, window or self.config.context_window, use_cache, slide,
+                            decode)
 
     @torch.no_grad()
     def generate_movie(
@@ -602,6 +605,7 @@ class KeyframeAR(nn.Module):
         window: int | None = None,
         use_cache: bool = True,
         slide: str = "auto",
+        decode: str = "dynamic",
     ) -> MovieTokens:
         """Every shot's keyframe tokens, predicted one by one (or taken as given), with a sliding KV cache.
 
@@ -609,11 +613,11 @@ class KeyframeAR(nn.Module):
         they are; None = predict. ``window``: positions the context may hold (prefix + recent shots;
         default ``config.context_window``). ``use_cache=False`` recomputes the whole context at every
         step (the reference the cached path is tested against, with ``slide="recompute"``). ``slide``: see
-        :class:`MovieSession`. Call ``eval()`` first.
+        :class:`MovieSession`; ``decode``: the KV cache (see :class:`MovieSession`). Call ``eval()`` first.
         """
         if given is not None and len(given) != len(shots):
             raise InputError(f"given must have one entry per shot ({len(shots)}), got {len(given)}.")
-        session = self.start_movie(references, prefix_text, window, use_cache, slide)
+        session = self.start_movie(references, prefix_text, window, use_cache, slide, decode)
         out = []
         for i, shot in enumerate(shots):
             out.append(session.step(shot, None if given is None else given[i], temperature, generator))
@@ -645,12 +649,26 @@ class MovieSession:
 
     ``"auto"`` (the default) shifts where the backbone allows it and recomputes otherwise; without a
     KV cache (``use_cache=False``) every step recomputes anyway, so the slide is ``"recompute"``.
+
+    The KV cache (``decode``): ``"dynamic"``, transformers' default cache, grown by concatenation at every call;
+    ``"static"``, a preallocated cache over the whole window driven at fixed shapes
+    (:class:`mdream.models.static_decode.StaticDecoder`); ``"graphs"``, the static cache with each call replayed
+    from a captured CUDA graph (a CUDA device, the backbone not offloaded), which takes a large backbone's step
+    from launch-bound towards the time it takes to read its weights.
     """
 
     def __init__(self, model: KeyframeAR, references: torch.Tensor | None, prefix_text: str | None,
-                 window: int, use_cache: bool, slide: str = "auto"):
+                 window: int, use_cache: bool, slide: str = "auto", decode: str = "dynamic"):
         if slide not in ("auto", "shift", "recompute"):
             raise InputError(f"slide must be auto, shift or recompute, got {slide!r}.")
+        if decode not in ("dynamic", "static", "graphs"):
+            raise InputError(f"decode must be dynamic, static or graphs, got {decode!r}.")
+        if decode != "dynamic" and not use_cache:
+            raise InputError(f"decode={decode!r} is a KV cache; it needs use_cache=True.")
+        if decode == "graphs" and (model.device.type != "cuda" or getattr(model, "_offload_group", None) is not None):
+            raise InputError(f"decode='graphs' needs the backbone resident on a CUDA device (it is on {model.device}"
+                             f"{', offloaded' if getattr(model, '_offload_group', None) is not None else ''}).",
+                             hint="Use decode='static' or 'dynamic'.")
         if slide == "shift" and not (use_cache and rope_shift_supported(model.decoder)):
             raise InputError("slide='shift' needs a KV cache and a Llama-style rotary backbone "
                              f"({type(model.decoder).__name__} with use_cache={use_cache}).",
@@ -671,6 +689,8 @@ class MovieSession:
         self.pending = self.prefix  # in the context, not yet through the backbone
         self.fed: list[torch.Tensor] = []  # use_cache=False: everything already through the backbone
         self.cache = None
+        self.static = (StaticDecoder(model.decoder, window, model.device, model.embed_dtype, graphs=decode == "graphs",
+                                     cache_keyword=model._cache_kw) if decode != "dynamic" else None)
         self.cache_length = 0
         self.cache_lengths: list[int] = []
         self.rebuilds = 0  # full passes over prefix + kept shots (slide="recompute")
@@ -680,6 +700,10 @@ class MovieSession:
         """Feed ``chunk`` [L, H] after the context; returns its hidden states [L, H]."""
         if chunk.shape[0] == 0:
             return chunk
+        if self.static is not None:
+            onload(self.model.decoder)
+            self.cache_length += chunk.shape[0]
+            return self.static(chunk)
         if self.use_cache:
             hidden, self.cache = self.model.run_backbone(chunk[None], cache=self.cache, use_cache=True)
         else:
@@ -695,8 +719,12 @@ class MovieSession:
             cut, kept = 0, list(self.shots)
             while kept and self.history - cut > target:
                 cut += kept.pop(0).shape[0]
-            if kept and cache_is_shiftable(self.cache):  # the newest shot (its last token is pending) stays
-                shift_cache(self.cache, self.model.decoder, self.prefix.shape[0], cut)
+            if kept and (self.static is not None or cache_is_shiftable(self.cache)):  # the newest shot stays
+                if self.static is not None:
+                    onload(self.model.decoder)
+                    self.static.shift(self.prefix.shape[0], cut)
+                else:
+                    shift_cache(self.cache, self.model.decoder, self.prefix.shape[0], cut)
                 del self.shots[: len(self.shots) - len(kept)]
                 self.history -= cut
                 self.cache_length -= cut
@@ -705,6 +733,8 @@ class MovieSession:
         while self.shots and self.history > target:
             self.history -= self.shots.pop(0).shape[0]
         self.cache, self.cache_length, self.fed = None, 0, []
+        if self.static is not None:
+            self.static.reset()
         if self.shots:
             context = torch.cat([self.prefix, *self.shots])
             self.pending = context[-1:]  # the newest shot's last token goes in with the next shot
