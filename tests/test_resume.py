@@ -275,6 +275,23 @@ def test_from_stage_recomputes_that_stage_and_the_later_ones_only(reference, tmp
     assert made(report)["mux"] == [str(movie)]
 
 
+def test_keyframes_rendered_again_in_a_short_batch_are_the_same_pixels(reference, tmp_path):
+    """Two renders lost from the cache are drawn again as a batch of 2 (the uninterrupted run drew all of them in
+    one batch): the renderer pads every batch to its fixed shape, so their pixels are the same."""
+    from mdream.cache import ArtifactStore
+
+    cache = tmp_path / "cache"
+    shutil.copytree(reference["cache"], cache)
+    store, ids = ArtifactStore(cache), reference["ids"]
+    keys = stage_keys(reference["script"], cache, "render")
+    for index in (1, 4):
+        shutil.rmtree(store.artifact_dir("render", keys[index]))
+    movie = tmp_path / "out" / "movie.mp4"
+    report = generate(reference["script"], movie, cache)
+    assert made(report)["render"] == [ids[1], ids[4]]
+    assert_same_movie(movie, reference["movie"])
+
+
 @pytest.mark.slow
 def test_force_recomputes_everything_and_draws_the_same_movie(reference, tmp_path):
     cache = tmp_path / "cache"
