@@ -110,11 +110,21 @@ def test_models_list_shows_built_in_and_given_bundles(offline, tmp_path):
     ("{path: x, guidance: high}", "guidance"),
     ("{path: x, colour: red}", "unknown key"),
     ("{path: x, backbone: sdxl}", "backbone"),
+    ("{path: x, decode: graphs}", "applies only to keyframe_ar"),
 ])
 def test_bad_component_settings_are_input_errors(tmp_path, spec, message):
     (tmp_path / "bundle.yaml").write_text(f"components:\n  keyframe_decoder: {spec}\n")
     with pytest.raises(InputError, match=message):
         ModelBundle.find(str(tmp_path))
+
+
+def test_the_kv_cache_setting_is_checked(tmp_path):
+    (tmp_path / "bundle.yaml").write_text("components:\n  keyframe_ar: {path: x, decode: fast}\n")
+    with pytest.raises(InputError, match="decode 'fast' is not one of dynamic, static, graphs"):
+        ModelBundle.find(str(tmp_path))
+    (tmp_path / "bundle.yaml").write_text("components:\n  keyframe_ar: {path: x, decode: graphs}\n")
+    (tmp_path / "x").mkdir()
+    assert ModelBundle.find(str(tmp_path)).component("keyframe_ar").settings() == {"decode": "graphs"}
 
 
 def test_sampling_settings_only_for_sampling_components(tmp_path):

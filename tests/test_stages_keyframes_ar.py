@@ -242,3 +242,30 @@ def test_a_reference_that_breaks_after_validation_is_located_too(few_shot_bundle
     (tmp_path / "movie" / "refs" / "0.png").unlink()
     with pytest.raises(ScriptError, match=r"script\.yaml:\d+:\d+: style\.reference_frames\[0\].*not found"):
         new_stages()[1].reference_hashes(project)  # the keys of predicted shots hash the file
+
+
+def _bundle_with_decode(ar_bundle, folder, decode):
+    data = yaml.safe_load((ar_bundle / "bundle.yaml").read_text())
+    data["components"]["keyframe_ar"]["decode"] = decode
+    folder.mkdir(parents=True)
+    (folder / "bundle.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def test_the_bundle_s_decode_setting_picks_the_kv_cache(ar_bundle, tmp_path, capsys):
+    """``decode: static`` predicts the tokens the dynamic cache does (a new bundle identity, so new keys);
+    ``decode: graphs`` on a CPU says it cannot and decodes with the dynamic cache."""
+    plain = _script(tmp_path / "plain", ar_bundle)
+    run_stages(plain, "keyframes", RunOptions(cache_dir=tmp_path / "c", quiet=True), only=False)
+    _, dynamic = _tokens(plain, tmp_path / "c")
+    static = _script(tmp_path / "static", _bundle_with_decode(ar_bundle, tmp_path / "b-static", "static"))
+    report = run_stages(static, "keyframes", RunOptions(cache_dir=tmp_path / "c", quiet=True), only=False)[1][1]
+    assert len(report.produced) == 6
+    _, tokens = _tokens(static, tmp_path / "c")
+    for x, y in zip(tokens, dynamic, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    graphs = _script(tmp_path / "graphs", _bundle_with_decode(ar_bundle, tmp_path / "b-graphs", "graphs"))
+    run_stages(graphs, "keyframes", RunOptions(cache_dir=tmp_path / "c", device="cpu"), only=False)
+    assert "decoding with the dynamic KV cache" in capsys.readouterr().err
+    _, tokens = _tokens(graphs, tmp_path / "c")
+    assert all(torch.equal(x, y) for x, y in zip(tokens, dynamic, strict=True))

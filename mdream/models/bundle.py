@@ -19,6 +19,10 @@ same ``from_pretrained`` code. Optional per-component settings (see :data:`SETTI
 * ``steps``, ``sampler``, ``guidance``: sampling defaults of a sampling component (the keyframe
   decoder, the video model); they override what the component's own files record
   (``keyframe_decoder.json``'s ``sampling``), and a script's ``output.sampling`` overrides both;
+* ``decode``: the keyframe AR model's KV cache while it predicts (``keyframe_ar`` only): ``dynamic`` (the
+  default; transformers' cache), ``static`` (preallocated, fixed shapes) or ``graphs`` (static, each step replayed
+  from a captured CUDA graph; on a CPU or with ``--offload`` the stage says so and decodes with ``dynamic``):
+  :mod:`mdream.models.static_decode`;
 * ``backbone``: ``{hub: ID, revision: REV}`` or ``{path: P}``: the pretrained model a trained
   component is built on (its own config names it too); listed by ``mdream models show``, checked for
   presence, and part of the component's identity. ``bundle.load(COMPONENT, device=...)`` loads one through the model
@@ -75,9 +79,11 @@ _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 #: dtypes a component may be cast to (``dtype:`` in bundle.yaml).
 DTYPES = ("float32", "float16", "bfloat16")
 #: Per-component settings bundle.yaml may give besides where the component lives.
-SETTING_KEYS = ("dtype", "steps", "sampler", "guidance")
+SETTING_KEYS = ("dtype", "steps", "sampler", "guidance", "decode")
 #: Components that sample (and so take ``steps`` / ``sampler`` / ``guidance``).
 SAMPLING_COMPONENTS = ("keyframe_decoder", "video")
+#: The keyframe AR model's KV caches (``decode:``; :class:`mdream.models.keyframe_ar.MovieSession`).
+DECODE_MODES = ("dynamic", "static", "graphs")
 _SPEC_KEYS = {"path", "hub", "revision", "class", "backbone", "train", *SETTING_KEYS}
 
 
@@ -99,6 +105,8 @@ class ComponentRef:
     """Sampler name (``ddim``, ``ddpm``, ``euler``, ``dpmpp``); None: the component's own."""
     guidance: float | None = None
     """Classifier-free guidance scale; None: what the component's files record."""
+    decode: str | None = None
+    """The keyframe AR model's KV cache (``dynamic``, ``static``, ``graphs``); None: ``dynamic``."""
     backbone: ComponentRef | None = None
     """The pretrained model this component is built on, when bundle.yaml names it."""
     train: str | None = None
@@ -118,7 +126,8 @@ class ComponentRef:
 
     def settings(self) -> dict[str, Any]:
         """The settings bundle.yaml gives this component (only those it gives)."""
-        values = {"dtype": self.dtype, "steps": self.steps, "sampler": self.sampler, "guidance": self.guidance}
+        values = {"dtype": self.dtype, "steps": self.steps, "sampler": self.sampler, "guidance": self.guidance,
+                  "decode": self.decode}
         return {k: v for k, v in values.items() if v is not None}
 
     def describe_location(self) -> str:
@@ -377,7 +386,7 @@ def _parse_component(path: Path, folder: Path, name: str, spec: Any) -> Componen
     class_name = spec.get("class")
     if class_name is not None and (not isinstance(class_name, str) or not class_name):
         raise InputError(f"Model bundle {path}: component {name!r}: 'class' must be a class name.")
-    dtype, steps, sampler, guidance = (spec.get(k) for k in SETTING_KEYS)
+    dtype, steps, sampler, guidance, decode = (spec.get(k) for k in SETTING_KEYS)
     if dtype is not None and dtype not in DTYPES:
         raise InputError(f"Model bundle {path}: component {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     sampling_given = [k for k in ("steps", "sampler", "guidance") if spec.get(k) is not None]
@@ -390,6 +399,11 @@ def _parse_component(path: Path, folder: Path, name: str, spec: Any) -> Componen
         raise InputError(f"Model bundle {path}: component {name!r}: sampler {sampler!r} is not one of {', '.join(SAMPLERS)}.")
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float) or not 0 <= guidance <= 30):
         raise InputError(f"Model bundle {path}: component {name!r}: guidance must be a number from 0 to 30.")
+    if decode is not None and name != "keyframe_ar":
+        raise InputError(f"Model bundle {path}: component {name!r}: 'decode' applies only to keyframe_ar.")
+    if decode is not None and decode not in DECODE_MODES:
+        raise InputError(f"Model bundle {path}: component {name!r}: decode {decode!r} is not one of "
+                         f"{', '.join(DECODE_MODES)}.")
     backbone = spec.get("backbone")
     if backbone is not None:
         if not isinstance(backbone, dict):
@@ -401,7 +415,7 @@ def _parse_component(path: Path, folder: Path, name: str, spec: Any) -> Componen
     train = spec.get("train")
     return ComponentRef(
         name, path=ref.path, hub_id=ref.hub_id, revision=ref.revision, class_name=class_name, dtype=dtype,
-        steps=steps, sampler=sampler, guidance=None if guidance is None else float(guidance),
+        steps=steps, sampler=sampler, guidance=None if guidance is None else float(guidance), decode=decode,
         backbone=backbone, train=None if train is None else str(train),
     )
 

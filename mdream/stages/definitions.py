@@ -237,6 +237,7 @@ class KeyframesStage(Stage):
                     hint="train the AR model on tokens of this bundle's keyframe encoder",
                 )
         self.temperature = keyframe_temperature(project)
+        self.decode = self.decode_mode(project) if self.ar is not None else "dynamic"
         self.references = self.encode_references(project) if self.ar is not None else None  # [R, N, d] or None
         self.session = None  # the AR model's context: every shot so far, in plan order
         self.fed = 0  # shots in the session
@@ -285,8 +286,19 @@ class KeyframesStage(Stage):
             Console(stderr=True).print(f"[yellow]keyframes: {text}[/]", highlight=False)
 
     def new_session(self):
-        """A fresh AR generation session with the script's reference frames in its fixed prefix."""
-        return self.ar.start_movie(self.references)
+        """A fresh AR generation session with the script's reference frames in its fixed prefix, through the KV
+        cache the bundle names (``decode:``; CUDA graphs fall back to the dynamic cache where they cannot run)."""
+        return self.ar.start_movie(self.references, decode=self.decode)
+
+    def decode_mode(self, project: Project) -> str:
+        """The bundle's ``decode`` for the AR model, or ``dynamic`` where CUDA graphs cannot run (with a notice)."""
+        decode = project.bundle.component("keyframe_ar").decode or "dynamic"
+        if decode == "graphs" and (self.ar.device.type != "cuda" or project.options.offload):
+            where = "with --offload" if self.ar.device.type == "cuda" else f"on {self.ar.device.type}"
+            self.notice(project, f"the bundle asks for CUDA graphs (decode: graphs), which do not run {where}: "
+                                 "decoding with the dynamic KV cache")
+            return "dynamic"
+        return decode
 
     def _condition(self, shot: PlannedShot, encoded: Any):
         from mdream.models.keyframe_ar import ShotCondition
