@@ -13,13 +13,16 @@
 #      the full-size keyframe AR decoding benchmark (a random LLaMA-2-7B-config backbone in bf16, with the dynamic
 #      cache, the static cache and CUDA graphs: ms per keyframe against one read of its weights; writes its section
 #      of benchmarks/RESULTS.md);
-#   6. the full-size video speed benchmark (a random SVD-XT-config UNet, VAE and image encoder in fp16: mdream's
-#      video pipeline eager, channels-last and with a compiled UNet against diffusers' StableVideoDiffusionPipeline,
-#      25 frames at 1024x576; writes its section of benchmarks/RESULTS.md; several minutes, most of it the stock and
-#      eager clips and the compilation).
+#   6. (only with MDREAM_GPU_CHECK_SVD=1) the full-size video speed benchmark (a random SVD-XT-config UNet, VAE and
+#      image encoder in fp16: mdream's video pipeline eager, channels-last and with a compiled UNet against diffusers'
+#      StableVideoDiffusionPipeline, 25 frames at 1024x576; writes its section of benchmarks/RESULTS.md);
+#   7. (only with MDREAM_GPU_CHECK_FULL=1) the whole pipeline at full size (a random-weight bundle of the full
+#      template's shapes, about 25 GB of safetensors written to RUN_FOLDER; 3 shots through `mdream generate` with
+#      and without --offload: each stage's time and peak GPU memory; writes its section of benchmarks/RESULTS.md).
 # Usage: bash benchmarks/gpu_check.sh [RUN_FOLDER]   (steps 1-5: about 3 minutes on an H200, most of it building the
-#        SDXL UNet; step 6 not timed yet, estimated 5-8 minutes: give it its own call with the others skipped;
-#        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 / _OFFLOAD=0 / _AR=0 / _SVD=0 skip steps 1 / 2 / 3 / 4 / 5 / 6;
+#        SDXL UNet; steps 6 and 7 are not timed yet, estimated 5-8 minutes each: give each its own call with the others
+#        skipped, e.g. MDREAM_GPU_CHECK_SVD=1 with _TRAIN=0 _SDXL=0 _DEMO=0 _OFFLOAD=0 _AR=0;
+#        MDREAM_GPU_CHECK_TRAIN=0 / _SDXL=0 / _DEMO=0 / _OFFLOAD=0 / _AR=0 skip steps 1 / 2 / 3 / 4 / 5;
 #        step 1 takes about a minute)
 # insightface, diffusers and pydantic, where missing, are installed from the wheels in .gpuwheels/ (gpu_wheels.sh
 # says how to make that folder).
@@ -83,6 +86,9 @@ if [ "${MDREAM_GPU_CHECK_AR:-1}" != 0 ]; then
   python3 -c "import pytest" 2>/dev/null && python3 -m pytest -q tests/test_models_static_decode.py -p no:cacheprovider
   python3 -m benchmarks.bench_ar_decode --device cuda
 fi
-if [ "${MDREAM_GPU_CHECK_SVD:-1}" != 0 ]; then
+if [ "${MDREAM_GPU_CHECK_SVD:-0}" = 1 ]; then
   python3 -m benchmarks.bench_svd_video --device cuda --repeats 2
+fi
+if [ "${MDREAM_GPU_CHECK_FULL:-0}" = 1 ]; then
+  python3 -m benchmarks.bench_fullsize_pipeline --device cuda --folder "$RUN/fullsize"
 fi

@@ -22,7 +22,10 @@ BENCHMARKS = [
     "benchmarks.bench_movie",  # the movie's scores between animatic and ground truth (skips while no video model ships)
 ]
 # full-size timings: only where a GPU is present (a full SDXL UNet on 2 CPU cores would take hours)
-GPU_BENCHMARKS = ["benchmarks.bench_sdxl_render", "benchmarks.bench_ar_decode", "benchmarks.bench_svd_video"]
+GPU_BENCHMARKS = [
+    "benchmarks.bench_sdxl_render", "benchmarks.bench_ar_decode", "benchmarks.bench_svd_video",
+    "benchmarks.bench_fullsize_pipeline",
+]
 
 
 def main() -> None:
