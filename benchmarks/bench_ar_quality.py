@@ -262,6 +262,9 @@ def main() -> None:
                         help="Also score the movie of another keyframe AR model folder (e.g. an ablation's "
                              "RUN/checkpoints/step-N/keyframe_ar), at temperature 1; repeatable. Not written to "
                              "RESULTS.md.")
+    parser.add_argument("--bundle", type=Path, action="append", default=[], metavar="NAME=FOLDER",
+                        help="Also score the movie of another whole model bundle (e.g. a retrained tokenizer with the "
+                             "AR model trained on its tokens), at temperature 1; repeatable. Not written to RESULTS.md.")
     parser.add_argument("--references", type=int, default=0, metavar="K",
                         help="Few-shot: give the AR model K ground-truth frames of the same episode (shots after the "
                              "generated ones) as reference frames, beside the same movie zero-shot, and score how often "
@@ -302,7 +305,7 @@ def main() -> None:
             "readings (pairs in brackets, pooled over the scripts) that show the episode's hidden variant where a "
             "reference shows it: chance is 1/3.\n\n" + following_table(pooled, hiddens)
         )
-        if not args.ar:
+        if not (args.ar or args.bundle):
             update_section(FEW_SHOT_TITLE, follow, "python -m benchmarks.bench_ar_quality "
                                                    + " ".join(f"--seed {s}" for s in seeds)
                                                    + f" --shots {args.shots} --references {args.references} "
@@ -315,7 +318,7 @@ def main() -> None:
             f"from the script alone by `generate` with the shipped toy bundle, from an empty cache ({timing}).\n\n"
             + markdown_table(per_seed[0])
         )
-        if not args.ar and not args.references:
+        if not (args.ar or args.bundle or args.references):
             update_section(TITLE, body, f"python -m benchmarks.bench_ar_quality --seed {seeds[0]} --shots {args.shots}")
         print(body)
 
@@ -336,13 +339,14 @@ def score_script(args, seed: int, out: Path | None) -> tuple[dict, dict, dict | 
         folders["ground truth"] = str(script.parent / "groundtruth")
         runs = [("AR, temperature 1", 1.0, False, None, script), ("AR, temperature 0", 0.0, False, None, script),
                 ("AR without history, temperature 1", 1.0, True, None, script)]
-        if args.ar or few is not None:
+        if args.ar or args.bundle or few is not None:
             runs = [("AR, temperature 1", 1.0, False, None, script)]
             if few is not None:
                 runs.append((f"AR, temperature 1, {args.references} references", 1.0, False, None, few))
-            for i, spec in enumerate(args.ar):
+            others = [(spec, True) for spec in args.ar] + [(spec, False) for spec in args.bundle]
+            for i, (spec, ar_only) in enumerate(others):
                 name, _, folder = str(spec).partition("=")
-                bundle = bundle_with_ar(tmp / f"bundle-{i}", Path(folder))
+                bundle = bundle_with_ar(tmp / f"bundle-{i}", Path(folder)) if ar_only else Path(folder).resolve()
                 runs.append((name, 1.0, False, bundle, script))
                 if few is not None:
                     runs.append((f"{name}, {args.references} references", 1.0, False, bundle, few))
