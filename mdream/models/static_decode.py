@@ -60,7 +60,6 @@ class StaticDecoder:
         self.length = 0  # positions held
         self.graphs = graphs
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
-        self._pool = None
         self.replays = 0  # forwards served by a captured graph (the benchmark reports it)
 
     # ---- the cache ----------------------------------------------------------------------------
@@ -159,9 +158,8 @@ class StaticDecoder:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         self._set_length(0)
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph):  # its own memory pool: graphs replay in any order
             output = self._forward(static)
-        self._pool = graph.pool()
         return graph, static, output
 
     def _replay(self, embeds: torch.Tensor, size: int) -> torch.Tensor:
