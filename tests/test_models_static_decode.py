@@ -63,13 +63,16 @@ def test_padding_to_a_bucket_changes_nothing(backbone_folder):
     g = torch.Generator().manual_seed(5)
     first, second = torch.randn(11, 32, generator=g), torch.randn(3, 32, generator=g)
     outputs = []
-    for buckets in ((11, 3), (16, 64)):  # exact lengths; padded to 16 (5 positions of padding), then to 16 again
+    # exact lengths; padded to 16 (5 positions of padding), then to 16 again; longer than every bucket (run at its
+    # own length), then padded to 4
+    for buckets in ((11, 3), (16, 64), (4,)):
         static = StaticDecoder(model.decoder, 40, torch.device("cpu"), torch.float32, buckets=buckets)
         outputs.append((static(first), static(second), static.length))
-    (a1, a2, la), (b1, b2, lb) = outputs
-    torch.testing.assert_close(a1, b1, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(a2, b2, rtol=1e-5, atol=1e-5)
-    assert la == lb == 14
+    (a1, a2, la), (b1, b2, lb), (c1, c2, lc) = outputs
+    for x1, x2 in ((a1, a2), (c1, c2)):
+        torch.testing.assert_close(x1, b1, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x2, b2, rtol=1e-5, atol=1e-5)
+    assert la == lb == lc == 14
     with torch.no_grad():  # the same two chunks through transformers' own dynamic cache
         hidden, cache = model.run_backbone(first[None], use_cache=True)
         hidden2, _ = model.run_backbone(second[None], cache=cache, use_cache=True)
