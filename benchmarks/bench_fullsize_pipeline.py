@@ -2,8 +2,7 @@
 
 Builds a bundle of random-weight full-size components in mdream's own formats (the ``full`` template's shapes:
 LongCLIP-L's text tower, a CLIP ViT-H/14 keyframe encoder, an SDXL-base renderer, a LLaMA-2-7B keyframe AR model, an
-SVD-XT video model; the published configs are in ``bench_stage_memory`` and ``bench_sdxl_render``), each drawn on the
-device, cast to the template's dtype (float16; the LLaMA backbone bfloat16), saved with ``save_pretrained`` and
+SVD-XT video model: ``bench_stage_memory.components``, from the published configs), each drawn on the device, cast to the template's dtype (float16; the LLaMA backbone bfloat16), saved with ``save_pretrained`` and
 freed; the face embedder is the shipped toy recogniser (an ONNX file, run by onnxruntime). Then a script of
 ``--shots`` shots (the short example's first ones, at 1024x576, one 25-frame clip each; tiny: 64x64, 4 frames) runs through
 ``mdream generate --device cuda --json`` in a fresh process, once as it is and once with ``--offload``; the run
@@ -28,19 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.bench_sdxl_render import EULER, SDXL_UNET, SDXL_VAE, TINY_UNET, TINY_VAE
-from benchmarks.bench_stage_memory import (
-    LLAMA_2_7B,
-    LONGCLIP_L_TEXT,
-    SVD_VAE,
-    SVD_XT_UNET,
-    TINY_LLAMA,
-    TINY_SVD_UNET,
-    TINY_SVD_VAE,
-    TINY_TEXT,
-    TINY_VISION,
-    VIT_H,
-)
+from benchmarks.bench_stage_memory import LONGCLIP_L_TEXT, TINY_TEXT, components
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "scripts" / "short.yaml"
@@ -57,93 +44,46 @@ def frame_size(size: str) -> tuple[int, int]:
     return (1024, 576) if size == "full" else (64, 64)
 
 
-def _cast_save(model: torch.nn.Module, dtype: torch.dtype, save) -> None:
-    model.to(dtype)
-    save(model)
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def build_bundle(folder: Path, size: str, device: str, steps: int) -> Path:
     """Every component of a random-weight bundle of ``size`` saved under ``folder``; returns its bundle.yaml."""
-    from diffusers import (
-        AutoencoderKL,
-        AutoencoderKLTemporalDecoder,
-        EulerDiscreteScheduler,
-        UNet2DConditionModel,
-        UNetSpatioTemporalConditionModel,
-    )
     from diffusers.utils import logging as diffusers_logging
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        CLIPVisionModelWithProjection,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
     from transformers.utils import logging as transformers_logging
 
-    from mdream.models.compressor import TokenCompressor
-    from mdream.models.decoder import ContextProjector, KeyframeDecoder
-    from mdream.models.encoders import CLIP_MEAN, CLIP_STD, ClipImagePreprocessor, KeyframeEncoder
-    from mdream.models.keyframe_ar import KeyframeAR, KeyframeARConfig
     from mdream.models.toy_clip import build_word_tokenizer
-    from mdream.models.video import ImageToVideoModel, VideoModelConfig
+    from mdream.models.video import VideoModelConfig
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     full = size == "full"
-    half = torch.float16 if full else torch.float32
-    vision, text = (VIT_H, LONGCLIP_L_TEXT) if full else (TINY_VISION, TINY_TEXT)
     script = yaml.safe_load(EXAMPLE.read_text())
     words = [s["identifier"] + " " + s["descriptor"] for arc in script["arcs"] for s in arc["shots"]]
     words += [c["description"] for c in script["characters"]]
+    text = LONGCLIP_L_TEXT if full else TINY_TEXT
     tokenizer = build_word_tokenizer(words, max_length=text["max_position_embeddings"])
+    video_config = VideoModelConfig(num_frames=clip_frames(size), num_inference_steps=steps)
+    if not full:
+        video_config.width = video_config.height = 64
+    folders = {"text_encoder": "text", "keyframe_encoder": "encoder", "keyframe_ar": "ar",
+               "keyframe_decoder": "decoder", "video": "video"}
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
     with torch.device(device):  # drawn where they live: fast on a GPU
-        model = CLIPTextModelWithProjection(CLIPTextConfig(**text))
-
-        def save_text(m):
-            m.save_pretrained(folder / "text")
-            tokenizer.save_pretrained(folder / "text")
-
-        _cast_save(model, half, save_text)
-        compressor = TokenCompressor(vision_dim=vision["hidden_size"])
-        encoder = KeyframeEncoder(CLIPVisionModel(CLIPVisionConfig(**vision)), compressor,
-                                  ClipImagePreprocessor(CLIP_MEAN, CLIP_STD, vision["image_size"]))
-        _cast_save(encoder, half, lambda m: m.save_pretrained(folder / "encoder"))
-        token_dim, num_tokens = compressor.config.token_dim, compressor.config.num_tokens
-        backbone = LlamaForCausalLM(LlamaConfig(**(LLAMA_2_7B if full else TINY_LLAMA)))
-        ar = KeyframeAR(backbone, tokenizer, KeyframeARConfig(num_tokens=num_tokens, token_dim=token_dim,
-                                                              text_dim=text["projection_dim"]))
-        _cast_save(ar, torch.bfloat16 if full else torch.float32, lambda m: m.save_pretrained(folder / "ar"))
-        unet = UNet2DConditionModel(**(SDXL_UNET if full else TINY_UNET))
-        context = ContextProjector(num_tokens=num_tokens, token_dim=token_dim, face_dim=512, max_faces=3,
-                                   text_dim=text["projection_dim"], cross_attention_dim=unet.config.cross_attention_dim,
-                                   pooled_dim=KeyframeDecoder.pooled_dim_for(unet))
-        decoder = KeyframeDecoder(unet, context, KeyframeDecoder.make_scheduler("euler", EULER),
-                                  AutoencoderKL(**(SDXL_VAE if full else TINY_VAE)), "euler")
-        _cast_save(decoder, half, lambda m: m.save_pretrained(folder / "decoder"))
-        config = VideoModelConfig(num_frames=clip_frames(size), num_inference_steps=steps)
-        if not full:
-            config.width = config.height = 64
-        video = ImageToVideoModel(
-            config, UNetSpatioTemporalConditionModel(**(SVD_XT_UNET if full else TINY_SVD_UNET)),
-            CLIPVisionModelWithProjection(CLIPVisionConfig(**(VIT_H if full else {**TINY_VISION, "patch_size": 1}))),
-            EulerDiscreteScheduler(), AutoencoderKLTemporalDecoder(**(SVD_VAE if full else TINY_SVD_VAE)))
-        _cast_save(video, half, lambda m: m.save_pretrained(folder / "video"))
-    bundle = {"name": f"random-{size}", "components": {
-        "face_embedder": {"path": str(FACE_EMBEDDER)},
-        "text_encoder": {"path": "text"},
-        "keyframe_encoder": {"path": "encoder"},
-        "keyframe_decoder": {"path": "decoder", "steps": steps, "guidance": 5.0},
-        "keyframe_ar": {"path": "ar"},
-        "video": {"path": "video", "steps": steps},
-    }}
+        for name, model in components(size, tokenizer, video_config):
+            # the template's dtypes: float16, the LLaMA backbone bfloat16 (float32 for the tiny CPU run)
+            model.to(torch.float32 if not full else torch.bfloat16 if name == "keyframe_ar" else torch.float16)
+            target = folder / folders[name]
+            if name == "text_encoder":  # a CLIP text folder: the tower and its tokenizer
+                model.text_model.save_pretrained(target)
+                model.tokenizer.save_pretrained(target)
+            else:
+                model.save_pretrained(target)
+            del model  # saved: freed before the next one is built
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    spec = {"face_embedder": {"path": str(FACE_EMBEDDER)}, **{name: {"path": f} for name, f in folders.items()}}
+    spec["keyframe_decoder"].update(steps=steps, guidance=5.0)
+    spec["video"]["steps"] = steps
+    bundle = {"name": f"random-{size}", "components": spec}
     (folder / "bundle.yaml").write_text(yaml.safe_dump(bundle, sort_keys=False))
     return folder / "bundle.yaml"
 

@@ -20,6 +20,7 @@ face embedder runs in onnxruntime and is left out. ``--size tiny`` runs the same
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 
 import torch
 
@@ -59,9 +60,11 @@ STAGES = {"encode": ["text_encoder"], "keyframes": ["keyframe_encoder", "keyfram
 BYTES_PER_WEIGHT = 2
 
 
-def build(size: str) -> dict[str, torch.nn.Module]:
-    """Every torch component of the bundle, on the meta device (full) or the CPU (tiny)."""
-    from accelerate import init_empty_weights
+def components(size: str, tokenizer=None, video_config=None) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Every torch component of the bundle at ``size`` (full: the published configs; tiny: the tests'), inside
+    mdream's own classes, built one at a time where the caller's device context puts them (the meta device, a GPU),
+    so that a caller may save and drop each before the next is built. ``tokenizer``: the text tokenizer (default: a
+    word tokenizer of one phrase); ``video_config``: the video model's settings (default: SVD's)."""
     from diffusers import (
         AutoencoderKL,
         AutoencoderKLTemporalDecoder,
@@ -94,27 +97,38 @@ def build(size: str) -> dict[str, torch.nn.Module]:
 
     full = size == "full"
     vision, text = (VIT_H, LONGCLIP_L_TEXT) if full else (TINY_VISION, TINY_TEXT)
-    tokenizer = build_word_tokenizer(["a shot"], max_length=text["max_position_embeddings"])
-    with init_empty_weights(include_buffers=False) if full else torch.device("cpu"):
-        text_model = CLIPTextModelWithProjection(CLIPTextConfig(**text))
-        tower = CLIPVisionModel(CLIPVisionConfig(**vision))
-        compressor = TokenCompressor(vision_dim=vision["hidden_size"])
-        encoder = KeyframeEncoder(tower, compressor, ClipImagePreprocessor(CLIP_MEAN, CLIP_STD, vision["image_size"]))
-        backbone = LlamaForCausalLM(LlamaConfig(**(LLAMA_2_7B if full else TINY_LLAMA)))
-        ar = KeyframeAR(backbone, tokenizer, KeyframeARConfig(text_dim=text["projection_dim"],
-                                                              token_dim=compressor.config.token_dim))
-        unet = UNet2DConditionModel(**(SDXL_UNET if full else TINY_UNET))
-        context = ContextProjector(num_tokens=2, token_dim=compressor.config.token_dim, face_dim=512, max_faces=3,
-                                   text_dim=text["projection_dim"], cross_attention_dim=unet.config.cross_attention_dim,
-                                   pooled_dim=KeyframeDecoder.pooled_dim_for(unet))
-        decoder = KeyframeDecoder(unet, context, KeyframeDecoder.make_scheduler("euler", EULER),
-                                  AutoencoderKL(**(SDXL_VAE if full else TINY_VAE)), "euler")
-        video = ImageToVideoModel(
-            VideoModelConfig(), UNetSpatioTemporalConditionModel(**(SVD_XT_UNET if full else TINY_SVD_UNET)),
-            CLIPVisionModelWithProjection(CLIPVisionConfig(**(VIT_H if full else {**TINY_VISION, "patch_size": 1}))),
-            EulerDiscreteScheduler(), AutoencoderKLTemporalDecoder(**(SVD_VAE if full else TINY_SVD_VAE)))
-    return {"text_encoder": TextEncoder(tokenizer, text_model), "keyframe_encoder": encoder, "keyframe_ar": ar,
-            "keyframe_decoder": decoder, "video": video}
+    tokenizer = tokenizer or build_word_tokenizer(["a shot"], max_length=text["max_position_embeddings"])
+    yield "text_encoder", TextEncoder(tokenizer, CLIPTextModelWithProjection(CLIPTextConfig(**text)))
+    compressor = TokenCompressor(vision_dim=vision["hidden_size"])
+    yield "keyframe_encoder", KeyframeEncoder(CLIPVisionModel(CLIPVisionConfig(**vision)), compressor,
+                                              ClipImagePreprocessor(CLIP_MEAN, CLIP_STD, vision["image_size"]))
+    num_tokens, token_dim = compressor.config.num_tokens, compressor.config.token_dim
+    del compressor
+    yield "keyframe_ar", KeyframeAR(LlamaForCausalLM(LlamaConfig(**(LLAMA_2_7B if full else TINY_LLAMA))), tokenizer,
+                                    KeyframeARConfig(num_tokens=num_tokens, token_dim=token_dim,
+                                                     text_dim=text["projection_dim"]))
+    unet = UNet2DConditionModel(**(SDXL_UNET if full else TINY_UNET))
+    context = ContextProjector(num_tokens=num_tokens, token_dim=token_dim, face_dim=512, max_faces=3,
+                               text_dim=text["projection_dim"], cross_attention_dim=unet.config.cross_attention_dim,
+                               pooled_dim=KeyframeDecoder.pooled_dim_for(unet))
+    decoder = KeyframeDecoder(unet, context, KeyframeDecoder.make_scheduler("euler", EULER),
+                              AutoencoderKL(**(SDXL_VAE if full else TINY_VAE)), "euler")
+    del unet, context
+    yield "keyframe_decoder", decoder
+    del decoder  # the caller's copy is the only one left while the video model is built
+    yield "video", ImageToVideoModel(
+        video_config or VideoModelConfig(),
+        UNetSpatioTemporalConditionModel(**(SVD_XT_UNET if full else TINY_SVD_UNET)),
+        CLIPVisionModelWithProjection(CLIPVisionConfig(**(VIT_H if full else {**TINY_VISION, "patch_size": 1}))),
+        EulerDiscreteScheduler(), AutoencoderKLTemporalDecoder(**(SVD_VAE if full else TINY_SVD_VAE)))
+
+
+def build(size: str) -> dict[str, torch.nn.Module]:
+    """Every torch component of the bundle, on the meta device (full) or the CPU (tiny)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False) if size == "full" else torch.device("cpu"):
+        return dict(components(size))
 
 
 def weight_bytes(module: torch.nn.Module, per_value: int) -> int:
