@@ -52,13 +52,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-from transformers.models.llama.modeling_llama import rotate_half
 
 from mdream.errors import CorruptArtifactError, InputError
 from mdream.models.loading import load_pretrained, read_json, resolve_reference, write_json
 from mdream.models.offload import execution_device, onload
 from mdream.models.registry import register_model
-from mdream.models.static_decode import StaticDecoder
+from mdream.models.static_decode import StaticDecoder, rotate_keys
 from mdream.models.token_heads import TokenHead, build_head
 
 KEYFRAME_AR_CONFIG = "keyframe_ar.json"
@@ -258,10 +257,7 @@ def shift_cache(cache, decoder: nn.Module, start: int, count: int) -> None:
         raise TypeError(f"Cannot cut positions out of a {type(cache).__name__}.")
     onload(decoder)  # its rotary embedding runs here, outside a forward (under --offload, mdream.models.offload)
     for layer in layers:
-        later = layer.keys[..., start + count :, :]  # [B, h, L', hd]
-        position = torch.full((1, 1), -count, device=later.device, dtype=torch.long)
-        cos, sin = decoder.rotary_emb(later, position)  # [1, 1, hd] each
-        later = later * cos[:, None] + rotate_half(later) * sin[:, None]  # Llama's apply_rotary_pos_emb, on keys
+        later = rotate_keys(decoder, layer.keys[..., start + count :, :], -count)  # [B, h, L', hd]
         layer.keys = torch.cat([layer.keys[..., :start, :], later], dim=-2)
         layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., start + count :, :]], dim=-2)
 
@@ -435,6 +431,16 @@ class KeyframeAR(nn.Module):
     @property
     def device(self) -> torch.device:
         return execution_device(self, self.projectors.frame_start.device)
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether the model is under ``--offload`` (its backbone waits in CPU memory between calls)."""
+        return getattr(self, "_offload_group", None) is not None
+
+    @property
+    def cuda_graphs_possible(self) -> bool:
+        """Whether CUDA graphs can be captured over the backbone (``decode="graphs"``): resident on a CUDA device."""
+        return self.device.type == "cuda" and not self.offloaded
 
     @property
     def embed_dtype(self) -> torch.dtype:
@@ -665,10 +671,9 @@ class MovieSession:
             raise InputError(f"decode must be dynamic, static or graphs, got {decode!r}.")
         if decode != "dynamic" and not use_cache:
             raise InputError(f"decode={decode!r} is a KV cache; it needs use_cache=True.")
-        if decode == "graphs" and (model.device.type != "cuda" or getattr(model, "_offload_group", None) is not None):
+        if decode == "graphs" and not model.cuda_graphs_possible:
             raise InputError(f"decode='graphs' needs the backbone resident on a CUDA device (it is on {model.device}"
-                             f"{', offloaded' if getattr(model, '_offload_group', None) is not None else ''}).",
-                             hint="Use decode='static' or 'dynamic'.")
+                             f"{', offloaded' if model.offloaded else ''}).", hint="Use decode='static' or 'dynamic'.")
         if slide == "shift" and not (use_cache and rope_shift_supported(model.decoder)):
             raise InputError("slide='shift' needs a KV cache and a Llama-style rotary backbone "
                              f"({type(model.decoder).__name__} with use_cache={use_cache}).",
@@ -700,8 +705,7 @@ class MovieSession:
         """Feed ``chunk`` [L, H] after the context; returns its hidden states [L, H]."""
         if chunk.shape[0] == 0:
             return chunk
-        if self.static is not None:
-            onload(self.model.decoder)
+        if self.static is not None:  # its decoder call onloads an offloaded backbone, as run_backbone's does
             self.cache_length += chunk.shape[0]
             return self.static(chunk)
         if self.use_cache:

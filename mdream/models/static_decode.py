@@ -36,6 +36,14 @@ from mdream.errors import InputError
 DEFAULT_BUCKETS = (1, 16, 32, 64, 128)
 
 
+def rotate_keys(decoder: nn.Module, keys: torch.Tensor, shift: int) -> torch.Tensor:
+    """Cached keys ``[B, heads, L, hd]`` moved ``shift`` positions along a Llama-style rotary embedding: keys are
+    cached after it, ``R(p) k``, and rotations compose, ``R(shift) R(p) k = R(p + shift) k``."""
+    position = torch.full((1, 1), shift, device=keys.device, dtype=torch.long)
+    cos, sin = decoder.rotary_emb(keys, position)  # [1, 1, hd] each
+    return keys * cos[:, None] + rotate_half(keys) * sin[:, None]  # Llama's apply_rotary_pos_emb, on keys
+
+
 class StaticDecoder:
     """A backbone's decoder driven at fixed shapes over a static KV cache (see the module docstring).
 
@@ -88,14 +96,11 @@ class StaticDecoder:
         if count <= 0:
             return
         end = self.length
-        position = torch.full((1, 1), -count, device=self.device, dtype=torch.long)
         for layer in self._layers():
             if not layer.is_initialized:
                 continue
-            later = layer.keys[..., start + count : end, :]  # [1, h, L', hd]
-            cos, sin = self.decoder.rotary_emb(later, position)  # [1, 1, hd]
-            rotated = later * cos[:, None] + rotate_half(later) * sin[:, None]
-            layer.keys[..., start : end - count, :] = rotated
+            layer.keys[..., start : end - count, :] = rotate_keys(self.decoder, layer.keys[..., start + count : end, :],
+                                                                  -count)
             layer.values[..., start : end - count, :] = layer.values[..., start + count : end, :].clone()
         self.length -= count
 
