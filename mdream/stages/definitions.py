@@ -293,7 +293,7 @@ class KeyframesStage(Stage):
     def decode_mode(self, project: Project) -> str:
         """The bundle's ``decode`` for the AR model, or ``dynamic`` where CUDA graphs cannot run (with a notice)."""
         decode = project.bundle.component("keyframe_ar").decode or "dynamic"
-        if decode == "graphs" and (self.ar.device.type != "cuda" or project.options.offload):
+        if decode == "graphs" and not self.ar.cuda_graphs_possible:
             where = "with --offload" if self.ar.device.type == "cuda" else f"on {self.ar.device.type}"
             self.notice(project, f"the bundle asks for CUDA graphs (decode: graphs), which do not run {where}: "
                                  "decoding with the dynamic KV cache")
@@ -378,9 +378,8 @@ class RenderStage(Stage):
         import torch
         from PIL import Image
 
-        real = len(shots)
-        pad = [0] * (self.batch_size - real)  # the first shot again, up to the fixed batch shape (see batch_size)
-        upstreams, shots = [*upstreams, *(upstreams[i] for i in pad)], [*shots, *(shots[i] for i in pad)]
+        real, pad = len(shots), self.batch_size - len(shots)  # the first shot again, up to the fixed batch shape
+        upstreams, shots = upstreams + upstreams[:1] * pad, shots + shots[:1] * pad
         tokens = torch.stack([u["keyframes"].load_tensors("tokens")["tokens"] for u in upstreams])  # [B, N, d]
         cond = [u["encode"].load_tensors("conditioning") for u in upstreams]
         faces = torch.stack([c["face_embeds"] for c in cond])  # [B, 3, 512]
