@@ -43,7 +43,7 @@ def test_static_cache_generates_what_the_dynamic_cache_does(backbone_folder, win
 
 def test_the_window_slides_in_the_static_cache(backbone_folder):
     """Over 200 shots in a 64-position window the static cache shifts in place and never holds more than the
-    window; the session's positions and the static cache's agree after every shot."""
+    window; the MovieSession's positions and the static cache's agree after every shot."""
     model = make_model(backbone_folder).eval()
     g = torch.Generator().manual_seed(0)
     session = model.start_movie(references=torch.randn(1, N, D, generator=g), prefix_text="harbor", window=64,

@@ -286,7 +286,7 @@ class KeyframesStage(Stage):
             Console(stderr=True).print(f"[yellow]keyframes: {text}[/]", highlight=False)
 
     def new_session(self):
-        """A fresh AR generation session with the script's reference frames in its fixed prefix, through the KV
+        """A fresh MovieSession of the AR model with the script's reference frames in its fixed prefix, through the KV
         cache the bundle names (``decode:``; CUDA graphs fall back to the dynamic cache where they cannot run)."""
         return self.ar.start_movie(self.references, decode=self.decode)
 
