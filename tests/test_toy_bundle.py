@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,21 @@ def test_store_half_keeps_what_float16_cannot_hold(tmp_path):
     store_half(tmp_path)
     assert (tmp_path / "h.safetensors").read_bytes() == half_before  # nothing to halve: left byte for byte
     assert load_file(str(tmp_path / "w.safetensors"))["huge"].dtype == torch.float32
+
+
+def test_a_step_clock_sums_the_minutes_of_every_attempt(tmp_path):
+    from mdream.training.toy_bundle import StepClock
+
+    path = tmp_path / "step" / "bundle-minutes.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"minutes": 12.5, "segments": 2}))  # two earlier attempts, killed
+    with StepClock(path, fresh=False, every=0.01) as clock:
+        time.sleep(0.05)
+        assert json.loads(path.read_text())["segments"] == 3  # the running total is on disk while the step runs
+    assert 12.5 < clock.minutes() < 12.6
+    assert json.loads(path.read_text()) == {"minutes": round(clock.minutes(), 3), "segments": 3}
+    with StepClock(path, fresh=True) as again:  # a step that starts over starts at 0
+        pass
+    assert again.minutes() < 0.1 and json.loads(path.read_text())["segments"] == 1
+    path.write_text("{not json")  # an unreadable record counts as no earlier attempt
+    assert StepClock(path, fresh=False).before == 0.0

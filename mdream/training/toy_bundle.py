@@ -28,8 +28,8 @@ motion_reader     the evaluator's motion  (toy-world clips; independent)
 video             the toy video model     --image-encoder: the staged CLIP (its vision tower, frozen)
 ================  ======================  ==================================================================
 
-Resumable: ``OUT/manifest.json`` records each finished step (its settings, seeds, inputs, output, minutes); a
-step recorded as done whose staged output exists is skipped, and an unfinished one resumes from its newest
+Resumable: ``OUT/manifest.json`` records each finished step (its settings, seeds, inputs, output, and its minutes
+summed over every attempt: ``OUT/<step>/bundle-minutes.json`` keeps the running total); a step recorded as done whose staged output exists is skipped, and an unfinished one resumes from its newest
 checkpoint (``--resume auto`` of its trainer); a step whose inputs were retrained in this call starts over. Finally every model is written from ``OUT/bundle`` into DEST
 (default: the package's ``mdream/assets``) through the same export code as ``mdream train export`` (and the
 evaluator's ``--install``), with the weights stored as float16 safetensors (``fp16``; they load back into
@@ -43,6 +43,7 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,8 @@ from mdream.training.common import console
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MANIFEST = "manifest.json"
+STEP_CLOCK = "bundle-minutes.json"
+"""In each step's run folder: the wall-clock minutes of the step so far, over all its attempts."""
 STAGED = "bundle"
 TOY_BUNDLE_YAML = ASSETS / "bundles" / "toy" / "bundle.yaml"
 
@@ -146,6 +149,52 @@ class BundleReport:
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "dest": str(self.dest) if self.dest else None, "manifest": str(self.manifest),
                 "steps": [dataclasses.asdict(s) for s in self.steps]}
+
+
+class StepClock:
+    """Wall-clock minutes one step has taken, summed over every process that worked on it.
+
+    The running total is written to ``path`` every ``every`` seconds and at the end, so a step that was killed and
+    resumed reports the time of all its attempts (a kill loses at most ``every`` seconds); ``fresh`` starts at 0.
+    """
+
+    def __init__(self, path: Path, fresh: bool, every: float = 30.0):
+        self.path, self.every = path, every
+        prior: dict[str, Any] = {}
+        if not fresh and path.is_file():
+            try:
+                prior = json.loads(path.read_text())
+            except (OSError, ValueError):
+                prior = {}
+        self.before = float(prior.get("minutes", 0.0))
+        self.segments = int(prior.get("segments", 0)) + 1
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def minutes(self) -> float:
+        return self.before + (time.perf_counter() - self.start) / 60
+
+    def _write(self) -> None:
+        record = {"minutes": round(self.minutes(), 3), "segments": self.segments}
+        atomic_write_bytes(self.path, json.dumps(record).encode())
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> StepClock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+        self._thread = threading.Thread(target=self._tick, name="step-clock", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._write()
 
 
 def git_commit() -> str | None:
@@ -366,18 +415,18 @@ def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resum
             continue
         else:
             console.rule(f"[bold]toy bundle: {step.name}")
-            start = time.perf_counter()
             # a step whose inputs were retrained just now starts over: its checkpoints learnt from the old ones
             bundle.resume = "never" if set(step.needs) & retrained else resume
-            inputs, values, config = getattr(bundle, step.name)(step)
+            with StepClock(out / step.name / STEP_CLOCK, fresh=bundle.resume == "never") as clock:
+                inputs, values, config = getattr(bundle, step.name)(step)
             retrained.add(step.name)
-            minutes = round((time.perf_counter() - start) / 60, 3)
+            minutes = round(clock.minutes(), 3)
             report = StepReport(step.name, "trained", minutes)
             done.append(step.name)
             manifest["steps"].append({
                 "name": step.name, "status": "done", "trainer": step.trainer, "recipe": step.recipe,
                 "settings": values, "seeds": _seeds(config) if config is not None else {}, "inputs": inputs,
-                "run": str(out / step.name), "output": str(output), "minutes": minutes,
+                "run": str(out / step.name), "output": str(output), "minutes": minutes, "attempts": clock.segments,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             })
             _write_manifest(manifest_path, manifest)
