@@ -282,3 +282,54 @@ def test_lookalike_pixels_hold_a_set_share_of_the_loss_weight():
     pair = loss_pixel_weight(frames, np.arange(1), ToyLossWeights(character_weight=1.5, lookalike_share=0.5))
     assert pair[iris].item() > 10 * pair[0, 0, 2, 2].item()  # the iris pair's half on one pixel
     assert (pair[iris] / pair.sum()).item() == pytest.approx(0.25, abs=0.01)  # half of 0.5
+
+
+def test_trousers_shares_mark_each_members_legs_an_equal_part():
+    """The pixels of each cast member's trousers: on the figure, below the head, an equal part per member; none in a
+    shot without cast, and the map changes with the frame's rng state as the frame does."""
+    from mdream.toyworld import trousers_shares
+
+    base = _shot(camera="wide", who=0)
+    other = dataclasses.replace(base.cast[0], character_id=WORLD.characters[1].id,
+                                position="right" if base.cast[0].position != "right" else "left")
+    shot = dataclasses.replace(base, cast=(base.cast[0], other))
+    frame, figure = render_keyframe_with_figures(WORLD, shot, 32, np.random.default_rng(4))
+    shares = trousers_shares(WORLD, shot, 32, np.random.default_rng(4))
+    assert shares.dtype == np.float32 and shares.sum() == pytest.approx(1.0, abs=1e-5)
+    legs = shares > 0
+    assert legs.any() and not (legs & ~figure).any()  # on the figures only
+    assert not (legs & head_mask(shot, 32, WORLD)).any()  # not on the heads
+    assert legs.sum() < 0.5 * figure.sum()
+    alone = [trousers_shares(WORLD, dataclasses.replace(shot, cast=(m,)), 32, np.random.default_rng(4)) > 0
+             for m in shot.cast]
+    for mask in alone:  # each member's trousers hold about half of the map (the other figure may cover a pixel)
+        assert shares[mask].sum() == pytest.approx(0.5, abs=0.1)
+    assert not trousers_shares(WORLD, dataclasses.replace(shot, cast=()), 32, np.random.default_rng(4)).any()
+    np.testing.assert_array_equal(shares, trousers_shares(WORLD, shot, 32, np.random.default_rng(4), frame))
+
+
+def test_trouser_pixels_hold_a_set_share_after_the_lookalikes():
+    import torch
+
+    from mdream.training.config import ConfigValueError
+    from mdream.training.data import FrameSet
+    from mdream.training.tokenizer import ToyLossWeights, loss_pixel_weight
+
+    figures = np.zeros((2, 8, 8), bool)
+    figures[:, 2:7, 2:6] = True
+    legs = np.zeros_like(figures)
+    legs[:, 5:7, 2:6] = True  # 8 trouser pixels
+    look = np.zeros_like(figures)
+    look[0, 3, 3] = True
+    norm = lambda m: (m / m.sum(axis=(1, 2), keepdims=True).clip(1)).astype(np.float32)  # noqa: E731
+    legs[1] = False  # a close-up: no trousers in view
+    frames = FrameSet(np.zeros((2, 8, 8, 3), np.uint8), ["", ""], np.zeros(2, np.int64), np.zeros((2, 3), np.int64), 0,
+                      figures=figures, lookalike_shares=norm(look), trousers_shares=norm(legs))
+    assert ToyLossWeights(trousers_share=0.3).masks() == ("figures", "lookalikes", "trousers")
+    plain = loss_pixel_weight(frames, np.arange(2), ToyLossWeights(lookalike_share=0.2))
+    weight = loss_pixel_weight(frames, np.arange(2), ToyLossWeights(lookalike_share=0.2, trousers_share=0.3))
+    assert (weight >= plain).all() and torch.equal(weight[1], plain[1])
+    share = (weight[0, 0] * torch.from_numpy(legs[0])).sum() / weight[0].sum()
+    assert share.item() == pytest.approx(0.3)
+    with pytest.raises(ConfigValueError):
+        ToyLossWeights(lookalike_share=0.5, trousers_share=0.5).check()

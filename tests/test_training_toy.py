@@ -344,23 +344,32 @@ def test_tokenizer_training_weights_the_characters(clip_run, tmp_path):
 
 
 def test_tokenizer_training_weights_the_lookalike_pixels(clip_run, tmp_path):
-    """--lookalike-share renders look-alike masks with the frames and trains; bad values and --data fail first."""
+    """--lookalike-share and --trousers-share render their masks with the frames and train; bad values and --data
+    fail first."""
     from mdream.training.data import FrameSet
 
     run = tmp_path / "look"
     base = ["--clip", str(clip_run / "final"), *TINY_TOKENIZER, "--out", str(run)]
-    invoke(["tokenizer", *base, "--steps", "1", "--character-weight", "4", "--lookalike-share", "0.2"])
+    invoke(["tokenizer", *base, "--steps", "1", "--character-weight", "4", "--lookalike-share", "0.2",
+                          "--trousers-share", "0.1"])
     frames = FrameSet.load(run / "frames.npz")
     shares = frames.lookalike_shares
     assert shares.shape == frames.figures.shape == (48, 32, 32) and shares.dtype == np.float32
     assert shares.any() and not shares[~(frames.chars >= 0).any(axis=1)].any()
     sums = shares.sum(axis=(1, 2))
     np.testing.assert_allclose(sums[sums > 0], 1.0, atol=5e-3)  # each frame's parts, saved as float16
+    legs = frames.trousers_shares
+    assert legs.shape == shares.shape and legs.any()
+    # on the figures (a pixel where trousers match the ground closely enough to escape the figure mask may not be)
+    assert (legs > 0)[~frames.figures].sum() < 0.1 * (legs > 0).sum()
+    sums = legs.sum(axis=(1, 2))
+    np.testing.assert_allclose(sums[sums > 0], 1.0, atol=5e-3)
     saved = json.loads((run / "train_config.json").read_text())
-    assert saved["toy_loss"] == {"character_weight": 4.0, "lookalike_share": 0.2}
+    assert saved["toy_loss"] == {"character_weight": 4.0, "lookalike_share": 0.2, "trousers_share": 0.1}
     assert np.isfinite(json.loads((run / "checkpoints" / "step-0000001" / "state.json").read_text())["loss"])
     for flags, message in ((["--lookalike-share", "1"], "must be in [0, 1)"),
-                           (["--lookalike-share", "0.2", "--data", str(tmp_path)], "--lookalike-share need")):
+                           (["--lookalike-share", "0.6", "--trousers-share", "0.4"], "keep their sum below 1"),
+                           (["--trousers-share", "0.2", "--data", str(tmp_path)], "--trousers-share need")):
         bad = runner.invoke(app, ["tokenizer", *base[:-2], "--out", str(tmp_path / "bad"), *flags])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
         assert not (tmp_path / "bad").exists()

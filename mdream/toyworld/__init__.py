@@ -2,7 +2,7 @@
 
 - `make_world(seed)`: the catalogue of characters and scenes.
 - `make_episode(world, seed, n_shots)`: shots with story structure (arcs, entrances, long gaps).
-- `render_keyframe`, `render_keyframe_with_figures`, `render_clip`, `render_face_photo`, `face_boxes`, `head_mask`, `lookalike_mask`, `lookalike_shares`: numpy
+- `render_keyframe`, `render_keyframe_with_figures`, `render_clip`, `render_face_photo`, `face_boxes`, `head_mask`, `lookalike_mask`, `lookalike_shares`, `trousers_shares`: numpy
   rendering.
 - `shot_text`, `shot_labels`: the texts and integer labels of a shot.
 - `write_script`: a real mdream script + face photos + the ground-truth movie folder.
@@ -31,6 +31,7 @@ from mdream.toyworld.render import (
     render_face_photo,
     render_keyframe,
     render_keyframe_with_figures,
+    trousers_shares,
 )
 from mdream.toyworld.script_writer import (
     script_dict,
@@ -78,5 +79,5 @@ __all__ = [
     "TIMES_OF_DAY", "CastMember", "CharacterSpec", "Episode", "SceneSpec", "ShotSpec", "World",
     "episode_seed", "face_boxes", "head_mask", "lookalike_mask", "lookalike_shares", "make_episode", "make_world", "render_clip", "render_face_photo", "render_keyframe",
     "render_keyframe_with_figures",
-    "shot_labels", "shot_text",
+    "shot_labels", "shot_text", "trousers_shares",
 ]

@@ -726,6 +726,31 @@ def lookalike_shares(world: World, shot: ShotSpec, size: int, rng: np.random.Gen
     return shares
 
 
+def trousers_shares(world: World, shot: ShotSpec, size: int, rng: np.random.Generator,
+                    frame: np.ndarray | None = None) -> np.ndarray:
+    """float32 [size, size]: the pixels that show the cast's trousers (the episode's hidden state), each member an
+    equal part of 1.
+
+    Each cast member is rendered again in the next trouser colour from ``rng``'s state, which must be the state
+    ``frame`` (``render_keyframe``'s pixels; rendered here when None) was rendered from; ``rng`` is not advanced.
+    The pixels that change are that member's trousers in view (a wide shot's legs are a few pixels; a close-up
+    shows none). All zeros when no trousers are in view; otherwise the map sums to 1, as ``lookalike_shares``'.
+    """
+    shares = np.zeros((size, size), np.float32)
+    if shot.cast and frame is None:
+        frame = render_keyframe(world, shot, size, copy.deepcopy(rng))
+    changed = []
+    for i, member in enumerate(shot.cast):
+        other = dataclasses.replace(member, trousers=(member.trousers + 1) % len(_TROUSERS))
+        cast = (*shot.cast[:i], other, *shot.cast[i + 1:])
+        mask = _changed_pixels(frame, render_keyframe(world, dataclasses.replace(shot, cast=cast), size, copy.deepcopy(rng)))
+        if mask.any():
+            changed.append(mask)
+    for mask in changed:
+        shares += mask / (len(changed) * mask.sum(dtype=np.float32))
+    return shares
+
+
 def lookalike_mask(world: World, shot: ShotSpec, size: int, rng: np.random.Generator,
                    frame: np.ndarray | None = None) -> np.ndarray:
     """bool [size, size]: the pixels that tell the shot's cast from their look-alikes (``lookalike_shares``'s support)."""

@@ -74,6 +74,9 @@ class FrameSet:
     """int64 [M]: the toy world's hidden palette of each frame's scene (toy-world frames; saved)."""
     trousers: np.ndarray | None = None
     """int64 [M, 3]: the hidden trousers of the character at left/center/right, -1 where empty (toy-world frames; saved)."""
+    trousers_shares: np.ndarray | None = None
+    """float32 [M, S, S]: the pixels that show the cast's trousers, each member an equal part of 1
+    (``toyworld.trousers_shares``; saved)."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -85,8 +88,9 @@ class FrameSet:
         shares = self.lookalike_shares[index] if self.lookalike_shares is not None else None
         palette = self.palette[index] if self.palette is not None else None
         trousers = self.trousers[index] if self.trousers is not None else None
+        trouser_shares = self.trousers_shares[index] if self.trousers_shares is not None else None
         return FrameSet(self.frames[index], [self.descriptors[i] for i in index], self.scene[index], self.chars[index],
-                        self.world_seed, shots, figures, heads, shares, palette, trousers)
+                        self.world_seed, shots, figures, heads, shares, palette, trousers, trouser_shares)
 
     def save(self, path: Path, key: str) -> None:
         """Written through a temporary file (an interrupted run never leaves a truncated frame cache), with the key
@@ -97,6 +101,8 @@ class FrameSet:
         if self.lookalike_shares is not None:
             # float16 keeps a part as small as one of 5 pairs over 600 pixels (3e-4) to 3 digits, at half the size
             extra["lookalike_shares"] = self.lookalike_shares.astype(np.float16)
+        if self.trousers_shares is not None:
+            extra["trousers_shares"] = self.trousers_shares.astype(np.float16)
         if self.palette is not None and self.trousers is not None:
             extra["palette"], extra["trousers"] = self.palette, self.trousers
         save_keyed_cache(path, key, frames=self.frames, scene=self.scene, chars=self.chars, world_seed=self.world_seed,
@@ -110,9 +116,10 @@ class FrameSet:
         heads = np.unpackbits(z["heads"], axis=-1, count=size).astype(bool) if "heads" in z else None
         # (a cache holding a bool "lookalikes" mask without the parts is not read, so it is rendered again)
         shares = z["lookalike_shares"].astype(np.float32) if "lookalike_shares" in z else None
+        trouser_shares = z["trousers_shares"].astype(np.float32) if "trousers_shares" in z else None
         hidden = {"palette": z["palette"], "trousers": z["trousers"]} if "palette" in z and "trousers" in z else {}
         return cls(z["frames"], json.loads(str(z["descriptors"])), z["scene"], z["chars"], int(z["world_seed"]),
-                   figures=figures, heads=heads, lookalike_shares=shares, **hidden)
+                   figures=figures, heads=heads, lookalike_shares=shares, trousers_shares=trouser_shares, **hidden)
 
     @classmethod
     def load(cls, path: Path) -> FrameSet:
@@ -160,13 +167,14 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress: bool = True,
-                         figures: bool = False, lookalikes: bool = False) -> FrameSet:
+                         figures: bool = False, lookalikes: bool = False, trousers: bool = False) -> FrameSet:
     """``n`` keyframes of uniformly random shots (any scene, 0-3 random characters).
 
     With ``figures`` each frame's figure mask is rendered too (about twice the time), and its head
     mask: the figure pixels on the cast's heads. With ``lookalikes`` each frame's look-alike share map
-    too (``toyworld.lookalike_shares``: one more render per look-alike of each cast member). The frames
-    are the same pixels either way.
+    too (``toyworld.lookalike_shares``: one more render per look-alike of each cast member). With ``trousers``
+    the share map of the cast's trousers (``toyworld.trousers_shares``: one more render per cast member). The
+    frames are the same pixels either way.
     """
     from mdream.eval.toy_samples import random_shot
     from mdream.toyworld import (
@@ -177,6 +185,7 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
         render_keyframe_with_figures,
         shot_labels,
         shot_text,
+        trousers_shares,
     )
 
     world = make_world(world_seed)
@@ -185,16 +194,17 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
     scene = np.empty(n, np.int64)
     chars = np.empty((n, 3), np.int64)
     palette = np.empty(n, np.int64)
-    trousers = np.empty((n, 3), np.int64)
+    trouser_labels = np.empty((n, 3), np.int64)
     masks = np.zeros((n, size, size), bool) if figures else None
     head_masks = np.zeros((n, size, size), bool) if figures else None
     lookalike_maps = np.zeros((n, size, size), np.float32) if lookalikes else None
+    trouser_maps = np.zeros((n, size, size), np.float32) if trousers else None
     texts, shots = [], []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"rendering {n} toy frames", total=n)
         for i in range(n):
             shot = random_shot(world, rng)
-            before = copy.deepcopy(rng) if lookalikes else None  # the state the frame is rendered from
+            before = copy.deepcopy(rng) if lookalikes or trousers else None  # the state the frame is rendered from
             if figures:
                 frames[i], masks[i] = render_keyframe_with_figures(world, shot, size, rng)
                 head_masks[i] = masks[i] & head_mask(shot, size, world)
@@ -202,45 +212,50 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
                 frames[i] = render_keyframe(world, shot, size, rng)
             if lookalikes:
                 lookalike_maps[i] = lookalike_shares(world, shot, size, before, frames[i])
+            if trousers:
+                trouser_maps[i] = trousers_shares(world, shot, size, before, frames[i])
             labels = shot_labels(world, shot)
             scene[i], chars[i] = labels["scene"], labels["chars"]
-            palette[i], trousers[i] = labels["palette"], labels["trousers"]
+            palette[i], trouser_labels[i] = labels["palette"], labels["trousers"]
             texts.append(shot_text(world, shot)[1])
             shots.append(shot)
             if i % 256 == 0:
                 bar.update(task, completed=i)
-    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks, lookalike_maps, palette, trousers)
+    return FrameSet(frames, texts, scene, chars, world_seed, shots, masks, head_masks, lookalike_maps, palette,
+                    trouser_labels, trouser_maps)
 
 
 def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
     """Refuse a frames folder (--data) where the loss weights need figure or look-alike masks: only renders carry them."""
     if data and needs_masks:
-        raise InputError(f"--data {data}: frame folders carry no figure masks, which --character-weight "
-                         "and --lookalike-share need.",
-                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1 "
-                              "and --lookalike-share 0.")
+        raise InputError(f"--data {data}: frame folders carry no figure masks, which --character-weight, "
+                         "--lookalike-share and --trousers-share need.",
+                         hint="Leave --data out (frames are then rendered with masks) or set --character-weight 1, "
+                              "--lookalike-share 0 and --trousers-share 0.")
 
 
 def frame_set(data: str | None, world_seed: int, n: int, size: int, seed: int, cache: Path | None,
-              figures: bool = False, heads: bool = False, lookalikes: bool = False, hidden: bool = False) -> FrameSet:
+              figures: bool = False, heads: bool = False, lookalikes: bool = False, hidden: bool = False,
+              trousers: bool = False) -> FrameSet:
     """A dataset folder when given, else random renders (cached in ``cache`` so a resume sees the same frames).
 
-    ``figures`` / ``heads`` / ``lookalikes``: the renders must carry those masks; ``hidden``: the hidden-state
+    ``figures`` / ``heads`` / ``lookalikes`` / ``trousers``: the renders must carry those masks; ``hidden``: the hidden-state
     labels (palette, trousers). A cache written without them is rendered again (the same seeds give the same
     frames) and replaced.
     """
     figures = figures or heads
     if data:
-        check_dataset_masks(data, figures or lookalikes)
+        check_dataset_masks(data, figures or lookalikes or trousers)
         return load_toy_dataset(data, size=size, limit=n or None)
     # frames of another world, seed, size or count (a cache copied from another run) are rendered again, never reused
     key = content_key("random frames", 2, world_seed, n, size, seed)  # 2: hidden palette and trousers
     arrays = load_keyed_cache(cache, key) if cache is not None else None
     cached = FrameSet.from_arrays(arrays) if arrays is not None else None
     if (cached is not None and (cached.figures is not None or not figures) and (cached.heads is not None or not heads)
-            and (cached.lookalike_shares is not None or not lookalikes) and (cached.palette is not None or not hidden)):
+            and (cached.lookalike_shares is not None or not lookalikes) and (cached.palette is not None or not hidden)
+            and (cached.trousers_shares is not None or not trousers)):
         return cached
-    frames = render_random_frames(world_seed, n, size, seed, figures=figures, lookalikes=lookalikes)
+    frames = render_random_frames(world_seed, n, size, seed, figures=figures, lookalikes=lookalikes, trousers=trousers)
     if cache is not None:
         frames.save(cache, key)
     return frames
@@ -320,7 +335,8 @@ class FrameSource(ABC):
     @abstractmethod
     def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
         """``n`` training frames (0: all) at ``size`` x ``size`` px; ``cache``: a run-folder file a source may keep
-        them in, so a resume sees the same frames; ``masks``: the masks to render with them ("figures", "lookalikes")
+        them in, so a resume sees the same frames; ``masks``: the masks to render with them ("figures", "lookalikes",
+        "trousers")
         and "hidden": the toy world's hidden-state labels."""
 
     @abstractmethod
@@ -348,7 +364,7 @@ class ToyWorldFrames(FrameSource):
 
     def load(self, n: int, size: int, cache: Path | None = None, *, masks: Collection[str] = ()) -> FrameSet:
         return frame_set("", self.world_seed, n, size, self.seed, cache, figures="figures" in masks,
-                         lookalikes="lookalikes" in masks, hidden="hidden" in masks)
+                         lookalikes="lookalikes" in masks, hidden="hidden" in masks, trousers="trousers" in masks)
 
     def held_out(self, n: int, size: int, cache: Path | None = None) -> FrameSet:
         return frame_set("", self.world_seed, n, size, self.seed + 1_000_003, cache)

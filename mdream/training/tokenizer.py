@@ -90,6 +90,8 @@ class ToyLossWeights(Settings):
     """Diffusion-loss weight of the pixels the characters' figures cover (1: plain)."""
     lookalike_share: float = 0.2
     """Share of each frame's diffusion-loss weight moved onto the pixels that tell its cast from their look-alikes (an iris, the skin), an equal part per look-alike pair in view (0: off)."""
+    trousers_share: float = 0.0
+    """Share of each frame's diffusion-loss weight moved onto the pixels of its cast's trousers (the episode's hidden state: a wide shot's legs are a few pixels), an equal part per member in view (0: off)."""
 
     def check(self) -> None:
         if not self.character_weight > 0:
@@ -97,10 +99,18 @@ class ToyLossWeights(Settings):
         if not 0 <= self.lookalike_share < 1:
             raise ConfigValueError("toy_loss.lookalike_share",
                                    f"--lookalike-share must be in [0, 1) (0: off), got {self.lookalike_share}.")
+        if not 0 <= self.trousers_share < 1:
+            raise ConfigValueError("toy_loss.trousers_share",
+                                   f"--trousers-share must be in [0, 1) (0: off), got {self.trousers_share}.")
+        if self.lookalike_share + self.trousers_share >= 1:
+            raise ConfigValueError("toy_loss.trousers_share",
+                                   f"--lookalike-share {self.lookalike_share} and --trousers-share "
+                                   f"{self.trousers_share} together move all of a frame's weight; keep their sum below 1.")
 
     def masks(self) -> tuple[str, ...]:
         """The masks these weights need rendered with the frames."""
-        return (("figures",) if self.character_weight != 1.0 else ()) + (("lookalikes",) if self.lookalike_share > 0 else ())
+        return ((("figures",) if self.character_weight != 1.0 else ()) + (("lookalikes",) if self.lookalike_share > 0 else ())
+                + (("trousers",) if self.trousers_share > 0 else ()))
 
 
 @dataclass
@@ -416,13 +426,20 @@ def loss_pixel_weight(train: FrameSet, idx: np.ndarray, weights: ToyLossWeights,
         figures = torch.from_numpy(train.figures[idx])[:, None]  # [B, 1, S, S]
         weight = 1.0 + (weights.character_weight - 1.0) * figures.float()
     if weights.lookalike_share > 0:
-        parts = torch.from_numpy(train.lookalike_shares[idx])[:, None]  # [B, 1, S, S], each frame's sums to 1 (or 0)
-        look = parts > 0
-        rest = (weight * ~look).sum(dim=(1, 2, 3), keepdim=True)  # [B, 1, 1, 1]
-        # the look-alike pixels together hold share / (1 - share) of the rest's weight: share of the frame's
-        target = weights.lookalike_share / (1.0 - weights.lookalike_share) * rest * parts  # [B, 1, S, S]
-        weight = torch.where(look, torch.maximum(weight, target), weight)
+        weight = _move_share(weight, torch.from_numpy(train.lookalike_shares[idx])[:, None], weights.lookalike_share)
+    if weights.trousers_share > 0:  # the same for the trousers' pixels, after the look-alikes'
+        weight = _move_share(weight, torch.from_numpy(train.trousers_shares[idx])[:, None], weights.trousers_share)
     return weight.to(device)
+
+
+def _move_share(weight: torch.Tensor, parts: torch.Tensor, share: float) -> torch.Tensor:
+    """``weight`` [B, 1, S, S] with ``share`` of each frame's weight moved onto the pixels of ``parts`` [B, 1, S, S]
+    (each frame's parts sum to 1, or are all 0), spread as the parts are, never lowering a pixel's weight."""
+    marked = parts > 0
+    rest = (weight * ~marked).sum(dim=(1, 2, 3), keepdim=True)  # [B, 1, 1, 1]
+    # the marked pixels together hold share / (1 - share) of the rest's weight: share of the frame's
+    target = share / (1.0 - share) * rest * parts  # [B, 1, S, S]
+    return torch.where(marked, torch.maximum(weight, target), weight)
 
 
 class TokenizerTask:
