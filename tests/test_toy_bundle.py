@@ -108,19 +108,38 @@ def test_the_intermediate_tokenizer_is_staged_but_not_shipped(tmp_path, fake_ste
     assert written == ["toy-clip", "eval", "toy-tokenizer", "toy-ar", "eval", "eval"]
 
 
-def test_expected_minutes_follow_the_recipes():
-    import yaml
+def test_steps_are_pinned_to_the_shipped_runs():
+    """No step trains against the clock (a faster machine would train another bundle), and the pinned step counts
+    are those of the shipped models' own records."""
+    from mdream.training.config import load_recipe
+    from mdream.training.toy_bundle import ASSETS, EXPECTED_NOTE, _settings
 
-    from mdream.training.config import recipe_path
-    from mdream.training.toy_bundle import EXPECTED_NOTE
-
-    budgets = {s.name: yaml.safe_load(recipe_path(s.recipe).read_text()).get("max_minutes") for s in STEPS if s.recipe}
     for step in STEPS:
-        if budgets.get(step.name):
-            # the budget, plus the AR step's 6 minutes of encoding its episodes
-            assert budgets[step.name] <= step.expected_minutes <= budgets[step.name] + 6, step.name
+        config, _ = _settings(_config_class(step), step, {}, smoke=False)
+        assert getattr(config, "max_minutes", 0.0) == 0.0, step.name
+        state = ASSETS / step.output / "state.json"
+        if step.ships and state.is_file():
+            assert config.steps == json.loads(state.read_text())["step"], step.name
+        if step.recipe is not None:  # the recipe itself is untouched: users keep its budget
+            _, values = load_recipe(_config_class(step), step.recipe, step.trainer)
+            assert set(step.pinned) <= {"steps", "max_minutes"} and "steps" in values
+    shipped = {s.name for s in STEPS if (ASSETS / s.output / "state.json").is_file()}
+    assert {"tokenizer_hidden", "ar", "video"} <= shipped  # the check above ran where it matters
     total = sum(s.expected_minutes for s in STEPS)
     assert f"{total:.0f} min ({total // 60:.0f} h {total % 60:.0f} min)" in EXPECTED_NOTE
+
+
+def _config_class(step):
+    from mdream.training.analyser import AnalyserTrainingConfig, FaceTrainingConfig
+    from mdream.training.ar import ARTrainingConfig
+    from mdream.training.clip import ClipTrainingConfig
+    from mdream.training.motion_reader import MotionReaderTrainingConfig
+    from mdream.training.tokenizer import TokenizerTrainingConfig
+    from mdream.training.video import VideoTrainingConfig
+
+    return {"clip": ClipTrainingConfig, "face-embedder": FaceTrainingConfig, "tokenizer": TokenizerTrainingConfig,
+            "ar": ARTrainingConfig, "analyser": AnalyserTrainingConfig, "motion-reader": MotionReaderTrainingConfig,
+            "video": VideoTrainingConfig}[step.trainer]
 
 
 def test_a_smoke_run_folder_is_not_taken_for_a_full_one(tmp_path, fake_steps):

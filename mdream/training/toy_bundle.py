@@ -82,6 +82,9 @@ class BundleStep:
     """Options of its export (``export_model``)."""
     ships: bool = True
     """False: an intermediate model that a later step starts from; staged, but not written into DEST."""
+    pinned: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Settings over the recipe's that make the step train what shipped whatever the machine's speed: the shipped
+    run's step count and no time budget (a recipe's ``max_minutes`` trains more steps on a faster machine)."""
 
 
 #: The sampling the toy decoder is shipped with (the settings its eval.json was measured at); a freshly trained
@@ -100,34 +103,38 @@ STEPS: tuple[BundleStep, ...] = (
     BundleStep("face_embedder", "face-embedder", None, "eval/toy_face_recognition.onnx", 34.0,
                {"steps": 2, "batch_size": 8, "warmup": 1, "photo_pool": 8, "photo_refresh": 1, "world_seeds": "0",
                 "checkpoint_every": 2, "log_every": 1}),
+    # 17,347 steps: where the recipe's 120-minute budget ended on 2 cores (benchmarks/RESULTS.md, training cost)
     BundleStep("tokenizer", "tokenizer", "tokenizer-toy-cpu", "models/toy-tokenizer-base", 120.0, _TOKENIZER_SMOKE,
-               needs=("clip", "face_embedder"), export_options=TOY_DECODER_SAMPLING, ships=False),
+               needs=("clip", "face_embedder"), export_options=TOY_DECODER_SAMPLING, ships=False,
+               pinned={"steps": 17347, "max_minutes": 0.0}),
     BundleStep("tokenizer_hidden", "tokenizer", "tokenizer-toy-hidden", "models/toy-tokenizer", 40.0, _TOKENIZER_SMOKE,
-               needs=("clip", "face_embedder", "tokenizer"), export_options=TOY_DECODER_SAMPLING),
+               needs=("clip", "face_embedder", "tokenizer"), export_options=TOY_DECODER_SAMPLING,
+               pinned={"steps": 2622, "max_minutes": 0.0}),
     BundleStep("ar", "ar", "ar-toy-cpu", "models/toy-ar", 116.0,
                {"episodes": 2, "episode_length": 6, "val_episodes": 1, "photos_per_character": 1, "window": 3,
                 "hidden_size": 32, "num_layers": 1, "num_heads": 2, "gmm_components": 2, "steps": 2,
                 "max_minutes": 0.0, "batch_size": 2, "warmup": 1, "checkpoint_every": 2, "eval_every": 0,
-                "eval_windows": 2, "log_every": 1}, needs=("clip", "face_embedder", "tokenizer_hidden")),
+                "eval_windows": 2, "log_every": 1}, needs=("clip", "face_embedder", "tokenizer_hidden"),
+               pinned={"steps": 2995, "max_minutes": 0.0}),
     BundleStep("analyser", "analyser", "analyser-toy", "eval/frame_analyser", 30.0,
                {"pool_size": 16, "refresh_per_step": 1, "val_frames": 8, "steps": 2, "batch_size": 8, "warmup": 1,
                 "checkpoint_every": 2, "log_every": 1}),
     BundleStep("motion_reader", "motion-reader", "motion-reader-toy", "eval/motion_reader", 10.0,
                {"pool_size": 16, "refresh_per_step": 1, "val_clips": 8, "clip_lengths": "8,12", "steps": 2,
-                "batch_size": 8, "warmup": 1, "checkpoint_every": 2, "log_every": 1}),
+                "batch_size": 8, "warmup": 1, "checkpoint_every": 2, "log_every": 1}, pinned={"max_minutes": 0.0}),
     BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 75.0,
                {"clips": 4, "clip_length": 4, "steps": 2, "max_minutes": 0.0, "batch_size": 2, "warmup": 1,
-                "checkpoint_every": 2, "log_every": 1}, needs=("clip",)),
+                "checkpoint_every": 2, "log_every": 1}, needs=("clip",), pinned={"max_minutes": 0.0}),
 )
 """The steps in dependency order (each reads only the outputs of the steps above it)."""
 
-EXPECTED_NOTE = ("the full recipes' training times on 2 CPU cores (benchmarks/RESULTS.md, training cost; the recipes' "
-                 "budgets): clip 24 min, face embedder 34 min, tokenizer its 120-minute budget, its fine-tuning for "
-                 "the hidden state its 40-minute budget, keyframe AR its 110-minute budget + 6 min to encode its "
-                 "episodes, analyser 30 min, motion reader 10 min (its budget; 8 min 17 s measured + 1.5 min "
-                 "rendering its pool), video its 75-minute budget: 449 min (7 h 29 min); rendering the training "
-                 "frames and clips and caching features adds minutes to some steps (about 3.5 min to each tokenizer "
-                 "step's 30,000 frames)")
+EXPECTED_NOTE = ("the shipped runs' training times on the 2-core machine (benchmarks/RESULTS.md, training cost), each "
+                 "step pinned to the shipped run's step count: clip 24 min (600 steps), face embedder 34 min, tokenizer "
+                 "120 min (17,347 steps, 2 threads alone), its fine-tuning for the hidden state 40 min (2,622 steps, "
+                 "one core shared), keyframe AR 110 min (2,995 steps, one thread beside other jobs) + 6 min to encode "
+                 "its episodes, analyser 30 min, motion reader 10 min (8 min 17 s measured + 1.5 min rendering its "
+                 "pool), video 75 min (2,400 steps): 449 min (7 h 29 min); rendering the training frames and clips and "
+                 "caching features adds minutes to some steps (about 3.5 min to each tokenizer step's 30,000 frames)")
 
 
 @dataclasses.dataclass
@@ -231,13 +238,14 @@ def _write_manifest(path: Path, data: dict[str, Any]) -> None:
 
 
 def _settings(config_cls: type, step: BundleStep, inputs: dict[str, str], smoke: bool) -> tuple[Any, dict[str, Any]]:
-    """The step's config: the recipe, the staged inputs, then the smoke budgets; and the values given."""
+    """The step's config: the recipe, its pinned settings, the staged inputs, then the smoke budgets; and the values
+    given."""
     from mdream.training.config import load_recipe, with_values
 
     values: dict[str, Any] = {}
     if step.recipe is not None:
         _, values = load_recipe(config_cls, step.recipe, step.trainer)
-    values |= inputs
+    values |= step.pinned | inputs
     if smoke:
         values |= step.smoke
     return with_values(config_cls(), values), values
