@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_movie                                  # the shipped toy bundle, short and long
     python -m benchmarks.bench_movie --scripts short --video-model DIR --out DIR   # another video model, not written
+    python -m benchmarks.bench_movie --bundle DEST/bundles/toy --out DIR          # another whole bundle, not written
     python -m benchmarks.bench_movie --scripts long --without-movie --out DIR      # only the evaluator's floor/ceiling
 
 Per example script (``examples/scripts/NAME.yaml``, copied with its face photos into a work folder), one child
@@ -23,8 +24,12 @@ their pair counts in brackets; and the time of the video stage (the run report's
 with the torch threads. ``--without-movie``: only the ground truth and its own animatic (its keyframes held), no
 video model needed.
 
+``--bundle``: a whole other model bundle (a folder with bundle.yaml, e.g. ``DEST/bundles/toy`` of ``mdream train
+bundle --dest DEST``) makes the movies, scored by the same shipped evaluator, so a rebuilt toy bundle is compared
+with the shipped one on equal terms.
+
 Writes its section of benchmarks/RESULTS.md only when it measured the shipped toy bundle (no ``--video-model``,
-no ``--without-movie``, no ``--no-write``); without a shipped video model it says so and exits 0 (``make bench``
+no ``--bundle``, no ``--without-movie``, no ``--no-write``); without a shipped video model it says so and exits 0 (``make bench``
 skips it).
 """
 
@@ -67,6 +72,15 @@ def bundle_with_video(video: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bundle.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return folder
+
+
+def bundle_video(bundle: Path) -> Path | None:
+    """The video model folder a bundle (a folder with bundle.yaml) names, or None when it names none."""
+    data = yaml.safe_load((bundle / "bundle.yaml").read_text()) or {}
+    spec = (data.get("components") or {}).get("video")
+    if not isinstance(spec, dict) or "path" not in spec:
+        return None
+    return (bundle / spec["path"]).resolve()
 
 
 def copy_script(name: str, work: Path, bundle: Path | None) -> Path:
@@ -190,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video-model", type=Path, default=None,
                         help="A video model folder to use instead of the shipped one (the toy bundle's other models "
                              "stay); its numbers are printed, not written into RESULTS.md.")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="A whole model bundle (a folder with bundle.yaml) instead of the shipped toy bundle; its "
+                             "numbers are printed, not written into RESULTS.md.")
     parser.add_argument("--without-movie", action="store_true",
                         help="Only the ground truth and its own animatic (no generate, no video model).")
     parser.add_argument("--out", type=Path, default=None, help="Keep the movies and report.json here [default: a "
@@ -200,7 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.scripts:
         if not (EXAMPLES / f"{name}.yaml").is_file():
             parser.error(f"no example script {EXAMPLES / name}.yaml")
+    if args.bundle is not None and args.video_model is not None:
+        parser.error("--bundle names every model, the video model too: leave --video-model out")
+    if args.bundle is not None and not (args.bundle / "bundle.yaml").is_file():
+        parser.error(f"--bundle {args.bundle}: no bundle.yaml there")
     video = args.video_model or SHIPPED_VIDEO
+    if args.bundle is not None:
+        video = bundle_video(args.bundle)
+        if video is None or not has_video_model(video):
+            parser.error(f"--bundle {args.bundle}: it names no video model with a video.json")
     if args.video_model is not None and not has_video_model(args.video_model):
         parser.error(f"--video-model {args.video_model}: no video model there (video.json)")
     if not args.without_movie and not has_video_model(video):
@@ -218,14 +243,15 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="mdream-bench-movie-") as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        bundle = bundle_with_video(args.video_model, out / "bundle") if args.video_model else None
+        bundle = bundle_with_video(args.video_model, out / "bundle") if args.video_model else args.bundle
         results = [score_script(name, copy_script(name, out, bundle), out, size, args.seed, not args.without_movie)
                    for name in args.scripts]
         (out / "report.json").write_text(json.dumps(
             [{k: v for k, v in r.items() if k != "reports"} | {"reports": {k: e.to_dict() for k, e in r["reports"].items()}}
              for r in results], indent=1) + "\n")
     what = ("ground-truth clips against their own animatic" if args.without_movie else
-            "`mdream generate SCRIPT -o OUT/NAME.mp4 --device cpu --json` with the toy bundle"
+            "`mdream generate SCRIPT -o OUT/NAME.mp4 --device cpu --json` with "
+            + (f"the bundle {args.bundle}" if args.bundle else "the toy bundle")
             + (f" and the video model {args.video_model}" if args.video_model else "") + ", from an empty cache")
     body = (
         f"{what}; each movie scored by `evaluate_movie(..., frames=\"clips\")` (`mdream eval OUT/NAME --script SCRIPT "
@@ -243,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         body += ("\n\nTime of the video stage (the run report's seconds: every shot's clip drawn by the video "
                  "model), per second of video:\n\n" + time_table(results, threads))
     print(body)
-    if args.no_write or args.video_model is not None or args.without_movie:
+    if args.no_write or args.video_model is not None or args.bundle is not None or args.without_movie:
         print("\n(RESULTS.md not written: only the shipped toy bundle's numbers go there)")
         return
     from benchmarks.results import update_section

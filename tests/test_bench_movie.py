@@ -42,6 +42,40 @@ def test_without_a_video_model_it_says_so_and_writes_nothing(tmp_path, monkeypat
         bench_movie.main(["--video-model", str(tmp_path), "--scripts", "short"])  # not a video model folder
 
 
+def test_another_bundle_makes_the_movies_and_is_not_written(tmp_path, monkeypatch, capsys):
+    """--bundle: the scripts name that bundle, its video model sets the frame size, RESULTS.md is left alone."""
+    import json
+
+    import yaml
+
+    bundle = tmp_path / "rebuilt" / "bundles" / "toy"
+    video = tmp_path / "rebuilt" / "models" / "toy-video"
+    video.mkdir(parents=True)
+    (video / "video.json").write_text(json.dumps({"width": 48}))
+    bundle.mkdir(parents=True)
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump({"name": "toy", "components": {
+        "video": {"path": "../../models/toy-video"}}}))
+    assert bench_movie.bundle_video(bundle) == video.resolve()
+    seen = []
+
+    def fake_score(name, script, out, size, seed, with_movie):
+        seen.append((yaml.safe_load(script.read_text())["output"]["model_bundle"], size))
+        return {"name": name, "shots": 1, "duration": 1.0, "fps": 8, "video_seconds": 1.0, "generate_seconds": 1.0,
+                "wall": 1.0, "reports": {}}
+
+    monkeypatch.setattr(bench_movie, "score_script", fake_score)
+    monkeypatch.setattr("benchmarks.results.update_section", lambda *a, **k: pytest.fail("wrote RESULTS.md"))
+    bench_movie.main(["--bundle", str(bundle), "--scripts", "short", "--out", str(tmp_path / "out")])
+    assert seen == [(str(bundle.resolve()), 48)]
+    assert "the bundle" in capsys.readouterr().out
+    for bad in (["--bundle", str(tmp_path)], ["--bundle", str(bundle), "--video-model", str(video)]):
+        with pytest.raises(SystemExit):
+            bench_movie.main([*bad, "--scripts", "short"])
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump({"name": "toy", "components": {}}))
+    with pytest.raises(SystemExit):  # a bundle without a video model has no movie to score
+        bench_movie.main(["--bundle", str(bundle), "--scripts", "short"])
+
+
 def test_tables_give_pair_counts_and_time_per_second_of_video():
     truth = EvalReport(backend="toy", movie_dir="t", script="s", n_shots=2, scene_accuracy=1.0, cast_accuracy=0.9,
                        motion_agreement=1.0, n_motion_pairs=3, camera_agreement=0.5, n_camera_pairs=2,
