@@ -3,6 +3,7 @@ held-out toy scripts, between its ceiling and its floor.
 
     python -m benchmarks.bench_continuity                         # ground truth and independent shots
     python -m benchmarks.bench_continuity --generate --device cuda  # + the AR model, with and without history
+    python -m benchmarks.bench_continuity --generate --bundle DIR   # the same with another model bundle (not written)
 
 For each episode seed (defaults are far beyond the episode numbers of the training sets, whose episodes are
 ``episode_seed(seed, e)``) writes the toy script of ``--shots`` shots (world 0, 64x64) and scores with
@@ -63,23 +64,26 @@ def markdown(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def generated_movies(script: Path, work: Path, device: str, seed: int, shots: int, size: int) -> dict[str, Path]:
+def generated_movies(script: Path, work: Path, device: str, seed: int, shots: int, size: int,
+                     bundle: Path | None = None) -> dict[str, Path]:
     """The ground truth through the tokens (every keyframe given: encoded and rendered, the ceiling of what a keyframe
     model that copies its history perfectly can keep), the AR model's movie of ``script`` at temperature 1, and the
-    same with its history masked."""
-    from benchmarks.bench_ar_quality import keyframe_movie
+    same with its history masked; with ``bundle``'s models (None: the shipped toy bundle)."""
+    from benchmarks.bench_ar_quality import keyframe_movie, with_temperature
     from mdream.stages.options import RunOptions
     from mdream.stages.run import generate, movie_dir_for
 
     movies = {}
     storyboard = toy_script(work / "storyboard", seed=seed, shots=shots, size=size, given_keyframes=True)
+    if bundle is not None:
+        storyboard = with_temperature(storyboard, 1.0, bundle)  # (given keyframes: the temperature is unused)
     movie = work / "tokens" / "movie.mp4"
     generate(storyboard, movie, RunOptions(cache_dir=work / "cache-tokens", device=device, quiet=True), until="export")
     movies["ground truth through the tokens (ceiling of a keyframe model)"] = (movie_dir_for(movie), storyboard)
     for name, masked in (("AR, temperature 1", False), ("AR without history, temperature 1", True)):
         tag = "masked" if masked else "ar"
         movies[name] = keyframe_movie(script, 1.0, tag, work / tag / "movie.mp4", work / f"cache-{tag}", device,
-                                      masked=masked)
+                                      bundle=bundle, masked=masked)
     return movies
 
 
@@ -93,7 +97,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="Device of `generate` (with --generate).")
     parser.add_argument("--out", type=Path, default=None, help="Keep the scripts and movies here (default: a temp folder).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the pooled numbers and reports here.")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="With --generate: another model bundle (a folder with bundle.yaml) makes the generated "
+                             "movies; its numbers are printed, not written into RESULTS.md.")
     args = parser.parse_args()
+    if args.bundle is not None and not args.generate:
+        parser.error("--bundle needs --generate (the ground truth and the independent shots use no model)")
+    if args.bundle is not None and not (args.bundle / "bundle.yaml").is_file():
+        parser.error(f"--bundle {args.bundle}: no bundle.yaml there")
+    bundle = args.bundle.resolve() if args.bundle is not None else None
     t0 = time.perf_counter()
     reports: dict[str, list[EvalReport]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +116,7 @@ def main() -> None:
             movies = {"ground truth (ceiling)": (script.parent / "groundtruth", script),
                       "independent shots (floor)": (script.parent / "independent", script)}
             if args.generate:
-                movies.update(generated_movies(script, work, args.device, seed, args.shots, args.size))
+                movies.update(generated_movies(script, work, args.device, seed, args.shots, args.size, bundle))
             for name, (movie, movie_script) in movies.items():
                 report = evaluate_movie(movie, movie_script, analyser_dir=args.analyser)
                 if report.continuity_unavailable:
@@ -115,13 +127,14 @@ def main() -> None:
     body = (
         f"{len(args.seeds)} held-out toy scripts of {args.shots} shots at {args.size}x{args.size} (episode seeds "
         f"{', '.join(map(str, args.seeds))}); agreement of the hidden variant read by the frame analyser, pooled over "
-        f"the scripts (pairs in brackets); {seconds:.0f} s.\n\n" + markdown(rows)
+        "the scripts (pairs in brackets)" + (f"; generated with the bundle {args.bundle}" if args.bundle else "")
+        + f"; {seconds:.0f} s.\n\n" + markdown(rows)
     )
     print(body)
     if args.json:
         args.json.write_text(json.dumps(
             {"pooled": rows, "reports": {n: [r.to_dict() for r in rs] for n, rs in reports.items()}}, indent=1) + "\n")
-    if args.analyser is None:  # RESULTS.md holds the shipped analyser's numbers
+    if args.analyser is None and args.bundle is None:  # RESULTS.md holds the shipped models' numbers
         from benchmarks.results import update_section
 
         command = (f"python -m benchmarks.bench_continuity --seeds {' '.join(map(str, args.seeds))} --shots {args.shots}"
