@@ -711,19 +711,9 @@ def lookalike_shares(world: World, shot: ShotSpec, size: int, rng: np.random.Gen
     an iris keeps its pair's part beside a height pair's whole figure. All zeros when no member has
     a look-alike in view; otherwise the map sums to 1.
     """
-    shares = np.zeros((size, size), np.float32)
-    swaps = [(i, twin_id) for i, member in enumerate(shot.cast) for twin_id in world.lookalikes(member.character_id)]
-    if swaps and frame is None:
-        frame = render_keyframe(world, shot, size, copy.deepcopy(rng))
-    changed = []
-    for i, twin_id in swaps:
-        cast = (*shot.cast[:i], dataclasses.replace(shot.cast[i], character_id=twin_id), *shot.cast[i + 1:])
-        mask = _changed_pixels(frame, render_keyframe(world, dataclasses.replace(shot, cast=cast), size, copy.deepcopy(rng)))
-        if mask.any():
-            changed.append(mask)
-    for mask in changed:
-        shares += mask / (len(changed) * mask.sum(dtype=np.float32))
-    return shares
+    swaps = [(i, dataclasses.replace(member, character_id=twin_id))
+             for i, member in enumerate(shot.cast) for twin_id in world.lookalikes(member.character_id)]
+    return _swap_shares(world, shot, size, rng, frame, swaps)
 
 
 def trousers_shares(world: World, shot: ShotSpec, size: int, rng: np.random.Generator,
@@ -736,13 +726,21 @@ def trousers_shares(world: World, shot: ShotSpec, size: int, rng: np.random.Gene
     The pixels that change are that member's trousers in view (a wide shot's legs are a few pixels; a close-up
     shows none). All zeros when no trousers are in view; otherwise the map sums to 1, as ``lookalike_shares``'.
     """
+    swaps = [(i, dataclasses.replace(member, trousers=(member.trousers + 1) % len(_TROUSERS)))
+             for i, member in enumerate(shot.cast)]
+    return _swap_shares(world, shot, size, rng, frame, swaps)
+
+
+def _swap_shares(world: World, shot: ShotSpec, size: int, rng: np.random.Generator, frame: np.ndarray | None,
+                 swaps: list) -> np.ndarray:
+    """float32 [size, size]: for each (cast index, member) swap, the shot rendered again from ``rng``'s state with
+    that member in that place; each swap that changes any pixel spreads an equal part of 1 evenly over its pixels."""
     shares = np.zeros((size, size), np.float32)
-    if shot.cast and frame is None:
+    if swaps and frame is None:
         frame = render_keyframe(world, shot, size, copy.deepcopy(rng))
     changed = []
-    for i, member in enumerate(shot.cast):
-        other = dataclasses.replace(member, trousers=(member.trousers + 1) % len(_TROUSERS))
-        cast = (*shot.cast[:i], other, *shot.cast[i + 1:])
+    for i, member in swaps:
+        cast = (*shot.cast[:i], member, *shot.cast[i + 1:])
         mask = _changed_pixels(frame, render_keyframe(world, dataclasses.replace(shot, cast=cast), size, copy.deepcopy(rng)))
         if mask.any():
             changed.append(mask)
