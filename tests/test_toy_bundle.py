@@ -301,14 +301,16 @@ def test_a_step_clock_sums_the_minutes_of_every_attempt(tmp_path):
 
     path = tmp_path / "step" / "bundle-minutes.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({"minutes": 12.5, "segments": 2}))  # two earlier attempts, killed
+    path.write_text(json.dumps({"minutes": 12.5, "attempts": 2}))  # two earlier attempts, killed
     with StepClock(path, fresh=False, every=0.01) as clock:
         time.sleep(0.05)
-        assert json.loads(path.read_text())["segments"] == 3  # the running total is on disk while the step runs
+        assert json.loads(path.read_text())["attempts"] == 3  # the running total is on disk while the step runs
     assert 12.5 < clock.minutes() < 12.6
-    assert json.loads(path.read_text()) == {"minutes": round(clock.minutes(), 3), "segments": 3}
+    assert json.loads(path.read_text()) == {"minutes": round(clock.minutes(), 3), "attempts": 3}
     with StepClock(path, fresh=True) as again:  # a step that starts over starts at 0
         pass
-    assert again.minutes() < 0.1 and json.loads(path.read_text())["segments"] == 1
+    assert again.minutes() < 0.1 and json.loads(path.read_text())["attempts"] == 1
     path.write_text("{not json")  # an unreadable record counts as no earlier attempt
+    assert StepClock(path, fresh=False).before == 0.0
+    path.write_text("[1, 2]")  # nor does a record that is not an object
     assert StepClock(path, fresh=False).before == 0.0

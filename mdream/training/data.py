@@ -226,7 +226,8 @@ def render_random_frames(world_seed: int, n: int, size: int, seed: int, progress
 
 
 def check_dataset_masks(data: str | None, needs_masks: bool) -> None:
-    """Refuse a frames folder (--data) where the loss weights need figure or look-alike masks: only renders carry them."""
+    """Refuse a frames folder (--data) where the loss weights need figure, look-alike or trouser masks: only renders
+    carry them."""
     if data and needs_masks:
         raise InputError(f"--data {data}: frame folders carry no figure masks, which --character-weight, "
                          "--lookalike-share and --trousers-share need.",

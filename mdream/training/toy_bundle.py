@@ -167,14 +167,15 @@ class StepClock:
 
     def __init__(self, path: Path, fresh: bool, every: float = 30.0):
         self.path, self.every = path, every
-        prior: dict[str, Any] = {}
+        prior: Any = {}
         if not fresh and path.is_file():
             try:
                 prior = json.loads(path.read_text())
             except (OSError, ValueError):
                 prior = {}
+        prior = prior if isinstance(prior, dict) else {}
         self.before = float(prior.get("minutes", 0.0))
-        self.segments = int(prior.get("segments", 0)) + 1
+        self.attempts = int(prior.get("attempts", 0)) + 1
         self.start = time.perf_counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -183,7 +184,7 @@ class StepClock:
         return self.before + (time.perf_counter() - self.start) / 60
 
     def _write(self) -> None:
-        record = {"minutes": round(self.minutes(), 3), "segments": self.segments}
+        record = {"minutes": round(self.minutes(), 3), "attempts": self.attempts}
         atomic_write_bytes(self.path, json.dumps(record).encode())
 
     def _tick(self) -> None:
@@ -434,7 +435,7 @@ def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resum
             manifest["steps"].append({
                 "name": step.name, "status": "done", "trainer": step.trainer, "recipe": step.recipe,
                 "settings": values, "seeds": _seeds(config) if config is not None else {}, "inputs": inputs,
-                "run": str(out / step.name), "output": str(output), "minutes": minutes, "attempts": clock.segments,
+                "run": str(out / step.name), "output": str(output), "minutes": minutes, "attempts": clock.attempts,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             })
             _write_manifest(manifest_path, manifest)
