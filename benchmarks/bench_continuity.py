@@ -20,7 +20,9 @@ For each episode seed (defaults are far beyond the episode numbers of the traini
   The hidden state is in no script, so only a model that carries it over from earlier keyframes keeps it.
 
 Agreement is pooled over the scripts: the fraction of all pairs (short-term: a scene's next shot / a character's
-next appearance, close-ups skipped; long-term: 20+ shots apart) whose two readings are the same variant.
+next appearance, close-ups skipped; long-term: 20+ shots apart) whose two readings are the same variant. A second
+table corrects it for chance (Cohen's kappa against the pooled readings' variant shares), since a model that favours
+one variant agrees more often than 1/3 without any history.
 """
 
 from __future__ import annotations
@@ -32,36 +34,63 @@ import time
 from pathlib import Path
 
 from mdream.eval.evaluate import EvalReport, evaluate_movie
+from mdream.eval.metrics import chance_agreement, chance_corrected
 from mdream.toyworld.commands import toy_script
 
 TITLE = "Continuity of the hidden state (toy)"
 SEEDS = (900_001, 900_002, 900_003)
 COLUMNS = tuple((name, term) for name in ("palette", "trousers") for term in ("short_term", "long_term"))
+CHANCE_NOTE = (
+    "Chance-corrected (Cohen's kappa: (agreement - chance) / (1 - chance), 1 continuous, 0 no better than chance; "
+    "chance in brackets: the agreement of two independent draws from the movie's pooled readings, the sum of the "
+    "squared variant shares). A model that draws one variant more often than the others, or one variant per "
+    "character whatever the history, agrees above 1/3 without carrying anything over; kappa discounts the first."
+)
+
+
+def readings(reports: list[EvalReport], name: str) -> list[int]:
+    """Every variant of ``name`` ("palette" or "trousers") the analyser read in the reports' shots: the readings
+    that the continuity pairs are made of."""
+    if name == "palette":
+        return [s.predicted_palette for r in reports for s in r.shots if s.predicted_palette is not None]
+    return [v for r in reports for s in r.shots for v in s.predicted_trousers.values()]
 
 
 def pooled(reports: list[EvalReport]) -> dict[str, dict[str, float | int | None]]:
-    """Per (attribute, term): agreement over the pairs of all the reports together, and the number of pairs."""
+    """Per (attribute, term): agreement over the pairs of all the reports together, the number of pairs, the
+    agreement expected by chance from the pooled readings' variant shares, and the chance-corrected agreement."""
     out = {}
     for name, term in COLUMNS:
         pairs = [getattr(r, f"n_{name}_{term}_pairs") for r in reports]
         values = [getattr(r, f"{name}_continuity_{term}") for r in reports]
         agreeing = sum(v * n for v, n in zip(values, pairs, strict=True) if v is not None)
         total = sum(n for v, n in zip(values, pairs, strict=True) if v is not None)
-        out[f"{name}_{term}"] = {"agreement": agreeing / total if total else None, "pairs": total}
+        agreement = agreeing / total if total else None
+        chance = chance_agreement(readings(reports, name))
+        out[f"{name}_{term}"] = {"agreement": agreement, "pairs": total, "chance": chance,
+                                 "kappa": chance_corrected(agreement, chance)}
     return out
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def markdown(rows: dict[str, dict]) -> str:
-    head = "| movie | " + " | ".join(f"{name} {term.replace('_', '-')} (pairs)" for name, term in COLUMNS) + " |"
-    lines = [head, "|---|" + "---:|" * len(COLUMNS)]
-    for movie, row in rows.items():
-        cells = []
-        for name, term in COLUMNS:
-            cell = row[f"{name}_{term}"]
-            value = "n/a" if cell["agreement"] is None else f"{cell['agreement']:.3f}"
-            cells.append(f"{value} ({cell['pairs']})")
-        lines.append(f"| {movie} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The agreement table (pairs in brackets), then the chance-corrected table (chance in brackets)."""
+    tables = []
+    for key, extra, label in (("agreement", "pairs", "pairs"), ("kappa", "chance", "chance")):
+        head = "| movie | " + " | ".join(f"{name} {term.replace('_', '-')} ({label})" for name, term in COLUMNS) + " |"
+        lines = [head, "|---|" + "---:|" * len(COLUMNS)]
+        for movie, row in rows.items():
+            cells = []
+            for name, term in COLUMNS:
+                cell = row[f"{name}_{term}"]
+                bracket = cell[extra] if key == "agreement" else _number(cell[extra])
+                cells.append(f"{_number(cell[key])} ({bracket})")
+            lines.append(f"| {movie} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return tables[0] + "\n\n" + CHANCE_NOTE + "\n\n" + tables[1]
 
 
 def generated_movies(script: Path, work: Path, device: str, seed: int, shots: int, size: int,

@@ -13,7 +13,7 @@ from PIL import Image
 from mdream.eval import evaluate as evaluate_module
 from mdream.eval.evaluate import evaluate_movie
 from mdream.eval.frame_analyser import FrameAnalyser, FrameAnalyserConfig
-from mdream.eval.metrics import VariantReading, variant_agreement
+from mdream.eval.metrics import VariantReading, chance_agreement, chance_corrected, variant_agreement
 from mdream.toyworld import make_episode, make_world, write_script
 from mdream.toyworld.episode import shot_labels
 from mdream.toyworld.script_writer import independent_hidden_shots, write_independent_groundtruth
@@ -34,6 +34,24 @@ def test_variant_agreement_pairs_and_long_term_gap():
     assert variant_agreement(readings, long_term_gap=26)["long_term_pairs"] == 2  # (0,45), (19,45)
     empty = variant_agreement([])
     assert empty["short_term"] is None and empty["long_term"] is None and empty["short_term_pairs"] == 0
+
+
+def test_chance_agreement_is_the_sum_of_squared_shares():
+    assert chance_agreement([0, 1, 2] * 4) == pytest.approx(1 / 3)
+    assert chance_agreement([0, 0, 0, 1]) == pytest.approx(0.75**2 + 0.25**2)
+    assert chance_agreement([2, 2]) == pytest.approx(1.0)
+    assert chance_agreement([]) is None
+
+
+def test_chance_corrected_agreement_discounts_a_favoured_variant():
+    # a model that reads variant 0 in 3 shots of 4 agrees 0.625 by chance: that much agreement is worth nothing
+    chance = chance_agreement([0, 0, 0, 1])
+    assert chance_corrected(chance, chance) == pytest.approx(0.0)
+    assert chance_corrected(1.0, chance) == pytest.approx(1.0)
+    assert chance_corrected(0.8, 0.5) == pytest.approx(0.6)
+    assert chance_corrected(0.2, 0.5) == pytest.approx(-0.6)  # below chance
+    assert chance_corrected(1.0, 1.0) is None and chance_corrected(None, 0.3) is None
+    assert chance_corrected(0.5, None) is None
 
 
 class FakeAnalyser:

@@ -121,6 +121,29 @@ def variant_agreement(
     }
 
 
+def chance_agreement(values: Sequence[int]) -> float | None:
+    """The agreement two readings would have by chance: the probability that two independent draws from the
+    readings' own variant shares are equal, the sum of the squared shares (1/#variants when the shares are even, up
+    to 1 when one variant dominates). None without readings.
+
+    Raw agreement rewards a model that draws one variant most of the time whatever the history; the chance-corrected
+    agreement (:func:`chance_corrected`) does not.
+    """
+    if not len(values):
+        return None
+    _, counts = np.unique(np.asarray(values), return_counts=True)
+    shares = counts / counts.sum()
+    return float((shares**2).sum())
+
+
+def chance_corrected(agreement: float | None, chance: float | None) -> float | None:
+    """Cohen's kappa of an agreement against its chance level: (agreement - chance) / (1 - chance); 1 is perfect
+    continuity, 0 no more than chance. None where either is missing or every reading is one variant (chance 1)."""
+    if agreement is None or chance is None or chance >= 1.0:
+        return None
+    return (agreement - chance) / (1.0 - chance)
+
+
 @dataclass(frozen=True)
 class MotionReading:
     """What the motion reader read in one shot's clip for one cast member (or for the camera), and what the script
