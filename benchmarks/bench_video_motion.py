@@ -1,0 +1,146 @@
+"""The video model's motion on single clips: does a keyframe become the scripted motion, and does the cast survive it?
+
+    python -m benchmarks.bench_video_motion                          # the shipped toy video model
+    python -m benchmarks.bench_video_motion --model DIR --steps 4 8 20 --json out.json
+
+For ``--shots`` held-out random toy shots with at least one cast member (their own seed stream:
+``default_rng([seed, world_seed, 0xB0E, shot])``; the trainer draws from ``default_rng([data_seed, world_seed,
+0x71D])``), the true clip (``render_clip``, the model's frame size and clip length) and one clip drawn by the model
+from its keyframe (frame 0) and the shot's action, anchored on the keyframe, are scored:
+
+* frame error: the mean absolute difference of the clip's last frame from the true clip's, in grey levels (0-255);
+  copying the keyframe scores how far the true clip moves;
+* moving actions read: the evaluator's motion reader on the clip, the share of cast members with a moving action
+  (walk, wave, jump, sit) whose slot it reads as that action (a member's slot is its script position);
+* cast kept: the evaluator's frame analyser on the last frame, the share of the 3 position slots it reads as it
+  reads them on the keyframe (who stands where, empty included).
+
+Rows: the ground truth (the true clip), the keyframe copied into every frame (no motion: the floor of the motion
+reading, the ceiling of the cast reading), then the model at each ``--steps`` (default: the model's own). Writes its
+section of benchmarks/RESULTS.md when it measured the shipped model (``--model`` left out); without a video model
+it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_video import SHIPPED
+
+TITLE = "Video model: motion on single clips (toy)"
+MOTION_TAG = 0xB0E
+MOVING = ("walk", "wave", "jump", "sit")
+
+
+def held_out_shot(world, seed: int, index: int, size: int, n_frames: int):
+    """Shot ``index`` of this benchmark's stream (at least one cast member) and its true clip uint8 [T, S, S, 3]."""
+    from mdream.eval.toy_samples import random_shot
+    from mdream.toyworld import render_clip
+
+    rng = np.random.default_rng([seed, world.seed, MOTION_TAG, index])
+    shot = random_shot(world, rng, min_cast=1)
+    return shot, render_clip(world, shot, size, n_frames, rng)
+
+
+def score(shots, clips: list[np.ndarray], analyser, reader) -> dict[str, float | int]:
+    """The row of ``clips`` (one per shot, frame 0 the keyframe) against the true clips of ``shots``."""
+    from mdream.eval.evaluate import POSITIONS
+
+    truth = [clip for _, clip in shots]
+    error = np.mean([np.abs(c[-1].astype(np.float32) - t[-1].astype(np.float32)).mean()
+                     for c, t in zip(clips, truth, strict=True)])
+    read = reader.read(np.stack(clips))["actions"]  # [N, 3]: index into the reader's actions, -1 nobody
+    actions = reader.config.actions
+    hits = [read[i, POSITIONS.index(m.position)] == actions.index(m.action)
+            for i, (shot, _) in enumerate(shots) for m in shot.cast if m.action in MOVING]
+    kept = []
+    for clip in clips:
+        chars = analyser.analyse(np.stack([clip[0], clip[-1]]))["chars"]  # [2, 3]
+        kept.append(float((chars[1] == chars[0]).mean()))
+    return {"frame_error": round(float(error), 2), "moving_read": round(float(np.mean(hits)), 3),
+            "moving_members": len(hits), "cast_kept": round(float(np.mean(kept)), 3)}
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    lines = ["| clip | last-frame error (grey levels) | moving actions read (members) | cast kept |",
+             "|---|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['frame_error']:.1f} | {r['moving_read']:.3f} ({r['moving_members']}) "
+                     f"| {r['cast_kept']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=None,
+                        help="A video model folder [default: the shipped toy video model; only its numbers go into "
+                             "RESULTS.md].")
+    parser.add_argument("--shots", type=int, default=64, help="Held-out shots (one clip each).")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="Euler steps per clip, one row each (default: the model's own).")
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--world-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=900_001, help="Seed of the held-out shot stream.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
+    args = parser.parse_args(argv)
+
+    folder = args.model or SHIPPED
+    if not (folder / "video.json").is_file() and not (folder / "model_index.json").is_file():
+        print(f"no video model at {folder}: skipping the motion benchmark")
+        return
+
+    from mdream.eval.evaluate import TOY_ANALYSER, TOY_MOTION_READER
+    from mdream.eval.frame_analyser import FrameAnalyser
+    from mdream.eval.motion_reader import MotionReader
+    from mdream.models.video import ImageToVideoModel, ImageToVideoPipeline
+    from mdream.toyworld import make_world
+    from mdream.training.video import shot_action
+
+    t0 = time.perf_counter()
+    model = ImageToVideoModel.from_pretrained(folder).to(args.device)
+    pipe, c = ImageToVideoPipeline(model), model.config
+    if c.width != c.height:
+        raise SystemExit(f"the toy benchmark renders square shots; the model draws {c.width}x{c.height}")
+    analyser, reader = FrameAnalyser.from_pretrained(TOY_ANALYSER), MotionReader.from_pretrained(TOY_MOTION_READER)
+    world = make_world(args.world_seed)
+    L = c.num_frames
+    shots = [held_out_shot(world, args.seed, s, c.width, L) for s in range(args.shots)]
+    rows = {"ground truth": score(shots, [clip for _, clip in shots], analyser, reader),
+            "the keyframe copied": score(shots, [np.repeat(clip[:1], L, 0) for _, clip in shots], analyser, reader)}
+    seconds = {}
+    for steps in args.steps or [c.num_inference_steps]:
+        clips, start = [], time.perf_counter()
+        for s, (shot, clip) in enumerate(shots):
+            clips.append(pipe(clip[:1], L, actions=shot_action(c, shot)[None], anchor="first", fps=args.fps,
+                              num_inference_steps=steps, generator=torch.Generator().manual_seed(s)).frames[0])
+        seconds[steps] = round(time.perf_counter() - start, 1)
+        rows[f"model, {steps} Euler steps"] = score(shots, clips, analyser, reader)
+    report = {"model": str(folder), "shots": args.shots, "clip_length": L, "size": c.width, "seed": args.seed,
+              "torch_threads": torch.get_num_threads(), "rows": rows, "sampling_seconds": seconds,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    body = (f"{args.shots} held-out random toy shots with a cast ({c.width}x{c.width}, world {args.world_seed}, shot "
+            f"stream seed {args.seed}), one {L}-frame clip each from its keyframe and action; last-frame error "
+            "against the true clip, the evaluator's motion reader on the cast members with a moving action "
+            "(walk, wave, jump, sit), the frame analyser's slots on the last frame against the keyframe's. "
+            f"{report['seconds']:.0f} s in all ({report['torch_threads']} torch threads, {args.device}).\n\n"
+            + markdown(rows))
+    print(body)
+    if args.model is None:
+        from benchmarks.results import update_section
+
+        command = (f"python -m benchmarks.bench_video_motion --shots {args.shots}"
+                   + (f" --steps {' '.join(map(str, args.steps))}" if args.steps else ""))
+        update_section(TITLE, body, command)
+
+
+if __name__ == "__main__":
+    main()
