@@ -6,6 +6,7 @@ Tiny random SVD-shaped models built from configs, saved to a folder and loaded t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -351,6 +352,64 @@ def test_init_starts_from_a_trained_model_and_refuses_another_shape(tmp_path):
         load_init(wider, str(tmp_path / "a" / "video"))
     with pytest.raises(InputError, match="does not exist"):
         load_init(wider, str(tmp_path / "nowhere"))
+
+
+def test_the_action_map_paints_each_slots_action_over_its_third_of_the_frame(model):
+    from mdream.models.video import action_map
+
+    c = dataclasses.replace(model.config, action_map=True)
+    actions = torch.stack([action_vector(c, [("left", "walks"), ("right", "sits")], "wide"),
+                           action_vector(c, [("center", "waves")], "close-up")])
+    maps = action_map(c, actions, 4, 6)  # [B, V, 4, 6]: slots own columns 0-1, 2-3, 4-5
+    assert maps.shape == (2, len(c.action_vocab), 4, 6) and c.action_map_channels == len(c.action_vocab)
+    walk, wave, sit = (c.action_vocab.index(a) for a in ("walk", "wave", "sit"))
+    assert torch.equal(maps[0, walk, :, :2], torch.ones(4, 2)) and maps[0, walk, :, 2:].sum() == 0
+    assert torch.equal(maps[0, sit, :, 4:], torch.ones(4, 2)) and maps[0, sit, :, :4].sum() == 0
+    assert maps[0, :, :, 2:4].sum() == 0  # nobody in the centre
+    assert torch.equal(maps[1, wave, :, 2:4], torch.ones(4, 2)) and maps[1].sum() == 8  # the camera is not painted
+
+
+def test_an_action_map_model_trains_draws_and_starts_from_a_model_without_one(tmp_path):
+    from mdream.errors import InputError
+    from mdream.training.video import ClipSet, VideoTask, VideoTrainingModel, load_init
+
+    trained = tiny_video_model(tmp_path / "a")
+    config = VideoTrainingConfig(image_encoder=str(tmp_path / "a" / "clip"), clip_length=4, sample_steps=2,
+                                 action_map=True)
+    torch.manual_seed(1)
+    mapped = new_video_model(config)
+    c = mapped.config
+    assert mapped.unet.config.in_channels == trained.unet.config.in_channels + len(c.action_vocab)
+    # from the model without the map: the new input channels start at zero, so it denoises as that model does
+    load_init(mapped, str(tmp_path / "a" / "video"))
+    w = mapped.unet.conv_in.weight
+    assert torch.equal(w[:, : trained.unet.config.in_channels], trained.unet.conv_in.weight)
+    assert w[:, trained.unet.config.in_channels:].abs().sum() == 0
+    walk = action_vector(c, [("left", "walks")], "wide")[None]
+    pipe_kw = dict(num_frames=4, clip_length=4, actions=walk)
+    drawn = ImageToVideoPipeline(mapped)(keyframe(), generator=torch.Generator().manual_seed(0), **pipe_kw).frames
+    before = ImageToVideoPipeline(trained)(keyframe(), generator=torch.Generator().manual_seed(0), **pipe_kw).frames
+    assert np.array_equal(drawn, before)
+    # saved and loaded, and with action guidance (its still branch gets the still map)
+    mapped.save_pretrained(tmp_path / "mapped")
+    again = ImageToVideoModel.from_pretrained(tmp_path / "mapped")
+    assert again.config.action_map
+    ImageToVideoPipeline(again)(keyframe(), action_guidance_scale=2.0, generator=torch.Generator().manual_seed(0),
+                                **pipe_kw)
+    # one training step moves the map's weights off zero
+    rng = np.random.default_rng(0)
+    clips = ClipSet(rng.integers(0, 256, (4, 7, 32, 32, 3), dtype=np.uint8), walk.repeat(4, 1).numpy())
+    task = VideoTask(VideoTrainingModel(mapped), clips, config)
+    opt = torch.optim.AdamW(task.trainable(), lr=1e-3)
+    task.loss(task.model, task.sample(np.random.default_rng(1), 4))["loss"].backward()
+    opt.step()
+    assert mapped.unet.conv_in.weight[:, trained.unet.config.in_channels:].abs().sum() > 0
+    # a video.json that asks for the map of a UNet trained without it is a clear error
+    config_file = tmp_path / "a" / "video" / "video.json"
+    data = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**data, "action_map": True}))
+    with pytest.raises(InputError, match="input channels"):
+        ImageToVideoModel.from_pretrained(tmp_path / "a" / "video")
 
 
 # ---- the stage --------------------------------------------------------------------------------------

@@ -117,10 +117,20 @@ class VideoModelConfig:
     """Positions of the cast, one block of the action multi-hot each (unpositioned members fill free slots)."""
     cameras: list[str] = field(default_factory=lambda: ["wide", "medium", "close-up"])
     """Camera framings, one-hot at the end of the action multi-hot."""
+    action_map: bool = False
+    """True: the action is also given where it happens: one channel per action of ``action_vocab``, each slot's
+    one-hot painted over its share of the frame's width (left, centre, right thirds), concatenated with the
+    conditioning latents (the UNet's ``in_channels`` count them), so the UNet sees at each place what moves there
+    and not only, through the cross-attention's action token, what moves somewhere. False: SVD's inputs."""
 
     @property
     def action_dim(self) -> int:
         return len(self.action_slots) * len(self.action_vocab) + len(self.cameras)
+
+    @property
+    def action_map_channels(self) -> int:
+        """Channels the action map adds to the UNet's input (0 without ``action_map``)."""
+        return len(self.action_vocab) if self.action_map else 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoModelConfig:
@@ -155,6 +165,16 @@ def action_vector(config: VideoModelConfig, cast: Sequence[tuple[str | None, str
     if camera in config.cameras:
         vec[len(slots) * len(vocab) + config.cameras.index(camera)] = 1.0
     return vec
+
+
+def action_map(config: VideoModelConfig, actions: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The action multi-hots [B, A] painted where they happen [B, V, height, width]: slot k's one-hot over the
+    vocabulary fills columns [k W / S, (k + 1) W / S) (S slots, left to right); the camera is not painted."""
+    n_slots, n_vocab = len(config.action_slots), len(config.action_vocab)
+    slots = actions[:, : n_slots * n_vocab].reshape(-1, n_slots, n_vocab)  # [B, S, V]
+    column = (torch.arange(width, device=actions.device) * n_slots) // width  # [W]: the slot of each column
+    maps = slots[:, column, :].permute(0, 2, 1)  # [B, V, W]
+    return maps.unsqueeze(2).expand(-1, -1, height, -1)  # [B, V, H, W]
 
 
 def still_actions(config: VideoModelConfig, actions: torch.Tensor) -> torch.Tensor:
@@ -228,6 +248,12 @@ class ImageToVideoModel(nn.Module):
         if config.anchor_tokens not in ANCHOR_TOKENS:
             raise InputError(f"The video model's anchor_tokens must be one of {', '.join(ANCHOR_TOKENS)}, got "
                              f"{config.anchor_tokens!r}.", hint="fix `anchor_tokens` in its video.json")
+        expected = 2 * unet.config.out_channels + config.action_map_channels
+        if unet.config.in_channels != expected:
+            raise InputError(f"The video UNet takes {unet.config.in_channels} input channels, but its config asks for "
+                             f"{expected} (the clip, the conditioning frame" + (", the action map" if config.action_map
+                                                                              else "") + ").",
+                             hint="set `action_map` in its video.json to how the UNet was trained")
         self.config, self.unet, self.image_encoder, self.vae = config, unet, image_encoder, vae
         self.action_encoder = action_encoder
         self.scheduler = scheduler
@@ -331,6 +357,18 @@ class ImageToVideoModel(nn.Module):
         if self.vae is None:
             return nn.functional.pixel_unshuffle(frames, self.config.patch_size)
         return self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode()
+
+    def conditioning(self, latents: torch.Tensor, actions: torch.Tensor | None, num_frames: int) -> torch.Tensor:
+        """What the UNet concatenates with the noisy clip [B, T, C (+ V), h, w]: the conditioning latents [B, C, h, w]
+        repeated over the clip, with ``action_map`` followed by the actions [B, A] painted where they happen (no
+        actions: zeros)."""
+        b, _, h, w = latents.shape
+        parts = [latents]
+        if self.config.action_map:
+            if actions is None:
+                actions = torch.zeros(b, self.config.action_dim, device=latents.device)
+            parts.append(action_map(self.config, actions.to(latents.device, latents.dtype), h, w))
+        return torch.cat(parts, dim=1).unsqueeze(1).expand(-1, num_frames, -1, -1, -1)  # [B, T, C (+ V), h, w]
 
     def clip_latents(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames in [-1, 1] [N, 3, H, W] -> what the UNet denoises [N, C, h, w] (SVD: the VAE's mode, scaled)."""
@@ -456,7 +494,7 @@ class ImageToVideoPipeline:
         # 2. encode the anchor (the first frame) and the action: the cross-attention context
         first_embeds = model.encode_image(image)  # [B, 1, D]
         action_tokens = model.encode_actions(actions, b)  # [B, n, D] or None
-        still_tokens = None  # the negative of action guidance: the same shot, its cast standing still
+        still_tokens = still_multi_hot = None  # the negative of action guidance: the same shot, its cast standing still
         if action_scale > 1 and action_tokens is not None and actions is not None:
             still_multi_hot = still_actions(c, actions.to(model.device))  # [B, A]
             if not torch.equal(still_multi_hot, actions.to(model.device)):  # a still cast: nothing to push from
@@ -479,20 +517,22 @@ class ImageToVideoPipeline:
             conditions.append(cond_frame)
             anchors.append(anchor_embeds)
             noise_aug = torch.randn(cond_frame.shape, generator=generator).to(model.device)
-            cond = model.to_latents(cond_frame + c.noise_aug_strength * noise_aug)  # [B, C, h, w]
-            cond = cond.float().unsqueeze(1).repeat(1, clip_length, 1, 1, 1)  # [B, T, C, h, w]
+            latents = model.to_latents(cond_frame + c.noise_aug_strength * noise_aug).float()  # [B, C, h, w]
+            cond = model.conditioning(latents, actions, clip_length)  # [B, T, C (+ V), h, w]
             context = anchor_embeds if action_tokens is None else torch.cat([anchor_embeds, action_tokens], dim=1)
             still = None if still_tokens is None else torch.cat([anchor_embeds, still_tokens], dim=1)
+            still_cond = None if still is None else model.conditioning(latents, still_multi_hot, clip_length)
             if guided:  # SVD's unconditional branch: zero image embedding and zero conditioning latents
                 cond = torch.cat([torch.zeros_like(cond), cond])
                 context = torch.cat([torch.zeros_like(context), context])
-            shape = (b, clip_length, cond.shape[2], cond.shape[3], cond.shape[4])
+            shape = (b, clip_length, *latents.shape[1:])
             x = torch.randn(shape, generator=generator).to(model.device) * sigmas[0]
 
             action_guided = still is not None
             if action_guided:  # still-cast branch(es) after the others: [(uncond,) full, (uncond-still,) still]
                 still = torch.cat([torch.zeros_like(still), still]) if guided else still
-                cond, context = torch.cat([cond, cond]), torch.cat([context, still])
+                still_cond = torch.cat([torch.zeros_like(still_cond), still_cond]) if guided else still_cond
+                cond, context = torch.cat([cond, still_cond]), torch.cat([context, still])
             n = (2 if guided else 1) * (2 if action_guided else 1)  # branches in one batch
 
             def denoiser(x, sigma, cond=cond, context=context, n=n, ids=time_ids.repeat(n, 1), action_guided=action_guided):

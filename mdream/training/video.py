@@ -117,6 +117,10 @@ class VideoTrainingConfig(LoopConfig):
     drift_prob: float = 0.0
     """Share of continuation examples whose conditioning frame is degraded like a drifted clip's last frame (blur,
     colour shift; strength uniform per example), the target and the first-frame anchor kept true."""
+    action_map: bool = False
+    """Also give the UNet the action where it happens: each slot's action painted over its third of the frame as
+    extra input channels (see VideoModelConfig.action_map). With --init from a model without it, the new input
+    channels start at zero weight, so training starts from that model's outputs."""
     init: str = ""
     """Start from a trained video model (a folder of `mdream train export` or a run's final/video; toy: the shipped
     toy-video) instead of random weights: its UNet and action encoder must match this config."""
@@ -155,6 +159,15 @@ def load_init(model: ImageToVideoModel, setting: str) -> None:
     if (folder / "video").is_dir() and not (folder / "unet").is_dir():
         folder = folder / "video"
     trained = ImageToVideoModel.from_pretrained(folder, torch_dtype=torch.float32)
+    added = model.config.action_map_channels - trained.config.action_map_channels
+    if added > 0:  # the action map's input channels are new: zero weights, so the UNet starts as it was trained
+        conv = trained.unet.conv_in
+        wider = nn.Conv2d(conv.in_channels + added, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        with torch.no_grad():
+            wider.weight.zero_()
+            wider.weight[:, : conv.in_channels] = conv.weight
+            wider.bias.copy_(conv.bias)
+        trained.unet.conv_in = wider
     for name in ("unet", "action_encoder"):
         mine, theirs = getattr(model, name), getattr(trained, name)
         if theirs is None:
@@ -207,10 +220,11 @@ def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
                           width=config.frame_size, num_frames=config.clip_length, fps=config.fps,
                           num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0,
                           sigma_data=config.sigma_data, residual=config.residual, prediction=config.prediction,
-                          anchor_tokens=config.anchor_tokens, colour_coherence=config.colour_coherence)
+                          anchor_tokens=config.anchor_tokens, colour_coherence=config.colour_coherence,
+                          action_map=config.action_map)
     c = 3 * config.patch_size**2
     unet = UNetSpatioTemporalConditionModel(
-        sample_size=config.frame_size // config.patch_size, in_channels=2 * c, out_channels=c,
+        sample_size=config.frame_size // config.patch_size, in_channels=2 * c + mc.action_map_channels, out_channels=c,
         down_block_types=("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
         up_block_types=("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal"),
         block_out_channels=(config.channels, 2 * config.channels), addition_time_embed_dim=8,
@@ -299,8 +313,8 @@ class VideoTrainingModel(nn.Module):
                 pixel_weight = 1 + self.motion_weight * (change > MOTION_THRESHOLD).float()
             embeds = m.encode_image(anchor_frame)  # [B, n, D]
         k = keep.view(b, 1, 1, 1)
-        cond = m.to_latents(cond_frame + m.config.noise_aug_strength * aug) * k  # [B, C, h, w]
-        cond = cond.unsqueeze(1).expand(-1, t, -1, -1, -1)
+        latents = m.to_latents(cond_frame + m.config.noise_aug_strength * aug)  # [B, C, h, w]
+        cond = m.conditioning(latents, actions, t) * k.unsqueeze(1)  # [B, T, C (+ V), h, w]; dropped: all zero
         context = torch.cat([embeds * keep.view(b, 1, 1), m.encode_actions(actions, b)], dim=1)  # [B, n + 1, D]
         s = sigma.view(b, 1, 1, 1, 1)
         denoised = m.denoise(x0 + s * noise, sigma, cond, context, m.added_time_ids(b))
