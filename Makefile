@@ -34,7 +34,7 @@ demo:
 	$(MDREAM) generate examples/scripts/storyboard.yaml -o demo/storyboard.mp4 --device cpu
 	$(MDREAM) eval demo/storyboard --script examples/scripts/storyboard.yaml
 
-# Every toy model from scratch, in dependency order, into mdream/assets (about 7.5 h on 2 CPU cores; rerun to
+# Every toy model from scratch, in dependency order, into mdream/assets (about 8.2 h on 2 CPU cores; rerun to
 # resume). TOY_BUNDLE_ARGS passes options on, e.g. TOY_BUNDLE_ARGS="--dest /tmp/toy --smoke".
 toy-bundle:
 	$(MDREAM) train bundle --out runs/toy-bundle $(TOY_BUNDLE_ARGS)

@@ -187,7 +187,7 @@ def test_toy_video_fits_its_configs_and_its_recipe():
         tower.config.hidden_size, tower.config.num_hidden_layers, tower.config.image_size, tower.config.patch_size)
 
     # the recipe through the trainer's builder makes the same model
-    recipe_config = recipe(VideoTrainingConfig, "video-toy-cpu", "video")
+    recipe_config = recipe(VideoTrainingConfig, "video-toy-action-map", "video")
     fresh = new_video_model(recipe_config)
     load_strict(fresh.unet, VIDEO / "unet" / "diffusion_pytorch_model.safetensors")
     load_strict(fresh.action_encoder, VIDEO / "action_encoder" / "diffusion_pytorch_model.safetensors")
@@ -196,6 +196,7 @@ def test_toy_video_fits_its_configs_and_its_recipe():
         built.patch_size, built.width, built.height, built.num_frames, built.fps)
     assert (config.residual, config.sigma_data, config.prediction) == (built.residual, built.sigma_data, built.prediction)
     assert (config.anchor_tokens, config.colour_coherence) == (built.anchor_tokens, built.colour_coherence)
+    assert config.action_map == built.action_map
 
 
 def test_every_shipped_weights_file_is_checked():

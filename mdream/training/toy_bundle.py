@@ -1,6 +1,6 @@
 """``mdream train bundle``: train every toy model from scratch, in dependency order, into one model bundle.
 
-    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 7.5 h on 2 cores)
+    mdream train bundle --out runs/toy-bundle                    # reproduce mdream/assets (about 8.2 h on 2 cores)
     mdream train bundle --out runs/toy-bundle --dest DIR         # the same models in another folder
     mdream train bundle --out runs/smoke --dest DIR --smoke      # the same orchestration with tiny budgets
 
@@ -25,7 +25,10 @@ analyser          the evaluator's frame   (toy-world renders; independent)
                   analyser
 motion_reader     the evaluator's motion  (toy-world clips; independent)
                   reader
-video             the toy video model     --image-encoder: the staged CLIP (its vision tower, frozen)
+video             the toy video model,    --image-encoder: the staged CLIP (its vision tower, frozen); staged as
+                  from scratch            ``models/toy-video-base`` (not written into DEST)
+video_action_map  the same with the       --init: the staged ``toy-video-base``, --image-encoder: the staged CLIP
+                  action map, fine-tuned  (recipe ``video-toy-action-map``)
 ================  ======================  ==================================================================
 
 Resumable: ``OUT/manifest.json`` records each finished step (its settings, seeds, inputs, output, and its minutes
@@ -96,6 +99,9 @@ TOY_DECODER_SAMPLING = {"num_inference_steps": 20, "guidance_scale": 1.0, "ident
 _TOKENIZER_SMOKE = {"num_frames": 32, "steps": 2, "max_minutes": 0.0, "batch_size": 4, "warmup": 1,
                     "photos_per_character": 1, "checkpoint_every": 2, "log_every": 1}
 
+_VIDEO_SMOKE = {"clips": 4, "clip_length": 4, "steps": 2, "max_minutes": 0.0, "batch_size": 2, "warmup": 1,
+                "checkpoint_every": 2, "log_every": 1}
+
 STEPS: tuple[BundleStep, ...] = (
     BundleStep("clip", "clip", "clip-toy", "models/toy-clip", 24.0,
                {"num_frames": 48, "val_frames": 16, "steps": 2, "batch_size": 8, "warmup": 1, "checkpoint_every": 2,
@@ -122,9 +128,10 @@ STEPS: tuple[BundleStep, ...] = (
     BundleStep("motion_reader", "motion-reader", "motion-reader-toy", "eval/motion_reader", 10.0,
                {"pool_size": 16, "refresh_per_step": 1, "val_clips": 8, "clip_lengths": "8,12", "steps": 2,
                 "batch_size": 8, "warmup": 1, "checkpoint_every": 2, "log_every": 1}, pinned={"max_minutes": 0.0}),
-    BundleStep("video", "video", "video-toy-cpu", "models/toy-video", 75.0,
-               {"clips": 4, "clip_length": 4, "steps": 2, "max_minutes": 0.0, "batch_size": 2, "warmup": 1,
-                "checkpoint_every": 2, "log_every": 1}, needs=("clip",), pinned={"max_minutes": 0.0}),
+    BundleStep("video", "video", "video-toy-cpu", "models/toy-video-base", 75.0, _VIDEO_SMOKE, needs=("clip",),
+               ships=False, pinned={"max_minutes": 0.0}),
+    BundleStep("video_action_map", "video", "video-toy-action-map", "models/toy-video", 45.0, _VIDEO_SMOKE,
+               needs=("clip", "video"), pinned={"max_minutes": 0.0}),
 )
 """The steps in dependency order (each reads only the outputs of the steps above it)."""
 
@@ -133,7 +140,7 @@ EXPECTED_NOTE = ("the shipped runs' training times on the 2-core machine (benchm
                  "120 min (17,347 steps, 2 threads alone), its fine-tuning for the hidden state 40 min (2,622 steps, "
                  "one core shared), keyframe AR 110 min (2,995 steps, one thread beside other jobs) + 6 min to encode "
                  "its episodes, analyser 30 min, motion reader 10 min (8 min 17 s measured + 1.5 min rendering its "
-                 "pool), video 75 min (2,400 steps): 449 min (7 h 29 min); rendering the training frames and clips and "
+                 "pool), video 75 min (2,400 steps), its action-map fine-tuning 45 min (1,500 steps): 494 min (8 h 14 min); rendering the training frames and clips and "
                  "caching features adds minutes to some steps (about 3.5 min to each tokenizer step's 30,000 frames)")
 
 
@@ -344,15 +351,21 @@ class _Bundle:
 
         return self._reader(step, MotionReaderTrainingConfig, train_motion_reader, install_motion_reader)
 
-    def video(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    def video(self, step: BundleStep, inputs: dict[str, str] | None = None,
+              ) -> tuple[dict[str, Any], dict[str, Any], Any]:
         from mdream.training.export import export_model
         from mdream.training.video import VideoTrainingConfig, train_video
 
-        inputs = {"image_encoder": _resolved(self.path("clip"))}
+        inputs = {"image_encoder": _resolved(self.path("clip")), **(inputs or {})}
         config, values = _settings(VideoTrainingConfig, step, inputs, self.smoke)
         final = train_video(config, self.out / step.name, resume=self.resume, given=list(values))
         export_model(final, self.path(step.name), fp16=self.fp16)
         return inputs, values, config
+
+
+    def video_action_map(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        # the recipe's `init: toy` (the shipped video model) becomes the video model staged by the step before
+        return self.video(step, {"init": _resolved(self.path("video"))})
 
 
 def _write_dest(staged: Path, dest: Path, done: list[str], fp16: bool) -> None:
