@@ -69,14 +69,14 @@ def colour_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(sa[:6] - sb[:6]).sum() + 0.5 * np.abs(sa[6:] - sb[6:]).sum())
 
 
-def held_out_shot(world, seed: int, index: int, size: int, n_frames: int):
-    """Shot ``index`` of the benchmark's stream and its true render uint8 [n_frames, size, size, 3] (frame 0: the
-    keyframe)."""
+def held_out_shot(world, seed: int, index: int, size: int, n_frames: int, tag: int = BENCH_TAG, min_cast: int = 0):
+    """Shot ``index`` of a benchmark's stream (``tag``: the benchmark's place in the seed; shots of at least
+    ``min_cast`` cast members) and its true render uint8 [n_frames, size, size, 3] (frame 0: the keyframe)."""
     from mdream.eval.toy_samples import random_shot
     from mdream.toyworld import render_clip
 
-    rng = np.random.default_rng([seed, world.seed, BENCH_TAG, index])
-    shot = random_shot(world, rng)
+    rng = np.random.default_rng([seed, world.seed, tag, index])
+    shot = random_shot(world, rng, min_cast=min_cast)
     return shot, render_clip(world, shot, size, n_frames, rng)
 
 

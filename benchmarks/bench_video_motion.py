@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import bench_video
 from benchmarks.bench_video import SHIPPED
 
 TITLE = "Video model: motion on single clips (toy)"
@@ -40,12 +41,7 @@ MOVING = ("walk", "wave", "jump", "sit")
 
 def held_out_shot(world, seed: int, index: int, size: int, n_frames: int):
     """Shot ``index`` of this benchmark's stream (at least one cast member) and its true clip uint8 [T, S, S, 3]."""
-    from mdream.eval.toy_samples import random_shot
-    from mdream.toyworld import render_clip
-
-    rng = np.random.default_rng([seed, world.seed, MOTION_TAG, index])
-    shot = random_shot(world, rng, min_cast=1)
-    return shot, render_clip(world, shot, size, n_frames, rng)
+    return bench_video.held_out_shot(world, seed, index, size, n_frames, tag=MOTION_TAG, min_cast=1)
 
 
 def score(shots, clips: list[np.ndarray], analyser, reader) -> dict[str, float | int]:

@@ -167,11 +167,18 @@ def action_vector(config: VideoModelConfig, cast: Sequence[tuple[str | None, str
     return vec
 
 
+def slot_actions(config: VideoModelConfig, actions: torch.Tensor) -> torch.Tensor:
+    """The per-slot part of action multi-hots [B, A] as [B, S, V] (slot, then action of the vocabulary); the camera
+    one-hot that follows it is left out."""
+    n_slots, n_vocab = len(config.action_slots), len(config.action_vocab)
+    return actions[:, : n_slots * n_vocab].reshape(-1, n_slots, n_vocab)
+
+
 def action_map(config: VideoModelConfig, actions: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The action multi-hots [B, A] painted where they happen [B, V, height, width]: slot k's one-hot over the
     vocabulary fills columns [k W / S, (k + 1) W / S) (S slots, left to right); the camera is not painted."""
-    n_slots, n_vocab = len(config.action_slots), len(config.action_vocab)
-    slots = actions[:, : n_slots * n_vocab].reshape(-1, n_slots, n_vocab)  # [B, S, V]
+    slots = slot_actions(config, actions)  # [B, S, V]
+    n_slots = slots.shape[1]
     column = (torch.arange(width, device=actions.device) * n_slots) // width  # [W]: the slot of each column
     maps = slots[:, column, :].permute(0, 2, 1)  # [B, V, W]
     return maps.unsqueeze(2).expand(-1, -1, height, -1)  # [B, V, H, W]
@@ -180,11 +187,10 @@ def action_map(config: VideoModelConfig, actions: torch.Tensor, height: int, wid
 def still_actions(config: VideoModelConfig, actions: torch.Tensor) -> torch.Tensor:
     """The same shots with every cast member standing still: action multi-hots [B, A] whose occupied slots hold the
     first action of the vocabulary (``stand``); the camera is kept. The negative of action guidance."""
-    n_slots, n_vocab = len(config.action_slots), len(config.action_vocab)
-    slots = actions[:, : n_slots * n_vocab].reshape(-1, n_slots, n_vocab)  # [B, S, V]
+    slots = slot_actions(config, actions)  # [B, S, V]
     still = torch.zeros_like(slots)
     still[..., 0] = (slots.sum(dim=-1) > 0).to(actions.dtype)
-    return torch.cat([still.flatten(1), actions[:, n_slots * n_vocab:]], dim=1)  # [B, A]
+    return torch.cat([still.flatten(1), actions[:, slots.shape[1] * slots.shape[2]:]], dim=1)  # [B, A]
 
 
 class ActionEncoder(ModelMixin, ConfigMixin):
