@@ -53,22 +53,26 @@ def score(shots, clips: list[np.ndarray], analyser, reader) -> dict[str, float |
                      for c, t in zip(clips, truth, strict=True)])
     read = reader.read(np.stack(clips))["actions"]  # [N, 3]: index into the reader's actions, -1 nobody
     actions = reader.config.actions
-    hits = [read[i, POSITIONS.index(m.position)] == actions.index(m.action)
-            for i, (shot, _) in enumerate(shots) for m in shot.cast if m.action in MOVING]
+    members = [(m.action, read[i, POSITIONS.index(m.position)] == actions.index(m.action))
+               for i, (shot, _) in enumerate(shots) for m in shot.cast if m.action in MOVING]
+    hits = [hit for _, hit in members]
+    by_action = {a: round(float(np.mean([hit for b, hit in members if b == a])), 3)
+                 for a in MOVING if any(b == a for b, _ in members)}
     kept = []
     for clip in clips:
         chars = analyser.analyse(np.stack([clip[0], clip[-1]]))["chars"]  # [2, 3]
         kept.append(float((chars[1] == chars[0]).mean()))
     return {"frame_error": round(float(error), 2), "moving_read": round(float(np.mean(hits)), 3),
-            "moving_members": len(hits), "cast_kept": round(float(np.mean(kept)), 3)}
+            "moving_members": len(hits), "cast_kept": round(float(np.mean(kept)), 3), "by_action": by_action}
 
 
 def markdown(rows: dict[str, dict]) -> str:
-    lines = ["| clip | last-frame error (grey levels) | moving actions read (members) | cast kept |",
-             "|---|---:|---:|---:|"]
+    lines = ["| clip | last-frame error (grey levels) | moving actions read (members) | "
+             + " | ".join(MOVING) + " | cast kept |", "|---|---:|---:|" + "---:|" * len(MOVING) + "---:|"]
     for name, r in rows.items():
+        per_action = " | ".join(f"{r['by_action'][a]:.2f}" if a in r["by_action"] else "" for a in MOVING)
         lines.append(f"| {name} | {r['frame_error']:.1f} | {r['moving_read']:.3f} ({r['moving_members']}) "
-                     f"| {r['cast_kept']:.3f} |")
+                     f"| {per_action} | {r['cast_kept']:.3f} |")
     return "\n".join(lines)
 
 
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", type=int, default=64, help="Held-out shots (one clip each).")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="Euler steps per clip, one row each (default: the model's own).")
+    parser.add_argument("--action-guidance", type=float, nargs="+", default=None,
+                        help="Action guidance scales to measure at each --steps (default: the model's own; 1: none).")
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=900_001, help="Seed of the held-out shot stream.")
@@ -111,13 +117,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = {"ground truth": score(shots, [clip for _, clip in shots], analyser, reader),
             "the keyframe copied": score(shots, [np.repeat(clip[:1], L, 0) for _, clip in shots], analyser, reader)}
     seconds = {}
+    scales = args.action_guidance or [c.action_guidance_scale]
     for steps in args.steps or [c.num_inference_steps]:
-        clips, start = [], time.perf_counter()
-        for s, (shot, clip) in enumerate(shots):
-            clips.append(pipe(clip[:1], L, actions=shot_action(c, shot)[None], anchor="first", fps=args.fps,
-                              num_inference_steps=steps, generator=torch.Generator().manual_seed(s)).frames[0])
-        seconds[steps] = round(time.perf_counter() - start, 1)
-        rows[f"model, {steps} Euler steps"] = score(shots, clips, analyser, reader)
+        for scale in scales:
+            clips, start = [], time.perf_counter()
+            for s, (shot, clip) in enumerate(shots):
+                clips.append(pipe(clip[:1], L, actions=shot_action(c, shot)[None], anchor="first", fps=args.fps,
+                                  num_inference_steps=steps, action_guidance_scale=scale,
+                                  generator=torch.Generator().manual_seed(s)).frames[0])
+            name = f"model, {steps} Euler steps" + (f", action guidance {scale:g}" if args.action_guidance else "")
+            seconds[name] = round(time.perf_counter() - start, 1)
+            rows[name] = score(shots, clips, analyser, reader)
     report = {"model": str(folder), "shots": args.shots, "clip_length": L, "size": c.width, "seed": args.seed,
               "torch_threads": torch.get_num_threads(), "rows": rows, "sampling_seconds": seconds,
               "seconds": round(time.perf_counter() - t0, 1)}
@@ -134,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.results import update_section
 
         command = (f"python -m benchmarks.bench_video_motion --shots {args.shots}"
-                   + (f" --steps {' '.join(map(str, args.steps))}" if args.steps else ""))
+                   + (f" --steps {' '.join(map(str, args.steps))}" if args.steps else "")
+                   + (f" --action-guidance {' '.join(f'{g:g}' for g in args.action_guidance)}"
+                      if args.action_guidance else ""))
         update_section(TITLE, body, command)
 
 

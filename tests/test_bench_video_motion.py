@@ -50,6 +50,9 @@ def test_score_counts_moving_members_slots_and_last_frame_error():
     assert row["moving_members"] == 3 and row["moving_read"] == pytest.approx(2 / 3, abs=1e-3)
     assert row["frame_error"] == pytest.approx((10 + 7 / (8 * 8 * 3)) / 2, abs=0.01)
     assert row["cast_kept"] == pytest.approx((0 + 2 / 3) / 2, abs=1e-3)
+    assert row["by_action"] == {"walk": 1.0, "wave": 0.0, "sit": 1.0}  # no jumper in these shots
+    table = bench_video_motion.markdown({"model": row})
+    assert "| walk | wave | jump | sit |" in table and "| 1.00 | 0.00 |  | 1.00 |" in table
 
 
 def test_a_run_with_a_tiny_model_writes_its_json_and_not_results(tmp_path):
@@ -66,3 +69,16 @@ def test_a_run_with_a_tiny_model_writes_its_json_and_not_results(tmp_path):
     assert truth["frame_error"] == 0.0 and copied["frame_error"] > 0  # the true clips move
     assert report["clip_length"] == 4 and report["shots"] == 3
     assert all(r["moving_members"] == truth["moving_members"] for r in report["rows"].values())
+
+
+def test_action_guidance_scales_are_rows_at_each_step_count(tmp_path):
+    tiny_video_model(tmp_path, clip_length=4)
+    out = tmp_path / "motion.json"
+    bench_video_motion.main(["--model", str(tmp_path / "video"), "--shots", "2", "--steps", "1",
+                             "--action-guidance", "1", "2", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows)[2:] == ["model, 1 Euler steps, action guidance 1", "model, 1 Euler steps, action guidance 2"]
+    assert all(set(r["by_action"]) <= set(bench_video_motion.MOVING) for r in rows.values())
+    with pytest.raises(Exception, match="action_guidance_scale must be >= 1"):  # each scale reaches the pipeline
+        bench_video_motion.main(["--model", str(tmp_path / "video"), "--shots", "1", "--steps", "1",
+                                 "--action-guidance", "0.5"])
