@@ -11,12 +11,14 @@ from its keyframe (frame 0) and the shot's action, anchored on the keyframe, are
 * frame error: the mean absolute difference of the clip's last frame from the true clip's, in grey levels (0-255);
   copying the keyframe scores how far the true clip moves;
 * moving actions read: the evaluator's motion reader on the clip, the share of cast members with a moving action
-  (walk, wave, jump, sit) whose slot it reads as that action (a member's slot is its script position);
+  (walk, wave, jump, sit) whose slot it reads as that action (a member's slot is its script position), in all and
+  per action;
 * cast kept: the evaluator's frame analyser on the last frame, the share of the 3 position slots it reads as it
   reads them on the keyframe (who stands where, empty included).
 
 Rows: the ground truth (the true clip), the keyframe copied into every frame (no motion: the floor of the motion
-reading, the ceiling of the cast reading), then the model at each ``--steps`` (default: the model's own). Writes its
+reading, the ceiling of the cast reading), then the model at each ``--steps`` (default: the model's own), and at
+each of those at each ``--action-guidance`` scale where given (default: the model's own scale). Writes its
 section of benchmarks/RESULTS.md when it measured the shipped model (``--model`` left out); without a video model
 it says so and exits 0.
 """
