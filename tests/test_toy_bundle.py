@@ -89,6 +89,18 @@ def test_rerun_skips_finished_steps_and_restarts_what_a_retrained_step_feeds(tmp
     train_toy_bundle(tmp_path / "out", None)
     assert fake_steps == [("tokenizer_hidden", "auto"), ("ar", "never")]
 
+    # a step finished under another recipe (the plan changed since): trained again from the start, and what reads it
+    manifest_path = tmp_path / "out" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    next(e for e in manifest["steps"] if e["name"] == "tokenizer_hidden")["recipe"] = "tokenizer-toy-older"
+    manifest_path.write_text(json.dumps(manifest))
+    fake_steps.clear()
+    train_toy_bundle(tmp_path / "out", None)
+    assert fake_steps == [("tokenizer_hidden", "never"), ("ar", "never")]
+    fake_steps.clear()
+    train_toy_bundle(tmp_path / "out", None)
+    assert not fake_steps  # recorded with the current recipe now
+
 
 def test_the_intermediate_tokenizer_is_staged_but_not_shipped(tmp_path, fake_steps, monkeypatch):
     by_name = {s.name: s for s in STEPS}

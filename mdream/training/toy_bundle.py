@@ -33,7 +33,8 @@ video_action_map  the same with the       --init: the staged ``toy-video-base``,
 
 Resumable: ``OUT/manifest.json`` records each finished step (its settings, seeds, inputs, output, and its minutes
 summed over every attempt: ``OUT/<step>/bundle-minutes.json`` keeps the running total); a step recorded as done whose staged output exists is skipped, and an unfinished one resumes from its newest
-checkpoint (``--resume auto`` of its trainer); a step whose inputs were retrained in this call starts over. Finally every model is written from ``OUT/bundle`` into DEST
+checkpoint (``--resume auto`` of its trainer); a step whose inputs were retrained in this call, or that was
+recorded under another recipe or trainer than the plan's, starts over. Finally every model is written from ``OUT/bundle`` into DEST
 (default: the package's ``mdream/assets``) through the same export code as ``mdream train export`` (and the
 evaluator's ``--install``), with the weights stored as float16 safetensors (``fp16``; they load back into
 float32). A DEST other than the package's assets also gets ``bundles/toy/bundle.yaml``, so it is a model bundle
@@ -423,10 +424,13 @@ def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resum
     for step in STEPS:
         entry = recorded.get(step.name, {})
         output = bundle.path(step.name)
+        # finished under another recipe or trainer (the code's plan changed since): trained again from the start
+        stale = entry.get("status") == "done" and (entry.get("recipe"), entry.get("trainer")) != (step.recipe,
+                                                                                                 step.trainer)
         if step.trainer not in trainers:
             report = StepReport(step.name, "not available",
                                 note=f"`mdream train {step.trainer}` does not exist yet: no {step.output} in this bundle")
-        elif resume == "auto" and entry.get("status") == "done" and output.exists() \
+        elif resume == "auto" and entry.get("status") == "done" and not stale and output.exists() \
                 and not set(step.needs) & retrained:
             report = StepReport(step.name, "skipped", entry.get("minutes", 0.0), "finished earlier (manifest + output)")
             done.append(step.name)
@@ -438,7 +442,7 @@ def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resum
         else:
             console.rule(f"[bold]toy bundle: {step.name}")
             # a step whose inputs were retrained just now starts over: its checkpoints learnt from the old ones
-            bundle.resume = "never" if set(step.needs) & retrained else resume
+            bundle.resume = "never" if set(step.needs) & retrained or stale else resume
             with StepClock(out / step.name / STEP_CLOCK, fresh=bundle.resume == "never") as clock:
                 inputs, values, config = getattr(bundle, step.name)(step)
             retrained.add(step.name)
