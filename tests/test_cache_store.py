@@ -320,3 +320,21 @@ def test_bad_manifest_names_are_rejected(store: ArtifactStore, name: str) -> Non
 def test_bad_stage_or_key_is_rejected(store: ArtifactStore, stage: str, key: str) -> None:
     with pytest.raises(ValueError):
         store.status(stage, key)
+
+
+def test_an_interrupt_inside_claim_leaves_no_temp_folder_and_frees_the_lock(tmp_path, monkeypatch):
+    import mdream.cache.store as store_module
+
+    store = ArtifactStore(tmp_path / "c")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # Ctrl-C after the temp folder exists, before the writer does
+        m.setattr(store_module, "ArtifactWriter", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            store.claim("render", "k" * 64)
+    assert not list(store.iter_leftovers())
+    writer = store.claim("render", "k" * 64)  # the lock is free again
+    assert writer is not None
+    writer.abort()

@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import small_script_dict, write_script
@@ -168,6 +169,31 @@ def test_batched_stage_batches_and_a_failed_batch_publishes_nothing(small_script
     ok = BatchedEncode()
     report = run_stage(project, ok, [ok])
     assert ok.batches == [2] and report.produced == ["act1-005", "act1-006"]
+
+
+def test_ctrl_c_while_a_batch_is_being_claimed_leaves_no_temp_folder_or_lock(small_script, monkeypatch):
+    from pipeline_fakes import BatchedEncode
+
+    from mdream.cache import ArtifactStore
+
+    stage = BatchedEncode()
+    project = Project.open(small_script, RunOptions(quiet=True))
+    claim, calls = ArtifactStore.claim, []
+
+    def claim_then_interrupt(self, *args, **kwargs):  # Ctrl-C while claiming the batch's third shot
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return claim(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArtifactStore, "claim", claim_then_interrupt)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        run_stage(project, stage, [stage])
+    # checked while the traceback still holds the runner's frames: no writer left for the garbage collector to abort
+    assert raised.traceback and stage.batches == [] and not list(project.store.iter_leftovers())
+    monkeypatch.setattr(ArtifactStore, "claim", claim)
+    report = run_stage(project, BatchedEncode(), [BatchedEncode()])
+    assert len(report.produced) == 6  # the two claimed shots' locks were released
 
 
 def test_identical_shots_are_separate_samples(tmp_path):

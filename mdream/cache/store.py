@@ -671,6 +671,7 @@ class ArtifactStore:
         else:
             raise ValueError(f"wait must be a bool or a number of seconds >= 0, got {wait!r}")
         lock = self._new_lock(lock_path)
+        tmp_dir: Path | None = None
         try:
             lock.acquire(timeout=timeout, poll_interval=_POLL_S)
         except filelock.Timeout:
@@ -688,10 +689,12 @@ class ArtifactStore:
                     self._quarantine(stage, key, final, e.message)
             tmp_dir = final.parent / f"{TMP_PREFIX}{key}-{os.getpid()}-{secrets.token_hex(4)}"
             tmp_dir.mkdir(parents=True)
-        except BaseException:
+            return ArtifactWriter(self, stage, key, lock, tmp_dir)
+        except BaseException:  # Ctrl-C included: no temp folder is left behind without its writer
+            if tmp_dir is not None:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
             lock.release()
             raise
-        return ArtifactWriter(self, stage, key, lock, tmp_dir)
 
     def get_or_produce(self, stage: str, key: str, produce: Callable[[ArtifactWriter], None],
                        force: bool = False) -> Artifact:

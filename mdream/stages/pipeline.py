@@ -436,22 +436,27 @@ def _produce_todo(project: Project, stage: Stage, keys: dict[str, list[str]], re
         # First pass: take what nobody else is producing. A chained stage must go in order, so
         # it waits for each lock instead of skipping ahead. Second pass: wait for the shots
         # other processes were producing (they are usually done by then).
-        for shots, wait in ((todo, stage.chained), (deferred, True)):
-            for shot in shots:
-                # claim() returns None when another live process holds the lock (wait=False) or
-                # when the artifact turned out DONE once the lock was ours.
-                writer = store.claim(stage.name, keys[stage.name][shot.index], wait=wait, force=force)
-                if writer is None:
-                    if wait or store.status(stage.name, keys[stage.name][shot.index]) == ArtifactStatus.DONE:
-                        report.by_other_process.append(shot.id)
-                        progress.advance(task)
-                    else:
-                        deferred.append(shot)
-                    continue
-                batch.append((shot, writer))
-                if len(batch) >= stage.batch_size:
-                    flush()
-            flush()
+        try:
+            for shots, wait in ((todo, stage.chained), (deferred, True)):
+                for shot in shots:
+                    # claim() returns None when another live process holds the lock (wait=False) or
+                    # when the artifact turned out DONE once the lock was ours.
+                    writer = store.claim(stage.name, keys[stage.name][shot.index], wait=wait, force=force)
+                    if writer is None:
+                        if wait or store.status(stage.name, keys[stage.name][shot.index]) == ArtifactStatus.DONE:
+                            report.by_other_process.append(shot.id)
+                            progress.advance(task)
+                        else:
+                            deferred.append(shot)
+                        continue
+                    batch.append((shot, writer))
+                    if len(batch) >= stage.batch_size:
+                        flush()
+                flush()
+        except BaseException:  # Ctrl-C or an error while a batch is still being claimed: drop its temp folders
+            for _, writer in batch:
+                writer.abort()  # a no-op for the writers already committed or aborted
+            raise
 
 
 def _fill_batch(
