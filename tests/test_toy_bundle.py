@@ -89,7 +89,7 @@ def test_rerun_skips_finished_steps_and_restarts_what_a_retrained_step_feeds(tmp
     train_toy_bundle(tmp_path / "out", None)
     assert fake_steps == [("tokenizer_hidden", "auto"), ("ar", "never")]
 
-    # a step finished under another recipe (the plan changed since): trained again from the start, and what reads it
+    # a step recorded under another recipe than the plan's: trained again from the start, and what reads it
     manifest_path = tmp_path / "out" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     next(e for e in manifest["steps"] if e["name"] == "tokenizer_hidden")["recipe"] = "tokenizer-toy-older"

@@ -424,7 +424,7 @@ def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resum
     for step in STEPS:
         entry = recorded.get(step.name, {})
         output = bundle.path(step.name)
-        # finished under another recipe or trainer (the code's plan changed since): trained again from the start
+        # recorded under another recipe or trainer than this plan's: trained again from the start
         stale = entry.get("status") == "done" and (entry.get("recipe"), entry.get("trainer")) != (step.recipe,
                                                                                                  step.trainer)
         if step.trainer not in trainers:
