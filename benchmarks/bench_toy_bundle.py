@@ -22,7 +22,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from mdream.training.toy_bundle import ASSETS, MANIFEST, STAGED, STEPS
+from mdream.training.toy_bundle import ASSETS, MANIFEST, STAGED, STEPS, _read_manifest
 
 TITLE = "The toy bundle rebuilt from scratch"
 
@@ -49,7 +49,7 @@ def read_manifest(run: Path) -> dict:
     path = run / MANIFEST
     if not path.is_file():
         raise SystemExit(f"--run {run}: no {MANIFEST} there (the OUT folder of `mdream train bundle --out OUT`)")
-    return json.loads(path.read_text())
+    return _read_manifest(path)  # the bundle's own reader: an unreadable manifest is a clear error
 
 
 def steps_table(manifest: dict) -> tuple[str, float, float]:

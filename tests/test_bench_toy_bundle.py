@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import bench_toy_bundle
 from benchmarks.results import RESULTS
+from mdream.errors import InputError
 from mdream.training.toy_bundle import MANIFEST, STAGED, STEPS
 
 
@@ -59,9 +60,14 @@ def test_movies_table_and_a_run_without_write(tmp_path, capsys):
     assert "| short.yaml | rebuilt | 0.900 |" in table
     before = RESULTS.read_text()
     (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
     bench_toy_bundle.main(["--run", str(_run(tmp_path / "x")), "--no-write"])
     assert "| clip | retrieval top-1 of 256 |" in capsys.readouterr().out and RESULTS.read_text() == before
     with pytest.raises(SystemExit, match="no manifest.json"):
         bench_toy_bundle.main(["--run", str(tmp_path / "nothing"), "--no-write"])
+    (tmp_path / "x" / "run" / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="unreadable bundle manifest"):
+        bench_toy_bundle.main(["--run", str(tmp_path / "x" / "run"), "--no-write"])
+    _run(tmp_path / "y")
     with pytest.raises(SystemExit, match="no rebuilt bundle"):
-        bench_toy_bundle.main(["--run", str(tmp_path / "x" / "run"), "--movies", "short", "--no-write"])
+        bench_toy_bundle.main(["--run", str(tmp_path / "y" / "run"), "--movies", "short", "--no-write"])

@@ -12,6 +12,7 @@ from test_video import tiny_video_model
 
 from benchmarks import bench_video_motion
 from benchmarks.results import RESULTS
+from mdream.errors import InputError
 
 
 def _member(position: str, action: str) -> SimpleNamespace:
@@ -79,6 +80,6 @@ def test_action_guidance_scales_are_rows_at_each_step_count(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert list(rows)[2:] == ["model, 1 Euler steps, action guidance 1", "model, 1 Euler steps, action guidance 2"]
     assert all(set(r["by_action"]) <= set(bench_video_motion.MOVING) for r in rows.values())
-    with pytest.raises(Exception, match="action_guidance_scale must be >= 1"):  # each scale reaches the pipeline
+    with pytest.raises(InputError, match="action_guidance_scale must be >= 1"):  # each scale reaches the pipeline
         bench_video_motion.main(["--model", str(tmp_path / "video"), "--shots", "1", "--steps", "1",
                                  "--action-guidance", "0.5"])
