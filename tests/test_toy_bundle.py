@@ -21,8 +21,7 @@ from typer.testing import CliRunner
 from mdream.training import toy_bundle
 from mdream.training.toy_bundle import STEPS, train_toy_bundle
 
-ORDER = ["clip", "face_embedder", "tokenizer", "tokenizer_hidden", "ar", "analyser", "motion_reader", "video",
-         "video_action_map"]
+ORDER = ["clip", "face_embedder", "tokenizer", "tokenizer_hidden", "ar", "analyser", "motion_reader", "video"]
 
 
 def test_steps_are_in_dependency_order():
@@ -49,7 +48,6 @@ class FakeBundle(toy_bundle._Bundle):
         return {"upstream": "x"}, {"steps": 1}, None
 
     clip = face_embedder = tokenizer = tokenizer_hidden = ar = analyser = motion_reader = video = _fake
-    video_action_map = _fake
 
 
 @pytest.fixture
@@ -63,9 +61,9 @@ def fake_steps(monkeypatch):
 
 def test_rerun_skips_finished_steps_and_restarts_what_a_retrained_step_feeds(tmp_path, fake_steps):
     first = train_toy_bundle(tmp_path / "out", None)
-    assert [(s.name, s.status) for s in first.steps] == [(n, "trained") for n in ORDER[:-2]] + [
-        ("video", "not available"), ("video_action_map", "not available")]
-    assert [name for name, _ in fake_steps] == ORDER[:-2]
+    assert [(s.name, s.status) for s in first.steps] == [(n, "trained") for n in ORDER[:-1]] + [
+        ("video", "not available")]
+    assert [name for name, _ in fake_steps] == ORDER[:-1]
     assert "does not exist yet" in first.steps[-1].note
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [s["name"] for s in manifest["steps"]] == ORDER
@@ -73,7 +71,7 @@ def test_rerun_skips_finished_steps_and_restarts_what_a_retrained_step_feeds(tmp
 
     fake_steps.clear()
     again = train_toy_bundle(tmp_path / "out", None)
-    assert [s.status for s in again.steps[:-2]] == ["skipped"] * 7 and not fake_steps
+    assert [s.status for s in again.steps[:-1]] == ["skipped"] * 7 and not fake_steps
 
     # a lost output of the from-scratch tokenizer: it is trained again (resuming its run), and its fine-tuning and
     # the AR model, which read it, start over; the CLIP, face embedder and evaluator models stay skipped
@@ -81,7 +79,7 @@ def test_rerun_skips_finished_steps_and_restarts_what_a_retrained_step_feeds(tmp
     third = train_toy_bundle(tmp_path / "out", None)
     assert fake_steps == [("tokenizer", "auto"), ("tokenizer_hidden", "never"), ("ar", "never")]
     assert [s.status for s in third.steps] == ["skipped", "skipped", "trained", "trained", "trained", "skipped",
-                                               "skipped", "not available", "not available"]
+                                               "skipped", "not available"]
 
     # a lost fine-tuned tokenizer: only the fine-tuning (resuming) and the AR model (over) are trained again
     fake_steps.clear()
@@ -101,14 +99,26 @@ def test_rerun_skips_finished_steps_and_restarts_what_a_retrained_step_feeds(tmp
     train_toy_bundle(tmp_path / "out", None)
     assert not fake_steps  # recorded with the current recipe now
 
+    # an unfinished step whose checkpoints were begun under another recipe: started over, not resumed
+    (tmp_path / "out" / "bundle" / "models" / "toy-ar").rmdir()
+    plan = tmp_path / "out" / "ar" / toy_bundle.STEP_PLAN
+    assert json.loads(plan.read_text()) == {"recipe": "ar-toy-cpu", "trainer": "ar"}
+    plan.write_text(json.dumps({"recipe": "ar-toy-older", "trainer": "ar"}))
+    fake_steps.clear()
+    train_toy_bundle(tmp_path / "out", None)
+    assert fake_steps == [("ar", "never")]
+    (tmp_path / "out" / "bundle" / "models" / "toy-ar").rmdir()
+    fake_steps.clear()
+    train_toy_bundle(tmp_path / "out", None)
+    assert fake_steps == [("ar", "auto")]  # begun under this plan's recipe: resumed
+
 
 def test_the_intermediate_tokenizer_is_staged_but_not_shipped(tmp_path, fake_steps, monkeypatch):
     by_name = {s.name: s for s in STEPS}
     assert not by_name["tokenizer"].ships and by_name["tokenizer_hidden"].output == "models/toy-tokenizer"
     assert by_name["tokenizer_hidden"].recipe == "tokenizer-toy-hidden" and "tokenizer" in by_name["tokenizer_hidden"].needs
-    assert not by_name["video"].ships and by_name["video_action_map"].output == "models/toy-video"
-    assert by_name["video_action_map"].recipe == "video-toy-action-map" and "video" in by_name["video_action_map"].needs
-    assert all(s.ships for s in STEPS if s.name not in ("tokenizer", "video"))
+    assert by_name["video"].output == "models/toy-video" and by_name["video"].recipe == "video-toy-action-map"
+    assert all(s.ships for s in STEPS if s.name != "tokenizer")
     import mdream.training.analyser
     import mdream.training.export
     import mdream.training.motion_reader
@@ -141,7 +151,7 @@ def test_steps_are_pinned_to_the_shipped_runs():
             _, values = load_recipe(_config_class(step), step.recipe, step.trainer)
             assert set(step.pinned) <= {"steps", "max_minutes"} and "steps" in values
     shipped = {s.name for s in STEPS if (ASSETS / s.output / "state.json").is_file()}
-    assert {"tokenizer_hidden", "ar", "video_action_map"} <= shipped  # the check above ran where it matters
+    assert {"tokenizer_hidden", "ar", "video"} <= shipped  # the check above ran where it matters
     total = sum(s.expected_minutes for s in STEPS)
     assert f"{total:.0f} min ({total // 60:.0f} h {total % 60:.0f} min)" in EXPECTED_NOTE
 
@@ -221,13 +231,9 @@ def test_smoke_bundle_trains_in_order_feeds_each_step_and_makes_a_movie(tmp_path
     video_cfg = json.loads((out / "video" / "train_config.json").read_text())
     assert video_cfg["image_encoder"] == str(clip.resolve()) and video_cfg["clips"] == 4
     assert steps["video"]["inputs"] == {"image_encoder": str(clip.resolve())}
-    assert steps["video"]["recipe"] == "video-toy-cpu" and steps["video"]["seeds"]["data_seed"] == 0
-    # the action-map fine-tuning started from the staged from-scratch video model, with its recipe's settings
-    video_base = staged / "models" / "toy-video-base"
-    map_cfg = json.loads((out / "video_action_map" / "train_config.json").read_text())
-    assert map_cfg["init"] == str(video_base.resolve()) and map_cfg["action_map"] is True and map_cfg["lr"] == 0.0002
-    assert steps["video_action_map"]["inputs"] == {"image_encoder": str(clip.resolve()), "init": str(video_base.resolve())}
-    assert not (dest / "models" / "toy-video-base").exists()
+    assert steps["video"]["recipe"] == "video-toy-action-map" and steps["video"]["seeds"]["data_seed"] == 0
+    # the video model is trained from the first step (no init), with the action map
+    assert video_cfg["init"] == "" and video_cfg["action_map"] is True
     assert json.loads((dest / "models" / "toy-video" / "video.json").read_text())["action_map"] is True
 
     # DEST: the same models, fp16 on disk, the tokenizer's CLIP reference pointing at DEST's own CLIP

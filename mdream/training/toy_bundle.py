@@ -25,16 +25,14 @@ analyser          the evaluator's frame   (toy-world renders; independent)
                   analyser
 motion_reader     the evaluator's motion  (toy-world clips; independent)
                   reader
-video             the toy video model,    --image-encoder: the staged CLIP (its vision tower, frozen); staged as
-                  from scratch            ``models/toy-video-base`` (not written into DEST)
-video_action_map  the same with the       --init: the staged ``toy-video-base``, --image-encoder: the staged CLIP
-                  action map, fine-tuned  (recipe ``video-toy-action-map``)
+video             the toy video model     --image-encoder: the staged CLIP (its vision tower, frozen)
+                  with the action map
 ================  ======================  ==================================================================
 
 Resumable: ``OUT/manifest.json`` records each finished step (its settings, seeds, inputs, output, and its minutes
 summed over every attempt: ``OUT/<step>/bundle-minutes.json`` keeps the running total); a step recorded as done whose staged output exists is skipped, and an unfinished one resumes from its newest
 checkpoint (``--resume auto`` of its trainer); a step whose inputs were retrained in this call, or that was
-recorded under another recipe or trainer than the plan's, starts over. Finally every model is written from ``OUT/bundle`` into DEST
+finished or begun under another recipe or trainer than the plan's (``OUT/<step>/bundle-step.json``), starts over. Finally every model is written from ``OUT/bundle`` into DEST
 (default: the package's ``mdream/assets``) through the same export code as ``mdream train export`` (and the
 evaluator's ``--install``), with the weights stored as float16 safetensors (``fp16``; they load back into
 float32). A DEST other than the package's assets also gets ``bundles/toy/bundle.yaml``, so it is a model bundle
@@ -61,6 +59,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MANIFEST = "manifest.json"
 STEP_CLOCK = "bundle-minutes.json"
 """In each step's run folder: the wall-clock minutes of the step so far, over all its attempts."""
+STEP_PLAN = "bundle-step.json"
+"""In each step's run folder: the recipe and trainer its checkpoints are trained under."""
 STAGED = "bundle"
 TOY_BUNDLE_YAML = ASSETS / "bundles" / "toy" / "bundle.yaml"
 
@@ -129,10 +129,8 @@ STEPS: tuple[BundleStep, ...] = (
     BundleStep("motion_reader", "motion-reader", "motion-reader-toy", "eval/motion_reader", 10.0,
                {"pool_size": 16, "refresh_per_step": 1, "val_clips": 8, "clip_lengths": "8,12", "steps": 2,
                 "batch_size": 8, "warmup": 1, "checkpoint_every": 2, "log_every": 1}, pinned={"max_minutes": 0.0}),
-    BundleStep("video", "video", "video-toy-cpu", "models/toy-video-base", 75.0, _VIDEO_SMOKE, needs=("clip",),
-               ships=False, pinned={"max_minutes": 0.0}),
-    BundleStep("video_action_map", "video", "video-toy-action-map", "models/toy-video", 45.0, _VIDEO_SMOKE,
-               needs=("clip", "video"), pinned={"max_minutes": 0.0}),
+    BundleStep("video", "video", "video-toy-action-map", "models/toy-video", 120.0, _VIDEO_SMOKE, needs=("clip",),
+               pinned={"max_minutes": 0.0}),
 )
 """The steps in dependency order (each reads only the outputs of the steps above it)."""
 
@@ -141,7 +139,7 @@ EXPECTED_NOTE = ("the shipped runs' training times on the 2-core machine (benchm
                  "120 min (17,347 steps, 2 threads alone), its fine-tuning for the hidden state 40 min (2,622 steps, "
                  "one core shared), keyframe AR 110 min (2,995 steps, one thread beside other jobs) + 6 min to encode "
                  "its episodes, analyser 30 min, motion reader 10 min (8 min 17 s measured + 1.5 min rendering its "
-                 "pool), video 75 min (2,400 steps), its action-map fine-tuning 45 min (1,500 steps): 494 min (8 h 14 min); rendering the training frames and clips and "
+                 "pool), video 120 min (3,900 steps, one thread beside another training): 494 min (8 h 14 min); rendering the training frames and clips and "
                  "caching features adds minutes to some steps (about 3.5 min to each tokenizer step's 30,000 frames)")
 
 
@@ -239,6 +237,17 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: unreadable bundle manifest ({exc}).",
                          hint="Delete it to retrain every step (finished runs still resume from their checkpoints).") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON record, or None where there is none; an unreadable one reads as empty (matching nothing)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
     return data if isinstance(data, dict) else {}
 
 
@@ -352,21 +361,16 @@ class _Bundle:
 
         return self._reader(step, MotionReaderTrainingConfig, train_motion_reader, install_motion_reader)
 
-    def video(self, step: BundleStep, inputs: dict[str, str] | None = None,
-              ) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    def video(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
         from mdream.training.export import export_model
         from mdream.training.video import VideoTrainingConfig, train_video
 
-        inputs = {"image_encoder": _resolved(self.path("clip")), **(inputs or {})}
+        inputs = {"image_encoder": _resolved(self.path("clip"))}
         config, values = _settings(VideoTrainingConfig, step, inputs, self.smoke)
         final = train_video(config, self.out / step.name, resume=self.resume, given=list(values))
         export_model(final, self.path(step.name), fp16=self.fp16)
         return inputs, values, config
 
-
-    def video_action_map(self, step: BundleStep) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        # the recipe's `init: toy` (the shipped video model) becomes the video model staged by the step before
-        return self.video(step, {"init": _resolved(self.path("video"))})
 
 
 def _write_dest(staged: Path, dest: Path, done: list[str], fp16: bool) -> None:
@@ -424,9 +428,13 @@ def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resum
     for step in STEPS:
         entry = recorded.get(step.name, {})
         output = bundle.path(step.name)
-        # recorded under another recipe or trainer than this plan's: trained again from the start
-        stale = entry.get("status") == "done" and (entry.get("recipe"), entry.get("trainer")) != (step.recipe,
-                                                                                                 step.trainer)
+        # recorded (finished, or begun: its checkpoints) under another recipe or trainer than this plan's: trained
+        # again from the start
+        plan = {"recipe": step.recipe, "trainer": step.trainer}
+        begun = _read_json(out / step.name / STEP_PLAN)
+        stale = (entry.get("status") == "done" and (entry.get("recipe"), entry.get("trainer")) != (step.recipe,
+                                                                                                  step.trainer)) \
+            or (begun is not None and begun != plan)
         if step.trainer not in trainers:
             report = StepReport(step.name, "not available",
                                 note=f"`mdream train {step.trainer}` does not exist yet: no {step.output} in this bundle")
@@ -443,6 +451,8 @@ def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resum
             console.rule(f"[bold]toy bundle: {step.name}")
             # a step whose inputs were retrained just now starts over: its checkpoints learnt from the old ones
             bundle.resume = "never" if set(step.needs) & retrained or stale else resume
+            (out / step.name).mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out / step.name / STEP_PLAN, (json.dumps(plan) + "\n").encode())
             with StepClock(out / step.name / STEP_CLOCK, fresh=bundle.resume == "never") as clock:
                 inputs, values, config = getattr(bundle, step.name)(step)
             retrained.add(step.name)
