@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--video-model {args.video_model}: no video model there (video.json)")
     if not args.without_movie and not has_video_model(video):
         print(f"no video model at {SHIPPED_VIDEO}: skipping the movie benchmark (the toy bundle's movie is the "
-              "animatic; train one with `mdream train video --config video-toy-cpu` and export it there with "
+              "animatic; train one with `mdream train video --config video-toy-action-map` and export it there with "
               "`mdream train export RUN/final mdream/assets/models/toy-video --fp16`)")
         return
 

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = args.model or SHIPPED
     if not (folder / "video.json").is_file() and not (folder / "model_index.json").is_file():
         print(f"no video model at {folder}: skipping the video benchmark (train one with `mdream train video "
-              "--config video-toy-cpu` and export it there with `mdream train export RUN/final "
+              "--config video-toy-action-map` and export it there with `mdream train export RUN/final "
               f"{SHIPPED.relative_to(SHIPPED.parents[3])} --fp16`)")
         return
 

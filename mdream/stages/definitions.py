@@ -464,7 +464,7 @@ class VideoStage(Stage):
             raise NotBuiltError(
                 f"The model bundle {project.bundle.name!r} has no video model ({where}), so the video stage cannot "
                 "turn keyframes into clips.",
-                hint="train one with `mdream train video --config video-toy-cpu --export DIR` and name it as the "
+                hint="train one with `mdream train video --config video-toy-action-map --export DIR` and name it as the "
                      "bundle's `video` component; meanwhile `mdream generate` writes the animatic as the movie",
             )
         # bundle.yaml's steps and guidance (SVD's largest guidance scale, reached at the clip's last frame) override
