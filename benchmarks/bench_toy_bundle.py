@@ -28,9 +28,11 @@ TITLE = "The toy bundle rebuilt from scratch"
 
 #: Per component: (its file beside the weights, the held-out numbers in it, their labels); paths are within an
 #: assets tree (``mdream/assets`` or a bundle run's staged ``OUT/bundle``).
-CHECKS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+CHECKS: dict[str, tuple[str | tuple[str, ...], tuple[tuple[str, str], ...]]] = {
     "clip": ("models/toy-clip/training_summary.json", (("retrieval_top1_of_256", "retrieval top-1 of 256"),)),
-    "ar": ("models/toy-ar/training_summary.json", (("token_cos", "held-out token cosine"),)),
+    # a run's final export writes training_summary.json, a checkpoint's export (the shipped AR model) state.json
+    "ar": (("models/toy-ar/training_summary.json", "models/toy-ar/state.json"),
+           (("token_cos", "held-out token cosine"),)),
     "analyser": ("eval/frame_analyser/config.json",
                  (("val_scene_accuracy", "scene"), ("val_position_accuracy", "cast slots"),
                   ("val_palette_accuracy", "palette"), ("val_trousers_accuracy", "trousers"))),
@@ -74,9 +76,9 @@ def steps_table(manifest: dict) -> tuple[str, float, float]:
 
 
 def _numbers(tree: Path, name: str) -> dict[str, float] | None:
-    file, keys = CHECKS[name]
-    path = tree / file
-    if not path.is_file():
+    files, keys = CHECKS[name]
+    path = next((tree / f for f in ((files,) if isinstance(files, str) else files) if (tree / f).is_file()), None)
+    if path is None:
         return None
     data = json.loads(path.read_text())
     return {key: data[key] for key, _ in keys if isinstance(data.get(key), int | float)}

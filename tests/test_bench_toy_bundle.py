@@ -45,8 +45,12 @@ def test_checks_table_puts_both_trees_side_by_side(tmp_path):
     shipped = tmp_path / "assets"
     (shipped / "models" / "toy-clip").mkdir(parents=True)
     (shipped / "models" / "toy-clip" / "training_summary.json").write_text(json.dumps({"retrieval_top1_of_256": 0.826}))
+    # a model exported from a checkpoint has its held-out numbers in state.json instead
+    (shipped / "models" / "toy-ar").mkdir(parents=True)
+    (shipped / "models" / "toy-ar" / "state.json").write_text(json.dumps({"step": 2995, "token_cos": 0.9218}))
     table = bench_toy_bundle.checks_table(run / STAGED, shipped)
     assert "| clip | retrieval top-1 of 256 | 0.826 | 0.840 |" in table
+    assert "| ar | held-out token cosine | 0.922 | - |" in table
     assert "| analyser | scene | - | 0.998 |" in table and "| analyser | palette | - | - |" in table
     assert "| motion_reader | actions | - | - |" in table
 
