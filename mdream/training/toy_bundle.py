@@ -373,7 +373,6 @@ class _Bundle:
         return inputs, values, config
 
 
-
 def _write_dest(staged: Path, dest: Path, done: list[str], fp16: bool) -> None:
     """Every finished component from the staged tree into DEST, through the export code."""
     from mdream.training.analyser import install_face_embedder, install_frame_analyser
@@ -432,10 +431,8 @@ def train_toy_bundle(out: str | Path, dest: str | Path | None = ASSETS, *, resum
         # recorded (finished, or begun: its checkpoints) under another recipe or trainer than this plan's: trained
         # again from the start
         plan = {"recipe": step.recipe, "trainer": step.trainer}
-        begun = _read_json(out / step.name / STEP_PLAN)
-        stale = (entry.get("status") == "done" and (entry.get("recipe"), entry.get("trainer")) != (step.recipe,
-                                                                                                  step.trainer)) \
-            or (begun is not None and begun != plan)
+        finished = {k: entry.get(k) for k in plan} if entry.get("status") == "done" else None
+        stale = any(record not in (None, plan) for record in (finished, _read_json(out / step.name / STEP_PLAN)))
         if step.trainer not in trainers:
             report = StepReport(step.name, "not available",
                                 note=f"`mdream train {step.trainer}` does not exist yet: no {step.output} in this bundle")
