@@ -369,6 +369,45 @@ def test_the_action_map_paints_each_slots_action_over_its_third_of_the_frame(mod
     assert torch.equal(maps[1, wave, :, 2:4], torch.ones(4, 2)) and maps[1].sum() == 8  # the camera is not painted
 
 
+def test_the_heading_map_paints_which_way_each_walker_goes(model):
+    from mdream.models.video import heading_map
+
+    c = dataclasses.replace(model.config, action_map=True, heading_map=True)
+    assert c.action_map_channels == len(c.action_vocab) + 1
+    actions = torch.stack([action_vector(c, [("left", "walks"), ("right", "walks in")], "wide"),
+                           action_vector(c, [("center", "walks"), ("right", "sits")], "medium")])
+    maps = heading_map(c, actions, 4, 6)  # [B, 1, 4, 6]: slots own columns 0-1, 2-3, 4-5
+    assert maps.shape == (2, 1, 4, 6)
+    assert torch.equal(maps[0, 0, 0], torch.tensor([1.0, 1.0, 0.0, 0.0, -1.0, -1.0]))  # the right one goes left
+    assert torch.equal(maps[1, 0, 3], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0]))  # sitting goes nowhere
+    flipped = dataclasses.replace(c, slot_headings=[-1.0, -1.0, 1.0])
+    assert torch.equal(heading_map(flipped, actions, 4, 6), -maps)
+
+
+def test_a_heading_map_starts_from_an_action_map_model_and_never_the_other_way(tmp_path):
+    from mdream.errors import InputError
+    from mdream.training.video import load_init
+
+    tiny_video_model(tmp_path / "a")
+    kw = dict(image_encoder=str(tmp_path / "a" / "clip"), clip_length=4, sample_steps=2)
+    mapped = new_video_model(VideoTrainingConfig(**kw, action_map=True))
+    mapped.save_pretrained(tmp_path / "mapped")
+    headed = new_video_model(VideoTrainingConfig(**kw, action_map=True, heading_map=True))
+    assert headed.unet.config.in_channels == mapped.unet.config.in_channels + 1
+    load_init(headed, str(tmp_path / "mapped"))  # the heading channel is new: zero weight, the rest as trained
+    w = headed.unet.conv_in.weight
+    assert torch.equal(w[:, :-1], mapped.unet.conv_in.weight) and w[:, -1].abs().sum() == 0
+    walk = action_vector(headed.config, [("right", "walks")], "wide")[None]
+    pipe_kw = dict(num_frames=4, clip_length=4, actions=walk)
+    drawn = ImageToVideoPipeline(headed)(keyframe(), generator=torch.Generator().manual_seed(0), **pipe_kw).frames
+    before = ImageToVideoPipeline(mapped)(keyframe(), generator=torch.Generator().manual_seed(0), **pipe_kw).frames
+    assert np.array_equal(drawn, before)
+    headed.save_pretrained(tmp_path / "headed")
+    assert ImageToVideoModel.from_pretrained(tmp_path / "headed").config.heading_map
+    with pytest.raises(InputError, match="trained with `heading_map`"):
+        load_init(new_video_model(VideoTrainingConfig(**kw, action_map=True)), str(tmp_path / "headed"))
+
+
 def test_an_action_map_model_trains_draws_and_starts_from_a_model_without_one(tmp_path):
     from mdream.errors import InputError
     from mdream.training.video import ClipSet, VideoTask, VideoTrainingModel, load_init

@@ -122,6 +122,16 @@ class VideoModelConfig:
     one-hot painted over its share of the frame's width (left, centre, right thirds), concatenated with the
     conditioning latents (the UNet's ``in_channels`` count them), so the UNet sees at each place what moves there
     and not only, through the cross-attention's action token, what moves somewhere. False: SVD's inputs."""
+    heading_map: bool = False
+    """True: one more UNet input channel (after the action map's) says which way each travelling cast member goes:
+    ``slot_headings`` of its slot (+1 rightwards, -1 leftwards) painted over its share of the frame's width where its
+    action is one of ``travelling_actions``, 0 elsewhere. Without it a walker's direction must be guessed from where
+    it stands, and a model unsure of the direction draws the average of both: a figure walking in place."""
+    travelling_actions: list[str] = field(default_factory=lambda: ["walk"])
+    """Actions of ``action_vocab`` that carry a figure across the frame (what ``heading_map`` paints)."""
+    slot_headings: list[float] = field(default_factory=lambda: [1.0, 1.0, -1.0])
+    """The horizontal direction a travelling member of each slot of ``action_slots`` goes (+1 right, -1 left); the
+    toy world's walkers on the left and in the centre go right, those on the right go left."""
 
     @property
     def action_dim(self) -> int:
@@ -129,8 +139,9 @@ class VideoModelConfig:
 
     @property
     def action_map_channels(self) -> int:
-        """Channels the action map adds to the UNet's input (0 without ``action_map``)."""
-        return len(self.action_vocab) if self.action_map else 0
+        """Channels the action and heading maps add to the UNet's input (0 without ``action_map`` and
+        ``heading_map``)."""
+        return (len(self.action_vocab) if self.action_map else 0) + (1 if self.heading_map else 0)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoModelConfig:
@@ -182,6 +193,18 @@ def action_map(config: VideoModelConfig, actions: torch.Tensor, height: int, wid
     column = (torch.arange(width, device=actions.device) * n_slots) // width  # [W]: the slot of each column
     maps = slots[:, column, :].permute(0, 2, 1)  # [B, V, W]
     return maps.unsqueeze(2).expand(-1, -1, height, -1)  # [B, V, H, W]
+
+
+def heading_map(config: VideoModelConfig, actions: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Which way the travelling members of action multi-hots [B, A] go, painted where they stand [B, 1, height,
+    width]: slot k's ``slot_headings[k]`` over columns [k W / S, (k + 1) W / S) when its action is one of
+    ``travelling_actions``, else 0."""
+    slots = slot_actions(config, actions)  # [B, S, V]
+    travelling = [config.action_vocab.index(a) for a in config.travelling_actions if a in config.action_vocab]
+    headings = torch.tensor(config.slot_headings, device=actions.device, dtype=actions.dtype)  # [S]
+    per_slot = slots[..., travelling].sum(dim=-1).clamp(max=1) * headings  # [B, S]
+    column = (torch.arange(width, device=actions.device) * slots.shape[1]) // width  # [W]: the slot of each column
+    return per_slot[:, column][:, None, None, :].expand(-1, 1, height, -1)  # [B, 1, H, W]
 
 
 def still_actions(config: VideoModelConfig, actions: torch.Tensor) -> torch.Tensor:
@@ -258,8 +281,13 @@ class ImageToVideoModel(nn.Module):
         if unet.config.in_channels != expected:
             raise InputError(f"The video UNet takes {unet.config.in_channels} input channels, but its config asks for "
                              f"{expected} (the clip, the conditioning frame" + (", the action map" if config.action_map
-                                                                              else "") + ").",
-                             hint="set `action_map` in its video.json to how the UNet was trained")
+                                                                              else "")
+                             + (", the heading map" if config.heading_map else "") + ").",
+                             hint="set `action_map` and `heading_map` in its video.json to how the UNet was trained")
+        if len(config.slot_headings) != len(config.action_slots):
+            raise InputError(f"The video model has {len(config.action_slots)} action slots but "
+                             f"{len(config.slot_headings)} slot headings.",
+                             hint="give `slot_headings` one direction (+1 or -1) per slot of `action_slots`")
         self.config, self.unet, self.image_encoder, self.vae = config, unet, image_encoder, vae
         self.action_encoder = action_encoder
         self.scheduler = scheduler
@@ -365,16 +393,20 @@ class ImageToVideoModel(nn.Module):
         return self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode()
 
     def conditioning(self, latents: torch.Tensor, actions: torch.Tensor | None, num_frames: int) -> torch.Tensor:
-        """What the UNet concatenates with the noisy clip [B, T, C (+ V), h, w]: the conditioning latents [B, C, h, w]
-        repeated over the clip, with ``action_map`` followed by the actions [B, A] painted where they happen (no
-        actions: zeros)."""
+        """What the UNet concatenates with the noisy clip [B, T, C (+ V + 1), h, w]: the conditioning latents
+        [B, C, h, w] repeated over the clip, followed, with ``action_map``, by the actions [B, A] painted where they
+        happen and, with ``heading_map``, by the travelling members' headings (no actions: zeros)."""
         b, _, h, w = latents.shape
         parts = [latents]
-        if self.config.action_map:
+        if self.config.action_map_channels:
             if actions is None:
                 actions = torch.zeros(b, self.config.action_dim, device=latents.device)
-            parts.append(action_map(self.config, actions.to(latents.device, latents.dtype), h, w))
-        return torch.cat(parts, dim=1).unsqueeze(1).expand(-1, num_frames, -1, -1, -1)  # [B, T, C (+ V), h, w]
+            actions = actions.to(latents.device, latents.dtype)
+            if self.config.action_map:
+                parts.append(action_map(self.config, actions, h, w))
+            if self.config.heading_map:
+                parts.append(heading_map(self.config, actions, h, w))
+        return torch.cat(parts, dim=1).unsqueeze(1).expand(-1, num_frames, -1, -1, -1)  # [B, T, C (+ V + 1), h, w]
 
     def clip_latents(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames in [-1, 1] [N, 3, H, W] -> what the UNet denoises [N, C, h, w] (SVD: the VAE's mode, scaled)."""

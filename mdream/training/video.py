@@ -121,6 +121,9 @@ class VideoTrainingConfig(LoopConfig):
     """Also give the UNet the action where it happens: each slot's action painted over its third of the frame as
     extra input channels (see VideoModelConfig.action_map). With --init from a model without it, the new input
     channels start at zero weight, so training starts from that model's outputs."""
+    heading_map: bool = False
+    """Also give the UNet which way each walking member goes: one more input channel (see
+    VideoModelConfig.heading_map). With --init from a model without it, the channel starts at zero weight."""
     init: str = ""
     """Start from a trained video model (a folder of `mdream train export` or a run's final/video; toy: the shipped
     toy-video) instead of random weights: its UNet and action encoder must match this config."""
@@ -159,8 +162,15 @@ def load_init(model: ImageToVideoModel, setting: str) -> None:
     if (folder / "video").is_dir() and not (folder / "unet").is_dir():
         folder = folder / "video"
     trained = ImageToVideoModel.from_pretrained(folder, torch_dtype=torch.float32)
+    for name in ("action_map", "heading_map"):  # maps are only ever added, after those the trained model has
+        if getattr(trained.config, name) and not getattr(model.config, name):
+            raise InputError(f"--init {setting}: the video model there was trained with `{name}`; this config has "
+                             "none.", hint=f"set --{name.replace('_', '-')} to start from it")
+    if trained.config.heading_map and not trained.config.action_map and model.config.action_map:
+        raise InputError(f"--init {setting}: the action map's channels would come after the heading map's.",
+                         hint="start a model with both maps from one trained without the heading map")
     added = model.config.action_map_channels - trained.config.action_map_channels
-    if added > 0:  # the action map's input channels are new: zero weights, so the UNet starts as it was trained
+    if added > 0:  # the maps' new input channels start at zero weight: the UNet starts as it was trained
         conv = trained.unet.conv_in
         wider = nn.Conv2d(conv.in_channels + added, conv.out_channels, conv.kernel_size, padding=conv.padding)
         with torch.no_grad():
@@ -221,7 +231,7 @@ def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
                           num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0,
                           sigma_data=config.sigma_data, residual=config.residual, prediction=config.prediction,
                           anchor_tokens=config.anchor_tokens, colour_coherence=config.colour_coherence,
-                          action_map=config.action_map)
+                          action_map=config.action_map, heading_map=config.heading_map)
     c = 3 * config.patch_size**2
     unet = UNetSpatioTemporalConditionModel(
         sample_size=config.frame_size // config.patch_size, in_channels=2 * c + mc.action_map_channels, out_channels=c,
