@@ -13,6 +13,9 @@ from its keyframe (frame 0) and the shot's action, anchored on the keyframe, are
 * moving actions read: the evaluator's motion reader on the clip, the share of cast members with a moving action
   (walk, wave, jump, sit) whose slot it reads as that action (a member's slot is its script position), in all and
   per action;
+* walkers' travel: how far each walker's third of the frame has moved the way the toy world's walkers go
+  (:func:`walk_travel`: the horizontal shift, in pixels, that best carries the keyframe's columns there onto the last
+  frame's, times the walker's direction); the true clips travel about 3 pixels, a figure walking in place 0;
 * cast kept: the evaluator's frame analyser on the last frame, the share of the 3 position slots it reads as it
   reads them on the keyframe (who stands where, empty included).
 
@@ -35,6 +38,7 @@ import torch
 
 from benchmarks import bench_video
 from benchmarks.bench_video import SHIPPED
+from mdream.eval.evaluate import POSITIONS
 
 TITLE = "Video model: motion on single clips (toy)"
 MOTION_TAG = 0xB0E
@@ -46,10 +50,26 @@ def held_out_shot(world, seed: int, index: int, size: int, n_frames: int):
     return bench_video.held_out_shot(world, seed, index, size, n_frames, tag=MOTION_TAG, min_cast=1)
 
 
+def walk_travel(clip: np.ndarray, position: str, max_shift: int = 6) -> int:
+    """How far the third of ``clip`` [T, S, S, 3] at ``position`` moved, in pixels, the way a walker there goes: the
+    shift s in [-max_shift, max_shift] for which the keyframe's columns moved by s (edges repeated) best match (mean absolute
+    difference) the last frame's in that third (the smallest of equals), times the walker's direction (+1
+    rightwards)."""
+    from mdream.toyworld.render import walk_direction
+
+    width = clip.shape[2]
+    k = POSITIONS.index(position)
+    a, b = -(-k * width // 3), -(-(k + 1) * width // 3)  # columns whose slot is k (as the action map paints them)
+    m = max_shift
+    first = np.pad(clip[0].astype(np.float32), ((0, 0), (m, m), (0, 0)), mode="edge")  # edges repeated, no wrap
+    last = clip[-1, :, a:b].astype(np.float32)
+    shifts = sorted(range(-m, m + 1), key=abs)  # ties go to the smallest shift
+    errors = [np.abs(first[:, m - s + a: m - s + b] - last).mean() for s in shifts]  # column c shows c - s
+    return int(shifts[int(np.argmin(errors))] * walk_direction(position))
+
+
 def score(shots, clips: list[np.ndarray], analyser, reader) -> dict[str, float | int]:
     """The row of ``clips`` (one per shot, frame 0 the keyframe) against the true clips of ``shots``."""
-    from mdream.eval.evaluate import POSITIONS
-
     truth = [clip for _, clip in shots]
     error = np.mean([np.abs(c[-1].astype(np.float32) - t[-1].astype(np.float32)).mean()
                      for c, t in zip(clips, truth, strict=True)])
@@ -60,21 +80,26 @@ def score(shots, clips: list[np.ndarray], analyser, reader) -> dict[str, float |
     hits = [hit for _, hit in members]
     by_action = {a: round(float(np.mean([hit for b, hit in members if b == a])), 3)
                  for a in MOVING if any(b == a for b, _ in members)}
+    travel = [walk_travel(clip, m.position) for (shot, _), clip in zip(shots, clips, strict=True)
+              for m in shot.cast if m.action == "walk"]
     kept = []
     for clip in clips:
         chars = analyser.analyse(np.stack([clip[0], clip[-1]]))["chars"]  # [2, 3]
         kept.append(float((chars[1] == chars[0]).mean()))
     return {"frame_error": round(float(error), 2), "moving_read": round(float(np.mean(hits)), 3),
-            "moving_members": len(hits), "cast_kept": round(float(np.mean(kept)), 3), "by_action": by_action}
+            "moving_members": len(hits), "cast_kept": round(float(np.mean(kept)), 3), "by_action": by_action,
+            "walk_travel": round(float(np.mean(travel)), 2) if travel else None}
 
 
 def markdown(rows: dict[str, dict]) -> str:
     lines = ["| clip | last-frame error (grey levels) | moving actions read (members) | "
-             + " | ".join(MOVING) + " | cast kept |", "|---|---:|---:|" + "---:|" * len(MOVING) + "---:|"]
+             + " | ".join(MOVING) + " | walkers' travel (px) | cast kept |",
+             "|---|---:|---:|" + "---:|" * len(MOVING) + "---:|---:|"]
     for name, r in rows.items():
         per_action = " | ".join(f"{r['by_action'][a]:.2f}" if a in r["by_action"] else "" for a in MOVING)
         lines.append(f"| {name} | {r['frame_error']:.1f} | {r['moving_read']:.3f} ({r['moving_members']}) "
-                     f"| {per_action} | {r['cast_kept']:.3f} |")
+                     f"| {per_action} | {'' if r.get('walk_travel') is None else format(r['walk_travel'], '.2f')} "
+                 f"| {r['cast_kept']:.3f} |")
     return "\n".join(lines)
 
 

@@ -53,7 +53,18 @@ def test_score_counts_moving_members_slots_and_last_frame_error():
     assert row["cast_kept"] == pytest.approx((0 + 2 / 3) / 2, abs=1e-3)
     assert row["by_action"] == {"walk": 1.0, "wave": 0.0, "sit": 1.0}  # no jumper in these shots
     table = bench_video_motion.markdown({"model": row})
-    assert "| walk | wave | jump | sit |" in table and "| 1.00 | 0.00 |  | 1.00 |" in table
+    assert row["walk_travel"] == 0.0  # the walker's clip does not move
+    assert "| walk | wave | jump | sit | walkers' travel (px) |" in table and "| 1.00 | 0.00 |  | 1.00 | 0.00 |" in table
+
+
+def test_walk_travel_is_the_shift_of_the_walkers_third_the_way_it_walks():
+    clip = np.zeros((4, 24, 24, 3), np.uint8)
+    clip[0, :, 2:4] = clip[0, :, 18:20] = 200  # a bar in the left third and one in the right third
+    clip[-1, :, 4:6] = 200  # the left one went 2 px right (its way) ...
+    clip[-1, :, 19:21] = 200  # ... the right one 1 px right (against its way)
+    assert bench_video_motion.walk_travel(clip, "left") == 2
+    assert bench_video_motion.walk_travel(clip, "right") == -1
+    assert bench_video_motion.walk_travel(np.repeat(clip[:1], 4, 0), "left") == 0  # held still
 
 
 def test_a_run_with_a_tiny_model_writes_its_json_and_not_results(tmp_path):

@@ -551,7 +551,8 @@ def _draw_prop(cv: _Canvas, scene: SceneSpec, kind: str, x: float) -> None:
 # --------------------------------------------------------------------------------------------
 # Shots
 # --------------------------------------------------------------------------------------------
-def _walk_direction(position: str) -> float:
+def walk_direction(position: str) -> float:
+    """Which way a walker at ``position`` goes across the frame: +1 rightwards (left and centre), -1 leftwards."""
     return -1.0 if position == "right" else 1.0
 
 
@@ -636,7 +637,7 @@ def _render(world: World, shot: ShotSpec, size: int, phase: float, jitter_zoom: 
         if offsets is not None:
             x += float(offsets[i, 0])
             feet += float(offsets[i, 1])
-        pose = _pose(m.action, phase, _walk_direction(m.position))
+        pose = _pose(m.action, phase, walk_direction(m.position))
         _draw_figure(cv, world.character(m.character_id), x, feet, H, pose, m.expression, m.trousers)
     return cv.img
 
@@ -830,7 +831,7 @@ def _heads(shot: ShotSpec, world: World | None) -> list[tuple[str, float, float,
     heads = []
     for m in shot.cast:
         x, feet, H = _figure_placement(world, shot, m)
-        pose = _pose(m.action, 0.0, _walk_direction(m.position))
+        pose = _pose(m.action, 0.0, walk_direction(m.position))
         hx, hy = _head_center(x + pose.dx, feet, H, pose.dy)
         heads.append((m.character_id, hx, hy, 0.17 * H))
     return heads
