@@ -70,6 +70,12 @@ def test_lr_schedule_warms_up_then_decays():
     # a time-limited run decays by whichever runs out first: its steps or its time
     assert lr_at(20, 100, 1.0, 10, time_fraction=1.0) == pytest.approx(0.1)
     assert lr_at(50, 100, 1.0, 10, time_fraction=0.1) == pytest.approx(lr_at(50, 100, 1.0, 10))
+    # a warm restart: the first cosine ends at step 40, then the one over 100 steps goes on from its step 40
+    assert lr_at(39, 100, 1.0, 10, restart_at=40) == pytest.approx(lr_at(39, 40, 1.0, 10))
+    assert lr_at(39, 100, 1.0, 10, restart_at=40) < 0.11
+    assert lr_at(40, 100, 1.0, 10, restart_at=40) == pytest.approx(lr_at(40, 100, 1.0, 10))
+    assert lr_at(40, 100, 1.0, 10, restart_at=40) > 0.6
+    assert lr_at(100, 100, 1.0, 10, restart_at=40) == pytest.approx(0.1)
 
 
 def test_clip_training_resumes_and_exports(clip_run):

@@ -222,12 +222,17 @@ def finish_checkpoint(out: Path, folder: Path, state: dict[str, Any], keep: int)
 # ---- schedules and progress ----------------------------------------------------------------------
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.1, time_fraction: float = 0.0) -> float:
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.1, time_fraction: float = 0.0,
+          restart_at: int = 0) -> float:
     """Linear warmup, then cosine decay to ``min_ratio * peak`` at ``total``.
 
     ``time_fraction`` (elapsed / budget of a time-limited run) moves the decay forward when the time
     runs out before the steps do, so a run stopped by its budget still ends at the low learning rate.
+    ``restart_at`` > 0: a warm restart (SGDR, Loshchilov & Hutter 2017): before that step the cosine decays over
+    ``restart_at`` steps, from it on the learning rate is the cosine over ``total``'s.
     """
+    if step < restart_at:
+        total = restart_at
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))

@@ -66,6 +66,10 @@ class LoopConfig(Settings):
     """Linear warmup steps."""
     min_lr_ratio: float = 0.1
     """The learning rate at the end of the cosine decay, as a share of --lr."""
+    lr_restart_at: int = 0
+    """A warm restart (SGDR, Loshchilov & Hutter 2017): the cosine first decays over this many steps; from this step
+    on the learning rate jumps back to where a cosine over all --steps stands and decays with it, as a run stopped
+    by its budget and resumed with a larger one does (0: one cosine)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 0.0
@@ -94,7 +98,7 @@ class LoopConfig(Settings):
         for name, value in positive.items():
             if value < 1:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-        for name in ("steps", "warmup", "eval_every"):
+        for name in ("steps", "warmup", "eval_every", "lr_restart_at"):
             if getattr(self, name) < 0:
                 raise ConfigValueError(name, f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
         for name in ("lr", "weight_decay", "max_grad_norm", "max_minutes"):
@@ -301,7 +305,7 @@ def fit(task: TrainingTask, config: LoopConfig, out: Path, accelerator, *, resum
         while step < config.steps and not spent_already:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config.steps, config.lr, config.warmup, config.min_lr_ratio,
-                                    time_fraction=budget.fraction())
+                                    time_fraction=budget.fraction(), restart_at=config.lr_restart_at)
             for _ in range(config.grad_accum):
                 batch = task.sample(rng, micro)
                 with accelerator.accumulate(model), accelerator.autocast():
