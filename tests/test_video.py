@@ -369,6 +369,42 @@ def test_the_action_map_paints_each_slots_action_over_its_third_of_the_frame(mod
     assert torch.equal(maps[1, wave, :, 2:4], torch.ones(4, 2)) and maps[1].sum() == 8  # the camera is not painted
 
 
+def test_shot_paced_motion_gives_longer_shots_a_lower_motion_bucket(model):
+    ids = model.added_time_ids(2, fps=8, shot_frames=40)
+    assert ids[:, 1].tolist() == [model.config.motion_bucket_id] * 2  # SVD: one bucket whatever the shot's length
+    paced = ImageToVideoModel(dataclasses.replace(model.config, shot_paced_motion=True), model.unet,
+                              model.image_encoder, model.scheduler, action_encoder=model.action_encoder)
+    L, bucket = paced.config.num_frames, paced.config.motion_bucket_id
+    ids = paced.added_time_ids(3, fps=8, shot_frames=torch.tensor([L, 2 * L - 1, 10_000]))
+    assert ids[:, 1].tolist() == [bucket, round(bucket * (L - 1) / (2 * L - 2)), 1]  # at least 1
+    assert ids[:, 0].tolist() == [7] * 3 and paced.added_time_ids(1)[0, 1] == bucket
+
+
+def test_training_shots_of_varied_length_show_the_start_of_their_motion(tmp_path):
+    from mdream.eval.toy_samples import random_shot
+    from mdream.toyworld import make_world, render_clip
+    from mdream.training.video import VideoTask, VideoTrainingModel, render_clips
+
+    world = make_world(0)
+    shot = random_shot(world, np.random.default_rng(5))
+    whole = render_clip(world, shot, 32, 20, np.random.default_rng(1))
+    assert np.array_equal(render_clip(world, shot, 32, 20, np.random.default_rng(1), count=7), whole[:7])
+    trained = tiny_video_model(tmp_path / "a")
+    config = VideoTrainingConfig(image_encoder=str(tmp_path / "a" / "clip"), clip_length=4, max_shot_frames=40,
+                                 shot_paced_motion=True, clips=24)
+    model = new_video_model(config)
+    assert model.config.shot_paced_motion and trained.unet.config.in_channels == model.unet.config.in_channels
+    clips = render_clips(config, model.config, 24, seed=0)
+    assert clips.shot_frames.min() >= 4 and clips.shot_frames.max() <= 40 and len(set(clips.shot_frames)) > 5
+    short = np.flatnonzero(clips.shot_frames < 7)
+    assert len(short) and all((clips.frames[i, clips.shot_frames[i]:] == clips.frames[i, clips.shot_frames[i] - 1]).all()
+                              for i in short)  # the missing frames repeat the shot's last one
+    task = VideoTask(VideoTrainingModel(model), clips, config)
+    batch = task.sample(np.random.default_rng(0), 64)
+    assert set(batch["shot_frames"].tolist()) <= set(clips.shot_frames.tolist())
+    assert torch.isfinite(task.loss(task.model, batch)["loss"])
+
+
 def test_the_heading_map_paints_which_way_each_walker_goes(model):
     from mdream.models.video import heading_map
 

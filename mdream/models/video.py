@@ -76,6 +76,11 @@ class VideoModelConfig:
     """The fps added time id (SVD conditions on fps - 1)."""
     motion_bucket_id: int = 127
     """SVD's motion bucket added time id (more: more motion)."""
+    shot_paced_motion: bool = False
+    """True: a motion spans its whole shot (the toy world's: a walker crosses the same distance in a 2-second shot as in
+    a 10-second one), so a clip's speed depends on the shot's length, and the motion bucket says it: a shot of
+    ``num_frames`` frames (one clip) gets ``motion_bucket_id``, one of F frames ``motion_bucket_id * (num_frames - 1)
+    / (F - 1)`` (at least 1): slower for longer shots. False: ``motion_bucket_id`` for every shot (SVD)."""
     noise_aug_strength: float = 0.02
     """Noise added to the conditioning frame (and its added time id)."""
     num_inference_steps: int = 25
@@ -433,11 +438,25 @@ class ImageToVideoModel(nn.Module):
             chunks.append(self.vae.decode(part.to(self.vae.dtype), num_frames=part.shape[0]).sample)
         return torch.cat(chunks).view(b, t, *chunks[0].shape[1:]).float().clamp(-1, 1)
 
-    def added_time_ids(self, batch: int, fps: int | None = None) -> torch.Tensor:
-        """SVD's added time ids [B, 3]: fps - 1, motion bucket, noise augmentation."""
+    def motion_bucket(self, shot_frames: torch.Tensor | int | None) -> torch.Tensor:
+        """The motion bucket of shots of ``shot_frames`` frames (an int or [B]; None: one clip's worth): see
+        ``shot_paced_motion``. Float [B] (or a scalar)."""
         c = self.config
-        ids = [(fps or c.fps) - 1, c.motion_bucket_id, c.noise_aug_strength]
-        return torch.tensor([ids], dtype=self.dtype, device=self.device).repeat(batch, 1)
+        bucket = torch.as_tensor(float(c.motion_bucket_id))
+        if not c.shot_paced_motion or shot_frames is None:
+            return bucket
+        frames = torch.as_tensor(shot_frames, dtype=torch.float32).clamp(min=2)
+        return (bucket * (c.num_frames - 1) / (frames - 1)).round().clamp(min=1)
+
+    def added_time_ids(self, batch: int, fps: int | None = None,
+                       shot_frames: torch.Tensor | int | None = None) -> torch.Tensor:
+        """SVD's added time ids [B, 3]: fps - 1, motion bucket (of shots of ``shot_frames`` frames, int or [B]),
+        noise augmentation."""
+        c = self.config
+        bucket = self.motion_bucket(shot_frames).expand(batch)  # [B]
+        ids = torch.tensor([(fps or c.fps) - 1, 0.0, c.noise_aug_strength]).repeat(batch, 1)  # [B, 3]
+        ids[:, 1] = bucket
+        return ids.to(self.device, self.dtype)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, context: torch.Tensor,
                 time_ids: torch.Tensor) -> torch.Tensor:
@@ -537,7 +556,7 @@ class ImageToVideoPipeline:
             still_multi_hot = still_actions(c, actions.to(model.device))  # [B, A]
             if not torch.equal(still_multi_hot, actions.to(model.device)):  # a still cast: nothing to push from
                 still_tokens = model.encode_actions(still_multi_hot, b)  # [B, n, D]
-        time_ids = model.added_time_ids(b, fps)  # [B, 3]
+        time_ids = model.added_time_ids(b, fps, shot_frames=num_frames)  # [B, 3]: the shot's length paces it
         # 3. the sigmas (SVD's Euler scheduler: Karras spacing)
         model.scheduler.set_timesteps(steps, device="cpu")
         sigmas = model.scheduler.sigmas.float().to(model.device)  # [steps + 1], ending at 0

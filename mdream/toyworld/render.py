@@ -761,20 +761,25 @@ _CAMERA_MOTION = {"wide": (1.0, 0.05), "medium": (1.04, 0.0), "close-up": (1.1, 
 
 
 def render_clip(world: World, shot: ShotSpec, size: int, n_frames: int = 8,
-                rng: np.random.Generator | None = None) -> np.ndarray:
+                rng: np.random.Generator | None = None, count: int | None = None) -> np.ndarray:
     """A short clip uint8 [T, size, size, 3]: the action's motion and a slow camera move.
 
     With the same rng state as render_keyframe, frame 0 is the keyframe, pixel for pixel. Walkers translate, jumpers bounce, wavers move an arm,
-    sitters lower onto a stool; wide shots pan slowly, medium and close-up shots zoom in.
+    sitters lower onto a stool; wide shots pan slowly, medium and close-up shots zoom in. A motion spans the whole
+    shot of ``n_frames`` frames (a walker crosses the same distance in a short shot as in a long one); ``count``
+    renders only the shot's first ``count`` frames (T = count; default: all).
     """
     _check_size(size)
     if n_frames < 2:
         raise ValueError(f"n_frames must be >= 2, got {n_frames}")
+    count = n_frames if count is None else count
+    if not 1 <= count <= n_frames:
+        raise ValueError(f"count must be in [1, n_frames], got {count}")
     rng = rng if rng is not None else np.random.default_rng(0)
     zoom, pan, offsets, brightness = _shot_jitter(size, rng)
     end_zoom, end_pan = _CAMERA_MOTION[shot.camera]
-    frames = np.empty((n_frames, size, size, 3), np.uint8)
-    for t in range(n_frames):
+    frames = np.empty((count, size, size, 3), np.uint8)
+    for t in range(count):
         phase = t / (n_frames - 1)
         img = _render(world, shot, size, phase, zoom, pan, offsets, camera_zoom=1.0 + (end_zoom - 1.0) * phase,
                       camera_pan=end_pan * phase)

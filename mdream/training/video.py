@@ -121,6 +121,13 @@ class VideoTrainingConfig(LoopConfig):
     """Also give the UNet the action where it happens: each slot's action painted over its third of the frame as
     extra input channels (see VideoModelConfig.action_map). With --init from a model without it, the new input
     channels start at zero weight, so training starts from that model's outputs."""
+    max_shot_frames: int = 0
+    """Training shots last from clip_length to this many frames (log-uniform), and a clip shows the start of its
+    shot's motion, which spans the whole shot (the toy world's pacing: a long shot moves slowly); 0: every shot is
+    2 x clip_length - 1 frames, its two clips."""
+    shot_paced_motion: bool = False
+    """Tell the model each shot's length through its motion bucket (see VideoModelConfig.shot_paced_motion), so it can
+    know how fast the shot's motion goes."""
     heading_map: bool = False
     """Also give the UNet which way each walking member goes: one more input channel (see
     VideoModelConfig.heading_map). With --init from a model without it, the channel starts at zero weight."""
@@ -136,6 +143,9 @@ class VideoTrainingConfig(LoopConfig):
             raise ConfigValueError("patch_size", f"--frame-size {self.frame_size} must be a multiple of 4 x --patch-size.")
         if self.clip_length < 2:
             raise ConfigValueError("clip_length", f"--clip-length must be >= 2, got {self.clip_length}.")
+        if self.max_shot_frames and self.max_shot_frames < self.clip_length:
+            raise ConfigValueError("max_shot_frames", f"--max-shot-frames must be 0 or >= --clip-length "
+                                                      f"({self.clip_length}), got {self.max_shot_frames}.")
         if self.clips < 1:
             raise ConfigValueError("clips", f"--clips must be >= 1, got {self.clips}.")
         if self.anchor_tokens not in ANCHOR_TOKENS:
@@ -231,7 +241,8 @@ def new_video_model(config: VideoTrainingConfig) -> ImageToVideoModel:
                           num_inference_steps=config.sample_steps, min_guidance_scale=1.0, max_guidance_scale=1.0,
                           sigma_data=config.sigma_data, residual=config.residual, prediction=config.prediction,
                           anchor_tokens=config.anchor_tokens, colour_coherence=config.colour_coherence,
-                          action_map=config.action_map, heading_map=config.heading_map)
+                          action_map=config.action_map, heading_map=config.heading_map,
+                          shot_paced_motion=config.shot_paced_motion)
     c = 3 * config.patch_size**2
     unet = UNetSpatioTemporalConditionModel(
         sample_size=config.frame_size // config.patch_size, in_channels=2 * c + mc.action_map_channels, out_channels=c,
@@ -259,6 +270,9 @@ class ClipSet:
     """uint8 [N, 2L-1, S, S, 3]"""
     actions: np.ndarray
     """float32 [N, A]"""
+    shot_frames: np.ndarray | None = None
+    """int64 [N]: each clip's shot length in frames (None: all 2L - 1); a shot shorter than 2L - 1 frames repeats
+    its last frame to fill ``frames`` and has no continuation."""
 
 
 def shot_action(model_config: VideoModelConfig, shot) -> torch.Tensor:
@@ -275,25 +289,33 @@ def render_clips(config: VideoTrainingConfig, model_config: VideoModelConfig, n:
     length = 2 * config.clip_length - 1
     frames = np.empty((n, length, config.frame_size, config.frame_size, 3), np.uint8)
     actions = np.empty((n, model_config.action_dim), np.float32)
+    shot_frames = np.full(n, length, np.int64)
     for i in range(n):
         shot = random_shot(world, rng)
-        frames[i] = render_clip(world, shot, config.frame_size, length, rng)
+        if config.max_shot_frames:  # log-uniform in [clip_length, max_shot_frames]
+            lo, hi = np.log(config.clip_length), np.log(config.max_shot_frames)
+            shot_frames[i] = int(round(float(np.exp(rng.uniform(lo, hi)))))
+        count = min(length, int(shot_frames[i]))
+        frames[i, :count] = render_clip(world, shot, config.frame_size, int(shot_frames[i]), rng, count=count)
+        frames[i, count:] = frames[i, count - 1]
         actions[i] = shot_action(model_config, shot).numpy()
-    return ClipSet(frames, actions)
+    return ClipSet(frames, actions, shot_frames if config.max_shot_frames else None)
 
 
 def load_clips(config: VideoTrainingConfig, model_config: VideoModelConfig, out: Path) -> ClipSet:
     """The training clips, rendered once and cached in ``out/data`` (keyed on the settings that shape them)."""
     tag = f"w{config.world_seed}-d{config.data_seed}-n{config.clips}-s{config.frame_size}-l{config.clip_length}"
+    tag += f"-f{config.max_shot_frames}" if config.max_shot_frames else ""
     path = out / "data" / f"clips-{tag}.npz"
     if path.is_file():
         with np.load(path) as data:
-            return ClipSet(data["frames"], data["actions"])
+            return ClipSet(data["frames"], data["actions"], data["shot_frames"] if "shot_frames" in data else None)
     console.print(f"rendering {config.clips} toy clips of {2 * config.clip_length - 1} frames ...")
     clips = render_clips(config, model_config, config.clips, config.data_seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, frames=clips.frames, actions=clips.actions)
+    extra = {} if clips.shot_frames is None else {"shot_frames": clips.shot_frames}
+    np.savez(tmp, frames=clips.frames, actions=clips.actions, **extra)
     tmp.replace(path)
     return clips
 
@@ -306,9 +328,10 @@ class VideoTrainingModel(nn.Module):
         self.video = model
         self.motion_weight = motion_weight
 
-    def forward(self, clip, cond_frame, anchor_frame, actions, sigma, noise, aug, keep):
+    def forward(self, clip, cond_frame, anchor_frame, actions, sigma, noise, aug, keep, shot_frames=None):
         """clip [B, T, 3, S, S], cond_frame / anchor_frame [B, 3, S, S] in [-1, 1]; actions [B, A]; sigma [B];
-        noise like the folded clip; aug like cond_frame; keep [B] (0: conditioning dropped). Returns the loss."""
+        noise like the folded clip; aug like cond_frame; keep [B] (0: conditioning dropped); shot_frames [B] (the
+        clips' shot lengths; None: one clip's worth). Returns the loss."""
         m, b, t = self.video, clip.shape[0], clip.shape[1]
         with torch.no_grad():
             x0 = m.clip_latents(clip.flatten(0, 1))
@@ -327,7 +350,7 @@ class VideoTrainingModel(nn.Module):
         cond = m.conditioning(latents, actions, t) * k.unsqueeze(1)  # [B, T, C (+ V), h, w]; dropped: all zero
         context = torch.cat([embeds * keep.view(b, 1, 1), m.encode_actions(actions, b)], dim=1)  # [B, n + 1, D]
         s = sigma.view(b, 1, 1, 1, 1)
-        denoised = m.denoise(x0 + s * noise, sigma, cond, context, m.added_time_ids(b))
+        denoised = m.denoise(x0 + s * noise, sigma, cond, context, m.added_time_ids(b, shot_frames=shot_frames))
         sd = m.config.sigma_data
         weight = (s**2 + sd**2) / (s * sd) ** 2 if m.config.prediction == "v" else torch.ones_like(s)
         return (weight * pixel_weight * (denoised - x0) ** 2).mean()
@@ -346,7 +369,10 @@ class VideoTask:
     def sample(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
         c, L = self.config, self.config.clip_length
         idx = rng.integers(0, len(self.clips.frames), size)
-        start = rng.integers(0, 2, size) * (L - 1)  # the shot's first clip, or its continuation
+        shot_frames = (np.full(size, 2 * L - 1) if self.clips.shot_frames is None
+                       else self.clips.shot_frames[idx])  # [B]
+        # the shot's first clip, or its continuation (a shot of fewer than 2L - 1 frames has none)
+        start = rng.integers(0, 2, size) * (L - 1) * (shot_frames >= 2 * L - 1)
         frames = np.stack([self.clips.frames[i, s: s + L] for i, s in zip(idx, start, strict=True)])
         clip = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1  # [B, L, 3, S, S]
         first = torch.from_numpy(self.clips.frames[idx, 0]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, S, S]
@@ -366,7 +392,7 @@ class VideoTask:
         device = self.model.video.device
         batch = {"clip": clip, "cond_frame": cond, "anchor_frame": anchor,
                  "actions": torch.from_numpy(self.clips.actions[idx]), "sigma": sigma, "noise": noise, "aug": aug,
-                 "keep": keep}
+                 "keep": keep, "shot_frames": torch.from_numpy(shot_frames)}
         return {k: v.to(device) for k, v in batch.items()}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
