@@ -19,6 +19,11 @@ from its keyframe (frame 0) and the shot's action, anchored on the keyframe, are
 * cast kept: the evaluator's frame analyser on the last frame, the share of the 3 position slots it reads as it
   reads them on the keyframe (who stands where, empty included).
 
+``--denoise-sigmas`` also asks where along the noise levels the walk is decided: for each sigma, one call of the
+model's denoiser on each walker's true clip plus noise of that sigma (the same conditioning as the clip), and the
+walkers' travel of its estimate (near the truth at small sigmas, where the noisy clip shows the walker's new place;
+at large ones, what the model predicts by itself).
+
 Rows: the ground truth (the true clip), the keyframe copied into every frame (no motion: the floor of the motion
 reading, the ceiling of the cast reading), then the model at each ``--steps`` (default: the model's own), and at
 each of those at each ``--action-guidance`` scale where given (default: the model's own scale). Writes its
@@ -66,6 +71,38 @@ def walk_travel(clip: np.ndarray, position: str, max_shift: int = 6) -> int:
     shifts = sorted(range(-m, m + 1), key=abs)  # ties go to the smallest shift
     errors = [np.abs(first[:, m - s + a: m - s + b] - last).mean() for s in shifts]  # column c shows c - s
     return int(shifts[int(np.argmin(errors))] * walk_direction(position))
+
+
+@torch.no_grad()
+def denoised_travel(model, shots, sigmas: list[float], fps: int, seed: int = 0) -> dict[float, float]:
+    """Walkers' travel of the model's one-step estimate of each walker's true clip from that clip plus noise of each
+    sigma: {sigma: mean travel in pixels} over the walkers of ``shots`` [(shot, clip uint8 [T, S, S, 3])]."""
+    from mdream.training.video import shot_action
+
+    g = torch.Generator().manual_seed(seed)
+    travel: dict[float, list[int]] = {sigma: [] for sigma in sigmas}
+    for shot, clip in shots:
+        walkers = [m.position for m in shot.cast if m.action == "walk"]
+        if not walkers:
+            continue
+        frames = (torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1).to(model.device)  # [T, 3, S, S]
+        t = frames.shape[0]
+        base = model.residual_base(frames[:1], t)  # [1, T, C, h, w] or None
+        x0 = model.clip_latents(frames)[None]  # [1, T, C, h, w]
+        x0 = x0 if base is None else x0 - base
+        actions = shot_action(model.config, shot)[None].to(model.device)
+        cond = model.conditioning(model.to_latents(frames[:1]), actions, t)
+        context = model.encode_image(frames[:1])
+        tokens = model.encode_actions(actions, 1)
+        context = context if tokens is None else torch.cat([context, tokens], dim=1)
+        ids = model.added_time_ids(1, fps, shot_frames=t)
+        for sigma in sigmas:
+            noise = torch.randn(x0.shape, generator=g).to(model.device)
+            est = model.denoise(x0 + sigma * noise, torch.tensor([sigma], device=model.device), cond, context, ids)
+            out = model.decode(est if base is None else est + base)[0]  # [T, 3, S, S]
+            drawn = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            travel[sigma] += [walk_travel(drawn, position) for position in walkers]
+    return {sigma: round(float(np.mean(v)), 2) if v else float("nan") for sigma, v in travel.items()}
 
 
 def score(shots, clips: list[np.ndarray], analyser, reader) -> dict[str, float | int]:
@@ -116,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=900_001, help="Seed of the held-out shot stream.")
+    parser.add_argument("--denoise-sigmas", type=float, nargs="+", default=None,
+                        help="Also the walkers' travel of the model's one-step estimate of the true clip from it plus "
+                             "noise of each of these sigmas (where along the noise levels the walk is decided).")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None, help="Also write the numbers here.")
     args = parser.parse_args(argv)
@@ -156,8 +196,16 @@ def main(argv: list[str] | None = None) -> None:
             seconds[name] = round(time.perf_counter() - start, 1)
             rows[name] = score(shots, clips, analyser, reader)
     report = {"model": str(folder), "shots": args.shots, "clip_length": L, "size": c.width, "seed": args.seed,
-              "torch_threads": torch.get_num_threads(), "rows": rows, "sampling_seconds": seconds,
-              "seconds": round(time.perf_counter() - t0, 1)}
+              "torch_threads": torch.get_num_threads(), "rows": rows, "sampling_seconds": seconds}
+    extra = ""
+    if args.denoise_sigmas:
+        report["denoised_travel"] = denoised_travel(model, shots, args.denoise_sigmas, args.fps)
+        extra = ("\n\nWalkers' travel of the model's one-step estimate of the true clip from it plus noise of each "
+                 "sigma (true clips: {:.2f} px):\n\n| sigma | ".format(rows["ground truth"]["walk_travel"] or 0.0)
+                 + " | ".join(f"{sg:g}" for sg in args.denoise_sigmas) + " |\n|---|" + "---:|" * len(args.denoise_sigmas)
+                 + "\n| walkers' travel (px) | " + " | ".join(f"{v:.2f}" for v in report["denoised_travel"].values())
+                 + " |")
+    report["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     body = (f"{args.shots} held-out random toy shots with a cast ({c.width}x{c.width}, world {args.world_seed}, shot "
@@ -165,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             "against the true clip, the evaluator's motion reader on the cast members with a moving action "
             "(walk, wave, jump, sit), the frame analyser's slots on the last frame against the keyframe's. "
             f"{report['seconds']:.0f} s in all ({report['torch_threads']} torch threads, {args.device}).\n\n"
-            + markdown(rows))
+            + markdown(rows) + extra)
     print(body)
     if args.model is None:
         from benchmarks.results import update_section
@@ -173,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
         command = (f"python -m benchmarks.bench_video_motion --shots {args.shots}"
                    + (f" --steps {' '.join(map(str, args.steps))}" if args.steps else "")
                    + (f" --action-guidance {' '.join(f'{g:g}' for g in args.action_guidance)}"
-                      if args.action_guidance else ""))
+                      if args.action_guidance else "")
+                   + (f" --denoise-sigmas {' '.join(f'{g:g}' for g in args.denoise_sigmas)}"
+                      if args.denoise_sigmas else ""))
         update_section(TITLE, body, command)
 
 

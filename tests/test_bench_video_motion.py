@@ -67,12 +67,25 @@ def test_walk_travel_is_the_shift_of_the_walkers_third_the_way_it_walks():
     assert bench_video_motion.walk_travel(np.repeat(clip[:1], 4, 0), "left") == 0  # held still
 
 
+def test_denoised_travel_scores_the_walkers_one_step_estimates_at_each_sigma(tmp_path):
+    from mdream.models.video import ImageToVideoModel
+
+    tiny_video_model(tmp_path, clip_length=4)
+    model = ImageToVideoModel.from_pretrained(tmp_path / "video")
+    clip = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    walker = SimpleNamespace(cast=[_member("left", "walk"), _member("right", "walk")], camera="wide")
+    still = SimpleNamespace(cast=[_member("center", "wave")], camera="wide")
+    travel = bench_video_motion.denoised_travel(model, [(walker, clip), (still, clip)], [0.01, 5.0], fps=8)
+    assert list(travel) == [0.01, 5.0] and all(np.isfinite(v) and abs(v) <= 6 for v in travel.values())
+    assert np.isnan(bench_video_motion.denoised_travel(model, [(still, clip)], [1.0], fps=8)[1.0])  # no walker
+
+
 def test_a_run_with_a_tiny_model_writes_its_json_and_not_results(tmp_path):
     tiny_video_model(tmp_path, clip_length=4)
     before = RESULTS.read_text()
     out = tmp_path / "motion.json"
     bench_video_motion.main(["--model", str(tmp_path / "video"), "--shots", "3", "--steps", "1", "2",
-                             "--json", str(out)])
+                             "--denoise-sigmas", "0.1", "3", "--json", str(out)])
     report = json.loads(out.read_text())
     assert RESULTS.read_text() == before
     assert list(report["rows"]) == ["ground truth", "the keyframe copied", "model, 1 Euler steps",
@@ -80,6 +93,7 @@ def test_a_run_with_a_tiny_model_writes_its_json_and_not_results(tmp_path):
     truth, copied = report["rows"]["ground truth"], report["rows"]["the keyframe copied"]
     assert truth["frame_error"] == 0.0 and copied["frame_error"] > 0  # the true clips move
     assert report["clip_length"] == 4 and report["shots"] == 3
+    assert list(report["denoised_travel"]) == ["0.1", "3.0"]  # JSON keys
     assert all(r["moving_members"] == truth["moving_members"] for r in report["rows"].values())
 
 
