@@ -60,11 +60,11 @@ def walk_travel(clip: np.ndarray, position: str, max_shift: int = 6) -> int:
     shift s in [-max_shift, max_shift] for which the keyframe's columns moved by s (edges repeated) best match (mean absolute
     difference) the last frame's in that third (the smallest of equals), times the walker's direction (+1
     rightwards)."""
+    from mdream.models.video import slot_of_column
     from mdream.toyworld.render import walk_direction
 
-    width = clip.shape[2]
-    k = POSITIONS.index(position)
-    a, b = -(-k * width // 3), -(-(k + 1) * width // 3)  # columns whose slot is k (as the action map paints them)
+    columns = torch.nonzero(slot_of_column(len(POSITIONS), clip.shape[2]) == POSITIONS.index(position))
+    a, b = int(columns.min()), int(columns.max()) + 1  # the columns the action map paints the slot over
     m = max_shift
     first = np.pad(clip[0].astype(np.float32), ((0, 0), (m, m), (0, 0)), mode="edge")  # edges repeated, no wrap
     last = clip[-1, :, a:b].astype(np.float32)
@@ -77,6 +77,7 @@ def walk_travel(clip: np.ndarray, position: str, max_shift: int = 6) -> int:
 def denoised_travel(model, shots, sigmas: list[float], fps: int, seed: int = 0) -> dict[float, float]:
     """Walkers' travel of the model's one-step estimate of each walker's true clip from that clip plus noise of each
     sigma: {sigma: mean travel in pixels} over the walkers of ``shots`` [(shot, clip uint8 [T, S, S, 3])]."""
+    from mdream.models.video import ImageToVideoPipeline
     from mdream.training.video import shot_action
 
     g = torch.Generator().manual_seed(seed)
@@ -85,7 +86,7 @@ def denoised_travel(model, shots, sigmas: list[float], fps: int, seed: int = 0) 
         walkers = [m.position for m in shot.cast if m.action == "walk"]
         if not walkers:
             continue
-        frames = (torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1).to(model.device)  # [T, 3, S, S]
+        frames = ImageToVideoPipeline.prepare_image(clip).to(model.device)  # [T, 3, S, S] in [-1, 1]
         t = frames.shape[0]
         base = model.residual_base(frames[:1], t)  # [1, T, C, h, w] or None
         x0 = model.clip_latents(frames)[None]  # [1, T, C, h, w]
@@ -199,12 +200,12 @@ def main(argv: list[str] | None = None) -> None:
               "torch_threads": torch.get_num_threads(), "rows": rows, "sampling_seconds": seconds}
     extra = ""
     if args.denoise_sigmas:
-        report["denoised_travel"] = denoised_travel(model, shots, args.denoise_sigmas, args.fps)
+        travel = report["denoised_travel"] = denoised_travel(model, shots, args.denoise_sigmas, args.fps)
         extra = ("\n\nWalkers' travel of the model's one-step estimate of the true clip from it plus noise of each "
-                 "sigma (true clips: {:.2f} px):\n\n| sigma | ".format(rows["ground truth"]["walk_travel"] or 0.0)
-                 + " | ".join(f"{sg:g}" for sg in args.denoise_sigmas) + " |\n|---|" + "---:|" * len(args.denoise_sigmas)
-                 + "\n| walkers' travel (px) | " + " | ".join(f"{v:.2f}" for v in report["denoised_travel"].values())
-                 + " |")
+                 f"sigma (true clips: {rows['ground truth']['walk_travel'] or 0.0:.2f} px):\n\n"
+                 + "| sigma | " + " | ".join(f"{sigma:g}" for sigma in travel) + " |\n"
+                 + "|---|" + "---:|" * len(travel) + "\n"
+                 + "| walkers' travel (px) | " + " | ".join(f"{v:.2f}" for v in travel.values()) + " |")
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

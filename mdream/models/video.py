@@ -190,26 +190,34 @@ def slot_actions(config: VideoModelConfig, actions: torch.Tensor) -> torch.Tenso
     return actions[:, : n_slots * n_vocab].reshape(-1, n_slots, n_vocab)
 
 
+def slot_of_column(n_slots: int, width: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The slot (0 .. n_slots - 1, left to right) whose share of the frame's width each of ``width`` columns is in:
+    slot k owns columns [k W / S, (k + 1) W / S). Long [W]."""
+    return (torch.arange(width, device=device) * n_slots) // width
+
+
+def paint_slots(values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Per-slot values [B, S, C] painted over each slot's share of the frame (:func:`slot_of_column`)
+    [B, C, height, width]."""
+    maps = values[:, slot_of_column(values.shape[1], width, values.device), :].permute(0, 2, 1)  # [B, C, W]
+    return maps.unsqueeze(2).expand(-1, -1, height, -1)  # [B, C, H, W]
+
+
 def action_map(config: VideoModelConfig, actions: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The action multi-hots [B, A] painted where they happen [B, V, height, width]: slot k's one-hot over the
-    vocabulary fills columns [k W / S, (k + 1) W / S) (S slots, left to right); the camera is not painted."""
-    slots = slot_actions(config, actions)  # [B, S, V]
-    n_slots = slots.shape[1]
-    column = (torch.arange(width, device=actions.device) * n_slots) // width  # [W]: the slot of each column
-    maps = slots[:, column, :].permute(0, 2, 1)  # [B, V, W]
-    return maps.unsqueeze(2).expand(-1, -1, height, -1)  # [B, V, H, W]
+    vocabulary fills slot k's share of the width (:func:`paint_slots`); the camera is not painted."""
+    return paint_slots(slot_actions(config, actions), height, width)  # [B, V, H, W]
 
 
 def heading_map(config: VideoModelConfig, actions: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Which way the travelling members of action multi-hots [B, A] go, painted where they stand [B, 1, height,
-    width]: slot k's ``slot_headings[k]`` over columns [k W / S, (k + 1) W / S) when its action is one of
-    ``travelling_actions``, else 0."""
+    width]: slot k's ``slot_headings[k]`` over its share of the width (:func:`paint_slots`) when its action is one
+    of ``travelling_actions``, else 0."""
     slots = slot_actions(config, actions)  # [B, S, V]
     travelling = [config.action_vocab.index(a) for a in config.travelling_actions if a in config.action_vocab]
     headings = torch.tensor(config.slot_headings, device=actions.device, dtype=actions.dtype)  # [S]
     per_slot = slots[..., travelling].sum(dim=-1).clamp(max=1) * headings  # [B, S]
-    column = (torch.arange(width, device=actions.device) * slots.shape[1]) // width  # [W]: the slot of each column
-    return per_slot[:, column][:, None, None, :].expand(-1, 1, height, -1)  # [B, 1, H, W]
+    return paint_slots(per_slot.unsqueeze(-1), height, width)  # [B, 1, H, W]
 
 
 def still_actions(config: VideoModelConfig, actions: torch.Tensor) -> torch.Tensor:
