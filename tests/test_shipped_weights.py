@@ -197,6 +197,10 @@ def test_toy_video_fits_its_configs_and_its_recipe():
     assert (config.residual, config.sigma_data, config.prediction) == (built.residual, built.sigma_data, built.prediction)
     assert (config.anchor_tokens, config.colour_coherence) == (built.anchor_tokens, built.colour_coherence)
     assert config.action_map == built.action_map
+    # sampled and trained as the recipe says: its Euler steps per clip, its noise levels
+    assert config.num_inference_steps == recipe_config.sample_steps
+    trained = json.loads((VIDEO / "train_config.json").read_text())
+    assert (trained["p_mean"], trained["p_std"]) == (recipe_config.p_mean, recipe_config.p_std)
 
 
 def test_every_shipped_weights_file_is_checked():
@@ -232,4 +236,3 @@ def test_package_assets_stay_small():
     assert size <= ASSETS_LIMIT, (
         f"mdream/assets holds {size / 1e6:.1f} MB, over the {ASSETS_LIMIT / 1e6:.0f} MB the package allows: store the "
         "weights in float16 (`mdream train export --fp16`) or keep large models out of the package.")
-
