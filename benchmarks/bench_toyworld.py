@@ -1,4 +1,4 @@
-"""Toy-world dataset throughput: 10,000 shots written to disk in shards (the issue's target: < 1 min on 2 cores).
+"""Toy-world dataset throughput: 10,000 shots written to disk in shards (target: under 1 minute on 2 cores).
 
     python -m benchmarks.bench_toyworld
 """

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 LONG_TERM_GAP = 20
-"""Appearances at least this many shots apart count as long-term pairs (the issue's "20+ shots")."""
+"""Appearances at least this many shots apart count as long-term pairs ("20+ shots apart")."""
 COPY_THRESHOLD = 0.01
 """Mean absolute difference (pixels in [0, 1], at 32x32) below which two keyframes are copies."""
 COPY_SIZE = 32
